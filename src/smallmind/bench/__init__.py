@@ -1,0 +1,1 @@
+"""Benchmarks behind `smallmind bench`: each returns a dict of figures."""

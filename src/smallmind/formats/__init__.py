@@ -1,0 +1,1 @@
+"""On-disk formats: tokenizers, checkpoints, training text."""

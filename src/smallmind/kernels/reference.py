@@ -1,0 +1,203 @@
+"""NumPy reference kernels: the definition of every kernel's result.
+
+Each native kernel (smallmind.kernels.native) has a twin here with the same name and
+signature. Kernels are pure functions over float32 arrays that write into caller-owned
+outputs (and return them); they know nothing of models. Inputs may be strided views.
+"""
+
+import numpy as np
+
+GELU_C = np.float32(np.sqrt(2.0 / np.pi))
+
+
+def linear(x, w, b, out, accumulate=False):
+    # x (T,K), w (N,K), b (N,) or None, out (T,N): out = x @ w.T + b, or out += that
+    y = x @ w.T
+    if b is not None:
+        y += b
+    if accumulate:
+        out += y
+    else:
+        out[...] = y
+    return out
+
+
+def embedding(tokens, wte, wpe, pos0, out):
+    # tokens (T,) int, wte (V,C), wpe (P,C) or None, out (T,C): out[t] = wte[tok[t]] + wpe[pos0+t]
+    T = tokens.shape[0]
+    if np.any(tokens < 0) or np.any(tokens >= wte.shape[0]):
+        raise IndexError("token id out of range for the embedding table")
+    out[...] = wte[tokens]
+    if wpe is not None:
+        if pos0 + T > wpe.shape[0]:
+            raise IndexError("position beyond the position-embedding table")
+        out += wpe[pos0:pos0 + T]
+    return out
+
+
+def embedding_backward(tokens, dout, dwte):
+    # tokens (N,) int, dout (N,C), dwte (V,C): dwte[tok[n]] += dout[n]
+    np.add.at(dwte, tokens, dout)
+    return dwte
+
+
+def layer_norm(x, weight, bias, out, eps=1e-5, mean=None, rstd=None):
+    # x (T,C), weight (C,), bias (C,), out (T,C); mean, rstd (T,) saved for backward if given
+    m = x.mean(axis=-1)
+    xc = x - m[:, None]
+    r = 1.0 / np.sqrt((xc * xc).mean(axis=-1) + eps)
+    out[...] = xc * r[:, None] * weight + bias
+    if mean is not None:
+        mean[...] = m
+    if rstd is not None:
+        rstd[...] = r
+    return out
+
+
+def layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias):
+    # dout, x, dx (T,C); weight, dweight, dbias (C,); mean, rstd (T,)
+    # accumulates: dx += ..., dweight += ..., dbias += ...
+    xhat = (x - mean[:, None]) * rstd[:, None]
+    dbias += dout.sum(axis=0)
+    dweight += (dout * xhat).sum(axis=0)
+    dxhat = dout * weight
+    dx += rstd[:, None] * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                           - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    return dx
+
+
+def rms_norm(x, weight, out, eps=1e-6):
+    # x (T,C), weight (C,), out (T,C): out = x / sqrt(mean(x^2) + eps) * weight
+    r = 1.0 / np.sqrt((x * x).mean(axis=-1) + eps)
+    out[...] = x * r[:, None] * weight
+    return out
+
+
+def gelu(x, out):
+    # x, out (...): tanh approximation (GPT-2)
+    out[...] = 0.5 * x * (1.0 + np.tanh(GELU_C * (x + 0.044715 * x * x * x)))
+    return out
+
+
+def gelu_backward(x, dout, dx):
+    # x, dout, dx (...): dx = dout * gelu'(x)
+    u = GELU_C * (x + 0.044715 * x * x * x)
+    t = np.tanh(u)
+    du = GELU_C * (1.0 + 3.0 * 0.044715 * x * x)
+    dx[...] = dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+    return dx
+
+
+def silu(x, out):
+    # x, out (...): x * sigmoid(x)
+    out[...] = x / (1.0 + np.exp(-x))
+    return out
+
+
+def swiglu(gate, up, out):
+    # gate, up, out (...): silu(gate) * up
+    out[...] = gate / (1.0 + np.exp(-gate)) * up
+    return out
+
+
+def geglu(gate, up, out):
+    # gate, up, out (...): gelu_tanh(gate) * up
+    gelu(gate, out)
+    out *= up
+    return out
+
+
+def softmax(x, out):
+    # x, out (R,N): row-wise softmax
+    m = x.max(axis=-1, keepdims=True)
+    e = np.exp(x - m)
+    out[...] = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def causal_softmax(scores, out, scale, pos0=0):
+    # scores, out (..., T, S): row t sees columns j <= pos0 + t; masked entries are 0 and never exponentiated
+    T, S = scores.shape[-2:]
+    allowed = np.arange(S)[None, :] <= (pos0 + np.arange(T))[:, None]
+    s = np.where(allowed, scores * scale, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    e = np.where(allowed, np.exp(s - m), 0.0)
+    out[...] = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def softmax_backward(probs, dprobs, dscores, scale):
+    # probs, dprobs, dscores (..., S): gradient through out = softmax(scale * scores)
+    dscores[...] = scale * probs * (dprobs - (probs * dprobs).sum(axis=-1, keepdims=True))
+    return dscores
+
+
+def rope(x, pos0, theta, out, neox=False):
+    # x, out (T,H,D), D even: rotate feature pairs by angle (pos0+t) * theta^(-2i/D)
+    # neox=False pairs (2i, 2i+1); neox=True pairs (i, i + D/2)
+    T, H, D = x.shape
+    inv = theta ** (-np.arange(0, D, 2, dtype=np.float64) / D)
+    ang = (pos0 + np.arange(T, dtype=np.float64))[:, None] * inv[None, :]
+    cos = np.cos(ang).astype(np.float32)[:, None, :]
+    sin = np.sin(ang).astype(np.float32)[:, None, :]
+    if neox:
+        a, b = x[..., :D // 2].copy(), x[..., D // 2:].copy()
+        out[..., :D // 2] = a * cos - b * sin
+        out[..., D // 2:] = a * sin + b * cos
+    else:
+        a, b = x[..., 0::2].copy(), x[..., 1::2].copy()
+        out[..., 0::2] = a * cos - b * sin
+        out[..., 1::2] = a * sin + b * cos
+    return out
+
+
+def kv_cache_store(k, v, k_cache, v_cache, pos0):
+    # k, v (T,Hkv,D); k_cache, v_cache (Hkv,S_max,D): cache[:, pos0+t] = k[t]
+    T = k.shape[0]
+    if pos0 + T > k_cache.shape[1]:
+        raise IndexError("KV cache is full")
+    k_cache[:, pos0:pos0 + T] = k.transpose(1, 0, 2)
+    v_cache[:, pos0:pos0 + T] = v.transpose(1, 0, 2)
+
+
+def attention(q, k_cache, v_cache, pos0, out, scale):
+    # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) holding positions 0..pos0+T-1.
+    # Causal: query t (at position pos0+t) attends keys 0..pos0+t. H is a multiple of Hkv (GQA).
+    T, H, D = q.shape
+    Hkv = k_cache.shape[0]
+    S = pos0 + T
+    group = H // Hkv
+    k = np.repeat(k_cache[:, :S], group, axis=0)  # (H,S,D)
+    v = np.repeat(v_cache[:, :S], group, axis=0)
+    scores = np.einsum("thd,hsd->hts", q, k)
+    probs = np.empty_like(scores)
+    causal_softmax(scores, probs, scale, pos0)
+    out[...] = np.einsum("hts,hsd->thd", probs, v)
+    return out
+
+
+def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):
+    # logits (N,V), targets (N,) int, losses (N,); dlogits (N,V) or None (may alias logits):
+    # losses[n] = -log softmax(logits[n])[targets[n]]; dlogits = (softmax - onehot) * dscale
+    m = logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits - m)
+    z = e.sum(axis=-1, keepdims=True)
+    rows = np.arange(logits.shape[0])
+    losses[...] = (np.log(z[:, 0]) + m[:, 0]) - logits[rows, targets]
+    if dlogits is not None:
+        p = e / z
+        p[rows, targets] -= 1.0
+        dlogits[...] = p * dscale
+    return losses
+
+
+def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    # param, grad, m, v (N,) updated in place; step counts from 1 (bias correction)
+    m *= beta1
+    m += (1.0 - beta1) * grad
+    v *= beta2
+    v += (1.0 - beta2) * grad * grad
+    mhat = m / (1.0 - beta1 ** step)
+    vhat = v / (1.0 - beta2 ** step)
+    param -= lr * (mhat / (np.sqrt(vhat) + eps) + weight_decay * param)
+    return param

@@ -1,0 +1,1 @@
+"""Model families: one file each, config, weights and forward in one place."""

@@ -1,0 +1,1 @@
+"""The profiler: records scopes, measures the machine's peaks, writes reports."""

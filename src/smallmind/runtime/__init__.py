@@ -1,0 +1,1 @@
+"""Runtime: KV cache, sampler, generation loop, optimizer and trainer."""
