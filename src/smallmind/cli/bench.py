@@ -1,12 +1,35 @@
-"""`smallmind bench` (being built)."""
+"""`smallmind bench train|decode|prefill`: one benchmark, figures printed, JSON last."""
 
-from ..errors import SmallMindError
+import json
+
+from . import positive_int
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="bench (being built)")
+    p = sub.add_parser("bench", help="measure training or inference speed")
+    p.add_argument("what", choices=["train", "decode", "prefill"])
+    p.add_argument("--preset", default="seed", help="model preset (default: seed)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="thread budget for BLAS and native kernels (default: all cores)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="measured repetitions (median reported)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(run=run)
 
 
 def run(args):
-    raise SmallMindError("'bench' is not built yet")
+    from ..models.gpt import preset
+
+    preset(args.preset)  # a clear error for an unknown preset before anything heavy loads
+    if args.what == "train":
+        from ..bench.train import bench_train as bench
+    elif args.what == "decode":
+        from ..bench.inference import bench_decode as bench
+    else:
+        from ..bench.inference import bench_prefill as bench
+    result = bench(args.preset, threads=args.threads, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}: {value}")
+    return 0
