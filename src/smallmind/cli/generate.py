@@ -1,12 +1,53 @@
-"""`smallmind generate` (being built)."""
+"""`smallmind generate --model DIR "prompt"`: stream a trained model's continuation to stdout."""
 
-from ..errors import SmallMindError
+import sys
+
+from . import bounded_float, nonneg_int, positive_int
+
+DEFAULT_NEW_TOKENS = 100
 
 
 def add_parser(sub):
-    p = sub.add_parser("generate", help="generate (being built)")
+    p = sub.add_parser("generate", help="continue a prompt with a trained model, streaming the text")
+    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="checkpoint directory (the --out DIR of `smallmind train` loads its best checkpoint)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
+                   help=f"tokens to generate at most (default: {DEFAULT_NEW_TOKENS}, or what fits "
+                        "the context)")
+    p.add_argument("--temperature", type=bounded_float(0.0, 100.0), default=1.0, metavar="T",
+                   help="sampling temperature; 0 is greedy (default: 1.0)")
+    p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
+                   help="sample only among the K most likely tokens")
+    p.add_argument("--top-p", type=bounded_float(0.0, 1.0, low_open=True), default=None, metavar="P",
+                   help="sample only among the most likely tokens holding probability P (nucleus)")
+    p.add_argument("--seed", type=nonneg_int, default=None, metavar="S",
+                   help="random seed (same seed, same text)")
+    p.add_argument("--stop", nargs="+", default=None, metavar="STR",
+                   help="stop when the generated text contains one of these strings (not printed)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="thread budget for BLAS and native kernels (default: all cores)")
     p.set_defaults(run=run)
 
 
 def run(args):
-    raise SmallMindError("'generate' is not built yet")
+    from .. import kernels
+    from ..formats.checkpoint import load_checkpoint
+    from ..runtime.generate import generate
+
+    if args.threads is not None:
+        kernels.set_threads(args.threads)
+    checkpoint = load_checkpoint(args.model)
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:
+        room = checkpoint.config.context_length - len(checkpoint.tokenizer.encode(args.prompt))
+        max_new_tokens = max(1, min(DEFAULT_NEW_TOKENS, room))  # no room: generate says so
+    pieces = generate(checkpoint, args.prompt, max_new_tokens=max_new_tokens,
+                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                      seed=args.seed, stop=args.stop)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 0

@@ -1,12 +1,105 @@
-"""`smallmind profile` (being built)."""
+"""`smallmind profile`: where the time goes in a generation (and training), as profile.md,
+profile.json and charts in --out, with a summary printed; or `--compare BEFORE.json AFTER.json`."""
+
+from pathlib import Path
 
 from ..errors import SmallMindError
+from . import positive_int
 
 
 def add_parser(sub):
-    p = sub.add_parser("profile", help="profile (being built)")
+    p = sub.add_parser("profile", help="profile generation (and training): scopes, roofline, allocations")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="PATH", help="a checkpoint directory (tokenization is timed too)")
+    source.add_argument("--preset", metavar="NAME", help="a random-init model of this preset (default: seed)")
+    p.add_argument("--tokens", type=positive_int, default=50, help="new tokens to generate (default 50)")
+    p.add_argument("--prompt-tokens", type=positive_int, default=32, help="prompt length in tokens (default 32)")
+    p.add_argument("--prompt", help="prompt text for --model (default: text decoded from random token ids)")
+    p.add_argument("--train", action="store_true", help="also profile training steps")
+    p.add_argument("--train-steps", type=positive_int, default=5, help="profiled training steps (default 5)")
+    p.add_argument("--batch", type=positive_int, default=4, help="training batch size (default 4)")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="timed generations, plain and profiled each, interleaved (default 5)")
+    p.add_argument("--threads", type=positive_int, default=None, help="thread budget (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt")
+    p.add_argument("--out", metavar="PATH",
+                   help="output directory (default ./profile); with --compare, a Markdown file")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                   help="compare two profile.json files instead of profiling")
     p.set_defaults(run=run)
 
 
 def run(args):
-    raise SmallMindError("'profile' is not built yet")
+    if args.compare:
+        return _run_compare(args)
+    import numpy as np
+
+    from ..models.gpt import init_params, preset
+    from ..profiler.report import render_summary, write_profile
+    from ..profiler.run import run_profile
+
+    out_dir = Path(args.out or "profile")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SmallMindError(f"--out {out_dir} exists and is not a directory")
+    rng = np.random.default_rng(args.seed)
+    tokenizer = prompt_text = None
+    if args.model:
+        from ..formats.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(args.model)
+        cfg, params, tokenizer = checkpoint.config, checkpoint.params, checkpoint.tokenizer
+        prompt_text = args.prompt
+        if prompt_text is None:
+            prompt_text = tokenizer.decode(rng.integers(0, tokenizer.vocab_size, args.prompt_tokens))
+        prompt_ids = tokenizer.encode(prompt_text)[:args.prompt_tokens]
+        if prompt_ids.shape[0] == 0:
+            raise SmallMindError("the prompt encodes to no tokens; give a longer --prompt")
+        source = f"checkpoint {args.model}"
+    else:
+        if args.prompt is not None:
+            raise SmallMindError("--prompt needs --model (a preset has no tokenizer: it is fed random token ids)")
+        name = args.preset or "seed"
+        cfg = preset(name)
+        params = init_params(cfg, seed=args.seed)
+        prompt_ids = rng.integers(0, cfg.vocab_size, args.prompt_tokens)
+        source = f"preset {name}"
+    if args.train and args.batch * cfg.context_length > 1 << 16:
+        raise SmallMindError(f"--batch {args.batch} x context {cfg.context_length} is too large a training batch "
+                             "to profile; use a smaller --batch")
+    if args.threads:
+        from .. import kernels
+
+        kernels.set_threads(args.threads)
+    profile = run_profile(cfg, params, source=source, prompt_ids=prompt_ids, new_tokens=args.tokens,
+                          repeats=args.repeats, tokenizer=tokenizer, prompt_text=prompt_text, train=args.train,
+                          train_batch=args.batch, train_steps=args.train_steps)
+    try:
+        written = write_profile(profile, out_dir)
+    except OSError as e:
+        raise SmallMindError(f"cannot write the profile to {out_dir}: {e.strerror or e}") from None
+    print(render_summary(profile))
+    print("\nwrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _run_compare(args):
+    from ..profiler.compare import compare, load_profile, render_comparison
+
+    before, after = (load_profile(p) for p in args.compare)
+    text = render_comparison(compare(before, after), *args.compare)
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise SmallMindError(f"--out {out} is a directory; with --compare it names a Markdown file")
+        if not out.parent.is_dir():
+            raise SmallMindError(f"--out {out}: directory {out.parent} does not exist")
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(out)
+        except OSError as e:
+            raise SmallMindError(f"cannot write {out}: {e.strerror or e}") from None
+        print(f"wrote {out}")
+    else:
+        print(text, end="")
+    return 0

@@ -1,10 +1,18 @@
 """Kernels: one name per operation, run natively where the extension is built, else on
-the NumPy references. SMALLMIND_KERNELS=numpy forces the references.
+the NumPy references.
 
-Everything above this layer calls `smallmind.kernels.<name>(...)`; see reference.py for
-the meaning, shapes and signatures of each kernel.
+Everything above this layer calls `smallmind.kernels.<name>(...)` through the module at
+call time; see reference.py for the meaning, shapes and signatures of each kernel.
+
+Environment: SMALLMIND_KERNELS=numpy forces the references; SMALLMIND_ISA=avx512|avx2|
+generic forces a (lower) native path. `path` says which runs: "native-avx512",
+"native-avx2", "native-generic" or "numpy".
 """
 
+import os
+import warnings
+
+from ..errors import SmallMindError
 from . import reference
 
 KERNEL_NAMES = (
@@ -13,15 +21,85 @@ KERNEL_NAMES = (
     "causal_softmax", "softmax_backward", "rope", "kv_cache_store", "attention",
     "cross_entropy", "adamw_step",
 )
+ISAS = ("avx512", "avx2", "generic")
 
-path = "numpy"
 
+def _load_native():
+    choice = os.environ.get("SMALLMIND_KERNELS", "").strip().lower()
+    if choice == "numpy":
+        return None
+    if choice not in ("", "native"):
+        warnings.warn(f"SMALLMIND_KERNELS={choice!r} is not 'numpy' or 'native'; using native",
+                      RuntimeWarning, stacklevel=3)
+    try:
+        from . import native
+    except ImportError as e:
+        warnings.warn(f"smallmind: native kernels are not built ({e}); running on the NumPy "
+                      "references", RuntimeWarning, stacklevel=3)
+        return None
+    isa = os.environ.get("SMALLMIND_ISA", "").strip().lower()
+    if isa:
+        try:
+            native.select_isa(isa)
+        except ValueError:
+            warnings.warn(f"SMALLMIND_ISA={isa!r} is not one of {', '.join(ISAS)} supported by this "
+                          f"CPU; using {native.isa()}", RuntimeWarning, stacklevel=3)
+    return native
+
+
+_native = _load_native()
+path = f"native-{_native.isa()}" if _native else "numpy"
+_impl = _native or reference
 for _name in KERNEL_NAMES:
-    globals()[_name] = getattr(reference, _name)
+    globals()[_name] = getattr(_impl, _name)
+_threads = None
+
+
+def select_isa(name: str) -> str:
+    """Run the native kernels built for `name` (one of ISAS, or "best"); returns `path`."""
+    global path
+    if _native is None:
+        raise SmallMindError("native kernels are not in use; no ISA to select")
+    try:
+        path = f"native-{_native.select_isa(name)}"
+    except ValueError as e:
+        raise SmallMindError(str(e)) from None
+    return path
 
 
 def set_threads(n: int) -> None:
     """One thread budget for BLAS and the native kernels together."""
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=int(n))
+    global _threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SmallMindError(f"thread count must be a positive integer, got {n!r}")
+    threadpool_limits(limits=n, user_api="blas")
+    if _native is not None:
+        _native.set_threads(n)
+    _threads = n
+
+
+def get_threads() -> int:
+    """The thread budget in force (native kernel threads, counting the caller)."""
+    if _native is not None:
+        return _native.get_threads()
+    return _threads or _default_threads()
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def get_info() -> dict:
+    """What runs where: CPU, its features, kernel path, BLAS and thread counts."""
+    from .info import collect
+
+    return collect(_native, path, get_threads())
+
+
+if _native is not None:
+    _native.set_threads(_default_threads())

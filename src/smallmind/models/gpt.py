@@ -11,7 +11,10 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ..errors import SmallMindError
+from .. import kernels
+from ..errors import ContextLengthError, SmallMindError
+from ..runtime.kv_cache import KVCache
+from ..scope import scope
 
 
 @dataclass(frozen=True)
@@ -160,3 +163,148 @@ def init_params(cfg: GPTConfig, seed: int = 0) -> Params:
         else:
             view[...] = rng.normal(0.0, 0.02, view.shape)
     return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference: a workspace made once per session (llama2.c's RunState) and one forward that does
+# both prefill (T = prompt length) and decode (T = 1) over it.
+
+
+class StepViews:
+    """The workspace's buffers cut to T tokens. Slicing makes Python objects, so the decode
+    step's (T = 1) set is made once; prefill makes a set per call (once per prompt)."""
+
+    __slots__ = ("T", "x", "xn", "qkv", "q", "k", "v", "att", "att_heads", "h", "hg",
+                 "xf", "x_last", "xf_last", "logits_all")
+
+    def __init__(self, ws: "Workspace", T: int):
+        # buffers (max_tokens, ...) -> views (T, ...); q, k, v (T,H,D) are strided views into qkv
+        H, D = ws.cfg.n_heads, ws.cfg.head_dim
+        self.T = T
+        self.x = ws.x[:T]
+        self.xn = ws.xn[:T]
+        self.qkv = ws.qkv[:T]
+        heads = self.qkv.reshape(T, 3, H, D)
+        self.q, self.k, self.v = heads[:, 0], heads[:, 1], heads[:, 2]
+        self.att = ws.att[:T]
+        self.att_heads = self.att.reshape(T, H, D)
+        self.h = ws.h[:T]
+        self.hg = ws.hg[:T]
+        self.xf = ws.xf[:T]
+        self.x_last = ws.x[T - 1:T]
+        self.xf_last = ws.xf[T - 1:T]
+        self.logits_all = ws.logits[:T]
+
+
+class Workspace:
+    """Every activation and scratch buffer of a forward of up to `max_tokens` tokens, and the
+    KV cache (to the context length): made once per generation session, so that a decode step
+    allocates nothing. forward() binds the weights on first use with a given Params."""
+
+    def __init__(self, cfg: GPTConfig, max_tokens: int):
+        if not 1 <= max_tokens <= cfg.context_length:
+            raise ContextLengthError(
+                f"a workspace holds 1..{cfg.context_length} tokens (the context length), not {max_tokens}")
+        C, V, T = cfg.d_model, cfg.vocab_size, max_tokens
+        f32 = np.float32
+        self.cfg = cfg
+        self.max_tokens = max_tokens
+        self.x = np.zeros((T, C), f32)           # the residual stream
+        self.xn = np.zeros((T, C), f32)          # layer-norm output feeding a linear
+        self.qkv = np.zeros((T, 3 * C), f32)
+        self.att = np.zeros((T, C), f32)         # attention output, heads side by side
+        self.h = np.zeros((T, 4 * C), f32)       # MLP hidden before GELU
+        self.hg = np.zeros((T, 4 * C), f32)      # MLP hidden after GELU
+        self.xf = np.zeros((T, C), f32)          # ln_f output
+        self.logits = np.zeros((T, V), f32)
+        self.logits_last = self.logits[0]        # (V,): where last-position logits are returned
+        self.logits_row = self.logits[0:1]       # (1,V): the same memory, as the LM head's out
+        self.token = np.zeros(1, np.int32)       # the decode step's input, written by the caller
+        self.kv = KVCache(cfg.n_layers, cfg.n_heads, cfg.context_length, cfg.head_dim)
+        self.step = StepViews(self, 1)
+        self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
+        self.params = None
+        self.layers = ()
+
+    def bind(self, params: Params) -> None:
+        """Look up every weight view once (name formatting per step would allocate)."""
+        if params.cfg != self.cfg:
+            raise SmallMindError("these weights belong to a different model config than the workspace")
+        layers = []
+        for i in range(self.cfg.n_layers):
+            h = f"h.{i}."
+            weights = tuple(params[h + n] for n in (
+                "ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias",
+                "attn.proj.weight", "attn.proj.bias", "ln_2.weight", "ln_2.bias",
+                "mlp.up.weight", "mlp.up.bias", "mlp.down.weight", "mlp.down.bias"))
+            layers.append(weights + (self.kv.k_layers[i], self.kv.v_layers[i]))
+        self.layers = tuple(layers)
+        self.wte, self.wpe = params["wte"], params["wpe"]
+        self.ln_f_w, self.ln_f_b = params["ln_f.weight"], params["ln_f.bias"]
+        self.lm_head = params.lm_head
+        self.params = params
+
+    def reset(self) -> None:
+        """Start a new sequence: the KV cache forgets every position."""
+        self.kv.reset()
+
+
+def forward(params: Params, ws: Workspace, tokens: np.ndarray, pos0: int, *, all_logits: bool = False):
+    # tokens (T,) int32 at positions pos0..pos0+T-1 -> logits (V,) of the last one, or (T,V) if all_logits
+    """One forward over the workspace: prefill when T > 1, a decode step when T == 1.
+
+    Keys and values of the T positions go into the workspace's KV cache, and the tokens attend
+    to every earlier position held there, so pos0 must not exceed the positions already cached.
+    The logits returned are a view into the workspace, overwritten by the next forward.
+    """
+    T = len(tokens)  # not tokens.shape[0]: .shape builds a tuple each time
+    if T == 1:
+        act = ws.step
+    elif 1 < T <= ws.max_tokens:
+        act = StepViews(ws, T)
+    else:
+        raise ContextLengthError(f"a forward takes 1..{ws.max_tokens} tokens with this workspace, not {T}")
+    if not 0 <= pos0 <= ws.kv.length or pos0 + T > ws.kv.capacity:
+        raise ContextLengthError(
+            f"positions {pos0}..{pos0 + T - 1} do not follow the {ws.kv.length} cached positions "
+            f"within the context length {ws.kv.capacity}")
+    if ws.params is not params:
+        ws.bind(params)
+    eps, scale = ws.cfg.layer_norm_eps, ws.scale
+    with scope("decode" if T == 1 else "prefill"):
+        with scope("embedding"):
+            kernels.embedding(tokens, ws.wte, ws.wpe, pos0, act.x)
+        for ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, up_w, up_b, down_w, down_b, \
+                k_cache, v_cache in ws.layers:
+            with scope("block"):
+                with scope("norm"):
+                    kernels.layer_norm(act.x, ln1_w, ln1_b, act.xn, eps)
+                with scope("matmul.qkv"):
+                    kernels.linear(act.xn, qkv_w, qkv_b, act.qkv)
+                with scope("kv_cache"):
+                    kernels.kv_cache_store(act.k, act.v, k_cache, v_cache, pos0)
+                with scope("attention"):
+                    kernels.attention(act.q, k_cache, v_cache, pos0, act.att_heads, scale)
+                with scope("matmul.attn_out"):
+                    kernels.linear(act.att, proj_w, proj_b, act.x, accumulate=True)  # x += proj(att)
+                with scope("norm"):
+                    kernels.layer_norm(act.x, ln2_w, ln2_b, act.xn, eps)
+                with scope("matmul.mlp_up"):
+                    kernels.linear(act.xn, up_w, up_b, act.h)
+                with scope("activation"):
+                    kernels.gelu(act.h, act.hg)
+                with scope("matmul.mlp_down"):
+                    kernels.linear(act.hg, down_w, down_b, act.x, accumulate=True)  # x += mlp(x)
+        ws.kv.length = pos0 + T
+        if all_logits:
+            with scope("norm"):
+                kernels.layer_norm(act.x, ws.ln_f_w, ws.ln_f_b, act.xf, eps)
+            with scope("matmul.lm_head"):
+                kernels.linear(act.xf, ws.lm_head, None, act.logits_all)
+            return act.logits_all
+        # generation needs only the last position's logits: skip ln_f and the head for the others
+        with scope("norm"):
+            kernels.layer_norm(act.x_last, ws.ln_f_w, ws.ln_f_b, act.xf_last, eps)
+        with scope("matmul.lm_head"):
+            kernels.linear(act.xf_last, ws.lm_head, None, ws.logits_row)
+        return ws.logits_last

@@ -1,0 +1,35 @@
+"""Build of the optional native kernel core, smallmind.kernels._native.
+
+The metadata lives in pyproject.toml. The extension is `optional`: where no C compiler
+is present the build of it is skipped, the package still installs, and at import the
+kernels run on their NumPy references (and say so once).
+"""
+
+import sys
+
+import numpy
+from setuptools import Extension, setup
+
+CSRC = "src/smallmind/kernels/csrc"
+
+if sys.platform == "win32":
+    extra_compile_args = ["/O2"]
+    extra_link_args = []
+else:
+    # -fopenmp-simd honours `omp simd` (vectorized reductions) without linking an OpenMP
+    # runtime; -fno-math-errno lets sqrtf vectorize. No -ffast-math: NaN and inf results
+    # must stay what the references give.
+    extra_compile_args = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-pthread", "-std=gnu11"]
+    extra_link_args = ["-pthread"]
+
+native = Extension(
+    "smallmind.kernels._native",
+    sources=[f"{CSRC}/{name}.c" for name in ("module", "pool", "isa_generic", "isa_avx2", "isa_avx512")],
+    depends=[f"{CSRC}/{name}.h" for name in ("kernels", "kernels_impl", "pool")],
+    include_dirs=[numpy.get_include(), CSRC],
+    extra_compile_args=extra_compile_args,
+    extra_link_args=extra_link_args,
+    optional=True,
+)
+
+setup(ext_modules=[native])

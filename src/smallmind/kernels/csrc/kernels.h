@@ -1,0 +1,98 @@
+/* Argument blocks and the per-ISA function table shared by the module and the kernel TUs.
+ * Every stride is in elements (float32), every index a long; the module validates all
+ * shapes before a kernel sees them, so kernels never bounds-check. */
+#ifndef SMALLMIND_KERNELS_H
+#define SMALLMIND_KERNELS_H
+
+#define SM_ROPE_MAX_HALF 512   /* rope/attention keep per-row tables on the stack */
+#define SM_ATTN_MAX_D 1024
+#define SM_ATTN_TILE 64
+
+typedef struct {
+    const float *x, *w, *b;
+    float *out;
+    long T, K, N, xs, ws, os;
+    int accumulate;
+} LinearArgs;
+
+typedef struct {
+    const float *q, *kc, *vc;
+    float *out;
+    long T, H, D, group, pos0;
+    long qs_t, qs_h, ks_h, ks_s, vs_h, vs_s, os_t, os_h;
+    float scale;
+} AttnArgs;
+
+/* layer_norm / rms_norm over rows of C features */
+typedef struct {
+    const float *x, *w, *b;
+    float *out, *mean, *rstd;
+    long C, xs, os, ms, rs;
+    float eps;
+} NormArgs;
+
+typedef struct {
+    const float *dout, *x, *w, *mean, *rstd;
+    float *dx, *dw, *db;
+    long T, C, ds, xs, dxs, ms, rs;
+} NormBwdArgs;
+
+/* softmax, causal_softmax (causal=1), softmax_backward: rows of S */
+typedef struct {
+    const float *x, *y;     /* x: scores or probs; y: dprobs for backward */
+    float *out;
+    long S, T, pos0, xs, ys, os;
+    float scale;
+    int causal;
+} SoftmaxArgs;
+
+typedef struct {
+    const float *x;
+    float *out;
+    long T, H, half, pos0, xs_t, xs_h, os_t, os_h;
+    double theta;
+    int neox;
+} RopeArgs;
+
+typedef struct {
+    const float *logits;
+    float *losses, *dlogits;
+    const void *targets;
+    int targets_64;
+    long V, ls, lss, ts, ds;
+    float dscale;
+} XentArgs;
+
+typedef struct {
+    float *p, *m, *v;
+    const float *g;
+    float lr, beta1, beta2, eps, wd, inv_bc1, inv_bc2;
+} AdamArgs;
+
+enum { SM_GELU, SM_SILU, SM_GELU_BWD, SM_SWIGLU, SM_GEGLU };
+
+typedef struct {
+    const char *name;
+    void (*linear_cols)(const LinearArgs *, long n0, long n1);
+    void (*attention)(const AttnArgs *, long i0, long i1);
+    void (*layer_norm_rows)(const NormArgs *, long r0, long r1);
+    void (*rms_norm_rows)(const NormArgs *, long r0, long r1);
+    void (*layer_norm_bwd_rows)(const NormBwdArgs *, long r0, long r1);
+    void (*layer_norm_bwd_cols)(const NormBwdArgs *, long c0, long c1);
+    void (*elementwise)(int op, const float *a, const float *b, float *out, long n);
+    void (*softmax_rows)(const SoftmaxArgs *, long r0, long r1);
+    void (*softmax_bwd_rows)(const SoftmaxArgs *, long r0, long r1);
+    void (*rope_rows)(const RopeArgs *, long t0, long t1);
+    void (*cross_entropy_rows)(const XentArgs *, long r0, long r1);
+    void (*adamw)(const AdamArgs *, long i0, long i1);
+    void (*add_rows)(float *out, const float *a, const float *b, long n);  /* out = a + b (b may be NULL) */
+} KernelTable;
+
+extern const KernelTable sm_table_generic;
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SM_HAVE_X86 1
+extern const KernelTable sm_table_avx2;
+extern const KernelTable sm_table_avx512;
+#endif
+
+#endif

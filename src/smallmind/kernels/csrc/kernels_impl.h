@@ -1,0 +1,428 @@
+/* Kernel bodies, compiled once per ISA: the including file sets `#pragma GCC target`
+ * and defines SM_SUFFIX. Loops are written for GCC's vectorizer (`omp simd` with
+ * -fopenmp-simd allows the reassociated reductions that plain -O3 would not). */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "kernels.h"
+
+#define SM_CAT2(a, b) a##_##b
+#define SM_CAT(a, b) SM_CAT2(a, b)
+#define FN(name) SM_CAT(name, SM_SUFFIX)
+
+static inline float sm_bits_to_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
+
+/* exp with about 1 ulp error (Cephes expf polynomial). Range reduction x = n ln2 + r with
+ * round-to-nearest through the 1.5*2^23 trick (no libm call, so loops stay vectorized);
+ * 2^n is applied as two factors so n from -150 to 128 neither wraps nor flushes early. */
+static inline float sm_exp(float x)
+{
+    float xc = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t ni = (int32_t)n;
+    int32_t n1 = ni >> 1, n2 = ni - n1;
+    float y = p * sm_bits_to_float((n1 + 127) << 23) * sm_bits_to_float((n2 + 127) << 23);
+    return x != x ? x : y;
+}
+
+#define SM_GELU_C 0.7978845608028654f
+
+/* GELU through 0.5 (1 + tanh u) = sigmoid(2u): no 1 + tanh cancellation, so the tails
+ * keep their relative accuracy (the float32 tanh formula loses it near tanh = -1). */
+static inline float sm_gelu(float x)
+{
+    float u = SM_GELU_C * (x + 0.044715f * x * x * x);
+    return x / (1.0f + sm_exp(-2.0f * u));
+}
+
+/* d/dx: s + 2 x u' s (1 - s) with s = sigmoid(2u), s (1 - s) = e / (1 + e)^2, e = exp(-2|u|) */
+static inline float sm_gelu_grad(float x)
+{
+    float u = SM_GELU_C * (x + 0.044715f * x * x * x);
+    float du = SM_GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
+    float e = sm_exp(-2.0f * fabsf(u));
+    float inv = 1.0f / (1.0f + e);
+    float s = u >= 0.0f ? inv : e * inv;
+    return s + 2.0f * x * du * e * inv * inv;
+}
+
+static inline float sm_dot(const float *a, const float *b, long n)
+{
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (long i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static inline void sm_linear_store(const LinearArgs *a, long t, long n, float s)
+{
+    if (a->b) s += a->b[n];
+    float *o = a->out + t * a->os + n;
+    *o = a->accumulate ? *o + s : s;
+}
+
+/* 4 weight rows x 4 tokens: 8 vector loads feed 16 FMAs (the single-token loop is load bound) */
+static inline void sm_linear_4x4(const LinearArgs *a, long n, long t)
+{
+    const long K = a->K;
+    const float *w0 = a->w + n * a->ws, *w1 = w0 + a->ws, *w2 = w1 + a->ws, *w3 = w2 + a->ws;
+    const float *x0 = a->x + t * a->xs, *x1 = x0 + a->xs, *x2 = x1 + a->xs, *x3 = x2 + a->xs;
+    float s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+    float s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
+#pragma omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+    for (long k = 0; k < K; k++) {
+        float a0 = w0[k], a1 = w1[k], a2 = w2[k], a3 = w3[k];
+        float b0 = x0[k], b1 = x1[k], b2 = x2[k], b3 = x3[k];
+        s00 += b0 * a0; s01 += b0 * a1; s02 += b0 * a2; s03 += b0 * a3;
+        s10 += b1 * a0; s11 += b1 * a1; s12 += b1 * a2; s13 += b1 * a3;
+        s20 += b2 * a0; s21 += b2 * a1; s22 += b2 * a2; s23 += b2 * a3;
+        s30 += b3 * a0; s31 += b3 * a1; s32 += b3 * a2; s33 += b3 * a3;
+    }
+    sm_linear_store(a, t, n, s00); sm_linear_store(a, t, n + 1, s01);
+    sm_linear_store(a, t, n + 2, s02); sm_linear_store(a, t, n + 3, s03);
+    sm_linear_store(a, t + 1, n, s10); sm_linear_store(a, t + 1, n + 1, s11);
+    sm_linear_store(a, t + 1, n + 2, s12); sm_linear_store(a, t + 1, n + 3, s13);
+    sm_linear_store(a, t + 2, n, s20); sm_linear_store(a, t + 2, n + 1, s21);
+    sm_linear_store(a, t + 2, n + 2, s22); sm_linear_store(a, t + 2, n + 3, s23);
+    sm_linear_store(a, t + 3, n, s30); sm_linear_store(a, t + 3, n + 1, s31);
+    sm_linear_store(a, t + 3, n + 2, s32); sm_linear_store(a, t + 3, n + 3, s33);
+}
+
+static inline void sm_linear_4x1(const LinearArgs *a, long n, long t)
+{
+    const long K = a->K;
+    const float *w0 = a->w + n * a->ws, *w1 = w0 + a->ws, *w2 = w1 + a->ws, *w3 = w2 + a->ws;
+    const float *x = a->x + t * a->xs;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (long k = 0; k < K; k++) {
+        float xv = x[k];
+        s0 += xv * w0[k];
+        s1 += xv * w1[k];
+        s2 += xv * w2[k];
+        s3 += xv * w3[k];
+    }
+    sm_linear_store(a, t, n, s0);
+    sm_linear_store(a, t, n + 1, s1);
+    sm_linear_store(a, t, n + 2, s2);
+    sm_linear_store(a, t, n + 3, s3);
+}
+
+/* out columns n0..n1 of out (T,N) = x (T,K) @ w (N,K).T + b: weight rows are streamed
+ * once from memory in groups of four and reused from L1 for every token. */
+static void FN(linear_cols)(const LinearArgs *a, long n0, long n1)
+{
+    long n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        long t = 0;
+        for (; t + 4 <= a->T; t += 4) sm_linear_4x4(a, n, t);
+        for (; t < a->T; t++) sm_linear_4x1(a, n, t);
+    }
+    for (; n < n1; n++)
+        for (long t = 0; t < a->T; t++)
+            sm_linear_store(a, t, n, sm_dot(a->x + t * a->xs, a->w + n * a->ws, a->K));
+}
+
+/* One (head, query) pair per i = h*T + t: online softmax over key tiles, so memory is
+ * O(tile) however long the context, and masked keys (beyond pos0+t) are never touched. */
+static void FN(attention)(const AttnArgs *a, long i0, long i1)
+{
+    float sc[SM_ATTN_TILE];
+    float acc[SM_ATTN_MAX_D];
+    const long D = a->D;
+    for (long i = i0; i < i1; i++) {
+        long h = i / a->T, t = i % a->T, kvh = h / a->group;
+        const float *q = a->q + t * a->qs_t + h * a->qs_h;
+        const float *kbase = a->kc + kvh * a->ks_h, *vbase = a->vc + kvh * a->vs_h;
+        long S = a->pos0 + t + 1;
+        float m = -INFINITY, l = 0.0f;
+        for (long d = 0; d < D; d++) acc[d] = 0.0f;
+        for (long j0 = 0; j0 < S; j0 += SM_ATTN_TILE) {
+            long nb = S - j0 < SM_ATTN_TILE ? S - j0 : SM_ATTN_TILE;
+            float bm = -INFINITY;
+            for (long j = 0; j < nb; j++) {
+                float s = sm_dot(q, kbase + (j0 + j) * a->ks_s, D) * a->scale;
+                sc[j] = s;
+                bm = s > bm ? s : bm;
+            }
+            float mnew = bm > m ? bm : m;
+            float corr = m == -INFINITY ? 0.0f : sm_exp(m - mnew);
+            float bl = 0.0f;
+#pragma omp simd reduction(+ : bl)
+            for (long j = 0; j < nb; j++) {
+                float p = sm_exp(sc[j] - mnew);
+                sc[j] = p;
+                bl += p;
+            }
+            l = l * corr + bl;
+#pragma omp simd
+            for (long d = 0; d < D; d++) acc[d] *= corr;
+            for (long j = 0; j < nb; j++) {
+                const float *v = vbase + (j0 + j) * a->vs_s;
+                float p = sc[j];
+#pragma omp simd
+                for (long d = 0; d < D; d++) acc[d] += p * v[d];
+            }
+            m = mnew;
+        }
+        float inv = 1.0f / l;
+        float *o = a->out + t * a->os_t + h * a->os_h;
+#pragma omp simd
+        for (long d = 0; d < D; d++) o[d] = acc[d] * inv;
+    }
+}
+
+static void FN(layer_norm_rows)(const NormArgs *a, long r0, long r1)
+{
+    const long C = a->C;
+    for (long r = r0; r < r1; r++) {
+        const float *x = a->x + r * a->xs;
+        float *o = a->out + r * a->os;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (long c = 0; c < C; c++) s += x[c];
+        float mean = s / (float)C;
+        float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+        for (long c = 0; c < C; c++) { float d = x[c] - mean; v += d * d; }
+        float rstd = 1.0f / sqrtf(v / (float)C + a->eps);
+#pragma omp simd
+        for (long c = 0; c < C; c++) o[c] = (x[c] - mean) * rstd * a->w[c] + a->b[c];
+        if (a->mean) a->mean[r * a->ms] = mean;
+        if (a->rstd) a->rstd[r * a->rs] = rstd;
+    }
+}
+
+static void FN(rms_norm_rows)(const NormArgs *a, long r0, long r1)
+{
+    const long C = a->C;
+    for (long r = r0; r < r1; r++) {
+        const float *x = a->x + r * a->xs;
+        float *o = a->out + r * a->os;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (long c = 0; c < C; c++) s += x[c] * x[c];
+        float rstd = 1.0f / sqrtf(s / (float)C + a->eps);
+#pragma omp simd
+        for (long c = 0; c < C; c++) o[c] = x[c] * rstd * a->w[c];
+    }
+}
+
+/* dx rows: dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w */
+static void FN(layer_norm_bwd_rows)(const NormBwdArgs *a, long r0, long r1)
+{
+    const long C = a->C;
+    for (long r = r0; r < r1; r++) {
+        const float *dout = a->dout + r * a->ds, *x = a->x + r * a->xs;
+        float *dx = a->dx + r * a->dxs;
+        float mean = a->mean[r * a->ms], rstd = a->rstd[r * a->rs];
+        float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+        for (long c = 0; c < C; c++) {
+            float dxhat = dout[c] * a->w[c];
+            s1 += dxhat;
+            s2 += dxhat * (x[c] - mean) * rstd;
+        }
+        s1 /= (float)C;
+        s2 /= (float)C;
+#pragma omp simd
+        for (long c = 0; c < C; c++) {
+            float xhat = (x[c] - mean) * rstd;
+            dx[c] += rstd * (dout[c] * a->w[c] - s1 - xhat * s2);
+        }
+    }
+}
+
+/* dweight, dbias columns c0..c1, summed over all rows (columns split across threads) */
+static void FN(layer_norm_bwd_cols)(const NormBwdArgs *a, long c0, long c1)
+{
+    float *dw = a->dw + c0, *db = a->db + c0;
+    const long n = c1 - c0;
+    for (long r = 0; r < a->T; r++) {
+        const float *dout = a->dout + r * a->ds + c0, *x = a->x + r * a->xs + c0;
+        float mean = a->mean[r * a->ms], rstd = a->rstd[r * a->rs];
+#pragma omp simd
+        for (long c = 0; c < n; c++) {
+            db[c] += dout[c];
+            dw[c] += dout[c] * ((x[c] - mean) * rstd);
+        }
+    }
+}
+
+static void FN(elementwise)(int op, const float *a, const float *b, float *out, long n)
+{
+    switch (op) {
+    case SM_GELU:
+#pragma omp simd
+        for (long i = 0; i < n; i++) out[i] = sm_gelu(a[i]);
+        break;
+    case SM_SILU:
+#pragma omp simd
+        for (long i = 0; i < n; i++) out[i] = a[i] / (1.0f + sm_exp(-a[i]));
+        break;
+    case SM_GELU_BWD: /* a = x, b = dout */
+#pragma omp simd
+        for (long i = 0; i < n; i++) out[i] = b[i] * sm_gelu_grad(a[i]);
+        break;
+    case SM_SWIGLU: /* a = gate, b = up */
+#pragma omp simd
+        for (long i = 0; i < n; i++) out[i] = a[i] / (1.0f + sm_exp(-a[i])) * b[i];
+        break;
+    case SM_GEGLU:
+#pragma omp simd
+        for (long i = 0; i < n; i++) out[i] = sm_gelu(a[i]) * b[i];
+        break;
+    }
+}
+
+/* softmax(scale * x) per row; with causal, row r (query t = r % T) sees columns <= pos0 + t
+ * and the rest are written as 0 without being exponentiated. */
+static void FN(softmax_rows)(const SoftmaxArgs *a, long r0, long r1)
+{
+    const float scale = a->scale;
+    for (long r = r0; r < r1; r++) {
+        const float *x = a->x + r * a->xs;
+        float *o = a->out + r * a->os;
+        long n = a->S;
+        if (a->causal) {
+            long lim = a->pos0 + r % a->T + 1;
+            n = lim < a->S ? lim : a->S;
+        }
+        float m = -INFINITY;
+        for (long j = 0; j < n; j++) { float s = x[j] * scale; m = s > m ? s : m; }
+        if (m == -INFINITY) m = 0.0f; /* an all -inf row gives NaN like the reference */
+        float z = 0.0f;
+#pragma omp simd reduction(+ : z)
+        for (long j = 0; j < n; j++) { float e = sm_exp(x[j] * scale - m); o[j] = e; z += e; }
+        float inv = 1.0f / z;
+#pragma omp simd
+        for (long j = 0; j < n; j++) o[j] *= inv;
+        for (long j = n; j < a->S; j++) o[j] = 0.0f;
+    }
+}
+
+static void FN(softmax_bwd_rows)(const SoftmaxArgs *a, long r0, long r1)
+{
+    for (long r = r0; r < r1; r++) {
+        const float *p = a->x + r * a->xs, *dp = a->y + r * a->ys;
+        float *o = a->out + r * a->os;
+        float dot = sm_dot(p, dp, a->S);
+#pragma omp simd
+        for (long j = 0; j < a->S; j++) o[j] = a->scale * p[j] * (dp[j] - dot);
+    }
+}
+
+/* rows t0..t1 of (T,H,D): angles in double like the reference, then float rotations */
+static void FN(rope_rows)(const RopeArgs *a, long t0, long t1)
+{
+    float cs[SM_ROPE_MAX_HALF], sn[SM_ROPE_MAX_HALF];
+    const long half = a->half, D = 2 * half;
+    for (long t = t0; t < t1; t++) {
+        double pos = (double)(a->pos0 + t);
+        for (long i = 0; i < half; i++) {
+            double ang = pos * pow(a->theta, -(double)(2 * i) / (double)D);
+            cs[i] = (float)cos(ang);
+            sn[i] = (float)sin(ang);
+        }
+        for (long h = 0; h < a->H; h++) {
+            const float *x = a->x + t * a->xs_t + h * a->xs_h;
+            float *o = a->out + t * a->os_t + h * a->os_h;
+            if (a->neox) {
+#pragma omp simd
+                for (long i = 0; i < half; i++) {
+                    float x0 = x[i], x1 = x[i + half];
+                    o[i] = x0 * cs[i] - x1 * sn[i];
+                    o[i + half] = x0 * sn[i] + x1 * cs[i];
+                }
+            } else {
+#pragma omp simd
+                for (long i = 0; i < half; i++) {
+                    float x0 = x[2 * i], x1 = x[2 * i + 1];
+                    o[2 * i] = x0 * cs[i] - x1 * sn[i];
+                    o[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+                }
+            }
+        }
+    }
+}
+
+/* loss = logsumexp(row) - row[target]; dlogits (which may be the logits buffer itself)
+ * = (softmax - onehot) * dscale. The target logit is read before anything is written. */
+static void FN(cross_entropy_rows)(const XentArgs *a, long r0, long r1)
+{
+    const long V = a->V;
+    for (long r = r0; r < r1; r++) {
+        const float *x = a->logits + r * a->ls;
+        long tgt = a->targets_64 ? (long)((const int64_t *)a->targets)[r * a->ts]
+                                 : (long)((const int32_t *)a->targets)[r * a->ts];
+        float xt = x[tgt];
+        float m = -INFINITY;
+        for (long j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+        float z = 0.0f;
+        if (a->dlogits) {
+            float *d = a->dlogits + r * a->ds;
+#pragma omp simd reduction(+ : z)
+            for (long j = 0; j < V; j++) { float e = sm_exp(x[j] - m); d[j] = e; z += e; }
+            float k = a->dscale / z;
+#pragma omp simd
+            for (long j = 0; j < V; j++) d[j] *= k;
+            d[tgt] -= a->dscale;
+        } else {
+#pragma omp simd reduction(+ : z)
+            for (long j = 0; j < V; j++) z += sm_exp(x[j] - m);
+        }
+        a->losses[r * a->lss] = (float)(log((double)z) + (double)m - (double)xt);
+    }
+}
+
+static void FN(adamw)(const AdamArgs *a, long i0, long i1)
+{
+    float *p = a->p, *m = a->m, *v = a->v;
+    const float *g = a->g;
+    const float b1 = a->beta1, b2 = a->beta2, c1 = 1.0f - a->beta1, c2 = 1.0f - a->beta2;
+#pragma omp simd
+    for (long i = i0; i < i1; i++) {
+        float mi = b1 * m[i] + c1 * g[i];
+        float vi = b2 * v[i] + c2 * g[i] * g[i];
+        m[i] = mi;
+        v[i] = vi;
+        float upd = (mi * a->inv_bc1) / (sqrtf(vi * a->inv_bc2) + a->eps) + a->wd * p[i];
+        p[i] -= a->lr * upd;
+    }
+}
+
+static void FN(add_rows)(float *out, const float *a, const float *b, long n)
+{
+    if (b) {
+#pragma omp simd
+        for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
+    } else {
+        memmove(out, a, (size_t)n * sizeof(float));
+    }
+}
+
+const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
+    .name = SM_ISA_NAME,
+    .linear_cols = FN(linear_cols),
+    .attention = FN(attention),
+    .layer_norm_rows = FN(layer_norm_rows),
+    .rms_norm_rows = FN(rms_norm_rows),
+    .layer_norm_bwd_rows = FN(layer_norm_bwd_rows),
+    .layer_norm_bwd_cols = FN(layer_norm_bwd_cols),
+    .elementwise = FN(elementwise),
+    .softmax_rows = FN(softmax_rows),
+    .softmax_bwd_rows = FN(softmax_bwd_rows),
+    .rope_rows = FN(rope_rows),
+    .cross_entropy_rows = FN(cross_entropy_rows),
+    .adamw = FN(adamw),
+    .add_rows = FN(add_rows),
+};

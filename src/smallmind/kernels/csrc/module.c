@@ -1,0 +1,894 @@
+/* smallmind.kernels._native: validation, layout handling and threading around the
+ * per-ISA kernels. Every argument is checked here (shapes, dtypes, strides, aliasing,
+ * index ranges) before any kernel runs: a bad input raises KernelInputError (or
+ * IndexError for token ids / positions, like the references), never a crash. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "pool.h"
+
+#define SM_MAXD 8
+
+static PyObject *KernelInputError;
+static PyObject *np_shares_memory;
+static const KernelTable *K = &sm_table_generic;
+static long linear_max_t = 24;   /* above this many rows linear() hands over to BLAS */
+static long parallel_min_work = 32768;  /* below this many flops-ish, stay on one thread */
+
+/* ---------------------------------------------------------------- array views */
+
+enum { KIND_F32, KIND_INT };
+
+typedef struct {
+    PyArrayObject *arr;  /* the caller's array (borrowed) */
+    PyArrayObject *tmp;  /* owned C-contiguous copy when the caller's layout needs one */
+    char *data;
+    int nd, elsize, type;
+    npy_intp shape[SM_MAXD], st[SM_MAXD];  /* strides in elements */
+    long rows, cols, rs;                   /* the view as rows of its last dim */
+    int writeback;
+} View;
+
+static int fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (msg) {
+        PyErr_SetObject(KernelInputError, msg);
+        Py_DECREF(msg);
+    }
+    return -1;
+}
+
+static int layout_ok(PyArrayObject *a, int elsize)
+{
+    int nd = PyArray_NDIM(a);
+    if (((uintptr_t)PyArray_DATA(a)) % (uintptr_t)elsize) return 0;
+    for (int d = 0; d < nd; d++) {
+        npy_intp s = PyArray_STRIDE(a, d), n = PyArray_DIM(a, d);
+        if (n > 1 && s % elsize) return 0;
+        if (d == nd - 1 && n > 1 && s != elsize) return 0;
+    }
+    return 1;
+}
+
+/* Fold the leading dims into one row index with a single row stride, if the layout
+ * allows (size-1 dims carry no stride information). */
+static int fold_rows(View *v)
+{
+    int nd = v->nd;
+    if (nd == 0) { v->rows = 1; v->cols = 1; v->rs = 1; return 1; }
+    v->cols = (long)v->shape[nd - 1];
+    long rows = 1;
+    for (int d = 0; d < nd - 1; d++) rows *= (long)v->shape[d];
+    v->rows = rows;
+    v->rs = v->cols;
+    if (rows == 0) return 1;
+    long rs = 0, inner = 1;
+    int have = 0;
+    for (int d = nd - 2; d >= 0; d--) {
+        if (v->shape[d] != 1) {
+            if (!have) { rs = (long)v->st[d]; have = 1; }
+            else if ((long)v->st[d] != rs * inner) return 0;
+        }
+        if (have) inner *= (long)v->shape[d];
+    }
+    if (have) v->rs = rs;
+    return 1;
+}
+
+static void view_fill(View *v, PyArrayObject *a)
+{
+    v->data = PyArray_DATA(a);
+    v->nd = PyArray_NDIM(a);
+    for (int d = 0; d < v->nd; d++) {
+        v->shape[d] = PyArray_DIM(a, d);
+        v->st[d] = PyArray_STRIDE(a, d) / v->elsize;
+    }
+}
+
+/* nd >= 0: exactly that rank; -1: any rank; -2: rank >= 1; -3: rank >= 2.
+ * rows: also fold the view into (rows, cols, row stride), copying when it cannot fold. */
+static int view_get(View *v, PyObject *o, const char *name, int kind, int nd, int writable, int rows)
+{
+    memset(v, 0, sizeof *v);
+    if (!PyArray_Check(o))
+        return fail("%s must be a numpy array, got %s", name, Py_TYPE(o)->tp_name);
+    PyArrayObject *a = (PyArrayObject *)o;
+    int t = PyArray_TYPE(a);
+    if (kind == KIND_F32 && (t != NPY_FLOAT32 || !PyArray_ISNOTSWAPPED(a)))
+        return fail("%s must be float32, got %s", name, PyArray_DESCR(a)->typeobj->tp_name);
+    if (kind == KIND_INT && ((t != NPY_INT32 && t != NPY_INT64) || !PyArray_ISNOTSWAPPED(a)))
+        return fail("%s must be int32 or int64 token ids, got %s", name,
+                    PyArray_DESCR(a)->typeobj->tp_name);
+    int have = PyArray_NDIM(a);
+    if (nd >= 0 && have != nd) return fail("%s must be %dD, got %dD", name, nd, have);
+    if (nd == -2 && have < 1) return fail("%s must have at least 1 dimension", name);
+    if (nd == -3 && have < 2) return fail("%s must have at least 2 dimensions, got %dD", name, have);
+    if (have > SM_MAXD) return fail("%s has %d dimensions; kernels take at most %d", name, have, SM_MAXD);
+    if (writable && !PyArray_ISWRITEABLE(a)) return fail("%s is read-only", name);
+    v->arr = a;
+    v->type = t;
+    v->elsize = (int)PyArray_ITEMSIZE(a);
+    v->writeback = writable;
+    if (layout_ok(a, v->elsize)) {
+        view_fill(v, a);
+        if (!rows || fold_rows(v)) return 0;
+    }
+    /* last dim not unit-stride, misaligned, or leading dims that do not fold: work on a
+     * contiguous copy (written back into the caller's array for outputs) */
+    v->tmp = (PyArrayObject *)PyArray_NewCopy(a, NPY_CORDER);
+    if (!v->tmp) return -1;
+    view_fill(v, v->tmp);
+    if (rows) fold_rows(v);
+    return 0;
+}
+
+static int view_done(View *v, int ok)
+{
+    int rc = 0;
+    if (v->tmp) {
+        if (ok && v->writeback) rc = PyArray_CopyInto(v->arr, v->tmp);
+        Py_CLEAR(v->tmp);
+    }
+    return rc;
+}
+
+static void extent(PyArrayObject *a, char **lo, char **hi)
+{
+    char *p = PyArray_DATA(a), *l = p, *h = p;
+    for (int d = 0; d < PyArray_NDIM(a); d++) {
+        npy_intp n = PyArray_DIM(a, d);
+        if (n == 0) { *lo = *hi = p; return; }
+        npy_intp span = (n - 1) * PyArray_STRIDE(a, d);
+        if (span < 0) l += span; else h += span;
+    }
+    *lo = l;
+    *hi = h + PyArray_ITEMSIZE(a);
+}
+
+static int same_array(PyArrayObject *a, PyArrayObject *b)
+{
+    if (PyArray_DATA(a) != PyArray_DATA(b) || PyArray_NDIM(a) != PyArray_NDIM(b)) return 0;
+    for (int d = 0; d < PyArray_NDIM(a); d++)
+        if (PyArray_DIM(a, d) != PyArray_DIM(b, d) ||
+            (PyArray_DIM(a, d) > 1 && PyArray_STRIDE(a, d) != PyArray_STRIDE(b, d)))
+            return 0;
+    return 1;
+}
+
+/* out must not share memory with in, except (allow_same) being exactly the same array. */
+static int no_overlap(View *out, const char *oname, View *in, const char *iname, int allow_same)
+{
+    if (!out->arr || !in->arr) return 0;
+    char *alo, *ahi, *blo, *bhi;
+    extent(out->arr, &alo, &ahi);
+    extent(in->arr, &blo, &bhi);
+    if (alo == ahi || blo == bhi || ahi <= blo || bhi <= alo) return 0;
+    if (allow_same && same_array(out->arr, in->arr)) return 0;
+    PyObject *r = PyObject_CallFunctionObjArgs(np_shares_memory, (PyObject *)out->arr,
+                                               (PyObject *)in->arr, NULL);
+    if (!r) return -1;
+    int shares = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (shares < 0) return -1;
+    if (shares) {
+        if (allow_same) return fail("%s must be %s itself or not overlap it", oname, iname);
+        return fail("%s must not overlap %s", oname, iname);
+    }
+    return 0;
+}
+
+static int same_shape(View *a, const char *an, View *b, const char *bn)
+{
+    int eq = a->nd == b->nd;
+    for (int d = 0; eq && d < a->nd; d++) eq = a->shape[d] == b->shape[d];
+    if (eq) return 0;
+    PyObject *sa = PyObject_GetAttrString((PyObject *)a->arr, "shape");
+    PyObject *sb = PyObject_GetAttrString((PyObject *)b->arr, "shape");
+    if (sa && sb) fail("%s shape %R does not match %s shape %R", bn, sb, an, sa);
+    Py_XDECREF(sa);
+    Py_XDECREF(sb);
+    return -1;
+}
+
+static int want_dim(View *v, const char *name, int d, long n, const char *what)
+{
+    if ((long)v->shape[d] == n) return 0;
+    return fail("%s dim %d is %ld but must be %ld (%s)", name, d, (long)v->shape[d], n, what);
+}
+
+#define F(v) ((float *)(v).data)
+
+static int get_long(PyObject *o, const char *name, long *out)
+{
+    long x = PyLong_AsLong(o);
+    if (x == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return fail("%s must be an integer, got %s", name, Py_TYPE(o)->tp_name);
+    }
+    *out = x;
+    return 0;
+}
+
+static int get_float(PyObject *o, const char *name, double *out)
+{
+    double x = PyFloat_AsDouble(o);
+    if (x == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return fail("%s must be a number, got %s", name, Py_TYPE(o)->tp_name);
+    }
+    *out = x;
+    return 0;
+}
+
+static int nargs_ok(Py_ssize_t n, Py_ssize_t want, const char *fn)
+{
+    if (n == want) return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", fn, want, n);
+    return -1;
+}
+
+static void run(sm_task_fn fn, void *ctx, long total, long grain, double work)
+{
+    if (work < (double)parallel_min_work) {
+        fn(ctx, 0, total);
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    sm_parallel_for(fn, ctx, total, grain);
+    Py_END_ALLOW_THREADS
+}
+
+/* release the caller's views; on success return `ret` (new reference), else NULL */
+static PyObject *finish(View *views, int n, int ok, PyObject *ret)
+{
+    int rc = 0;
+    for (int i = 0; i < n; i++)
+        if (view_done(&views[i], ok && rc == 0) < 0) rc = -1;
+    if (!ok || rc < 0) return NULL;
+    Py_INCREF(ret);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- linear */
+
+static void linear_task(void *ctx, long a, long b) { K->linear_cols((const LinearArgs *)ctx, a, b); }
+
+/* linear(x, w, b, out, accumulate) -> True when computed here, False when the caller
+ * should use BLAS (many rows); arguments are fully validated either way. */
+static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 5, "linear")) return NULL;
+    View v[4] = {0};
+    int ok = 0;
+    int acc = PyObject_IsTrue(args[4]);
+    if (acc < 0) return NULL;
+    int has_b = args[2] != Py_None;
+    if (view_get(&v[0], args[0], "x", KIND_F32, 2, 0, 0) || view_get(&v[1], args[1], "w", KIND_F32, 2, 0, 0) ||
+        (has_b && view_get(&v[2], args[2], "b", KIND_F32, 1, 0, 0)) ||
+        view_get(&v[3], args[3], "out", KIND_F32, 2, 1, 0))
+        goto done;
+    long T = v[0].shape[0], Kd = v[0].shape[1], N = v[1].shape[0];
+    if (want_dim(&v[1], "w", 1, Kd, "x's features") || (has_b && want_dim(&v[2], "b", 0, N, "w's rows")) ||
+        want_dim(&v[3], "out", 0, T, "x's rows") || want_dim(&v[3], "out", 1, N, "w's rows"))
+        goto done;
+    if (no_overlap(&v[3], "out", &v[0], "x", 0) || no_overlap(&v[3], "out", &v[1], "w", 0) ||
+        (has_b && no_overlap(&v[3], "out", &v[2], "b", 0)))
+        goto done;
+    if (T > linear_max_t) {
+        ok = 1;
+        for (int i = 0; i < 4; i++) view_done(&v[i], 0);
+        Py_RETURN_FALSE;
+    }
+    LinearArgs la = {F(v[0]), F(v[1]), has_b ? F(v[2]) : NULL, F(v[3]), T, Kd, N,
+                     (long)v[0].st[0], (long)v[1].st[0], (long)v[3].st[0], acc};
+    run(linear_task, &la, N, 16, 2.0 * T * N * Kd);
+    ok = 1;
+done:
+    return finish(v, 4, ok, Py_True);
+}
+
+/* ---------------------------------------------------------------- attention, KV cache */
+
+static void attn_task(void *ctx, long a, long b) { K->attention((const AttnArgs *)ctx, a, b); }
+
+static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 6, "attention")) return NULL;
+    View v[4] = {0};
+    int ok = 0;
+    long pos0 = 0;
+    double scale = 0.0;
+    if (view_get(&v[0], args[0], "q", KIND_F32, 3, 0, 0) || view_get(&v[1], args[1], "k_cache", KIND_F32, 3, 0, 0) ||
+        view_get(&v[2], args[2], "v_cache", KIND_F32, 3, 0, 0) || get_long(args[3], "pos0", &pos0) ||
+        view_get(&v[3], args[4], "out", KIND_F32, 3, 1, 0) || get_float(args[5], "scale", &scale))
+        goto done;
+    long T = v[0].shape[0], H = v[0].shape[1], D = v[0].shape[2];
+    long Hkv = v[1].shape[0], Smax = v[1].shape[1];
+    if (same_shape(&v[1], "k_cache", &v[2], "v_cache") || same_shape(&v[0], "q", &v[3], "out") ||
+        want_dim(&v[1], "k_cache", 2, D, "q's head dim"))
+        goto done;
+    if (Hkv < 1 || H % Hkv) { fail("q heads (%ld) must be a multiple of the cache's KV heads (%ld)", H, Hkv); goto done; }
+    if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
+    if (pos0 + T > Smax) { fail("pos0 + T = %ld exceeds the cache length %ld", pos0 + T, Smax); goto done; }
+    if (D > SM_ATTN_MAX_D) { fail("head dim %ld is above the supported %d", D, SM_ATTN_MAX_D); goto done; }
+    if (no_overlap(&v[3], "out", &v[0], "q", 0) || no_overlap(&v[3], "out", &v[1], "k_cache", 0) ||
+        no_overlap(&v[3], "out", &v[2], "v_cache", 0))
+        goto done;
+    AttnArgs aa = {F(v[0]), F(v[1]), F(v[2]), F(v[3]), T, H, D, Hkv ? H / Hkv : 1, pos0,
+                   (long)v[0].st[0], (long)v[0].st[1], (long)v[1].st[0], (long)v[1].st[1],
+                   (long)v[2].st[0], (long)v[2].st[1], (long)v[3].st[0], (long)v[3].st[1], (float)scale};
+    run(attn_task, &aa, H * T, 1, 4.0 * H * T * (pos0 + T) * D);
+    ok = 1;
+done:
+    return finish(v, 4, ok, args[4]);
+}
+
+static PyObject *py_kv_cache_store(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 5, "kv_cache_store")) return NULL;
+    View v[4] = {0};
+    int ok = 0;
+    long pos0 = 0;
+    if (view_get(&v[0], args[0], "k", KIND_F32, 3, 0, 0) || view_get(&v[1], args[1], "v", KIND_F32, 3, 0, 0) ||
+        view_get(&v[2], args[2], "k_cache", KIND_F32, 3, 1, 0) || view_get(&v[3], args[3], "v_cache", KIND_F32, 3, 1, 0) ||
+        get_long(args[4], "pos0", &pos0))
+        goto done;
+    long T = v[0].shape[0], Hkv = v[0].shape[1], D = v[0].shape[2], Smax = v[2].shape[1];
+    if (same_shape(&v[0], "k", &v[1], "v") || same_shape(&v[2], "k_cache", &v[3], "v_cache") ||
+        want_dim(&v[2], "k_cache", 0, Hkv, "k's heads") || want_dim(&v[2], "k_cache", 2, D, "k's head dim"))
+        goto done;
+    if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
+    if (no_overlap(&v[2], "k_cache", &v[0], "k", 0) || no_overlap(&v[2], "k_cache", &v[1], "v", 0) ||
+        no_overlap(&v[3], "v_cache", &v[0], "k", 0) || no_overlap(&v[3], "v_cache", &v[1], "v", 0) ||
+        no_overlap(&v[3], "v_cache", &v[2], "k_cache", 0))
+        goto done;
+    if (pos0 + T > Smax) {
+        PyErr_Format(PyExc_IndexError, "KV cache is full: positions %ld..%ld beyond its length %ld",
+                     pos0, pos0 + T - 1, Smax);
+        goto done;
+    }
+    for (long t = 0; t < T; t++)
+        for (long h = 0; h < Hkv; h++) {
+            long p = pos0 + t;
+            memcpy(F(v[2]) + h * v[2].st[0] + p * v[2].st[1], F(v[0]) + t * v[0].st[0] + h * v[0].st[1], D * 4);
+            memcpy(F(v[3]) + h * v[3].st[0] + p * v[3].st[1], F(v[1]) + t * v[1].st[0] + h * v[1].st[1], D * 4);
+        }
+    ok = 1;
+done:
+    return finish(v, 4, ok, Py_None);
+}
+
+/* ---------------------------------------------------------------- embeddings */
+
+static long token_at(View *t, long i)
+{
+    const char *p = t->data + (Py_ssize_t)i * t->st[0] * t->elsize;
+    return t->type == NPY_INT64 ? (long)*(const int64_t *)p : (long)*(const int32_t *)p;
+}
+
+static int tokens_in_range(View *t, long V)
+{
+    long n = (long)t->shape[0];
+    for (long i = 0; i < n; i++) {
+        long id = token_at(t, i);
+        if (id < 0 || id >= V) {
+            PyErr_Format(PyExc_IndexError, "token id %ld at index %ld is out of range for a vocabulary of %ld",
+                         id, i, V);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *py_embedding(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 5, "embedding")) return NULL;
+    View v[4] = {0};
+    int ok = 0;
+    long pos0 = 0;
+    int has_wpe = args[2] != Py_None;
+    if (view_get(&v[0], args[0], "tokens", KIND_INT, 1, 0, 0) || view_get(&v[1], args[1], "wte", KIND_F32, 2, 0, 0) ||
+        (has_wpe && view_get(&v[2], args[2], "wpe", KIND_F32, 2, 0, 0)) || get_long(args[3], "pos0", &pos0) ||
+        view_get(&v[3], args[4], "out", KIND_F32, 2, 1, 0))
+        goto done;
+    long T = v[0].shape[0], V = v[1].shape[0], C = v[1].shape[1];
+    if (want_dim(&v[3], "out", 0, T, "number of tokens") || want_dim(&v[3], "out", 1, C, "wte's width") ||
+        (has_wpe && want_dim(&v[2], "wpe", 1, C, "wte's width")))
+        goto done;
+    if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
+    if (no_overlap(&v[3], "out", &v[1], "wte", 0) || (has_wpe && no_overlap(&v[3], "out", &v[2], "wpe", 0)))
+        goto done;
+    if (tokens_in_range(&v[0], V)) goto done;
+    if (has_wpe && pos0 + T > v[2].shape[0]) {
+        PyErr_Format(PyExc_IndexError, "position %ld is beyond the position-embedding table (%ld)",
+                     pos0 + T - 1, (long)v[2].shape[0]);
+        goto done;
+    }
+    for (long t = 0; t < T; t++)
+        K->add_rows(F(v[3]) + t * v[3].st[0], F(v[1]) + token_at(&v[0], t) * v[1].st[0],
+                    has_wpe ? F(v[2]) + (pos0 + t) * v[2].st[0] : NULL, C);
+    ok = 1;
+done:
+    return finish(v, 4, ok, args[4]);
+}
+
+static PyObject *py_embedding_backward(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 3, "embedding_backward")) return NULL;
+    View v[3] = {0};
+    int ok = 0;
+    if (view_get(&v[0], args[0], "tokens", KIND_INT, 1, 0, 0) || view_get(&v[1], args[1], "dout", KIND_F32, 2, 0, 0) ||
+        view_get(&v[2], args[2], "dwte", KIND_F32, 2, 1, 0))
+        goto done;
+    long N = v[0].shape[0], C = v[2].shape[1];
+    if (want_dim(&v[1], "dout", 0, N, "number of tokens") || want_dim(&v[1], "dout", 1, C, "dwte's width") ||
+        no_overlap(&v[2], "dwte", &v[1], "dout", 0) || tokens_in_range(&v[0], (long)v[2].shape[0]))
+        goto done;
+    for (long i = 0; i < N; i++) {
+        float *row = F(v[2]) + token_at(&v[0], i) * v[2].st[0];
+        K->add_rows(row, row, F(v[1]) + i * v[1].st[0], C);
+    }
+    ok = 1;
+done:
+    return finish(v, 3, ok, args[2]);
+}
+
+/* ---------------------------------------------------------------- norms */
+
+static void ln_task(void *ctx, long a, long b) { K->layer_norm_rows((const NormArgs *)ctx, a, b); }
+static void rms_task(void *ctx, long a, long b) { K->rms_norm_rows((const NormArgs *)ctx, a, b); }
+
+static PyObject *py_layer_norm(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 7, "layer_norm")) return NULL;
+    View v[6] = {0};
+    int ok = 0;
+    double eps = 0.0;
+    int has_m = args[5] != Py_None, has_r = args[6] != Py_None;
+    if (view_get(&v[0], args[0], "x", KIND_F32, 2, 0, 0) || view_get(&v[1], args[1], "weight", KIND_F32, 1, 0, 0) ||
+        view_get(&v[2], args[2], "bias", KIND_F32, 1, 0, 0) || view_get(&v[3], args[3], "out", KIND_F32, 2, 1, 0) ||
+        get_float(args[4], "eps", &eps) || (has_m && view_get(&v[4], args[5], "mean", KIND_F32, 1, 1, 0)) ||
+        (has_r && view_get(&v[5], args[6], "rstd", KIND_F32, 1, 1, 0)))
+        goto done;
+    long T = v[0].shape[0], C = v[0].shape[1];
+    if (same_shape(&v[0], "x", &v[3], "out") || want_dim(&v[1], "weight", 0, C, "x's features") ||
+        want_dim(&v[2], "bias", 0, C, "x's features") || (has_m && want_dim(&v[4], "mean", 0, T, "x's rows")) ||
+        (has_r && want_dim(&v[5], "rstd", 0, T, "x's rows")))
+        goto done;
+    if (no_overlap(&v[3], "out", &v[0], "x", 1) || no_overlap(&v[3], "out", &v[1], "weight", 0) ||
+        no_overlap(&v[3], "out", &v[2], "bias", 0) ||
+        (has_m && (no_overlap(&v[4], "mean", &v[0], "x", 0) || no_overlap(&v[4], "mean", &v[3], "out", 0))) ||
+        (has_r && (no_overlap(&v[5], "rstd", &v[0], "x", 0) || no_overlap(&v[5], "rstd", &v[3], "out", 0) ||
+                   (has_m && no_overlap(&v[5], "rstd", &v[4], "mean", 0)))))
+        goto done;
+    NormArgs na = {F(v[0]), F(v[1]), F(v[2]), F(v[3]), has_m ? F(v[4]) : NULL, has_r ? F(v[5]) : NULL,
+                   C, (long)v[0].st[0], (long)v[3].st[0], has_m ? (long)v[4].st[0] : 0,
+                   has_r ? (long)v[5].st[0] : 0, (float)eps};
+    run(ln_task, &na, T, 1, 8.0 * T * C);
+    ok = 1;
+done:
+    return finish(v, 6, ok, args[3]);
+}
+
+static PyObject *py_rms_norm(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 4, "rms_norm")) return NULL;
+    View v[3] = {0};
+    int ok = 0;
+    double eps = 0.0;
+    if (view_get(&v[0], args[0], "x", KIND_F32, 2, 0, 0) || view_get(&v[1], args[1], "weight", KIND_F32, 1, 0, 0) ||
+        view_get(&v[2], args[2], "out", KIND_F32, 2, 1, 0) || get_float(args[3], "eps", &eps))
+        goto done;
+    long T = v[0].shape[0], C = v[0].shape[1];
+    if (same_shape(&v[0], "x", &v[2], "out") || want_dim(&v[1], "weight", 0, C, "x's features") ||
+        no_overlap(&v[2], "out", &v[0], "x", 1) || no_overlap(&v[2], "out", &v[1], "weight", 0))
+        goto done;
+    NormArgs na = {F(v[0]), F(v[1]), NULL, F(v[2]), NULL, NULL, C, (long)v[0].st[0], (long)v[2].st[0], 0, 0, (float)eps};
+    run(rms_task, &na, T, 1, 6.0 * T * C);
+    ok = 1;
+done:
+    return finish(v, 3, ok, args[2]);
+}
+
+static void lnb_rows_task(void *ctx, long a, long b) { K->layer_norm_bwd_rows((const NormBwdArgs *)ctx, a, b); }
+static void lnb_cols_task(void *ctx, long a, long b) { K->layer_norm_bwd_cols((const NormBwdArgs *)ctx, a, b); }
+
+static PyObject *py_layer_norm_backward(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 8, "layer_norm_backward")) return NULL;
+    View v[8] = {0};
+    int ok = 0;
+    static const char *names[8] = {"dout", "x", "weight", "mean", "rstd", "dx", "dweight", "dbias"};
+    static const int nds[8] = {2, 2, 1, 1, 1, 2, 1, 1};
+    for (int i = 0; i < 8; i++)
+        if (view_get(&v[i], args[i], names[i], KIND_F32, nds[i], i >= 5, 0)) goto done;
+    long T = v[1].shape[0], C = v[1].shape[1];
+    if (same_shape(&v[1], "x", &v[0], "dout") || same_shape(&v[1], "x", &v[5], "dx") ||
+        want_dim(&v[2], "weight", 0, C, "x's features") || want_dim(&v[3], "mean", 0, T, "x's rows") ||
+        want_dim(&v[4], "rstd", 0, T, "x's rows") || want_dim(&v[6], "dweight", 0, C, "x's features") ||
+        want_dim(&v[7], "dbias", 0, C, "x's features"))
+        goto done;
+    /* dx may be dout or x itself (each element is read before it is written); the
+     * parameter gradients must not touch anything else */
+    for (int i = 0; i < 5; i++)
+        if (no_overlap(&v[5], "dx", &v[i], names[i], i <= 1) || no_overlap(&v[6], "dweight", &v[i], names[i], 0) ||
+            no_overlap(&v[7], "dbias", &v[i], names[i], 0))
+            goto done;
+    if (no_overlap(&v[6], "dweight", &v[5], "dx", 0) || no_overlap(&v[7], "dbias", &v[5], "dx", 0) ||
+        no_overlap(&v[7], "dbias", &v[6], "dweight", 0))
+        goto done;
+    NormBwdArgs a = {F(v[0]), F(v[1]), F(v[2]), F(v[3]), F(v[4]), F(v[5]), F(v[6]), F(v[7]), T, C,
+                     (long)v[0].st[0], (long)v[1].st[0], (long)v[5].st[0], (long)v[3].st[0], (long)v[4].st[0]};
+    /* parameter gradients first: they read dout and x, which dx may overwrite */
+    run(lnb_cols_task, &a, C, 16, 4.0 * T * C);
+    run(lnb_rows_task, &a, T, 1, 10.0 * T * C);
+    ok = 1;
+done:
+    return finish(v, 8, ok, args[5]);
+}
+
+/* ---------------------------------------------------------------- elementwise */
+
+typedef struct {
+    int op, flat;
+    const float *a, *b;
+    float *out;
+    long cols, ars, brs, ors;
+} EltCtx;
+
+static void elt_task(void *ctx, long i0, long i1)
+{
+    const EltCtx *c = ctx;
+    if (c->flat) {
+        K->elementwise(c->op, c->a + i0, c->b ? c->b + i0 : NULL, c->out + i0, i1 - i0);
+        return;
+    }
+    for (long r = i0; r < i1; r++)
+        K->elementwise(c->op, c->a + r * c->ars, c->b ? c->b + r * c->brs : NULL, c->out + r * c->ors, c->cols);
+}
+
+/* out = op(a[, b]) over arrays of one shape; out may be a or b itself */
+static PyObject *elementwise(int op, PyObject *const *args, Py_ssize_t n, int nin, const char *fn,
+                             const char *an, const char *bn, double cost)
+{
+    if (nargs_ok(n, nin + 1, fn)) return NULL;
+    View v[3] = {0};
+    int ok = 0;
+    View *out = &v[nin];
+    if (view_get(&v[0], args[0], an, KIND_F32, -1, 0, 1) ||
+        (nin == 2 && view_get(&v[1], args[1], bn, KIND_F32, -1, 0, 1)) ||
+        view_get(out, args[nin], "out", KIND_F32, -1, 1, 1))
+        goto done;
+    if (same_shape(&v[0], an, out, "out") || (nin == 2 && same_shape(&v[0], an, &v[1], bn)) ||
+        no_overlap(out, "out", &v[0], an, 1) || (nin == 2 && no_overlap(out, "out", &v[1], bn, 1)))
+        goto done;
+    long rows = out->rows, cols = out->cols;
+    int flat = v[0].rs == cols && out->rs == cols && (nin == 1 || v[1].rs == cols);
+    EltCtx c = {op, flat, F(v[0]), nin == 2 ? F(v[1]) : NULL, F(*out), cols,
+                v[0].rs, nin == 2 ? v[1].rs : 0, out->rs};
+    if (flat) run(elt_task, &c, rows * cols, 1024, cost * rows * cols);
+    else run(elt_task, &c, rows, 1, cost * rows * cols);
+    ok = 1;
+done:
+    return finish(v, nin + 1, ok, args[nin]);
+}
+
+static PyObject *py_gelu(PyObject *s, PyObject *const *a, Py_ssize_t n) { return elementwise(SM_GELU, a, n, 1, "gelu", "x", NULL, 20); }
+static PyObject *py_silu(PyObject *s, PyObject *const *a, Py_ssize_t n) { return elementwise(SM_SILU, a, n, 1, "silu", "x", NULL, 20); }
+static PyObject *py_gelu_backward(PyObject *s, PyObject *const *a, Py_ssize_t n) { return elementwise(SM_GELU_BWD, a, n, 2, "gelu_backward", "x", "dout", 30); }
+static PyObject *py_swiglu(PyObject *s, PyObject *const *a, Py_ssize_t n) { return elementwise(SM_SWIGLU, a, n, 2, "swiglu", "gate", "up", 20); }
+static PyObject *py_geglu(PyObject *s, PyObject *const *a, Py_ssize_t n) { return elementwise(SM_GEGLU, a, n, 2, "geglu", "gate", "up", 20); }
+
+/* ---------------------------------------------------------------- softmax family */
+
+static void softmax_task(void *ctx, long a, long b) { K->softmax_rows((const SoftmaxArgs *)ctx, a, b); }
+static void softmax_bwd_task(void *ctx, long a, long b) { K->softmax_bwd_rows((const SoftmaxArgs *)ctx, a, b); }
+
+static PyObject *softmax_common(PyObject *const *args, int causal, double scale, long pos0, PyObject *xo, PyObject *oo)
+{
+    View v[2] = {0};
+    int ok = 0;
+    if (view_get(&v[0], xo, causal ? "scores" : "x", KIND_F32, causal ? -3 : -2, 0, 1) ||
+        view_get(&v[1], oo, "out", KIND_F32, causal ? -3 : -2, 1, 1))
+        goto done;
+    if (same_shape(&v[0], causal ? "scores" : "x", &v[1], "out") ||
+        no_overlap(&v[1], "out", &v[0], causal ? "scores" : "x", 1))
+        goto done;
+    if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
+    long T = causal ? (long)v[0].shape[v[0].nd - 2] : 1;
+    SoftmaxArgs sa = {F(v[0]), NULL, F(v[1]), v[0].cols, T ? T : 1, pos0, v[0].rs, 0, v[1].rs, (float)scale, causal};
+    run(softmax_task, &sa, v[0].rows, 1, 20.0 * v[0].rows * v[0].cols);
+    ok = 1;
+done:
+    return finish(v, 2, ok, oo);
+}
+
+static PyObject *py_softmax(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 2, "softmax")) return NULL;
+    return softmax_common(args, 0, 1.0, 0, args[0], args[1]);
+}
+
+static PyObject *py_causal_softmax(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 4, "causal_softmax")) return NULL;
+    double scale = 0.0;
+    long pos0 = 0;
+    if (get_float(args[2], "scale", &scale) || get_long(args[3], "pos0", &pos0)) return NULL;
+    return softmax_common(args, 1, scale, pos0, args[0], args[1]);
+}
+
+static PyObject *py_softmax_backward(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 4, "softmax_backward")) return NULL;
+    View v[3] = {0};
+    int ok = 0;
+    double scale = 0.0;
+    if (view_get(&v[0], args[0], "probs", KIND_F32, -2, 0, 1) || view_get(&v[1], args[1], "dprobs", KIND_F32, -2, 0, 1) ||
+        view_get(&v[2], args[2], "dscores", KIND_F32, -2, 1, 1) || get_float(args[3], "scale", &scale))
+        goto done;
+    if (same_shape(&v[0], "probs", &v[1], "dprobs") || same_shape(&v[0], "probs", &v[2], "dscores") ||
+        no_overlap(&v[2], "dscores", &v[0], "probs", 1) || no_overlap(&v[2], "dscores", &v[1], "dprobs", 1))
+        goto done;
+    SoftmaxArgs sa = {F(v[0]), F(v[1]), F(v[2]), v[0].cols, 1, 0, v[0].rs, v[1].rs, v[2].rs, (float)scale, 0};
+    run(softmax_bwd_task, &sa, v[0].rows, 1, 5.0 * v[0].rows * v[0].cols);
+    ok = 1;
+done:
+    return finish(v, 3, ok, args[2]);
+}
+
+/* ---------------------------------------------------------------- rope */
+
+static void rope_task(void *ctx, long a, long b) { K->rope_rows((const RopeArgs *)ctx, a, b); }
+
+static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 5, "rope")) return NULL;
+    View v[2] = {0};
+    int ok = 0;
+    long pos0 = 0;
+    double theta = 0.0;
+    int neox = PyObject_IsTrue(args[4]);
+    if (neox < 0) return NULL;
+    if (view_get(&v[0], args[0], "x", KIND_F32, 3, 0, 0) || get_long(args[1], "pos0", &pos0) ||
+        get_float(args[2], "theta", &theta) || view_get(&v[1], args[3], "out", KIND_F32, 3, 1, 0))
+        goto done;
+    long T = v[0].shape[0], H = v[0].shape[1], D = v[0].shape[2];
+    if (same_shape(&v[0], "x", &v[1], "out") || no_overlap(&v[1], "out", &v[0], "x", 1)) goto done;
+    if (D % 2) { fail("rope needs an even head dim, got %ld", D); goto done; }
+    if (D / 2 > SM_ROPE_MAX_HALF) { fail("head dim %ld is above the supported %d", D, 2 * SM_ROPE_MAX_HALF); goto done; }
+    if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
+    if (!(theta > 0.0)) { fail("theta must be positive, got %S", args[2]); goto done; }
+    RopeArgs ra = {F(v[0]), F(v[1]), T, H, D / 2, pos0, (long)v[0].st[0], (long)v[0].st[1],
+                   (long)v[1].st[0], (long)v[1].st[1], theta, neox};
+    run(rope_task, &ra, T, 1, 6.0 * T * H * D + 100.0 * T * D);
+    ok = 1;
+done:
+    return finish(v, 2, ok, args[3]);
+}
+
+/* ---------------------------------------------------------------- loss, optimizer */
+
+static void xent_task(void *ctx, long a, long b) { K->cross_entropy_rows((const XentArgs *)ctx, a, b); }
+
+static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 5, "cross_entropy")) return NULL;
+    View v[4] = {0};
+    int ok = 0;
+    double dscale = 0.0;
+    int has_d = args[3] != Py_None;
+    if (view_get(&v[0], args[0], "logits", KIND_F32, 2, 0, 0) || view_get(&v[1], args[1], "targets", KIND_INT, 1, 0, 0) ||
+        view_get(&v[2], args[2], "losses", KIND_F32, 1, 1, 0) ||
+        (has_d && view_get(&v[3], args[3], "dlogits", KIND_F32, 2, 1, 0)) || get_float(args[4], "dscale", &dscale))
+        goto done;
+    long N = v[0].shape[0], V = v[0].shape[1];
+    if (want_dim(&v[1], "targets", 0, N, "logits' rows") || want_dim(&v[2], "losses", 0, N, "logits' rows") ||
+        (has_d && same_shape(&v[0], "logits", &v[3], "dlogits")))
+        goto done;
+    if (no_overlap(&v[2], "losses", &v[0], "logits", 0) ||
+        (has_d && (no_overlap(&v[3], "dlogits", &v[0], "logits", 1) || no_overlap(&v[2], "losses", &v[3], "dlogits", 0))))
+        goto done;
+    for (long i = 0; i < N; i++) {
+        long t = token_at(&v[1], i);
+        if (t < 0 || t >= V) {
+            PyErr_Format(PyExc_IndexError, "target %ld at row %ld is out of range for %ld classes", t, i, V);
+            goto done;
+        }
+    }
+    XentArgs xa = {F(v[0]), F(v[2]), has_d ? F(v[3]) : NULL, v[1].data, v[1].type == NPY_INT64,
+                   V, (long)v[0].st[0], (long)v[2].st[0], (long)v[1].st[0], has_d ? (long)v[3].st[0] : 0,
+                   (float)dscale};
+    run(xent_task, &xa, N, 1, 25.0 * N * V);
+    ok = 1;
+done:
+    return finish(v, 4, ok, args[2]);
+}
+
+typedef struct {
+    AdamArgs a;
+    int flat;
+    long cols, rs[4];
+} AdamCtx;
+
+static void adam_task(void *ctx, long i0, long i1)
+{
+    const AdamCtx *c = ctx;
+    if (c->flat) {
+        K->adamw(&c->a, i0, i1);
+        return;
+    }
+    for (long r = i0; r < i1; r++) {
+        AdamArgs a = c->a;
+        a.p += r * c->rs[0];
+        a.g += r * c->rs[1];
+        a.m += r * c->rs[2];
+        a.v += r * c->rs[3];
+        K->adamw(&a, 0, c->cols);
+    }
+}
+
+static PyObject *py_adamw_step(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 10, "adamw_step")) return NULL;
+    View v[4] = {0};
+    int ok = 0;
+    static const char *names[4] = {"param", "grad", "m", "v"};
+    double lr = 0, b1 = 0, b2 = 0, eps = 0, wd = 0;
+    long step = 0;
+    for (int i = 0; i < 4; i++)
+        if (view_get(&v[i], args[i], names[i], KIND_F32, -1, i != 1, 1)) goto done;
+    if (get_float(args[4], "lr", &lr) || get_float(args[5], "beta1", &b1) || get_float(args[6], "beta2", &b2) ||
+        get_float(args[7], "eps", &eps) || get_float(args[8], "weight_decay", &wd) || get_long(args[9], "step", &step))
+        goto done;
+    for (int i = 1; i < 4; i++)
+        if (same_shape(&v[0], "param", &v[i], names[i])) goto done;
+    /* pairs (written, other): grad (1) is the only read-only one */
+    static const int pairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {2, 1}, {3, 1}, {3, 2}};
+    for (int i = 0; i < 6; i++)
+        if (no_overlap(&v[pairs[i][0]], names[pairs[i][0]], &v[pairs[i][1]], names[pairs[i][1]], 0)) goto done;
+    if (step < 1) { fail("step counts from 1, got %ld", step); goto done; }
+    if (!(b1 >= 0.0 && b1 < 1.0 && b2 >= 0.0 && b2 < 1.0)) { fail("betas must be in [0, 1)"); goto done; }
+    AdamCtx c = {{F(v[0]), F(v[2]), F(v[3]), F(v[1]), (float)lr, (float)b1, (float)b2, (float)eps, (float)wd,
+                  (float)(1.0 / (1.0 - pow(b1, (double)step))), (float)(1.0 / (1.0 - pow(b2, (double)step)))}};
+    long rows = v[0].rows, cols = v[0].cols;
+    c.flat = 1;
+    for (int i = 0; i < 4; i++) {
+        c.rs[i] = v[i].rs;
+        if (v[i].rs != cols) c.flat = 0;
+    }
+    c.cols = cols;
+    if (c.flat) run(adam_task, &c, rows * cols, 1024, 12.0 * rows * cols);
+    else run(adam_task, &c, rows, 1, 12.0 * rows * cols);
+    ok = 1;
+done:
+    return finish(v, 4, ok, args[0]);
+}
+
+/* ---------------------------------------------------------------- module */
+
+static const KernelTable *table_for(const char *name)
+{
+    if (!strcmp(name, "generic")) return &sm_table_generic;
+#ifdef SM_HAVE_X86
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (!strcmp(name, "avx2")) return avx2 ? &sm_table_avx2 : NULL;
+    if (!strcmp(name, "avx512")) return avx512 ? &sm_table_avx512 : NULL;
+    if (!strcmp(name, "best")) return avx512 ? &sm_table_avx512 : avx2 ? &sm_table_avx2 : &sm_table_generic;
+#else
+    if (!strcmp(name, "best")) return &sm_table_generic;
+#endif
+    return NULL;
+}
+
+static PyObject *py_select_isa(PyObject *self, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const KernelTable *t = table_for(name);
+    if (!t) return PyErr_Format(PyExc_ValueError, "ISA %R is unknown or not supported by this CPU", arg);
+    K = t;
+    return PyUnicode_FromString(K->name);
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(K->name); }
+
+static PyObject *py_cpu_features(PyObject *self, PyObject *unused)
+{
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+#ifdef SM_HAVE_X86
+    __builtin_cpu_init();
+#define FEAT(s)                                                                   \
+    if (PyDict_SetItemString(d, s, __builtin_cpu_supports(s) ? Py_True : Py_False)) { \
+        Py_DECREF(d);                                                             \
+        return NULL;                                                              \
+    }
+    FEAT("sse4.2") FEAT("avx") FEAT("avx2") FEAT("fma") FEAT("avx512f") FEAT("avx512bw") FEAT("avx512vl")
+    FEAT("avx512dq") FEAT("avx512vnni") FEAT("avx512bf16")
+#undef FEAT
+#endif
+    return d;
+}
+
+static PyObject *py_set_threads(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1) return fail("thread count must be >= 1, got %ld", n), NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sm_pool_set_threads((int)n);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_Format(PyExc_RuntimeError, "could only start %d of %ld threads", sm_pool_threads(), n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_threads(PyObject *self, PyObject *unused) { return PyLong_FromLong(sm_pool_threads()); }
+
+/* tuning knobs for benchmarks: (linear_max_t, parallel_min_work, spin_us); negative leaves as is */
+static PyObject *py_tuning(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 3, "tuning")) return NULL;
+    long a = 0, b = 0, c = 0;
+    if (get_long(args[0], "linear_max_t", &a) || get_long(args[1], "parallel_min_work", &b) ||
+        get_long(args[2], "spin_us", &c))
+        return NULL;
+    PyObject *old = Py_BuildValue("(lll)", linear_max_t, parallel_min_work, sm_pool_spin_us());
+    if (a >= 0) linear_max_t = a;
+    if (b >= 0) parallel_min_work = b;
+    if (c >= 0) sm_pool_set_spin_us(c);
+    return old;
+}
+
+#define FAST(name) {#name, (PyCFunction)(void (*)(void))py_##name, METH_FASTCALL, NULL}
+
+static PyMethodDef methods[] = {
+    FAST(linear), FAST(attention), FAST(kv_cache_store), FAST(embedding), FAST(embedding_backward),
+    FAST(layer_norm), FAST(layer_norm_backward), FAST(rms_norm), FAST(gelu), FAST(gelu_backward),
+    FAST(silu), FAST(swiglu), FAST(geglu), FAST(softmax), FAST(causal_softmax), FAST(softmax_backward),
+    FAST(rope), FAST(cross_entropy), FAST(adamw_step), FAST(tuning),
+    {"select_isa", py_select_isa, METH_O, "select_isa(name) -> name: 'avx512', 'avx2', 'generic' or 'best'"},
+    {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
+    {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features the kernels care about"},
+    {"set_threads", py_set_threads, METH_O, "native kernel threads, counting the caller"},
+    {"get_threads", py_get_threads, METH_NOARGS, "native kernel threads"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_native", "SmallMind native kernels.", -1, methods};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    import_array();
+    PyObject *errors = PyImport_ImportModule("smallmind.errors");
+    if (!errors) return NULL;
+    KernelInputError = PyObject_GetAttrString(errors, "KernelInputError");
+    Py_DECREF(errors);
+    if (!KernelInputError) return NULL;
+    PyObject *np = PyImport_ImportModule("numpy");
+    if (!np) return NULL;
+    np_shares_memory = PyObject_GetAttrString(np, "shares_memory");
+    Py_DECREF(np);
+    if (!np_shares_memory) return NULL;
+    K = table_for("best");
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+#ifdef __VERSION__
+    PyModule_AddStringConstant(m, "compiler", "gcc " __VERSION__);
+#endif
+    return m;
+}

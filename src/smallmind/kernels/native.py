@@ -1,0 +1,157 @@
+"""Native kernels: wrappers with exactly the signatures of reference.py around the C core
+(smallmind.kernels._native). The C side checks every shape, dtype, stride, aliasing
+constraint and index before it computes, raising KernelInputError (IndexError for token
+ids and positions, like the references), so a wrapper is a single call. Strided views
+are used in place; a last dim that is not unit-stride is worked on as a contiguous copy.
+"""
+
+import threading
+
+import numpy as np
+
+from . import _native
+
+compiler = getattr(_native, "compiler", "unknown")
+cpu_features = _native.cpu_features
+select_isa = _native.select_isa
+isa = _native.isa
+set_threads = _native.set_threads
+get_threads = _native.get_threads
+tuning = _native.tuning
+
+_linear = _native.linear
+_embedding = _native.embedding
+_embedding_backward = _native.embedding_backward
+_layer_norm = _native.layer_norm
+_layer_norm_backward = _native.layer_norm_backward
+_rms_norm = _native.rms_norm
+_gelu = _native.gelu
+_gelu_backward = _native.gelu_backward
+_silu = _native.silu
+_swiglu = _native.swiglu
+_geglu = _native.geglu
+_softmax = _native.softmax
+_causal_softmax = _native.causal_softmax
+_softmax_backward = _native.softmax_backward
+_rope = _native.rope
+_kv_cache_store = _native.kv_cache_store
+_attention = _native.attention
+_cross_entropy = _native.cross_entropy
+_adamw_step = _native.adamw_step
+
+_local = threading.local()
+
+
+def _scratch(shape):
+    # shape (T,N) -> a reusable (T,N) float32 buffer of this thread (grown, never shrunk)
+    size = shape[0] * shape[1]
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _local.buf = np.empty(max(size, 1), dtype=np.float32)
+    return buf[:size].reshape(shape)
+
+
+def linear(x, w, b, out, accumulate=False):
+    # x (T,K), w (N,K), b (N,) or None, out (T,N): out = x @ w.T + b, or out += that
+    if _linear(x, w, b, out, accumulate):
+        return out
+    # many rows: BLAS is faster; the bias and residual are added in place afterwards
+    if accumulate:
+        y = _scratch(out.shape)
+        np.matmul(x, w.T, out=y)
+        np.add(out, y, out=out)
+    else:
+        np.matmul(x, w.T, out=out)
+    if b is not None:
+        np.add(out, b, out=out)
+    return out
+
+
+def embedding(tokens, wte, wpe, pos0, out):
+    # tokens (T,) int, wte (V,C), wpe (P,C) or None, out (T,C): out[t] = wte[tok[t]] + wpe[pos0+t]
+    return _embedding(tokens, wte, wpe, pos0, out)
+
+
+def embedding_backward(tokens, dout, dwte):
+    # tokens (N,) int, dout (N,C), dwte (V,C): dwte[tok[n]] += dout[n]
+    return _embedding_backward(tokens, dout, dwte)
+
+
+def layer_norm(x, weight, bias, out, eps=1e-5, mean=None, rstd=None):
+    # x (T,C), weight (C,), bias (C,), out (T,C); mean, rstd (T,) saved for backward if given
+    return _layer_norm(x, weight, bias, out, eps, mean, rstd)
+
+
+def layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias):
+    # dout, x, dx (T,C); weight, dweight, dbias (C,); mean, rstd (T,); accumulates into dx, dweight, dbias
+    return _layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias)
+
+
+def rms_norm(x, weight, out, eps=1e-6):
+    # x (T,C), weight (C,), out (T,C)
+    return _rms_norm(x, weight, out, eps)
+
+
+def gelu(x, out):
+    # x, out (...): tanh approximation (GPT-2)
+    return _gelu(x, out)
+
+
+def gelu_backward(x, dout, dx):
+    # x, dout, dx (...): dx = dout * gelu'(x)
+    return _gelu_backward(x, dout, dx)
+
+
+def silu(x, out):
+    # x, out (...)
+    return _silu(x, out)
+
+
+def swiglu(gate, up, out):
+    # gate, up, out (...): silu(gate) * up
+    return _swiglu(gate, up, out)
+
+
+def geglu(gate, up, out):
+    # gate, up, out (...): gelu_tanh(gate) * up
+    return _geglu(gate, up, out)
+
+
+def softmax(x, out):
+    # x, out (R,N): row-wise softmax
+    return _softmax(x, out)
+
+
+def causal_softmax(scores, out, scale, pos0=0):
+    # scores, out (..., T, S): row t sees columns j <= pos0 + t; masked entries are 0
+    return _causal_softmax(scores, out, scale, pos0)
+
+
+def softmax_backward(probs, dprobs, dscores, scale):
+    # probs, dprobs, dscores (..., S)
+    return _softmax_backward(probs, dprobs, dscores, scale)
+
+
+def rope(x, pos0, theta, out, neox=False):
+    # x, out (T,H,D), D even
+    return _rope(x, pos0, theta, out, neox)
+
+
+def kv_cache_store(k, v, k_cache, v_cache, pos0):
+    # k, v (T,Hkv,D); k_cache, v_cache (Hkv,S_max,D): cache[:, pos0+t] = k[t]
+    _kv_cache_store(k, v, k_cache, v_cache, pos0)
+
+
+def attention(q, k_cache, v_cache, pos0, out, scale):
+    # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) holding positions 0..pos0+T-1
+    return _attention(q, k_cache, v_cache, pos0, out, scale)
+
+
+def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):
+    # logits (N,V), targets (N,) int, losses (N,); dlogits (N,V) or None (may be logits itself)
+    return _cross_entropy(logits, targets, losses, dlogits, dscale)
+
+
+def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    # param, grad, m, v (N,) updated in place; step counts from 1
+    return _adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)

@@ -1,0 +1,370 @@
+"""Training forward and backward for the GPT of models/gpt.py, llm.c style.
+
+`TrainWorkspace` owns every activation and activation-gradient buffer, allocated once for
+one (batch, seq) shape and reused every step. `forward` reads top to bottom like the model:
+embedding, then per layer ln_1, qkv, attention, output projection + residual, ln_2, MLP up,
+GELU, MLP down + residual, then ln_f, the LM head and the loss. `backward` walks the same
+recipe in reverse and ACCUMULATES every parameter gradient into a Params laid out like the
+weights, so the optimizer sees one flat gradient buffer.
+
+Each layer type is a forward/backward pair of small functions over (N, C) rows (N = B*T).
+Element-wise, norm, softmax, loss and embedding math goes through smallmind.kernels (NumPy
+references or native C, chosen at import); matrix products go through NumPy's BLAS with
+out= buffers. Attention runs batched over all (batch, head) pairs at once.
+
+Dropout (cfg.dropout > 0) is active only when forward is given a `dropout_rng`: on the
+embeddings, on the attention probabilities and on the outputs of the attention projection
+and the MLP down projection, as in nanoGPT. Masks are drawn from that Generator, so a seed
+fixes them.
+"""
+
+import numpy as np
+
+from .. import kernels
+from ..errors import SmallMindError
+from ..scope import scope
+from .gpt import GPTConfig, Params
+
+
+class _OneBlasThread:
+    """`with one_blas_thread:` runs the enclosed BLAS calls on a single thread.
+
+    The attention products are B*H tiny matrix products in one np.matmul; a threaded BLAS
+    wakes and joins its threads for each of them, which costs more than the work it splits,
+    and on a busy machine far more (a descheduled helper thread stalls every product).
+    """
+
+    def __init__(self):
+        self.blas = None
+        self.saved = []
+
+    def __enter__(self):
+        if self.blas is None:
+            from threadpoolctl import ThreadpoolController
+
+            self.blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        self.saved = [lib.get_num_threads() for lib in self.blas]
+        for lib in self.blas:
+            lib.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        for lib, n in zip(self.blas, self.saved):
+            lib.set_num_threads(n)
+        return False
+
+
+one_blas_thread = _OneBlasThread()
+
+
+class TrainWorkspace:
+    """Every buffer forward and backward need for batches of shape (batch, seq)."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, seq: int):
+        if batch < 1 or seq < 1:
+            raise SmallMindError("batch and seq must be at least 1")
+        if seq > cfg.context_length:
+            raise SmallMindError(f"seq {seq} exceeds the model's context length {cfg.context_length}")
+        B, T, C, H, D, L = batch, seq, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.n_layers
+        V, N = cfg.vocab_size, batch * seq
+        self.cfg, self.batch, self.seq = cfg, batch, seq
+
+        def f32(*shape):
+            return np.zeros(shape, dtype=np.float32)
+
+        # activations saved for backward, one slot per layer
+        self.embedded = f32(N, C)               # block 0 input
+        self.resid_mid = f32(L, N, C)           # x + attn(ln_1(x))
+        self.resid_out = f32(L, N, C)           # block output = next block's input
+        self.ln_1, self.ln_2 = f32(L, N, C), f32(L, N, C)
+        self.ln_1_mean, self.ln_1_rstd = f32(L, N), f32(L, N)
+        self.ln_2_mean, self.ln_2_rstd = f32(L, N), f32(L, N)
+        self.qkv = f32(L, N, 3 * C)             # q, k, v; attention reads them as (B,H,T,D) views
+        self.probs = f32(L, B, H, T, T)         # causal softmax of the scores
+        self.att = f32(L, N, C)                 # heads merged back: the output projection's input
+        self.mlp_pre = f32(L, N, 4 * C)         # MLP up-projection (GELU input)
+        self.mlp_act = f32(L, N, 4 * C)         # GELU output
+        self.ln_f = f32(N, C)
+        self.ln_f_mean, self.ln_f_rstd = f32(N), f32(N)
+        self.logits = f32(B, T, V)
+        self.losses = f32(N)
+        self.dlogits = f32(N, V)                # d(mean loss)/d(logits), made by the loss in forward
+        self.scores = f32(B, H, T, T)           # scratch: raw scores, then the scores' gradient
+        self.dproj = f32(N, C)                  # scratch: a projection's gradient through dropout
+
+        # activation gradients (reused by every layer on the way back)
+        self.dresid = f32(N, C)
+        self.dln = f32(N, C)
+        self.datt = f32(N, C)
+        self.dmlp_act = f32(N, 4 * C)
+        self.dmlp_pre = f32(N, 4 * C)
+        self.dqkv = f32(N, 3 * C)
+        self.dprobs = f32(B, H, T, T)
+        self.dweight = f32(max(V, 4 * C) * C)   # scratch: one weight gradient before it is accumulated
+        self.dbias = f32(4 * C)
+        self.ones = np.ones(N, dtype=np.float32)  # bias gradients as a BLAS product: ones @ dout
+
+        p = cfg.dropout
+        # the workspace only needs masks for a model that has dropout
+        self.dropout_masks = None
+        if p > 0:
+            self.dropout_masks = {
+                "embedded": f32(N, C),
+                "probs": f32(L, B, H, T, T),
+                "attn_out": f32(L, N, C),
+                "mlp_out": f32(L, N, C),
+            }
+        self.dropout_active = False
+        self.tokens = np.zeros((B, T), dtype=np.int32)
+        self.targets = np.zeros((B, T), dtype=np.int32)
+        self.has_targets = False
+
+
+# ---- layer pairs ------------------------------------------------------------------------
+
+def embedding_forward(tokens, wte, wpe, out):
+    # tokens (B,T) int32, wte (V,C), wpe (P,C), out (B*T,C): token + position embeddings
+    B, T = tokens.shape
+    kernels.embedding(tokens.reshape(-1), wte, None, 0, out)
+    out.reshape(B, T, -1)[...] += wpe[:T]
+
+
+def embedding_backward(tokens, dout, dwte, dwpe):
+    # tokens (B,T), dout (B*T,C), dwte (V,C), dwpe (P,C): scatter-add rows, sum positions over batch
+    B, T = tokens.shape
+    kernels.embedding_backward(tokens.reshape(-1), dout, dwte)
+    dwpe[:T] += dout.reshape(B, T, -1).sum(axis=0)
+
+
+def layer_norm_forward(x, weight, bias, out, mean, rstd, eps):
+    # x, out (N,C); weight, bias (C,); mean, rstd (N,) saved for backward
+    kernels.layer_norm(x, weight, bias, out, eps, mean, rstd)
+
+
+def layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias):
+    # dout, x, dx (N,C); weight, dweight, dbias (C,): accumulates into dx, dweight, dbias
+    kernels.layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias)
+
+
+def linear_forward(x, weight, bias, out, accumulate=False):
+    # x (N,K), weight (M,K), bias (M,) or None, out (N,M): out (+)= x @ weight.T + bias
+    kernels.linear(x, weight, bias, out, accumulate)
+
+
+def linear_backward(dout, x, weight, dx, dweight, dbias, ws, scale=1.0):
+    # dout (N,M), x (N,K), weight (M,K), dx (N,K); dweight (M,K), dbias (M,) or None accumulate
+    # dx = scale * dout @ weight; dweight += scale * dout.T @ x; dbias += scale * sum over rows of dout
+    np.matmul(dout, weight, out=dx)
+    scratch = ws.dweight[:weight.size].reshape(weight.shape)
+    np.matmul(dout.T, x, out=scratch)
+    if scale != 1.0:
+        # scaling the (N,K) and (M,K) products is cheaper than scaling dout
+        dx *= np.float32(scale)
+        scratch *= np.float32(scale)
+    dweight += scratch
+    if dbias is not None:
+        db = ws.dbias[:dout.shape[1]]
+        np.matmul(ws.ones, dout, out=db)
+        if scale != 1.0:
+            db *= np.float32(scale)
+        dbias += db
+
+
+def _heads(x, B, T, H, D):
+    # x (B*T, k*H*D) with k = 3 (q,k,v) or 1 -> views (k,B,H,T,D); every (T,D) slice is BLAS-ready
+    return x.reshape(B, T, -1, H, D).transpose(2, 0, 3, 1, 4)
+
+
+def attention_forward(qkv, scores, probs, out, mask=None):
+    # qkv (B,T,3C) flat as (B*T,3C); scores, probs (B,H,T,T); out (B*T,C): heads merged
+    B, H, T, _ = probs.shape
+    q, k, v = _heads(qkv, B, T, H, qkv.shape[1] // (3 * H))
+    np.matmul(q, k.transpose(0, 1, 3, 2), out=scores)
+    kernels.causal_softmax(scores, probs, 1.0 / np.sqrt(q.shape[-1]))
+    if mask is not None:
+        # scores is free again: it holds the dropped-out probabilities
+        probs = np.multiply(probs, mask, out=scores)
+    np.matmul(probs, v, out=_heads(out, B, T, H, q.shape[-1])[0])
+
+
+def attention_backward(dout, qkv, probs, dprobs, dscores, dqkv, mask=None):
+    # dout (B*T,C), qkv (B*T,3C), probs (B,H,T,T) -> dqkv (B*T,3C); dprobs, dscores (B,H,T,T) scratch
+    B, H, T, _ = probs.shape
+    D = qkv.shape[1] // (3 * H)
+    q, k, v = _heads(qkv, B, T, H, D)
+    dq, dk, dv = _heads(dqkv, B, T, H, D)
+    datt = _heads(dout, B, T, H, D)[0]
+    np.matmul(datt, v.transpose(0, 1, 3, 2), out=dprobs)
+    if mask is None:
+        np.matmul(probs.transpose(0, 1, 3, 2), datt, out=dv)
+    else:
+        np.multiply(probs, mask, out=dscores)
+        np.matmul(dscores.transpose(0, 1, 3, 2), datt, out=dv)
+        dprobs *= mask
+    kernels.softmax_backward(probs, dprobs, dscores, 1.0 / np.sqrt(D))
+    np.matmul(dscores, k, out=dq)
+    np.matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)
+
+
+def gelu_forward(x, out):
+    # x, out (N,4C)
+    kernels.gelu(x, out)
+
+
+def gelu_backward(x, dout, dx):
+    # x, dout, dx (N,4C): dx = dout * gelu'(x)
+    kernels.gelu_backward(x, dout, dx)
+
+
+def loss_forward(logits, targets, losses, dlogits):
+    # logits (N,V), targets (N,), losses (N,), dlogits (N,V) -> mean cross-entropy;
+    # dlogits = d(mean loss)/d(logits), computed in the same pass over the logits
+    kernels.cross_entropy(logits, targets, losses, dlogits, 1.0 / logits.shape[0])
+    return float(losses.mean(dtype=np.float64))
+
+
+def _draw_mask(rng, mask, p):
+    # mask (...): 0 with probability p, else 1/(1-p) (inverted dropout)
+    rng.random(out=mask, dtype=np.float32)
+    np.multiply(mask >= p, np.float32(1.0 / (1.0 - p)), out=mask)
+
+
+# ---- the model ----------------------------------------------------------------------------
+
+def _check_tokens(ws, name, ids):
+    # ids (B,T) integer token ids -> int32 (B,T), validated
+    ids = np.asarray(ids)
+    if ids.shape != (ws.batch, ws.seq):
+        raise SmallMindError(f"{name} must have shape ({ws.batch}, {ws.seq}) for this workspace, got {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise SmallMindError(f"{name} must be integer token ids, got {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= ws.cfg.vocab_size):
+        raise SmallMindError(f"{name} hold ids outside [0, {ws.cfg.vocab_size})")
+    return ids
+
+
+def forward(params: Params, ws: TrainWorkspace, tokens, targets=None, *, dropout_rng=None) -> float:
+    # tokens, targets (B,T) int -> mean cross-entropy (nan without targets); logits left in ws.logits (B,T,V)
+    cfg = ws.cfg
+    if params.cfg != cfg:
+        raise SmallMindError("params and workspace were made for different model configs")
+    ws.tokens[...] = _check_tokens(ws, "tokens", tokens)
+    ws.has_targets = targets is not None
+    if ws.has_targets:
+        ws.targets[...] = _check_tokens(ws, "targets", targets)
+    p = cfg.dropout
+    ws.dropout_active = p > 0 and dropout_rng is not None
+    masks = ws.dropout_masks if ws.dropout_active else None
+    if masks is not None:
+        for mask in masks.values():
+            _draw_mask(dropout_rng, mask, p)
+    eps = cfg.layer_norm_eps
+
+    with scope("forward"):
+        with scope("embedding"):
+            embedding_forward(ws.tokens, params["wte"], params["wpe"], ws.embedded)
+            if masks is not None:
+                ws.embedded *= masks["embedded"]
+        x = ws.embedded
+        for l in range(cfg.n_layers):
+            h = f"h.{l}."
+            with scope("norm"):
+                layer_norm_forward(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], ws.ln_1[l],
+                                   ws.ln_1_mean[l], ws.ln_1_rstd[l], eps)
+            with scope("matmul.qkv"):
+                linear_forward(ws.ln_1[l], params[h + "attn.qkv.weight"], params[h + "attn.qkv.bias"], ws.qkv[l])
+            with scope("attention"), one_blas_thread:
+                attention_forward(ws.qkv[l], ws.scores, ws.probs[l], ws.att[l],
+                                  None if masks is None else masks["probs"][l])
+            with scope("matmul.attn_out"):
+                _residual_linear(x, ws.att[l], params[h + "attn.proj.weight"], params[h + "attn.proj.bias"],
+                                 ws.resid_mid[l], None if masks is None else masks["attn_out"][l])
+            x = ws.resid_mid[l]
+            with scope("norm"):
+                layer_norm_forward(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], ws.ln_2[l],
+                                   ws.ln_2_mean[l], ws.ln_2_rstd[l], eps)
+            with scope("matmul.mlp_up"):
+                linear_forward(ws.ln_2[l], params[h + "mlp.up.weight"], params[h + "mlp.up.bias"], ws.mlp_pre[l])
+            with scope("activation"):
+                gelu_forward(ws.mlp_pre[l], ws.mlp_act[l])
+            with scope("matmul.mlp_down"):
+                _residual_linear(x, ws.mlp_act[l], params[h + "mlp.down.weight"], params[h + "mlp.down.bias"],
+                                 ws.resid_out[l], None if masks is None else masks["mlp_out"][l])
+            x = ws.resid_out[l]
+        with scope("norm"):
+            layer_norm_forward(x, params["ln_f.weight"], params["ln_f.bias"], ws.ln_f, ws.ln_f_mean, ws.ln_f_rstd,
+                               eps)
+        logits = ws.logits.reshape(-1, cfg.vocab_size)
+        with scope("matmul.lm_head"):
+            linear_forward(ws.ln_f, params.lm_head, None, logits)
+        if not ws.has_targets:
+            return float("nan")
+        with scope("loss"):
+            return loss_forward(logits, ws.targets.reshape(-1), ws.losses, ws.dlogits)
+
+
+def _residual_linear(x, inp, weight, bias, out, mask):
+    # x, out (N,C); inp (N,K); weight (C,K): out = x + dropout(inp @ weight.T + bias)
+    linear_forward(inp, weight, bias, out)
+    if mask is not None:
+        out *= mask
+    out += x
+
+
+def backward(params: Params, grads: Params, ws: TrainWorkspace, loss_scale: float = 1.0) -> None:
+    # accumulates into grads (a Params) the gradient of loss_scale * (mean loss of the last forward)
+    cfg = ws.cfg
+    if grads.cfg != cfg or params.cfg != cfg:
+        raise SmallMindError("params, grads and workspace were made for different model configs")
+    if not ws.has_targets:
+        raise SmallMindError("backward needs a forward with targets first")
+    masks = ws.dropout_masks if ws.dropout_active else None
+    dresid, dln = ws.dresid, ws.dln
+
+    with scope("backward"):
+        with scope("matmul.lm_head"):
+            linear_backward(ws.dlogits, ws.ln_f, params.lm_head, dln, grads.lm_head, None, ws, loss_scale)
+        with scope("norm"):
+            dresid.fill(0.0)
+            x_last = ws.resid_out[cfg.n_layers - 1]
+            layer_norm_backward(dln, x_last, params["ln_f.weight"], ws.ln_f_mean, ws.ln_f_rstd, dresid,
+                                grads["ln_f.weight"], grads["ln_f.bias"])
+        for l in reversed(range(cfg.n_layers)):
+            h = f"h.{l}."
+            x_in = ws.resid_out[l - 1] if l > 0 else ws.embedded
+            with scope("matmul.mlp_down"):
+                dproj = _residual_linear_grad(dresid, ws.dproj, None if masks is None else masks["mlp_out"][l])
+                linear_backward(dproj, ws.mlp_act[l], params[h + "mlp.down.weight"], ws.dmlp_act,
+                                grads[h + "mlp.down.weight"], grads[h + "mlp.down.bias"], ws)
+            with scope("activation"):
+                gelu_backward(ws.mlp_pre[l], ws.dmlp_act, ws.dmlp_pre)
+            with scope("matmul.mlp_up"):
+                linear_backward(ws.dmlp_pre, ws.ln_2[l], params[h + "mlp.up.weight"], dln,
+                                grads[h + "mlp.up.weight"], grads[h + "mlp.up.bias"], ws)
+            with scope("norm"):
+                layer_norm_backward(dln, ws.resid_mid[l], params[h + "ln_2.weight"], ws.ln_2_mean[l],
+                                    ws.ln_2_rstd[l], dresid, grads[h + "ln_2.weight"], grads[h + "ln_2.bias"])
+            with scope("matmul.attn_out"):
+                dproj = _residual_linear_grad(dresid, ws.dproj, None if masks is None else masks["attn_out"][l])
+                linear_backward(dproj, ws.att[l], params[h + "attn.proj.weight"], ws.datt,
+                                grads[h + "attn.proj.weight"], grads[h + "attn.proj.bias"], ws)
+            with scope("attention"), one_blas_thread:
+                attention_backward(ws.datt, ws.qkv[l], ws.probs[l], ws.dprobs, ws.scores, ws.dqkv,
+                                   None if masks is None else masks["probs"][l])
+            with scope("matmul.qkv"):
+                linear_backward(ws.dqkv, ws.ln_1[l], params[h + "attn.qkv.weight"], dln,
+                                grads[h + "attn.qkv.weight"], grads[h + "attn.qkv.bias"], ws)
+            with scope("norm"):
+                layer_norm_backward(dln, x_in, params[h + "ln_1.weight"], ws.ln_1_mean[l], ws.ln_1_rstd[l],
+                                    dresid, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"])
+        with scope("embedding"):
+            if masks is not None:
+                dresid *= masks["embedded"]
+            embedding_backward(ws.tokens, dresid, grads["wte"], grads["wpe"])
+
+
+def _residual_linear_grad(dout, scratch, mask):
+    # dout, scratch (N,C) -> the gradient reaching the projection output (through dropout if any)
+    if mask is None:
+        return dout
+    np.multiply(dout, mask, out=scratch)
+    return scratch

@@ -1,0 +1,31 @@
+"""The KV cache: every layer's keys and values for the positions seen so far.
+
+Allocated once, to the model's context length, when a generation session starts; a decode
+step writes one position per layer into it (kernels.kv_cache_store) and attends over the
+filled prefix (kernels.attention). Layout per layer is (Hkv, S_max, D), so a head's keys
+are one contiguous (S, D) block, the order the attention kernel streams them in.
+"""
+
+import numpy as np
+
+
+class KVCache:
+    """Keys and values of `n_layers` layers for positions 0..length-1 (capacity `max_len`)."""
+
+    def __init__(self, n_layers: int, n_kv_heads: int, max_len: int, head_dim: int):
+        shape = (n_layers, n_kv_heads, max_len, head_dim)
+        self.k = np.zeros(shape, dtype=np.float32)
+        self.v = np.zeros(shape, dtype=np.float32)
+        # indexing makes a new view object each time: make the per-layer views once
+        self.k_layers = tuple(self.k[i] for i in range(n_layers))
+        self.v_layers = tuple(self.v[i] for i in range(n_layers))
+        self.capacity = max_len
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are kept and overwritten by the next session)."""
+        self.length = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes

@@ -1,0 +1,159 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from threadpoolctl import threadpool_limits
+
+from smallmind.cli import main
+from smallmind.formats.checkpoint import load_checkpoint
+from smallmind.formats.text_data import stdlib_corpus
+from smallmind.runtime import trainer as trainer_mod
+
+QUICK = ["--preset", "tiny", "--tokenizer", "char", "--seq", "32", "--batch-size", "4", "--eval-batches", "2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    # the machine is shared: two BLAS threads contending with other jobs can run 30x slower
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "source.txt"
+    path.write_text("".join(d.text for d in stdlib_corpus(40_000)), encoding="utf-8")
+    return str(path)
+
+
+def train_cli(capsys, *args):
+    try:
+        code = main(["train", *args])
+    except SystemExit as e:  # argparse refuses bad flags by exiting
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(directory):
+    return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_json_is_the_last_line_of_stdout_with_the_figures(tmp_path, capsys, data):
+    code, out, err = train_cli(capsys, "--data", data, *QUICK, "--steps", "4", "--eval-every", "2",
+                               "--out", str(tmp_path / "run"), "--json")
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    for key in ("train_loss", "val_loss", "tok_s", "steps", "params", "out", "best_val_loss"):
+        assert key in result
+    assert result["steps"] == 4 and result["out"] == str(tmp_path / "run") and result["tok_s"] > 0
+    assert load_checkpoint(tmp_path / "run").tokenizer.kind == "char"
+
+
+def test_plain_output_summarises_the_run(tmp_path, capsys, data):
+    code, out, _ = train_cli(capsys, "--data", data, *QUICK, "--steps", "2", "--out", str(tmp_path / "run"))
+    assert code == 0
+    assert "train loss" in out and "val loss" in out and "tok/s" in out
+
+
+def test_resume_takes_the_saved_settings_for_flags_left_out(tmp_path, capsys, data):
+    out_dir = str(tmp_path / "run")
+    assert train_cli(capsys, "--data", data, *QUICK, "--steps", "3", "--seed", "7", "--out", out_dir)[0] == 0
+    code, out, _ = train_cli(capsys, "--out", out_dir, "--resume", "--steps", "5", "--json")
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["steps"] == 5 and result["tokenizer"] == "char" and result["preset"] == "tiny"
+    assert load_checkpoint(tmp_path / "run" / "last").trainer_state["train_config"]["seed"] == 7
+
+
+def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path, capsys, data, monkeypatch):
+    real_step = trainer_mod.AdamW.step
+
+    def step(self, grads, lr):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_step(self, grads, lr)
+
+    monkeypatch.setattr(trainer_mod.AdamW, "step", step)
+    code, _, err = train_cli(capsys, "--data", data, *QUICK, "--steps", "9", "--out", str(tmp_path / "run"))
+    assert code == 130
+    assert "interrupted at step 1" in err and "--resume" in err
+    assert load_checkpoint(tmp_path / "run" / "last").trainer_state["step"] == 1
+
+
+def bad_inputs(tmp_path, data):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "binary.bin").write_bytes(b"text\x00more")
+    (tmp_path / "latin1.txt").write_bytes("olé".encode("latin-1"))
+    return {
+        "missing data": (["--data", str(tmp_path / "nope.txt")], "does not exist"),
+        "empty data": (["--data", str(tmp_path / "empty.txt")], "holds no text"),
+        "binary data": (["--data", str(tmp_path / "binary.bin")], "binary.bin is binary"),
+        "non-utf8 data": (["--data", str(tmp_path / "latin1.txt")], "latin1.txt is not UTF-8"),
+        "negative steps": (["--data", data, "--steps", "-3"], "--steps: expected a positive integer"),
+        "zero lr": (["--data", data, "--lr", "0"], "--lr: expected a number in"),
+        "unknown preset": (["--data", data, "--preset", "huge"], "invalid choice: 'huge'"),
+        "unknown tokenizer": (["--data", data, "--tokenizer", "words"], "invalid choice: 'words'"),
+        "seq beyond context": (["--data", data, "--preset", "tiny", "--seq", "999"], "seq must be in"),
+        "resume with nothing": (["--resume"], "nothing to resume"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing data", "empty data", "binary data", "non-utf8 data", "negative steps",
+                                  "zero lr", "unknown preset", "unknown tokenizer", "seq beyond context",
+                                  "resume with nothing"])
+def test_bad_input_is_one_stderr_line_and_exit_2_writing_nothing(tmp_path, capsys, data, case):
+    args, message = bad_inputs(tmp_path, data)[case]
+    code, out, err = train_cli(capsys, *args, "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and out == ""
+    assert not (tmp_path / "run").exists()
+
+
+def trained_run(tmp_path, capsys, data):
+    out_dir = tmp_path / "run"
+    assert train_cli(capsys, "--data", data, *QUICK, "--steps", "2", "--out", str(out_dir))[0] == 0
+    return out_dir
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite", "--data", "MISSING"], ["--seed", "3"]])
+def test_an_existing_checkpoint_is_left_untouched(tmp_path, capsys, data, extra):
+    out_dir = trained_run(tmp_path, capsys, data)
+    before = snapshot(out_dir)
+    extra = [str(tmp_path / "missing.txt") if a == "MISSING" else a for a in extra]
+    args = ["--data", data, *QUICK, "--steps", "2", "--out", str(out_dir), *extra]
+    code, _, err = train_cli(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert snapshot(out_dir) == before
+
+
+@pytest.mark.parametrize("damage", ["missing file", "corrupt weights", "bad trainer state"])
+def test_resuming_a_damaged_checkpoint_is_refused(tmp_path, capsys, data, damage):
+    out_dir = trained_run(tmp_path, capsys, data)
+    last = out_dir / "last"
+    if damage == "missing file":
+        (last / "optimizer.safetensors").unlink()
+    elif damage == "corrupt weights":
+        (last / "model.safetensors").write_bytes((last / "model.safetensors").read_bytes()[:1000])
+    else:
+        (last / "trainer_state.json").write_text("{oops")
+    before = snapshot(out_dir)
+    code, _, err = train_cli(capsys, "--out", str(out_dir), "--resume", "--steps", "4")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert snapshot(out_dir) == before
+
+
+def test_the_installed_command_runs_in_a_subprocess(tmp_path, data):
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "smallmind", "train", "--data", data, *QUICK, "--steps", "2",
+            "--out", str(tmp_path / "run"), "--json"]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 2
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 2
+    assert again.stderr.strip() == (f"smallmind train: error: {tmp_path / 'run'} already holds a checkpoint; "
+                                    f"pass --resume to continue it or --overwrite to replace it")

@@ -1,0 +1,461 @@
+"""Native kernels against their NumPy references, on every ISA path this CPU runs, with
+awkward sizes, strided and misaligned views; and the refusals of bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from smallmind import kernels
+from smallmind.errors import KernelInputError
+from smallmind.kernels import reference as ref
+
+native = pytest.importorskip("smallmind.kernels.native")
+
+
+
+def _supported_isas():
+    found = []
+    for isa in kernels.ISAS:
+        try:
+            native.select_isa(isa)
+            found.append(isa)
+        except ValueError:
+            pass
+    native.select_isa("best")
+    return found
+
+
+ISA_LIST = _supported_isas()
+
+
+@pytest.fixture(params=ISA_LIST)
+def isa(request):
+    previous = native.isa()
+    native.select_isa(request.param)
+    yield request.param
+    native.select_isa(previous)
+
+
+def view(rng, shape, *, pad=0, scale=1.0, dtype=np.float32):
+    # shape -> float32 array of that shape living at a one-float offset inside a bigger
+    # buffer (misaligned), with `pad` extra floats between rows (strided leading dims)
+    shape = tuple(shape)
+    last = shape[-1] if shape else 1
+    lead = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    buf = np.empty(1 + lead * (last + pad), dtype=dtype)
+    body = buf[1:].reshape(lead, last + pad)[:, :last]
+    body[...] = (rng.standard_normal(body.shape) * scale).astype(dtype)
+    return body.reshape(shape) if len(shape) > 1 else body.reshape(shape)
+
+
+def close(a, b, rtol=1e-5, atol=1e-5):
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+# ------------------------------------------------------------------ agreement with the references
+
+@pytest.mark.parametrize("T", [1, 4, 7, 17, 40])
+@pytest.mark.parametrize("K,N", [(1, 7), (33, 31), (256, 768), (1024, 33)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_linear_matches_reference(isa, rng, T, K, N, bias, accumulate):
+    x, w = view(rng, (T, K), pad=3), view(rng, (N, K), pad=1)
+    b = view(rng, (N,)) if bias else None
+    out = view(rng, (T, N), pad=2)
+    expect = out.copy()
+    ref.linear(x, w, b, expect, accumulate)
+    got = native.linear(x, w, b, out, accumulate)
+    assert got is out
+    close(out, expect, atol=1e-4 * np.sqrt(K))
+
+
+@pytest.mark.parametrize("T,pos0", [(1, 0), (1, 5), (1, 130), (7, 0), (33, 10), (130, 0)])
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (4, 2), (6, 1)])
+@pytest.mark.parametrize("D", [8, 33])
+def test_attention_matches_reference(isa, rng, T, pos0, H, Hkv, D):
+    smax = pos0 + T + 3
+    qkv = view(rng, (T, 3, H, D))
+    q = qkv[:, 0]  # a strided view, as when q is split out of a fused qkv buffer
+    k_cache, v_cache = view(rng, (Hkv, smax, D), pad=2), view(rng, (Hkv, smax, D))
+    out, expect = view(rng, (T, H, D)), np.empty((T, H, D), np.float32)
+    ref.attention(q, k_cache, v_cache, pos0, expect, 0.3)
+    native.attention(q, k_cache, v_cache, pos0, out, 0.3)
+    close(out, expect)
+
+
+def test_attention_ignores_positions_beyond_the_query(isa, rng):
+    q, k, v = view(rng, (2, 2, 8)), view(rng, (2, 10, 8)), view(rng, (2, 10, 8))
+    out1, out2 = np.empty((2, 2, 8), np.float32), np.empty((2, 2, 8), np.float32)
+    native.attention(q, k, v, 3, out1, 0.5)
+    k[:, 5:], v[:, 5:] = np.nan, np.inf  # positions 5.. are masked for both queries
+    native.attention(q, k, v, 3, out2, 0.5)
+    np.testing.assert_array_equal(out1, out2)
+
+
+@pytest.mark.parametrize("T,Hkv,D,pos0", [(1, 3, 8, 0), (5, 2, 33, 7)])
+def test_kv_cache_store_matches_reference(rng, T, Hkv, D, pos0):
+    k, v = view(rng, (T, Hkv, D)), view(rng, (T, Hkv, D), pad=2)
+    caches = [view(rng, (Hkv, 20, D), pad=1) for _ in range(2)]
+    expect = [c.copy() for c in caches]
+    ref.kv_cache_store(k, v, *expect, pos0)
+    native.kv_cache_store(k, v, *caches, pos0)
+    np.testing.assert_array_equal(caches[0], expect[0])
+    np.testing.assert_array_equal(caches[1], expect[1])
+
+
+def test_kv_cache_store_refuses_a_full_cache(rng):
+    k = view(rng, (3, 2, 4))
+    cache = np.zeros((2, 4, 4), np.float32)
+    with pytest.raises(IndexError):
+        native.kv_cache_store(k, k, cache, cache.copy(), 2)
+    assert not cache.any()
+
+
+@pytest.mark.parametrize("T,C", [(1, 1), (7, 33), (31, 256), (3, 4097)])
+def test_layer_norm_matches_reference(isa, rng, T, C):
+    x, w, b = view(rng, (T, C), pad=1, scale=3.0), view(rng, (C,)), view(rng, (C,))
+    out, mean, rstd = view(rng, (T, C), pad=5), view(rng, (T,)), view(rng, (T,))
+    e_out, e_mean, e_rstd = (np.empty_like(a) for a in (out, mean, rstd))
+    ref.layer_norm(x, w, b, e_out, 1e-5, e_mean, e_rstd)
+    native.layer_norm(x, w, b, out, 1e-5, mean, rstd)
+    close(out, e_out)
+    close(mean, e_mean)
+    close(rstd, e_rstd)
+
+
+def test_layer_norm_in_place(isa, rng):
+    x = view(rng, (5, 40))
+    w, b = view(rng, (40,)), view(rng, (40,))
+    expect = np.empty_like(x)
+    ref.layer_norm(x, w, b, expect)
+    native.layer_norm(x, w, b, x)
+    close(x, expect)
+
+
+@pytest.mark.parametrize("T,C", [(1, 1), (7, 33), (64, 256), (2, 4097)])
+def test_layer_norm_backward_matches_reference(isa, rng, T, C):
+    x, w, dout = view(rng, (T, C), pad=2), view(rng, (C,)), view(rng, (T, C), pad=1)
+    mean, rstd = np.empty(T, np.float32), np.empty(T, np.float32)
+    ref.layer_norm(x, w, w, np.empty((T, C), np.float32), 1e-5, mean, rstd)
+    grads = [view(rng, (T, C), pad=3), view(rng, (C,)), view(rng, (C,))]
+    expect = [g.copy() for g in grads]
+    ref.layer_norm_backward(dout, x, w, mean, rstd, *expect)
+    native.layer_norm_backward(dout, x, w, mean, rstd, *grads)
+    for g, e in zip(grads, expect):
+        close(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("T,C", [(1, 7), (9, 4097)])
+def test_rms_norm_matches_reference(isa, rng, T, C):
+    x, w, out = view(rng, (T, C), pad=1), view(rng, (C,)), view(rng, (T, C))
+    expect = np.empty_like(out)
+    ref.rms_norm(x, w, expect, 1e-6)
+    native.rms_norm(x, w, out, 1e-6)
+    close(out, expect)
+
+
+UNARY = ["gelu", "silu"]
+BINARY = ["gelu_backward", "swiglu", "geglu"]
+
+
+@pytest.mark.parametrize("name", UNARY + BINARY)
+@pytest.mark.parametrize("shape", [(1,), (31,), (7, 33), (2, 3, 4097), (70000,)])
+def test_elementwise_matches_reference(isa, rng, name, shape):
+    args = [view(rng, shape, scale=4.0) for _ in range(1 if name in UNARY else 2)]
+    out = view(rng, shape)
+    getattr(native, name)(*args, out)
+    close(out, ref_f64(name, *args), atol=1e-6)
+
+
+def ref_f64(name, *args):
+    # the reference evaluated in float64: the float32 reference itself loses relative
+    # accuracy in the tails (1 + tanh near tanh = -1), which the native kernels do not
+    args64 = [a.astype(np.float64) for a in args]
+    out = np.empty(args[0].shape, np.float64)
+    with np.errstate(all="ignore"):
+        getattr(ref, name)(*args64, out)
+    return out
+
+
+@pytest.mark.parametrize("name", UNARY + BINARY)
+def test_elementwise_on_strided_last_dim_and_in_place(isa, rng, name):
+    big = view(rng, (9, 66), scale=3.0)
+    args = [big[:, ::2]] + ([big[:, 1::2]] if name in BINARY else [])  # last dim stride 2
+    expect = ref_f64(name, *args)
+    getattr(native, name)(*args, args[0])  # out is the first input itself
+    close(args[0], expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", UNARY)
+def test_activations_keep_nan_inf_and_tails(isa, name):
+    x = np.array([-np.inf, -1000, -104, -88, -30, -9, -1e-7, 0, 1e-7, 0.5, 20, 88, 1000, np.inf, np.nan],
+                 np.float32)
+    got = np.empty_like(x)
+    getattr(native, name)(x, got)
+    np.testing.assert_allclose(got, ref_f64(name, x), rtol=1e-6, atol=1e-20)
+
+
+def test_exp_accuracy_over_a_sweep(isa):
+    # softmax of a 2-element row [x, 0] is sigmoid(x): exercises exp over its whole range
+    x = np.linspace(-87, 87, 200001, dtype=np.float32)
+    rows = np.stack([x, np.zeros_like(x)], axis=1)
+    got, expect = np.empty_like(rows), np.empty_like(rows)
+    native.softmax(rows, got)
+    ref.softmax(rows, expect)
+    np.testing.assert_allclose(got, expect, rtol=3e-6, atol=1e-37)
+
+
+@pytest.mark.parametrize("R,N", [(1, 1), (7, 33), (5, 4097)])
+def test_softmax_matches_reference(isa, rng, R, N):
+    x, out = view(rng, (R, N), pad=1, scale=5.0), view(rng, (R, N))
+    expect = np.empty_like(out)
+    ref.softmax(x, expect)
+    native.softmax(x, out)
+    close(out, expect)
+
+
+@pytest.mark.parametrize("shape,pos0", [((1, 1), 0), ((7, 7), 0), ((2, 3, 5, 40), 9), ((4, 33), 29)])
+def test_causal_softmax_matches_reference(isa, rng, shape, pos0):
+    s, out = view(rng, shape, pad=2, scale=3.0), view(rng, shape)
+    expect = np.empty(shape, np.float32)
+    ref.causal_softmax(s, expect, 0.7, pos0)
+    native.causal_softmax(s, out, 0.7, pos0)
+    close(out, expect)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7, 33), (2, 3, 4097)])
+def test_softmax_backward_matches_reference(isa, rng, shape):
+    p, dp, ds = view(rng, shape), view(rng, shape, pad=1), view(rng, shape)
+    expect = np.empty(shape, np.float32)
+    ref.softmax_backward(p, dp, expect, 0.5)
+    native.softmax_backward(p, dp, ds, 0.5)
+    close(ds, expect, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("T,H,D,pos0", [(1, 1, 2, 0), (7, 3, 34, 5), (3, 2, 128, 1000)])
+def test_rope_matches_reference(isa, rng, neox, T, H, D, pos0):
+    big = view(rng, (T, H + 1, D))
+    x, out = big[:, 1:], view(rng, (T, H, D))
+    expect = np.empty((T, H, D), np.float32)
+    ref.rope(x, pos0, 10000.0, expect, neox)
+    native.rope(x, pos0, 10000.0, out, neox)
+    close(out, expect)
+    native.rope(x, pos0, 10000.0, x, neox)  # in place
+    close(x, expect)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("with_wpe", [True, False])
+def test_embedding_matches_reference(rng, dtype, with_wpe):
+    wte, wpe = view(rng, (50, 33), pad=1), view(rng, (20, 33)) if with_wpe else None
+    tokens = rng.integers(0, 50, size=14).astype(dtype)[::2]
+    out, expect = view(rng, (7, 33)), np.empty((7, 33), np.float32)
+    ref.embedding(tokens, wte, wpe, 4, expect)
+    native.embedding(tokens, wte, wpe, 4, out)
+    close(out, expect, rtol=0, atol=0)
+
+
+def test_embedding_backward_matches_reference(rng):
+    tokens = rng.integers(0, 9, size=40).astype(np.int64)  # repeated ids must all accumulate
+    dout, dwte = view(rng, (40, 33), pad=1), view(rng, (9, 33))
+    expect = dwte.copy()
+    ref.embedding_backward(tokens, dout, expect)
+    native.embedding_backward(tokens, dout, dwte)
+    close(dwte, expect)
+
+
+@pytest.mark.parametrize("N,V", [(1, 2), (7, 33), (5, 4097)])
+@pytest.mark.parametrize("grad", ["none", "separate", "in_place"])
+def test_cross_entropy_matches_reference(isa, rng, N, V, grad):
+    logits = view(rng, (N, V), pad=1, scale=4.0)
+    targets = rng.integers(0, V, size=N).astype(np.int32)
+    losses, e_losses = view(rng, (N,)), np.empty(N, np.float32)
+    e_d = np.empty((N, V), np.float32)
+    ref.cross_entropy(logits, targets, e_losses, e_d, 0.25)
+    d = {"none": None, "separate": view(rng, (N, V)), "in_place": logits}[grad]
+    native.cross_entropy(logits, targets, losses, d, 0.25)
+    close(losses, e_losses)
+    if d is not None:
+        close(d, e_d)
+
+
+@pytest.mark.parametrize("shape", [(1,), (4097,), (70001,), (3, 33)])
+def test_adamw_step_matches_reference(isa, rng, shape):
+    p, g, m = view(rng, shape), view(rng, shape), view(rng, shape, scale=0.1)
+    v = np.abs(view(rng, shape, scale=0.1))
+    expect = [a.copy() for a in (p, g, m, v)]
+    ref.adamw_step(*expect, 3e-3, 0.9, 0.95, 1e-8, 0.1, 7)
+    native.adamw_step(p, g, m, v, 3e-3, 0.9, 0.95, 1e-8, 0.1, 7)
+    for got, e in zip((p, m, v), (expect[0], expect[2], expect[3])):
+        close(got, e, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ refusals
+
+def _f(*shape):
+    return np.zeros(shape, np.float32)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: native.linear(_f(2, 3), _f(4, 5), None, _f(2, 4)),                  # K mismatch
+    lambda: native.linear(_f(2, 3), _f(4, 3), _f(5), _f(2, 4)),                 # bias length
+    lambda: native.linear(_f(2, 3), _f(4, 3), None, _f(2, 5)),                  # out shape
+    lambda: native.linear(_f(2, 3).astype(np.float64), _f(4, 3), None, _f(2, 4)),  # dtype
+    lambda: native.linear([[1.0, 2.0]], _f(4, 2), None, _f(1, 4)),              # not an array
+    lambda: native.linear(_f(3), _f(4, 3), None, _f(1, 4)),                     # rank
+    lambda: native.attention(_f(1, 3, 8), _f(2, 4, 8), _f(2, 4, 8), 0, _f(1, 3, 8), 1.0),  # GQA
+    lambda: native.attention(_f(2, 2, 8), _f(2, 4, 8), _f(2, 4, 8), 3, _f(2, 2, 8), 1.0),  # past cache
+    lambda: native.attention(_f(1, 2, 8), _f(2, 4, 8), _f(2, 4, 4), 0, _f(1, 2, 8), 1.0),  # v shape
+    lambda: native.layer_norm(_f(2, 3), _f(4), _f(3), _f(2, 3)),
+    lambda: native.layer_norm(_f(2, 3), _f(3), _f(3), _f(2, 3), 1e-5, _f(3)),
+    lambda: native.gelu(_f(3), _f(4)),
+    lambda: native.gelu(_f(3).astype(np.float16), _f(3)),
+    lambda: native.swiglu(_f(3), _f(2), _f(3)),
+    lambda: native.rope(_f(1, 1, 3), 0, 1e4, _f(1, 1, 3)),                      # odd head dim
+    lambda: native.rope(_f(1, 1, 4), -1, 1e4, _f(1, 1, 4)),                     # negative position
+    lambda: native.embedding(np.zeros(2, np.float32), _f(4, 3), None, 0, _f(2, 3)),  # float ids
+    lambda: native.embedding(np.zeros(2, np.int16), _f(4, 3), None, 0, _f(2, 3)),    # int16 ids
+    lambda: native.cross_entropy(_f(2, 3), np.zeros(3, np.int32), _f(2)),
+    lambda: native.adamw_step(_f(3), _f(3), _f(3), _f(3), 1e-3, 0.9, 0.95, 1e-8, 0.0, 0),  # step 0
+    lambda: native.adamw_step(_f(3), _f(3), _f(4), _f(3), 1e-3, 0.9, 0.95, 1e-8, 0.0, 1),
+    lambda: native.softmax(_f(2, 3), _f(3, 2)),
+    lambda: native.causal_softmax(_f(3), _f(3), 1.0, 0),                        # needs (T, S)
+])
+def test_invalid_input_is_refused(call):
+    with pytest.raises(KernelInputError):
+        call()
+
+
+def test_read_only_output_is_refused():
+    out = _f(2, 4)
+    out.setflags(write=False)
+    with pytest.raises(KernelInputError, match="read-only"):
+        native.linear(_f(2, 3), _f(4, 3), None, out)
+
+
+@pytest.mark.parametrize("bad", [-1, 4])
+def test_embedding_refuses_out_of_range_tokens_without_writing(bad):
+    out = _f(3, 2)
+    with pytest.raises(IndexError):
+        native.embedding(np.array([0, bad, 1], np.int32), np.ones((4, 2), np.float32), None, 0, out)
+    assert not out.any()
+
+
+def test_embedding_refuses_positions_beyond_the_table():
+    with pytest.raises(IndexError):
+        native.embedding(np.array([0, 1], np.int64), _f(4, 2), _f(3, 2), 2, _f(2, 2))
+
+
+def test_cross_entropy_refuses_out_of_range_targets():
+    with pytest.raises(IndexError):
+        native.cross_entropy(_f(2, 3), np.array([0, 3], np.int64), _f(2))
+
+
+def test_embedding_backward_refuses_out_of_range_tokens():
+    with pytest.raises(IndexError):
+        native.embedding_backward(np.array([5], np.int32), _f(1, 2), _f(5, 2))
+
+
+def test_overlapping_output_is_refused():
+    buf = _f(4, 8)
+    with pytest.raises(KernelInputError, match="overlap"):
+        native.linear(buf[:, :4], _f(3, 4), None, buf[:, 2:5])
+    with pytest.raises(KernelInputError, match="overlap"):
+        native.gelu(buf[0, 1:], buf[0, :-1])  # shifted by one: neither in place nor disjoint
+    with pytest.raises(KernelInputError, match="overlap"):
+        native.adamw_step(buf[0], buf[1], buf[0], buf[2], 1e-3, 0.9, 0.95, 1e-8, 0.0, 1)
+
+
+def test_disjoint_views_of_one_buffer_are_accepted(rng):
+    buf = view(rng, (5, 12))
+    expect = np.empty((5, 6), np.float32)
+    ref.gelu(buf[:, :6], expect)
+    native.gelu(buf[:, :6], buf[:, 6:])  # interleaved rows, disjoint memory
+    close(buf[:, 6:], expect)
+
+
+def test_non_contiguous_output_is_written_back(rng):
+    x, w = view(rng, (3, 8)), view(rng, (5, 8))
+    big = np.zeros((3, 10), np.float32)
+    out = big[:, ::2]
+    native.linear(x, w, None, out)
+    close(out, x @ w.T, atol=1e-5)
+    assert not big[:, 1::2].any()
+
+
+def test_byte_misaligned_arrays_are_handled(rng):
+    raw = np.zeros(4 * 33 + 1, np.uint8)[1:].view(np.float32)  # data pointer not 4-byte aligned
+    raw[...] = rng.standard_normal(33)
+    out, expect = np.empty(33, np.float32), np.empty(33, np.float32)
+    ref.gelu(raw, expect)
+    native.gelu(raw, out)
+    close(out, expect)
+
+
+# ------------------------------------------------------------------ dispatch and threads
+
+def test_select_isa_refuses_unknown_names():
+    with pytest.raises(ValueError):
+        native.select_isa("sse1")
+
+
+def test_kernels_path_names_the_native_isa():
+    assert kernels.path in ("numpy",) + tuple(f"native-{i}" for i in kernels.ISAS)
+    if kernels.path != "numpy":
+        assert kernels.linear is native.linear
+
+
+def _env_path(**env):
+    import os
+    code = "from smallmind import kernels; print(kernels.path)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=60)
+    return res.stdout.strip(), res.stderr
+
+
+def test_environment_forces_numpy_and_lower_isas():
+    assert _env_path(SMALLMIND_KERNELS="numpy")[0] == "numpy"
+    assert _env_path(SMALLMIND_ISA="generic")[0] == "native-generic"
+    path, err = _env_path(SMALLMIND_ISA="bogus")
+    assert path.startswith("native-") and "SMALLMIND_ISA" in err
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_results_do_not_depend_on_thread_count(rng, threads):
+    x, w = view(rng, (3, 512)), view(rng, (1000, 512))
+    q, kc = view(rng, (1, 8, 64)), view(rng, (8, 300, 64))
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(threads)
+        assert kernels.get_threads() == threads
+        out = native.linear(x, w, None, _f(3, 1000))
+        att = native.attention(q, kc, kc, 299, _f(1, 8, 64), 0.125)
+    finally:
+        kernels.set_threads(before)
+    e_out, e_att = _f(3, 1000), _f(1, 8, 64)
+    ref.linear(x, w, None, e_out)
+    ref.attention(q, kc, kc, 299, e_att, 0.125)
+    close(out, e_out, atol=1e-3)
+    close(att, e_att)
+
+
+def test_set_threads_refuses_nonsense():
+    from smallmind.errors import SmallMindError
+    with pytest.raises(SmallMindError):
+        kernels.set_threads(0)
+
+
+def test_get_info_reports_path_features_and_blas():
+    info = kernels.get_info()
+    assert info["kernel_path"] == kernels.path
+    assert "avx2" in info["cpu_features"] or info["machine"] != "x86_64"
+    assert info["threads"] == kernels.get_threads()
+    assert isinstance(info["blas"], list)

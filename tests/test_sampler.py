@@ -1,0 +1,120 @@
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from smallmind.errors import SmallMindError
+from smallmind.runtime.sampler import Sampler
+
+V = 50
+
+
+def random_logits(seed, n=V):
+    return np.random.default_rng(seed).normal(0.0, 2.0, n).astype(np.float32)
+
+
+def draws(sampler, logits, n):
+    return np.array([sampler.sample(logits) for _ in range(n)])
+
+
+def test_greedy_is_argmax():
+    sampler = Sampler(V, temperature=0.0, seed=0)
+    for seed in range(20):
+        logits = random_logits(seed)
+        assert sampler.sample(logits) == int(np.argmax(logits))
+
+
+def test_greedy_ignores_top_k_top_p_and_the_seed():
+    logits = random_logits(1)
+    a = Sampler(V, temperature=0.0, top_k=3, top_p=0.5, seed=1)
+    b = Sampler(V, temperature=0.0, seed=2)
+    assert draws(a, logits, 10).tolist() == draws(b, logits, 10).tolist() == [int(np.argmax(logits))] * 10
+
+
+def test_greedy_allocates_nothing_that_outlives_a_step():
+    sampler = Sampler(V, temperature=0.0)
+    logits = random_logits(2)
+    sampler.sample(logits)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for _ in range(100):
+            sampler.sample(logits)
+        peak, after = tracemalloc.get_traced_memory()[1], tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # the loop's iterator, the argmax scalar and the int made from it, freed at once; a (V,)
+    # working array (400 bytes of data plus its header) would not fit under this
+    assert peak - before < 256
+    assert after - before <= 0
+
+
+def test_temperature_sampling_follows_the_softmax():
+    logits = np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32))
+    counts = np.bincount(draws(Sampler(3, temperature=1.0, seed=0), logits, 20000), minlength=3)
+    assert np.allclose(counts / 20000, [0.5, 0.3, 0.2], atol=0.015)
+
+
+def test_low_temperature_sharpens_and_high_temperature_flattens():
+    logits = np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32))
+    cold = np.bincount(draws(Sampler(3, temperature=0.25, seed=0), logits, 5000), minlength=3) / 5000
+    hot = np.bincount(draws(Sampler(3, temperature=4.0, seed=0), logits, 5000), minlength=3) / 5000
+    expected_cold = np.array([0.5, 0.3, 0.2]) ** 4 / (np.array([0.5, 0.3, 0.2]) ** 4).sum()
+    assert np.allclose(cold, expected_cold, atol=0.02)
+    assert hot.max() - hot.min() < 0.1
+
+
+def test_top_k_never_picks_outside_the_k_largest():
+    logits = random_logits(3)
+    allowed = set(np.argsort(logits)[-5:].tolist())
+    picked = draws(Sampler(V, temperature=2.0, top_k=5, seed=0), logits, 3000)
+    assert set(picked.tolist()) == allowed  # only those, and at a high temperature each of them
+
+
+def test_top_k_keeps_exactly_k_when_values_tie():
+    logits = np.zeros(V, dtype=np.float32)
+    picked = draws(Sampler(V, temperature=1.0, top_k=4, seed=0), logits, 2000)
+    assert len(set(picked.tolist())) == 4
+
+
+def test_top_p_never_picks_outside_the_nucleus():
+    probs = np.array([0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.02], dtype=np.float64)
+    logits = np.log(probs).astype(np.float32)
+    # the smallest top set holding 0.75: 0.4 + 0.25 = 0.65 is short, adding 0.15 reaches 0.8
+    picked = draws(Sampler(7, temperature=1.0, top_p=0.75, seed=0), logits, 4000)
+    assert set(picked.tolist()) == {0, 1, 2}
+    freq = np.bincount(picked, minlength=3)[:3] / 4000
+    assert np.allclose(freq, probs[:3] / probs[:3].sum(), atol=0.03)
+
+
+def test_top_p_keeps_the_top_token_even_below_its_mass():
+    logits = np.log(np.array([0.6, 0.3, 0.1], dtype=np.float32))
+    assert set(draws(Sampler(3, temperature=1.0, top_p=0.1, seed=0), logits, 500).tolist()) == {0}
+
+
+def test_top_k_then_top_p_apply_together():
+    probs = np.array([0.3, 0.25, 0.2, 0.15, 0.1])
+    logits = np.log(probs).astype(np.float32)
+    # top-3 renormalised: 0.3/0.75=0.4, 0.25/0.75=0.33, 0.2/0.75=0.27; top_p 0.6 keeps the first two
+    picked = draws(Sampler(5, temperature=1.0, top_k=3, top_p=0.6, seed=0), logits, 2000)
+    assert set(picked.tolist()) == {0, 1}
+
+
+def test_same_seed_same_tokens_and_another_seed_other_tokens():
+    logits = random_logits(4)
+    a, b, c = (draws(Sampler(V, temperature=1.0, top_p=0.9, seed=s), logits, 50) for s in (7, 7, 8))
+    assert a.tolist() == b.tolist()
+    assert a.tolist() != c.tolist()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -0.5}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"top_k": 0}, "top_k"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+])
+def test_nonsense_settings_are_refused(kwargs, message):
+    with pytest.raises(SmallMindError, match=message):
+        Sampler(V, **kwargs)

@@ -1,0 +1,101 @@
+import time
+
+import pytest
+
+from smallmind import scope as scope_module
+from smallmind.profiler.recorder import Recorder, recording, scope_cost_ns
+from smallmind.scope import scope
+
+
+def test_scope_without_recorder_is_one_shared_noop():
+    assert not scope_module.recording()
+    assert scope("a") is scope("b")
+    with scope("a") as value:
+        assert value is None
+
+
+def test_recorder_aggregates_by_full_path():
+    rec = Recorder()
+    with recording(rec):
+        for _ in range(3):
+            with scope("decode"):
+                with scope("block"):
+                    with scope("norm"):
+                        pass
+                    with scope("norm"):
+                        pass
+                with scope("sampling"):
+                    pass
+    calls = {n.path: n.calls for n in rec.nodes()}
+    assert calls == {"decode": 3, "decode/block": 3, "decode/block/norm": 6, "decode/sampling": 3}
+
+
+def test_recorder_total_is_children_plus_self():
+    rec = Recorder()
+    with recording(rec):
+        with scope("outer"):
+            with scope("inner"):
+                time.sleep(0.002)
+            time.sleep(0.001)
+    outer = rec.root.children["outer"]
+    inner = outer.children["inner"]
+    assert outer.child_ns == inner.total_ns
+    assert outer.self_ns == outer.total_ns - inner.total_ns
+    assert inner.total_ns >= 2_000_000 and outer.self_ns >= 1_000_000
+
+
+def test_recorder_min_max_bracket_each_call():
+    rec = Recorder()
+    with recording(rec):
+        for seconds in (0.001, 0.003):
+            with scope("sleep"):
+                time.sleep(seconds)
+    node = rec.root.children["sleep"]
+    assert node.calls == 2 and node.min_ns + node.max_ns == node.total_ns
+    assert 1_000_000 <= node.min_ns <= node.max_ns and node.max_ns >= 3_000_000
+
+
+def test_recording_restores_the_previous_recorder():
+    outer, inner = Recorder(), Recorder()
+    with recording(outer):
+        with recording(inner):
+            with scope("x"):
+                pass
+        assert scope_module._recorder is outer
+    assert not scope_module.recording()
+    assert "x" in inner.root.children and not outer.root.children
+
+
+def test_exception_inside_scope_propagates_and_closes_the_scope():
+    rec = Recorder()
+    with recording(rec):
+        with pytest.raises(KeyError):
+            with scope("a"):
+                with scope("b"):
+                    raise KeyError("boom")
+        with scope("c"):
+            pass
+    assert rec.current is rec.root
+    assert sorted(rec.root.children) == ["a", "c"]
+
+
+def test_operation_time_skips_containers_but_counts_a_leaf_optimizer():
+    rec = Recorder()
+    with recording(rec):
+        with scope("forward"):
+            with scope("matmul.qkv"):
+                with scope("softmax"):
+                    pass
+        with scope("optimizer"):
+            pass
+    root = rec.root
+    qkv = root.children["forward"].children["matmul.qkv"]
+    optimizer = root.children["optimizer"]
+    assert root.children["forward"].is_container and not optimizer.is_container
+    assert rec.operation_ns() == qkv.total_ns + optimizer.total_ns
+
+
+def test_scope_cost_reports_recording_dearer_than_the_noop():
+    cost = scope_cost_ns(iterations=20_000)
+    assert 0 < cost["off_ns"] < cost["on_ns"]
+    assert 0 < cost["inside_ns"] < cost["on_ns"]
