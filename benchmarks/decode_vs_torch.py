@@ -75,6 +75,7 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=50)
     parser.add_argument("--prefill-tokens", type=int, default=128)
+    parser.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed run")
     args = parser.parse_args()
 
     kernels.set_threads(args.threads)
@@ -94,11 +95,17 @@ def main():
     decode = {"smallmind": [], "torch": []}
     prefill = {"smallmind": [], "torch": []}
     same_tokens = True
+    def settled(run, *run_args):
+        # a pause first: thread pools that spin-wait after their last task (torch's OpenMP, our
+        # pool) would otherwise still occupy the cores when the other side starts
+        time.sleep(args.pause)
+        return run(*run_args)
+
     for rep in range(args.repeats + 1):
-        t_ours, ids_ours = ours_decode(params, ws, sampler, prompt, args.new_tokens)
-        t_torch, ids_torch = torch_decode(model, prompt, args.new_tokens)
-        p_ours = ours_prefill(params, ws, long_prompt)
-        p_torch = torch_prefill(model, long_prompt)
+        t_ours, ids_ours = settled(ours_decode, params, ws, sampler, prompt, args.new_tokens)
+        t_torch, ids_torch = settled(torch_decode, model, prompt, args.new_tokens)
+        p_ours = settled(ours_prefill, params, ws, long_prompt)
+        p_torch = settled(torch_prefill, model, long_prompt)
         same_tokens &= ids_ours == ids_torch
         if rep:
             decode["smallmind"].append(args.new_tokens / t_ours)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_gpt import TorchGPT  # noqa: E402
 
 from smallmind import kernels  # noqa: E402
-from smallmind.bench.train import BATCH, SEQ, TrainStep, thread_budget  # noqa: E402
+from smallmind.bench.train import BATCH, SEQ, TrainStep  # noqa: E402
 from smallmind.models.gpt import preset  # noqa: E402
 
 
@@ -81,7 +81,7 @@ def main():
 
     tokens = BATCH * seq
     print(f"preset {args.preset} ({ours.params.count:,} params), batch {BATCH} x {seq}, AdamW, "
-          f"threads {args.threads} (smallmind budget {thread_budget()}, torch {torch.get_num_threads()}), "
+          f"threads {args.threads} (smallmind budget {kernels.get_threads()}, torch {torch.get_num_threads()}), "
           f"kernels {kernels.path}, torch {torch.__version__}")
     print(f"first-step loss: smallmind {first_ours:.5f}  torch {first_torch:.5f}")
     print(f"{'':10s} {'ms/step (median)':>17s} {'tok/s':>9s}   per repeat ms")

@@ -227,6 +227,19 @@ def test_every_decode_step_hands_the_kernels_the_same_preallocated_arrays(tiny, 
     assert all(a is b for step1, step2 in zip(first, calls) for a, b in zip(step1, step2))
 
 
+def test_prefill_for_the_last_logits_runs_the_last_blocks_tail_on_one_row(tiny, monkeypatch):
+    calls = []
+    _fake_kernels(monkeypatch, calls.append)
+    ws = Workspace(tiny.cfg, 8)
+    forward(tiny, ws, random_tokens(tiny.cfg, 8), 0)
+    rows = [arrays[0].shape[0] for arrays in calls]  # the first array of each call is its input
+    per_block = 9
+    last_block = rows[1 + per_block * (tiny.cfg.n_layers - 1):][:per_block]
+    # norm, qkv and the cache store see all 8 rows; attention onwards only the last one
+    assert last_block == [8, 8, 8, 1, 1, 1, 1, 1, 1]
+    assert rows[1:1 + per_block] == [8] * per_block
+
+
 def test_the_decode_step_itself_leaves_nothing_allocated(tiny, monkeypatch):
     import tracemalloc
 

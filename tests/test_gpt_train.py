@@ -26,7 +26,7 @@ def random_params(cfg, seed):
     # GPT-2 init leaves biases at 0 and norms at 1; randomise them too so their gradients are tested
     p = init_params(cfg, seed)
     rng = np.random.default_rng(seed + 1)
-    for name, view in p.items():
+    for view in p.views.values():
         if view.ndim == 1:
             view += rng.normal(0.0, 0.1, view.shape).astype(np.float32)
     return p
@@ -39,11 +39,11 @@ def batch(cfg, B, T, seed):
     return tokens, targets
 
 
-def ours_step(params, tokens, targets, loss_scale=1.0):
+def ours_step(params, tokens, targets):
     ws = TrainWorkspace(params.cfg, *tokens.shape)
     grads = params.zeros_like()
     loss = forward(params, ws, tokens, targets)
-    backward(params, grads, ws, loss_scale)
+    backward(params, grads, ws)
     return loss, ws.logits.copy(), grads
 
 
@@ -380,3 +380,17 @@ def test_bench_train_reports_consistent_figures():
     assert (result["batch"], result["seq"]) == (16, 64)
     assert result["tok_s"] == pytest.approx(16 * 64 / (result["ms_per_step"] / 1e3), rel=0.01)
     assert result["threads"] >= 1 and result["kernel_path"]
+
+
+def test_one_blas_thread_restores_the_thread_budget():
+    from threadpoolctl import ThreadpoolController
+
+    from smallmind.models.gpt_train import one_blas_thread
+
+    blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.get_num_threads() for lib in blas]
+    with pytest.raises(RuntimeError):
+        with one_blas_thread:
+            assert [lib.get_num_threads() for lib in blas] == [1] * len(blas)
+            raise RuntimeError("an error inside still restores the budget")
+    assert [lib.get_num_threads() for lib in blas] == before

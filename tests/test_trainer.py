@@ -32,8 +32,9 @@ def history(out):
 
 
 def test_the_same_seed_gives_bit_identical_runs(tmp_path):
-    a = run(tmp_path, "a", steps=5, eval_every=5, dropout=0.1, grad_accum=2)
-    b = run(tmp_path, "b", steps=5, eval_every=5, dropout=0.1, grad_accum=2)
+    a = run(tmp_path, "a", steps=5, eval_every=5, dropout=0.1, grad_accum=2, tokenizer="bpe")
+    b = run(tmp_path, "b", steps=5, eval_every=5, dropout=0.1, grad_accum=2, tokenizer="bpe")
+    assert a["tokenizer"] == "bpe" and a["vocab_size"] == 512
     assert history(tmp_path / "a")["train_losses"] == history(tmp_path / "b")["train_losses"]
     assert a["val_loss"] == b["val_loss"]
     assert np.array_equal(load_checkpoint(tmp_path / "a" / "last").params.flat,

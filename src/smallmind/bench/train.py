@@ -12,15 +12,6 @@ from ..runtime.optim import AdamW
 BATCH, SEQ = 16, 128
 
 
-def thread_budget() -> int:
-    """The thread count kernels and BLAS run with now."""
-    if hasattr(kernels, "get_threads"):
-        return int(kernels.get_threads())
-    from threadpoolctl import threadpool_info
-
-    return max((pool["num_threads"] for pool in threadpool_info()), default=1)
-
-
 class TrainStep:
     """One model, workspace, optimizer and batch: `run()` is one full training step."""
 
@@ -62,7 +53,7 @@ def bench_train(preset_name: str, threads=None, repeats=3, warmup=2, steps_per_r
         "params": step.params.count,
         "batch": BATCH,
         "seq": seq,
-        "threads": thread_budget(),
+        "threads": kernels.get_threads(),
         "kernel_path": kernels.path,
         "ms_per_step": round(seconds * 1e3, 2),
         "tok_s": round(BATCH * seq / seconds, 1),

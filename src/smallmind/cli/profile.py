@@ -18,8 +18,8 @@ def add_parser(sub):
     p.add_argument("--train", action="store_true", help="also profile training steps")
     p.add_argument("--train-steps", type=positive_int, default=5, help="profiled training steps (default 5)")
     p.add_argument("--batch", type=positive_int, default=4, help="training batch size (default 4)")
-    p.add_argument("--repeats", type=positive_int, default=5,
-                   help="timed generations, plain and profiled each, interleaved (default 5)")
+    p.add_argument("--repeats", type=positive_int, default=9,
+                   help="timed generations, plain and profiled each, interleaved (default 9)")
     p.add_argument("--threads", type=positive_int, default=None, help="thread budget (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt")
     p.add_argument("--out", metavar="PATH",

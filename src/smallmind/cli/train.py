@@ -26,9 +26,11 @@ def add_parser(sub):
     p.add_argument("--seq", type=positive_int, help="tokens per sequence (default: the preset's context)")
     p.add_argument("--dropout", type=bounded_float(0.0, 0.99), help="dropout rate (default: the preset's)")
     p.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step (default: 1)")
-    p.add_argument("--lr", type=bounded_float(0.0, 10.0, low_open=True), help="peak learning rate (default: 1e-3)")
+    p.add_argument("--lr", dest="max_lr", metavar="LR", type=bounded_float(0.0, 10.0, low_open=True),
+                   help="peak learning rate (default: 1e-3)")
     p.add_argument("--min-lr", type=bounded_float(0.0, 10.0), help="final learning rate (default: lr / 10)")
-    p.add_argument("--warmup", type=nonneg_int, help="warmup steps (default: min(100, steps / 10))")
+    p.add_argument("--warmup", dest="warmup_steps", metavar="N", type=nonneg_int,
+                   help="warmup steps (default: min(100, steps / 10))")
     p.add_argument("--weight-decay", type=bounded_float(0.0, 10.0), help="AdamW weight decay (default: 0.1)")
     p.add_argument("--grad-clip", type=bounded_float(0.0, math.inf, low_open=True),
                    help="max gradient norm (default: 1.0)")
@@ -41,13 +43,10 @@ def add_parser(sub):
     p.set_defaults(run=run)
 
 
-# command-line flag -> TrainConfig field
-FLAG_FIELDS = {
-    "data": "data", "preset": "preset", "steps": "steps", "tokenizer": "tokenizer", "seed": "seed",
-    "batch_size": "batch_size", "seq": "seq", "dropout": "dropout", "grad_accum": "grad_accum", "lr": "max_lr", "min_lr": "min_lr",
-    "warmup": "warmup_steps", "weight_decay": "weight_decay", "grad_clip": "grad_clip",
-    "eval_every": "eval_every", "eval_batches": "eval_batches",
-}
+# flags whose dest is a TrainConfig field; left out, they take TrainConfig's default (or, with
+# --resume, the value the run was started with)
+CONFIG_FLAGS = ("data", "preset", "steps", "tokenizer", "seed", "batch_size", "seq", "dropout", "grad_accum",
+                "max_lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "eval_every", "eval_batches")
 
 
 def run(args):
@@ -55,7 +54,7 @@ def run(args):
     from ..formats.checkpoint import LAST
     from ..runtime.trainer import TrainConfig, train
 
-    given = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items() if getattr(args, flag) is not None}
+    given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
     base = _saved_config(args.out) if args.resume else {}
     cfg = TrainConfig(**{**base, **given, "out": args.out, "resume": args.resume, "overwrite": args.overwrite})
     if args.threads is not None:

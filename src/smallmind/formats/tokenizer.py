@@ -34,7 +34,7 @@ class Tokenizer:
         Path(path).write_text(self.to_json(), encoding="utf-8")
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "version": VERSION, **self.to_dict()}, ensure_ascii=False)
+        return json.dumps({"format": FORMAT, "version": VERSION, **self.to_dict()})
 
 
 class CharTokenizer(Tokenizer):

@@ -9,6 +9,7 @@ generic forces a (lower) native path. `path` says which runs: "native-avx512",
 "native-avx2", "native-generic" or "numpy".
 """
 
+import importlib.util
 import os
 import warnings
 
@@ -31,10 +32,14 @@ def _load_native():
     if choice not in ("", "native"):
         warnings.warn(f"SMALLMIND_KERNELS={choice!r} is not 'numpy' or 'native'; using native",
                       RuntimeWarning, stacklevel=3)
+    if importlib.util.find_spec(f"{__name__}._native") is None:
+        warnings.warn("smallmind: the native kernels are not built (no C compiler at install "
+                      "time?); running on the NumPy references", RuntimeWarning, stacklevel=3)
+        return None
     try:
         from . import native
     except ImportError as e:
-        warnings.warn(f"smallmind: native kernels are not built ({e}); running on the NumPy "
+        warnings.warn(f"smallmind: the native kernels do not load ({e}); running on the NumPy "
                       "references", RuntimeWarning, stacklevel=3)
         return None
     isa = os.environ.get("SMALLMIND_ISA", "").strip().lower()

@@ -171,29 +171,30 @@ def init_params(cfg: GPTConfig, seed: int = 0) -> Params:
 
 
 class StepViews:
-    """The workspace's buffers cut to T tokens. Slicing makes Python objects, so the decode
-    step's (T = 1) set is made once; prefill makes a set per call (once per prompt)."""
+    """The workspace's buffers cut to rows start..start+T-1. Slicing makes Python objects, so
+    the decode step's set (T = 1) is made once; prefill makes a set per call (once per prompt).
+    `tail` is the set for the last row alone."""
 
-    __slots__ = ("T", "x", "xn", "qkv", "q", "k", "v", "att", "att_heads", "h", "hg",
-                 "xf", "x_last", "xf_last", "logits_all")
+    __slots__ = ("T", "x", "xn", "qkv", "q", "k", "v", "att", "att_heads", "h", "hg", "xf",
+                 "logits", "tail")
 
-    def __init__(self, ws: "Workspace", T: int):
+    def __init__(self, ws: "Workspace", T: int, start: int = 0):
         # buffers (max_tokens, ...) -> views (T, ...); q, k, v (T,H,D) are strided views into qkv
         H, D = ws.cfg.n_heads, ws.cfg.head_dim
+        rows = slice(start, start + T)
         self.T = T
-        self.x = ws.x[:T]
-        self.xn = ws.xn[:T]
-        self.qkv = ws.qkv[:T]
+        self.x = ws.x[rows]
+        self.xn = ws.xn[rows]
+        self.qkv = ws.qkv[rows]
         heads = self.qkv.reshape(T, 3, H, D)
         self.q, self.k, self.v = heads[:, 0], heads[:, 1], heads[:, 2]
-        self.att = ws.att[:T]
+        self.att = ws.att[rows]
         self.att_heads = self.att.reshape(T, H, D)
-        self.h = ws.h[:T]
-        self.hg = ws.hg[:T]
-        self.xf = ws.xf[:T]
-        self.x_last = ws.x[T - 1:T]
-        self.xf_last = ws.xf[T - 1:T]
-        self.logits_all = ws.logits[:T]
+        self.h = ws.h[rows]
+        self.hg = ws.hg[rows]
+        self.xf = ws.xf[rows]
+        self.logits = ws.logits[rows]
+        self.tail = self if T == 1 else StepViews(ws, 1, start + T - 1)
 
 
 class Workspace:
@@ -271,11 +272,18 @@ def forward(params: Params, ws: Workspace, tokens: np.ndarray, pos0: int, *, all
     if ws.params is not params:
         ws.bind(params)
     eps, scale = ws.cfg.layer_norm_eps, ws.scale
+    # The last block's output feeds nothing but the logits: when only the last position's are
+    # wanted, that block computes its keys and values for every position (the cache needs them)
+    # and the rest for the last position alone.
+    last_block_rows = act if all_logits else act.tail
+    last_k_cache = ws.kv.k_layers[-1]
     with scope("decode" if T == 1 else "prefill"):
         with scope("embedding"):
             kernels.embedding(tokens, ws.wte, ws.wpe, pos0, act.x)
         for ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, up_w, up_b, down_w, down_b, \
                 k_cache, v_cache in ws.layers:
+            out = last_block_rows if k_cache is last_k_cache else act  # the rows whose output is used
+            out_pos0 = pos0 + T - out.T
             with scope("block"):
                 with scope("norm"):
                     kernels.layer_norm(act.x, ln1_w, ln1_b, act.xn, eps)
@@ -284,27 +292,21 @@ def forward(params: Params, ws: Workspace, tokens: np.ndarray, pos0: int, *, all
                 with scope("kv_cache"):
                     kernels.kv_cache_store(act.k, act.v, k_cache, v_cache, pos0)
                 with scope("attention"):
-                    kernels.attention(act.q, k_cache, v_cache, pos0, act.att_heads, scale)
+                    kernels.attention(out.q, k_cache, v_cache, out_pos0, out.att_heads, scale)
                 with scope("matmul.attn_out"):
-                    kernels.linear(act.att, proj_w, proj_b, act.x, accumulate=True)  # x += proj(att)
+                    kernels.linear(out.att, proj_w, proj_b, out.x, accumulate=True)  # x += proj(att)
                 with scope("norm"):
-                    kernels.layer_norm(act.x, ln2_w, ln2_b, act.xn, eps)
+                    kernels.layer_norm(out.x, ln2_w, ln2_b, out.xn, eps)
                 with scope("matmul.mlp_up"):
-                    kernels.linear(act.xn, up_w, up_b, act.h)
+                    kernels.linear(out.xn, up_w, up_b, out.h)
                 with scope("activation"):
-                    kernels.gelu(act.h, act.hg)
+                    kernels.gelu(out.h, out.hg)
                 with scope("matmul.mlp_down"):
-                    kernels.linear(act.hg, down_w, down_b, act.x, accumulate=True)  # x += mlp(x)
+                    kernels.linear(out.hg, down_w, down_b, out.x, accumulate=True)  # x += mlp(x)
         ws.kv.length = pos0 + T
-        if all_logits:
-            with scope("norm"):
-                kernels.layer_norm(act.x, ws.ln_f_w, ws.ln_f_b, act.xf, eps)
-            with scope("matmul.lm_head"):
-                kernels.linear(act.xf, ws.lm_head, None, act.logits_all)
-            return act.logits_all
-        # generation needs only the last position's logits: skip ln_f and the head for the others
+        out = last_block_rows
         with scope("norm"):
-            kernels.layer_norm(act.x_last, ws.ln_f_w, ws.ln_f_b, act.xf_last, eps)
+            kernels.layer_norm(out.x, ws.ln_f_w, ws.ln_f_b, out.xf, eps)
         with scope("matmul.lm_head"):
-            kernels.linear(act.xf_last, ws.lm_head, None, ws.logits_row)
-        return ws.logits_last
+            kernels.linear(out.xf, ws.lm_head, None, out.logits if all_logits else ws.logits_row)
+        return out.logits if all_logits else ws.logits_last

@@ -10,7 +10,8 @@ weights, so the optimizer sees one flat gradient buffer.
 Each layer type is a forward/backward pair of small functions over (N, C) rows (N = B*T).
 Element-wise, norm, softmax, loss and embedding math goes through smallmind.kernels (NumPy
 references or native C, chosen at import); matrix products go through NumPy's BLAS with
-out= buffers. Attention runs batched over all (batch, head) pairs at once.
+out= buffers. Attention runs batched over all (batch, head) pairs at once, on strided
+(B,H,T,D) views of the qkv rows (no copies), with BLAS on one thread (see _OneBlasThread).
 
 Dropout (cfg.dropout > 0) is active only when forward is given a `dropout_rng`: on the
 embeddings, on the attention probabilities and on the outputs of the attention projection

@@ -8,7 +8,7 @@ from .recorder import scope_cost_ns
 
 
 def run_profile(cfg: GPTConfig, params: Params, *, source: str, prompt_ids: np.ndarray, new_tokens: int,
-                repeats: int = 5, tokenizer=None, prompt_text: str | None = None, train: bool = False,
+                repeats: int = 9, tokenizer=None, prompt_text: str | None = None, train: bool = False,
                 train_batch: int = 4, train_steps: int = 5, peak_kwargs: dict | None = None) -> dict:
     """Profile a greedy generation (and, with train, some training steps) of the model.
 

@@ -186,7 +186,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 train_seconds += time.perf_counter() - t0
                 step += 1
                 train_losses.append(loss)
-                tok_s = (step - start_step) * tokens_per_step / train_seconds
+                tok_s = (step - start_step) * tokens_per_step / max(train_seconds, 1e-9)
                 bar.update(1)
                 bar.set_postfix_str(f"loss {loss:.4f}  {tok_s:,.0f} tok/s", refresh=False)
                 if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -198,6 +198,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     last = evals[-1]
     trained = step - start_step
+    # train_loss and val_loss are the last evaluation's, over fixed batches without dropout;
+    # tok_s counts training steps only (not evaluation or saving)
     return {
         "steps": step,
         "train_loss": last["train"],
@@ -206,7 +208,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "best_val_loss": best_val,
         "best_step": best_step,
         "last_step_loss": train_losses[-1] if train_losses else None,
-        "tok_s": trained * tokens_per_step / train_seconds if train_seconds > 0 else 0.0,
+        "tok_s": trained * tokens_per_step / train_seconds if trained else 0.0,
         "train_seconds": train_seconds,
         "tokens": trained * tokens_per_step,
         "params": params.count,

@@ -10,15 +10,19 @@
 #define SM_CAT(a, b) SM_CAT2(a, b)
 #define FN(name) SM_CAT(name, SM_SUFFIX)
 
-static inline float sm_bits_to_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
+static inline float sm_bits_to_float(uint32_t i) { float f; memcpy(&f, &i, 4); return f; }
+static inline uint32_t sm_float_bits(float f) { uint32_t i; memcpy(&i, &f, 4); return i; }
 
 /* exp with about 1 ulp error (Cephes expf polynomial). Range reduction x = n ln2 + r with
- * round-to-nearest through the 1.5*2^23 trick (no libm call, so loops stay vectorized);
+ * round-to-nearest through the 1.5*2^23 trick, reading n from the float's low bits (no libm
+ * call and no float-to-int conversion, so loops stay vectorized and NaN is well defined);
  * 2^n is applied as two factors so n from -150 to 128 neither wraps nor flushes early. */
 static inline float sm_exp(float x)
 {
-    float xc = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
-    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float xc = x < -104.0f ? -104.0f : x;
+    xc = xc > 89.0f ? 89.0f : xc;
+    float nm = xc * 1.44269504088896341f + 12582912.0f;
+    float n = nm - 12582912.0f;
     float r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -28,9 +32,9 @@ static inline float sm_exp(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    int32_t ni = (int32_t)n;
+    int32_t ni = (int32_t)(sm_float_bits(nm) - 0x4B400000u);
     int32_t n1 = ni >> 1, n2 = ni - n1;
-    float y = p * sm_bits_to_float((n1 + 127) << 23) * sm_bits_to_float((n2 + 127) << 23);
+    float y = p * sm_bits_to_float((uint32_t)(n1 + 127) << 23) * sm_bits_to_float((uint32_t)(n2 + 127) << 23);
     return x != x ? x : y;
 }
 
@@ -55,6 +59,7 @@ static inline float sm_gelu_grad(float x)
     return s + 2.0f * x * du * e * inv * inv;
 }
 
+/* a, b (n,) -> sum a*b */
 static inline float sm_dot(const float *a, const float *b, long n)
 {
     float s = 0.0f;
@@ -63,6 +68,7 @@ static inline float sm_dot(const float *a, const float *b, long n)
     return s;
 }
 
+/* out[t, n] = (out[t, n] +) s + b[n] */
 static inline void sm_linear_store(const LinearArgs *a, long t, long n, float s)
 {
     if (a->b) s += a->b[n];
@@ -97,6 +103,32 @@ static inline void sm_linear_4x4(const LinearArgs *a, long n, long t)
     sm_linear_store(a, t + 3, n + 2, s32); sm_linear_store(a, t + 3, n + 3, s33);
 }
 
+/* 8 weight rows x 1 token (decode): eight independent row streams keep enough loads in
+ * flight when the weights come from L3, and the next block's rows are prefetched. */
+static inline void sm_linear_8x1(const LinearArgs *a, long n, long t, long n_end)
+{
+    const long K = a->K, ws = a->ws;
+    const float *w0 = a->w + n * ws;
+    const float *x = a->x + t * a->xs;
+    if (K <= 512 && n + 16 <= n_end) /* long rows: the hardware prefetcher keeps up alone */
+        for (long r = 8; r < 16; r++)
+            for (long k = 0; k < K; k += 16) __builtin_prefetch(w0 + r * ws + k);
+    const float *w1 = w0 + ws, *w2 = w1 + ws, *w3 = w2 + ws, *w4 = w3 + ws, *w5 = w4 + ws, *w6 = w5 + ws,
+                *w7 = w6 + ws;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
+    for (long k = 0; k < K; k++) {
+        float xv = x[k];
+        s0 += xv * w0[k]; s1 += xv * w1[k]; s2 += xv * w2[k]; s3 += xv * w3[k];
+        s4 += xv * w4[k]; s5 += xv * w5[k]; s6 += xv * w6[k]; s7 += xv * w7[k];
+    }
+    sm_linear_store(a, t, n, s0); sm_linear_store(a, t, n + 1, s1);
+    sm_linear_store(a, t, n + 2, s2); sm_linear_store(a, t, n + 3, s3);
+    sm_linear_store(a, t, n + 4, s4); sm_linear_store(a, t, n + 5, s5);
+    sm_linear_store(a, t, n + 6, s6); sm_linear_store(a, t, n + 7, s7);
+}
+
+/* 4 weight rows x 1 token */
 static inline void sm_linear_4x1(const LinearArgs *a, long n, long t)
 {
     const long K = a->K;
@@ -122,6 +154,8 @@ static inline void sm_linear_4x1(const LinearArgs *a, long n, long t)
 static void FN(linear_cols)(const LinearArgs *a, long n0, long n1)
 {
     long n = n0;
+    if (a->T == 1)
+        for (; n + 8 <= n1; n += 8) sm_linear_8x1(a, n, 0, n1);
     for (; n + 4 <= n1; n += 4) {
         long t = 0;
         for (; t + 4 <= a->T; t += 4) sm_linear_4x4(a, n, t);
@@ -149,11 +183,9 @@ static void FN(attention)(const AttnArgs *a, long i0, long i1)
         for (long j0 = 0; j0 < S; j0 += SM_ATTN_TILE) {
             long nb = S - j0 < SM_ATTN_TILE ? S - j0 : SM_ATTN_TILE;
             float bm = -INFINITY;
-            for (long j = 0; j < nb; j++) {
-                float s = sm_dot(q, kbase + (j0 + j) * a->ks_s, D) * a->scale;
-                sc[j] = s;
-                bm = s > bm ? s : bm;
-            }
+            for (long j = 0; j < nb; j++) sc[j] = sm_dot(q, kbase + (j0 + j) * a->ks_s, D) * a->scale;
+#pragma omp simd reduction(max : bm)
+            for (long j = 0; j < nb; j++) bm = sc[j] > bm ? sc[j] : bm;
             float mnew = bm > m ? bm : m;
             float corr = m == -INFINITY ? 0.0f : sm_exp(m - mnew);
             float bl = 0.0f;
@@ -181,6 +213,7 @@ static void FN(attention)(const AttnArgs *a, long i0, long i1)
     }
 }
 
+/* rows r0..r1 of x, out (T,C); mean, rstd (T,) when given: two-pass mean and variance */
 static void FN(layer_norm_rows)(const NormArgs *a, long r0, long r1)
 {
     const long C = a->C;
@@ -202,6 +235,7 @@ static void FN(layer_norm_rows)(const NormArgs *a, long r0, long r1)
     }
 }
 
+/* rows r0..r1 of x, out (T,C): out = x / sqrt(mean(x^2) + eps) * w */
 static void FN(rms_norm_rows)(const NormArgs *a, long r0, long r1)
 {
     const long C = a->C;
@@ -221,23 +255,24 @@ static void FN(rms_norm_rows)(const NormArgs *a, long r0, long r1)
 static void FN(layer_norm_bwd_rows)(const NormBwdArgs *a, long r0, long r1)
 {
     const long C = a->C;
+    const float *w = a->w;
     for (long r = r0; r < r1; r++) {
         const float *dout = a->dout + r * a->ds, *x = a->x + r * a->xs;
         float *dx = a->dx + r * a->dxs;
-        float mean = a->mean[r * a->ms], rstd = a->rstd[r * a->rs];
+        const float mean = a->mean[r * a->ms], rstd = a->rstd[r * a->rs];
         float s1 = 0.0f, s2 = 0.0f;
 #pragma omp simd reduction(+ : s1, s2)
         for (long c = 0; c < C; c++) {
-            float dxhat = dout[c] * a->w[c];
+            float dxhat = dout[c] * w[c];
             s1 += dxhat;
-            s2 += dxhat * (x[c] - mean) * rstd;
+            s2 += dxhat * ((x[c] - mean) * rstd);
         }
         s1 /= (float)C;
         s2 /= (float)C;
 #pragma omp simd
         for (long c = 0; c < C; c++) {
             float xhat = (x[c] - mean) * rstd;
-            dx[c] += rstd * (dout[c] * a->w[c] - s1 - xhat * s2);
+            dx[c] += rstd * (dout[c] * w[c] - s1 - xhat * s2);
         }
     }
 }
@@ -258,6 +293,7 @@ static void FN(layer_norm_bwd_cols)(const NormBwdArgs *a, long c0, long c1)
     }
 }
 
+/* a, b, out (n,): out = op(a[, b]); out may be a or b itself (same-index reads before writes) */
 static void FN(elementwise)(int op, const float *a, const float *b, float *out, long n)
 {
     switch (op) {
@@ -298,7 +334,8 @@ static void FN(softmax_rows)(const SoftmaxArgs *a, long r0, long r1)
             n = lim < a->S ? lim : a->S;
         }
         float m = -INFINITY;
-        for (long j = 0; j < n; j++) { float s = x[j] * scale; m = s > m ? s : m; }
+#pragma omp simd reduction(max : m)
+        for (long j = 0; j < n; j++) m = x[j] * scale > m ? x[j] * scale : m;
         if (m == -INFINITY) m = 0.0f; /* an all -inf row gives NaN like the reference */
         float z = 0.0f;
 #pragma omp simd reduction(+ : z)
@@ -310,6 +347,7 @@ static void FN(softmax_rows)(const SoftmaxArgs *a, long r0, long r1)
     }
 }
 
+/* rows of probs (x), dprobs (y), dscores (out) (R,S): scale * p * (dp - sum(p * dp)) */
 static void FN(softmax_bwd_rows)(const SoftmaxArgs *a, long r0, long r1)
 {
     for (long r = r0; r < r1; r++) {
@@ -325,11 +363,13 @@ static void FN(softmax_bwd_rows)(const SoftmaxArgs *a, long r0, long r1)
 static void FN(rope_rows)(const RopeArgs *a, long t0, long t1)
 {
     float cs[SM_ROPE_MAX_HALF], sn[SM_ROPE_MAX_HALF];
+    double inv[SM_ROPE_MAX_HALF];
     const long half = a->half, D = 2 * half;
+    for (long i = 0; i < half; i++) inv[i] = pow(a->theta, -(double)(2 * i) / (double)D);
     for (long t = t0; t < t1; t++) {
-        double pos = (double)(a->pos0 + t);
+        double pos = (double)a->pos0 + (double)t;
         for (long i = 0; i < half; i++) {
-            double ang = pos * pow(a->theta, -(double)(2 * i) / (double)D);
+            double ang = pos * inv[i];
             cs[i] = (float)cos(ang);
             sn[i] = (float)sin(ang);
         }
@@ -366,6 +406,7 @@ static void FN(cross_entropy_rows)(const XentArgs *a, long r0, long r1)
                                  : (long)((const int32_t *)a->targets)[r * a->ts];
         float xt = x[tgt];
         float m = -INFINITY;
+#pragma omp simd reduction(max : m)
         for (long j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
         float z = 0.0f;
         if (a->dlogits) {
@@ -384,6 +425,7 @@ static void FN(cross_entropy_rows)(const XentArgs *a, long r0, long r1)
     }
 }
 
+/* elements i0..i1 of p, g, m, v (N,): one fused pass, bias corrections precomputed */
 static void FN(adamw)(const AdamArgs *a, long i0, long i1)
 {
     float *p = a->p, *m = a->m, *v = a->v;
@@ -400,6 +442,7 @@ static void FN(adamw)(const AdamArgs *a, long i0, long i1)
     }
 }
 
+/* out, a, b (n,): out = a + b, or a copy of a when b is NULL (out may be a) */
 static void FN(add_rows)(float *out, const float *a, const float *b, long n)
 {
     if (b) {

@@ -18,7 +18,7 @@
 static PyObject *KernelInputError;
 static PyObject *np_shares_memory;
 static const KernelTable *K = &sm_table_generic;
-static long linear_max_t = 24;   /* above this many rows linear() hands over to BLAS */
+static long linear_max_t = 32;   /* above this many rows linear() hands over to BLAS */
 static long parallel_min_work = 32768;  /* below this many flops-ish, stay on one thread */
 
 /* ---------------------------------------------------------------- array views */
@@ -319,7 +319,7 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
         goto done;
     if (Hkv < 1 || H % Hkv) { fail("q heads (%ld) must be a multiple of the cache's KV heads (%ld)", H, Hkv); goto done; }
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
-    if (pos0 + T > Smax) { fail("pos0 + T = %ld exceeds the cache length %ld", pos0 + T, Smax); goto done; }
+    if (pos0 > Smax - T) { fail("pos0 + T = %ld + %ld exceeds the cache length %ld", pos0, T, Smax); goto done; }
     if (D > SM_ATTN_MAX_D) { fail("head dim %ld is above the supported %d", D, SM_ATTN_MAX_D); goto done; }
     if (no_overlap(&v[3], "out", &v[0], "q", 0) || no_overlap(&v[3], "out", &v[1], "k_cache", 0) ||
         no_overlap(&v[3], "out", &v[2], "v_cache", 0))
@@ -352,9 +352,9 @@ static PyObject *py_kv_cache_store(PyObject *self, PyObject *const *args, Py_ssi
         no_overlap(&v[3], "v_cache", &v[0], "k", 0) || no_overlap(&v[3], "v_cache", &v[1], "v", 0) ||
         no_overlap(&v[3], "v_cache", &v[2], "k_cache", 0))
         goto done;
-    if (pos0 + T > Smax) {
-        PyErr_Format(PyExc_IndexError, "KV cache is full: positions %ld..%ld beyond its length %ld",
-                     pos0, pos0 + T - 1, Smax);
+    if (pos0 > Smax - T) {
+        PyErr_Format(PyExc_IndexError, "KV cache is full: %ld positions from %ld do not fit its length %ld",
+                     T, pos0, Smax);
         goto done;
     }
     for (long t = 0; t < T; t++)
@@ -409,9 +409,9 @@ static PyObject *py_embedding(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (no_overlap(&v[3], "out", &v[1], "wte", 0) || (has_wpe && no_overlap(&v[3], "out", &v[2], "wpe", 0)))
         goto done;
     if (tokens_in_range(&v[0], V)) goto done;
-    if (has_wpe && pos0 + T > v[2].shape[0]) {
-        PyErr_Format(PyExc_IndexError, "position %ld is beyond the position-embedding table (%ld)",
-                     pos0 + T - 1, (long)v[2].shape[0]);
+    if (has_wpe && pos0 > (long)v[2].shape[0] - T) {
+        PyErr_Format(PyExc_IndexError, "%ld positions from %ld do not fit the position-embedding table (%ld)",
+                     T, pos0, (long)v[2].shape[0]);
         goto done;
     }
     for (long t = 0; t < T; t++)
@@ -605,6 +605,7 @@ static PyObject *softmax_common(PyObject *const *args, int causal, double scale,
         no_overlap(&v[1], "out", &v[0], causal ? "scores" : "x", 1))
         goto done;
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
+    if (pos0 > v[0].cols) pos0 = v[0].cols;  /* every column visible already; keeps pos0 + t small */
     long T = causal ? (long)v[0].shape[v[0].nd - 2] : 1;
     SoftmaxArgs sa = {F(v[0]), NULL, F(v[1]), v[0].cols, T ? T : 1, pos0, v[0].rs, 0, v[1].rs, (float)scale, causal};
     run(softmax_task, &sa, v[0].rows, 1, 20.0 * v[0].rows * v[0].cols);
