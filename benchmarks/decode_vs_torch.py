@@ -115,9 +115,10 @@ def main():
 
     def report(title, runs):
         ours, theirs = statistics.median(runs["smallmind"]), statistics.median(runs["torch"])
-        print(f"{title:<34} smallmind {ours:>9.1f} tok/s   torch {theirs:>9.1f} tok/s   "
+        print(f"{title}\n  median  smallmind {ours:9.1f} tok/s   torch {theirs:9.1f} tok/s   "
               f"ratio {ours / theirs:5.2f}x")
-        return ours / theirs
+        print(f"  range   smallmind {min(runs['smallmind']):.0f}..{max(runs['smallmind']):.0f}   "
+              f"torch {min(runs['torch']):.0f}..{max(runs['torch']):.0f}")
 
     report(f"decode ({args.prompt_tokens} prompt + {args.new_tokens} new, greedy)", decode)
     report(f"prefill ({args.prefill_tokens} tokens)", prefill)

@@ -6,7 +6,7 @@ import pytest
 from smallmind import kernels
 from smallmind.bench.inference import bench_decode, bench_prefill, decode_allocations, largest_matmul_gflops
 from smallmind.cli import main
-from smallmind.errors import ContextLengthError
+from smallmind.errors import ContextLengthError, SmallMindError
 from smallmind.models.gpt import Workspace, init_params, preset
 from smallmind.runtime.sampler import Sampler
 
@@ -30,6 +30,12 @@ def test_bench_prefill_reports_every_figure():
 def test_a_benchmark_longer_than_the_context_is_refused():
     with pytest.raises(ContextLengthError, match="context of 64"):
         bench_decode("tiny", repeats=1, prompt_tokens=32, new_tokens=50)
+
+
+@pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"new_tokens": -1}, {"prompt_tokens": 0}])
+def test_nonsense_benchmark_sizes_are_refused(kwargs):
+    with pytest.raises(SmallMindError, match=next(iter(kwargs))):
+        bench_decode("tiny", **kwargs)
 
 
 def test_allocation_figure_counts_what_a_step_allocates():

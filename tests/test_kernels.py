@@ -62,7 +62,7 @@ def rng():
 
 # ------------------------------------------------------------------ agreement with the references
 
-@pytest.mark.parametrize("T", [1, 4, 7, 17, 40])
+@pytest.mark.parametrize("T", [1, 4, 7, 17, 40, 130])
 @pytest.mark.parametrize("K,N", [(1, 7), (33, 31), (256, 768), (1024, 33)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("accumulate", [False, True])
@@ -91,13 +91,24 @@ def test_attention_matches_reference(isa, rng, T, pos0, H, Hkv, D):
     close(out, expect)
 
 
-def test_attention_ignores_positions_beyond_the_query(isa, rng):
-    q, k, v = view(rng, (2, 2, 8)), view(rng, (2, 10, 8)), view(rng, (2, 10, 8))
-    out1, out2 = np.empty((2, 2, 8), np.float32), np.empty((2, 2, 8), np.float32)
+@pytest.mark.parametrize("T", [2, 5, 20])  # per-query path, then the blocked prefill path
+def test_attention_ignores_positions_beyond_the_query(isa, rng, T):
+    q, k, v = view(rng, (T, 2, 8)), view(rng, (2, T + 10, 8)), view(rng, (2, T + 10, 8))
+    out1, out2 = np.empty((T, 2, 8), np.float32), np.empty((T, 2, 8), np.float32)
     native.attention(q, k, v, 3, out1, 0.5)
-    k[:, 5:], v[:, 5:] = np.nan, np.inf  # positions 5.. are masked for both queries
+    k[:, T + 3:], v[:, T + 3:] = np.nan, np.inf  # beyond the last query's position
     native.attention(q, k, v, 3, out2, 0.5)
     np.testing.assert_array_equal(out1, out2)
+    assert np.isfinite(out1).all()
+
+
+def test_attention_prefill_with_a_wide_head_matches_reference(isa, rng):
+    # head dim above the blocked path's stack tile: the per-query path serves prefill too
+    q, k, v = view(rng, (5, 2, 130)), view(rng, (1, 9, 130)), view(rng, (1, 9, 130))
+    out, expect = np.empty((5, 2, 130), np.float32), np.empty((5, 2, 130), np.float32)
+    ref.attention(q, k, v, 2, expect, 0.1)
+    native.attention(q, k, v, 2, out, 0.1)
+    close(out, expect)
 
 
 @pytest.mark.parametrize("T,Hkv,D,pos0", [(1, 3, 8, 0), (5, 2, 33, 7)])
@@ -415,11 +426,17 @@ def test_kernels_path_names_the_native_isa():
         assert kernels.linear is native.linear
 
 
-def _env_path(**env):
+def _clean_env(**env):
+    # the caller's environment without the kernel switches, plus `env`
     import os
+    base = {k: v for k, v in os.environ.items() if k not in ("SMALLMIND_KERNELS", "SMALLMIND_ISA")}
+    return {**base, **env}
+
+
+def _env_path(**env):
     code = "from smallmind import kernels; print(kernels.path)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, **env}, timeout=60)
+                         env=_clean_env(**env), timeout=60)
     return res.stdout.strip(), res.stderr
 
 
@@ -464,7 +481,6 @@ def test_get_info_reports_path_features_and_blas():
 
 
 def test_missing_extension_falls_back_to_numpy_with_one_warning(tmp_path):
-    import os
     import shutil
     from pathlib import Path
 
@@ -474,7 +490,7 @@ def test_missing_extension_falls_back_to_numpy_with_one_warning(tmp_path):
     code = ("import numpy as np; from smallmind import kernels; import smallmind.models.gpt;"
             "x = np.ones(4, np.float32); print(kernels.path, kernels.gelu(x, np.empty_like(x))[0])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+                         env=_clean_env(PYTHONPATH=str(tmp_path)), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[0] == "numpy"
     assert abs(float(res.stdout.split()[1]) - 0.841192) < 1e-5

@@ -23,7 +23,7 @@ import tracemalloc
 import numpy as np
 
 from .. import kernels
-from ..errors import ContextLengthError
+from ..errors import ContextLengthError, SmallMindError
 from ..models.gpt import Workspace, forward, init_params
 from ..models.gpt import preset as get_preset
 from ..runtime.sampler import Sampler
@@ -32,6 +32,7 @@ from ..runtime.sampler import Sampler
 def bench_decode(preset: str, threads: int | None = None, repeats: int = 3, prompt_tokens: int = 32,
                  new_tokens: int = 50) -> dict:
     """Greedy decoding of `new_tokens` after a `prompt_tokens` prefill; time counts decode steps only."""
+    _check_counts(repeats=repeats, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
     cfg, params = _model(preset, prompt_tokens + new_tokens)
     used_threads = _threads(threads)
     prompt = _prompt(cfg, prompt_tokens)
@@ -57,6 +58,7 @@ def bench_decode(preset: str, threads: int | None = None, repeats: int = 3, prom
 
 def bench_prefill(preset: str, threads: int | None = None, repeats: int = 3, tokens: int = 128) -> dict:
     """One forward over a `tokens`-long prompt into an empty KV cache (logits of the last position)."""
+    _check_counts(repeats=repeats, tokens=tokens)
     cfg, params = _model(preset, tokens)
     used_threads = _threads(threads)
     prompt = _prompt(cfg, tokens)
@@ -171,6 +173,12 @@ def _model(preset, positions):
             f"the benchmark needs {positions} positions but preset {preset!r} has a context of "
             f"{cfg.context_length}")
     return cfg, init_params(cfg, seed=0)
+
+
+def _check_counts(**counts):
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SmallMindError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _prompt(cfg, tokens):

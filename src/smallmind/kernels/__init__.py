@@ -6,7 +6,11 @@ call time; see reference.py for the meaning, shapes and signatures of each kerne
 
 Environment: SMALLMIND_KERNELS=numpy forces the references; SMALLMIND_ISA=avx512|avx2|
 generic forces a (lower) native path. `path` says which runs: "native-avx512",
-"native-avx2", "native-generic" or "numpy".
+"native-avx2", "native-generic" or "numpy"; select_isa(name) switches at run time.
+
+set_threads(n) is the one thread budget (BLAS through threadpoolctl and the native pool
+together; default: the CPUs this process may use); get_info() describes the machine, the
+kernel path and the libraries, as `smallmind doctor` prints it.
 """
 
 import importlib.util
@@ -52,9 +56,9 @@ def _load_native():
     return native
 
 
-_native = _load_native()
-path = f"native-{_native.isa()}" if _native else "numpy"
-_impl = _native or reference
+_backend = _load_native()
+path = f"native-{_backend.isa()}" if _backend else "numpy"
+_impl = _backend or reference
 for _name in KERNEL_NAMES:
     globals()[_name] = getattr(_impl, _name)
 _threads = None
@@ -63,10 +67,10 @@ _threads = None
 def select_isa(name: str) -> str:
     """Run the native kernels built for `name` (one of ISAS, or "best"); returns `path`."""
     global path
-    if _native is None:
+    if _backend is None:
         raise SmallMindError("native kernels are not in use; no ISA to select")
     try:
-        path = f"native-{_native.select_isa(name)}"
+        path = f"native-{_backend.select_isa(name)}"
     except ValueError as e:
         raise SmallMindError(str(e)) from None
     return path
@@ -80,15 +84,15 @@ def set_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SmallMindError(f"thread count must be a positive integer, got {n!r}")
     threadpool_limits(limits=n, user_api="blas")
-    if _native is not None:
-        _native.set_threads(n)
+    if _backend is not None:
+        _backend.set_threads(n)
     _threads = n
 
 
 def get_threads() -> int:
     """The thread budget in force (native kernel threads, counting the caller)."""
-    if _native is not None:
-        return _native.get_threads()
+    if _backend is not None:
+        return _backend.get_threads()
     return _threads or _default_threads()
 
 
@@ -103,8 +107,8 @@ def get_info() -> dict:
     """What runs where: CPU, its features, kernel path, BLAS and thread counts."""
     from .info import collect
 
-    return collect(_native, path, get_threads())
+    return collect(_backend, path, get_threads())
 
 
-if _native is not None:
-    _native.set_threads(_default_threads())
+if _backend is not None:
+    _backend.set_threads(_default_threads())

@@ -7,6 +7,8 @@
 #define SM_ROPE_MAX_HALF 512   /* rope/attention keep per-row tables on the stack */
 #define SM_ATTN_MAX_D 1024
 #define SM_ATTN_TILE 64
+#define SM_ATTN_QBLOCK 16     /* queries sharing one transposed key tile in prefill */
+#define SM_ATTN_BLOCKED_MAX_D 128
 
 typedef struct {
     const float *x, *w, *b;
@@ -75,6 +77,7 @@ typedef struct {
     const char *name;
     void (*linear_cols)(const LinearArgs *, long n0, long n1);
     void (*attention)(const AttnArgs *, long i0, long i1);
+    void (*attention_blocked)(const AttnArgs *, long i0, long i1);
     void (*layer_norm_rows)(const NormArgs *, long r0, long r1);
     void (*rms_norm_rows)(const NormArgs *, long r0, long r1);
     void (*layer_norm_bwd_rows)(const NormBwdArgs *, long r0, long r1);

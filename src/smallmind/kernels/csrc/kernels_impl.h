@@ -213,6 +213,87 @@ static void FN(attention)(const AttnArgs *a, long i0, long i1)
     }
 }
 
+/* Prefill: one (head, block of SM_ATTN_QBLOCK queries) per i = h*nblocks + b. Each key tile
+ * is transposed once into kt (D, TILE) and shared by the block's queries, so a score row
+ * is D vector FMAs across 64 keys instead of 64 dot products each ending in a horizontal
+ * sum. Online softmax per query as in attention(); masked keys are neither scored into
+ * the max nor exponentiated. Needs D <= SM_ATTN_BLOCKED_MAX_D (stack tiles). */
+static void FN(attention_blocked)(const AttnArgs *a, long i0, long i1)
+{
+    float kt[SM_ATTN_BLOCKED_MAX_D * SM_ATTN_TILE];
+    float acc[SM_ATTN_QBLOCK][SM_ATTN_BLOCKED_MAX_D];
+    float m[SM_ATTN_QBLOCK], l[SM_ATTN_QBLOCK];
+    float sc[SM_ATTN_TILE];
+    const long D = a->D, QB = SM_ATTN_QBLOCK, TILE = SM_ATTN_TILE;
+    const long nblocks = (a->T + QB - 1) / QB;
+    for (long i = i0; i < i1; i++) {
+        long h = i / nblocks, t0 = (i % nblocks) * QB;
+        long nq = a->T - t0 < QB ? a->T - t0 : QB;
+        long kvh = h / a->group;
+        const float *kbase = a->kc + kvh * a->ks_h, *vbase = a->vc + kvh * a->vs_h;
+        long S = a->pos0 + t0 + nq; /* keys the last query of the block sees */
+        for (long q = 0; q < nq; q++) {
+            m[q] = -INFINITY;
+            l[q] = 0.0f;
+            for (long d = 0; d < D; d++) acc[q][d] = 0.0f;
+        }
+        for (long j0 = 0; j0 < S; j0 += TILE) {
+            long nb = S - j0 < TILE ? S - j0 : TILE;
+            for (long j = 0; j < nb; j++) {
+                const float *k = kbase + (j0 + j) * a->ks_s;
+                for (long d = 0; d < D; d++) kt[d * TILE + j] = k[d];
+            }
+            for (long d = 0; d < D && nb < TILE; d++)
+                for (long j = nb; j < TILE; j++) kt[d * TILE + j] = 0.0f;
+            for (long q = 0; q < nq; q++) {
+                long seen = a->pos0 + t0 + q + 1 - j0; /* keys of this tile query q may see */
+                if (seen <= 0) continue;
+                if (seen > nb) seen = nb;
+                const float *qv = a->q + (t0 + q) * a->qs_t + h * a->qs_h;
+                for (long j = 0; j < TILE; j++) sc[j] = 0.0f;
+                for (long d = 0; d < D; d++) {
+                    const float qd = qv[d];
+                    const float *kd = kt + d * TILE;
+#pragma omp simd
+                    for (long j = 0; j < TILE; j++) sc[j] += qd * kd[j];
+                }
+                float bm = -INFINITY;
+#pragma omp simd reduction(max : bm)
+                for (long j = 0; j < seen; j++) {
+                    sc[j] *= a->scale;
+                    bm = sc[j] > bm ? sc[j] : bm;
+                }
+                float mnew = bm > m[q] ? bm : m[q];
+                float corr = m[q] == -INFINITY ? 0.0f : sm_exp(m[q] - mnew);
+                float bl = 0.0f;
+#pragma omp simd reduction(+ : bl)
+                for (long j = 0; j < seen; j++) {
+                    float p = sm_exp(sc[j] - mnew);
+                    sc[j] = p;
+                    bl += p;
+                }
+                l[q] = l[q] * corr + bl;
+                float *aq = acc[q];
+#pragma omp simd
+                for (long d = 0; d < D; d++) aq[d] *= corr;
+                for (long j = 0; j < seen; j++) {
+                    const float *v = vbase + (j0 + j) * a->vs_s;
+                    const float p = sc[j];
+#pragma omp simd
+                    for (long d = 0; d < D; d++) aq[d] += p * v[d];
+                }
+                m[q] = mnew;
+            }
+        }
+        for (long q = 0; q < nq; q++) {
+            float inv = 1.0f / l[q];
+            float *o = a->out + (t0 + q) * a->os_t + h * a->os_h;
+#pragma omp simd
+            for (long d = 0; d < D; d++) o[d] = acc[q][d] * inv;
+        }
+    }
+}
+
 /* rows r0..r1 of x, out (T,C); mean, rstd (T,) when given: two-pass mean and variance */
 static void FN(layer_norm_rows)(const NormArgs *a, long r0, long r1)
 {
@@ -457,6 +538,7 @@ const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
     .name = SM_ISA_NAME,
     .linear_cols = FN(linear_cols),
     .attention = FN(attention),
+    .attention_blocked = FN(attention_blocked),
     .layer_norm_rows = FN(layer_norm_rows),
     .rms_norm_rows = FN(rms_norm_rows),
     .layer_norm_bwd_rows = FN(layer_norm_bwd_rows),

@@ -18,7 +18,13 @@
 static PyObject *KernelInputError;
 static PyObject *np_shares_memory;
 static const KernelTable *K = &sm_table_generic;
-static long linear_max_t = 32;   /* above this many rows linear() hands over to BLAS */
+/* Above this many rows linear() hands over to BLAS. With more than one thread the cut-over
+ * is higher: after each call OpenBLAS's idle threads spin for ~0.1 s (its default thread
+ * timeout), fighting our pool for the cores, which halves decode speed after a prefill;
+ * our kernel matches single-threaded BLAS up to about 128 rows, so mid-size prefills stay
+ * native. */
+static long linear_max_t = 32;
+static long linear_max_t_threaded = 128;
 static long parallel_min_work = 32768;  /* below this many flops-ish, stay on one thread */
 
 /* ---------------------------------------------------------------- array views */
@@ -284,8 +290,7 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t n)
     if (no_overlap(&v[3], "out", &v[0], "x", 0) || no_overlap(&v[3], "out", &v[1], "w", 0) ||
         (has_b && no_overlap(&v[3], "out", &v[2], "b", 0)))
         goto done;
-    if (T > linear_max_t) {
-        ok = 1;
+    if (T > (sm_pool_threads() > 1 ? linear_max_t_threaded : linear_max_t)) {
         for (int i = 0; i < 4; i++) view_done(&v[i], 0);
         Py_RETURN_FALSE;
     }
@@ -300,6 +305,7 @@ done:
 /* ---------------------------------------------------------------- attention, KV cache */
 
 static void attn_task(void *ctx, long a, long b) { K->attention((const AttnArgs *)ctx, a, b); }
+static void attn_blocked_task(void *ctx, long a, long b) { K->attention_blocked((const AttnArgs *)ctx, a, b); }
 
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
@@ -327,7 +333,12 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     AttnArgs aa = {F(v[0]), F(v[1]), F(v[2]), F(v[3]), T, H, D, Hkv ? H / Hkv : 1, pos0,
                    (long)v[0].st[0], (long)v[0].st[1], (long)v[1].st[0], (long)v[1].st[1],
                    (long)v[2].st[0], (long)v[2].st[1], (long)v[3].st[0], (long)v[3].st[1], (float)scale};
-    run(attn_task, &aa, H * T, 1, 4.0 * H * T * (pos0 + T) * D);
+    if (T >= 4 && D <= SM_ATTN_BLOCKED_MAX_D) {
+        long nblocks = (T + SM_ATTN_QBLOCK - 1) / SM_ATTN_QBLOCK;
+        run(attn_blocked_task, &aa, H * nblocks, 1, 4.0 * H * T * (pos0 + T) * D);
+    } else {
+        run(attn_task, &aa, H * T, 1, 4.0 * H * T * (pos0 + T) * D);
+    }
     ok = 1;
 done:
     return finish(v, 4, ok, args[4]);
@@ -840,18 +851,20 @@ static PyObject *py_set_threads(PyObject *self, PyObject *arg)
 
 static PyObject *py_get_threads(PyObject *self, PyObject *unused) { return PyLong_FromLong(sm_pool_threads()); }
 
-/* tuning knobs for benchmarks: (linear_max_t, parallel_min_work, spin_us); negative leaves as is */
+/* tuning(linear_max_t, linear_max_t_threaded, parallel_min_work, spin_us) -> the old values;
+ * knobs for benchmarks, a negative value leaves that one as is */
 static PyObject *py_tuning(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
-    if (nargs_ok(n, 3, "tuning")) return NULL;
-    long a = 0, b = 0, c = 0;
-    if (get_long(args[0], "linear_max_t", &a) || get_long(args[1], "parallel_min_work", &b) ||
-        get_long(args[2], "spin_us", &c))
-        return NULL;
-    PyObject *old = Py_BuildValue("(lll)", linear_max_t, parallel_min_work, sm_pool_spin_us());
-    if (a >= 0) linear_max_t = a;
-    if (b >= 0) parallel_min_work = b;
-    if (c >= 0) sm_pool_set_spin_us(c);
+    if (nargs_ok(n, 4, "tuning")) return NULL;
+    long v[4] = {0};
+    static const char *names[4] = {"linear_max_t", "linear_max_t_threaded", "parallel_min_work", "spin_us"};
+    for (int i = 0; i < 4; i++)
+        if (get_long(args[i], names[i], &v[i])) return NULL;
+    PyObject *old = Py_BuildValue("(llll)", linear_max_t, linear_max_t_threaded, parallel_min_work, sm_pool_spin_us());
+    if (v[0] >= 0) linear_max_t = v[0];
+    if (v[1] >= 0) linear_max_t_threaded = v[1];
+    if (v[2] >= 0) parallel_min_work = v[2];
+    if (v[3] >= 0) sm_pool_set_spin_us(v[3]);
     return old;
 }
 
