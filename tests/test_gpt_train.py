@@ -380,17 +380,3 @@ def test_bench_train_reports_consistent_figures():
     assert (result["batch"], result["seq"]) == (16, 64)
     assert result["tok_s"] == pytest.approx(16 * 64 / (result["ms_per_step"] / 1e3), rel=0.01)
     assert result["threads"] >= 1 and result["kernel_path"]
-
-
-def test_one_blas_thread_restores_the_thread_budget():
-    from threadpoolctl import ThreadpoolController
-
-    from smallmind.models.gpt_train import one_blas_thread
-
-    blas = ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [lib.get_num_threads() for lib in blas]
-    with pytest.raises(RuntimeError):
-        with one_blas_thread:
-            assert [lib.get_num_threads() for lib in blas] == [1] * len(blas)
-            raise RuntimeError("an error inside still restores the budget")
-    assert [lib.get_num_threads() for lib in blas] == before

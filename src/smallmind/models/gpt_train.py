@@ -11,7 +11,7 @@ Each layer type is a forward/backward pair of small functions over (N, C) rows (
 Element-wise, norm, softmax, loss and embedding math goes through smallmind.kernels (NumPy
 references or native C, chosen at import); matrix products go through NumPy's BLAS with
 out= buffers. Attention runs batched over all (batch, head) pairs at once, on strided
-(B,H,T,D) views of the qkv rows (no copies), with BLAS on one thread (see _OneBlasThread).
+(B,H,T,D) views of the qkv rows (no copies), with BLAS on one thread (kernels.one_blas_thread).
 
 Dropout (cfg.dropout > 0) is active only when forward is given a `dropout_rng`: on the
 embeddings, on the attention probabilities and on the outputs of the attention projection
@@ -25,36 +25,6 @@ from .. import kernels
 from ..errors import SmallMindError
 from ..scope import scope
 from .gpt import GPTConfig, Params
-
-
-class _OneBlasThread:
-    """`with one_blas_thread:` runs the enclosed BLAS calls on a single thread.
-
-    The attention products are B*H tiny matrix products in one np.matmul; a threaded BLAS
-    wakes and joins its threads for each of them, which costs more than the work it splits,
-    and on a busy machine far more (a descheduled helper thread stalls every product).
-    """
-
-    def __init__(self):
-        self.blas = None
-        self.saved = []
-
-    def __enter__(self):
-        if self.blas is None:
-            from threadpoolctl import ThreadpoolController
-
-            self.blas = ThreadpoolController().select(user_api="blas").lib_controllers
-        self.saved = [lib.get_num_threads() for lib in self.blas]
-        for lib in self.blas:
-            lib.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        for lib, n in zip(self.blas, self.saved):
-            lib.set_num_threads(n)
-        return False
-
-
-one_blas_thread = _OneBlasThread()
 
 
 class TrainWorkspace:
@@ -273,7 +243,7 @@ def forward(params: Params, ws: TrainWorkspace, tokens, targets=None, *, dropout
                                    ws.ln_1_mean[l], ws.ln_1_rstd[l], eps)
             with scope("matmul.qkv"):
                 linear_forward(ws.ln_1[l], params[h + "attn.qkv.weight"], params[h + "attn.qkv.bias"], ws.qkv[l])
-            with scope("attention"), one_blas_thread:
+            with scope("attention"), kernels.one_blas_thread:
                 attention_forward(ws.qkv[l], ws.scores, ws.probs[l], ws.att[l],
                                   None if masks is None else masks["probs"][l])
             with scope("matmul.attn_out"):
@@ -348,7 +318,7 @@ def backward(params: Params, grads: Params, ws: TrainWorkspace, loss_scale: floa
                 dproj = _residual_linear_grad(dresid, ws.dproj, None if masks is None else masks["attn_out"][l])
                 linear_backward(dproj, ws.att[l], params[h + "attn.proj.weight"], ws.datt,
                                 grads[h + "attn.proj.weight"], grads[h + "attn.proj.bias"], ws)
-            with scope("attention"), one_blas_thread:
+            with scope("attention"), kernels.one_blas_thread:
                 attention_backward(ws.datt, ws.qkv[l], ws.probs[l], ws.dprobs, ws.scores, ws.dqkv,
                                    None if masks is None else masks["probs"][l])
             with scope("matmul.qkv"):
