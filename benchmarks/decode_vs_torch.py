@@ -5,7 +5,8 @@
 Decode: a 32-token prompt is prefilled, then 50 new tokens are decoded greedily; the time
 counts the 50 decode steps (sampling included). PyTorch runs torch_gpt.TorchGPT's KV-cache
 path (prefill + decode_step under inference_mode). Prefill: one forward over 128 tokens into
-an empty cache. Repetitions alternate ours / torch; medians and the ratio are printed.
+an empty cache. Repetitions alternate ours / torch, each after a short idle pause (--pause);
+medians, ranges and the ratio are printed, and whether both sides picked the same tokens.
 """
 
 import argparse
@@ -75,7 +76,7 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=50)
     parser.add_argument("--prefill-tokens", type=int, default=128)
-    parser.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed run")
+    parser.add_argument("--pause", type=float, default=0.01, help="seconds of idle before each timed run")
     args = parser.parse_args()
 
     kernels.set_threads(args.threads)
@@ -96,8 +97,9 @@ def main():
     prefill = {"smallmind": [], "torch": []}
     same_tokens = True
     def settled(run, *run_args):
-        # a pause first: thread pools that spin-wait after their last task (torch's OpenMP, our
-        # pool) would otherwise still occupy the cores when the other side starts
+        # A short pause first: thread pools that spin-wait after their last task (torch's
+        # OpenMP, our pool) would otherwise still hold the cores when the other side starts.
+        # Long pauses (>= ~50 ms) distort the other way: 2-thread runs then start cold.
         time.sleep(args.pause)
         return run(*run_args)
 

@@ -12,7 +12,8 @@ FLAG_NAMES = {
 }
 
 
-def _cpuinfo() -> tuple[str, set]:
+def cpuinfo() -> tuple[str, set[str]]:
+    """The CPU's model name and its /proc/cpuinfo feature flags (empty where unreadable)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -21,7 +22,7 @@ def _cpuinfo() -> tuple[str, set]:
                 key = key.strip()
                 if key == "model name" and value.strip():
                     model = value.strip()
-                elif key == "flags" and not flags:
+                elif key in ("flags", "Features") and not flags:
                     flags = set(value.split())
     except OSError:
         pass
@@ -42,7 +43,7 @@ def _blas() -> list[dict]:
 
 def collect(native, path: str, threads: int) -> dict:
     # native: the smallmind.kernels.native module or None
-    model, flags = _cpuinfo()
+    model, flags = cpuinfo()
     if native is not None:
         features = dict(native.cpu_features())
     else:

@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 
+from ..kernels.info import cpuinfo
+
 # Highest first: the first level whose flags are all present names the machine's SIMD level.
 _SIMD_LEVELS = (
     ("AVX-512", ("avx512f",)),
@@ -15,22 +17,6 @@ _SIMD_LEVELS = (
     ("NEON", ("asimd",)),
 )
 _SIMD_EXTRAS = (("VNNI", "avx512_vnni"), ("BF16", "avx512_bf16"))
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return model, flags
 
 
 def simd_level(flags: set[str]) -> str:
@@ -47,7 +33,7 @@ def system_info() -> dict:
 
     from .. import kernels
 
-    model, flags = _cpuinfo()
+    model, flags = cpuinfo()
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     return {
         "cpu": model,
