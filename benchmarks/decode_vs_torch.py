@@ -6,11 +6,15 @@ Decode: a 32-token prompt is prefilled, then 50 new tokens are decoded greedily;
 counts the 50 decode steps (sampling included). PyTorch runs torch_gpt.TorchGPT's KV-cache
 path (prefill + decode_step under inference_mode). Prefill: one forward over 128 tokens into
 an empty cache. Repetitions alternate ours / torch, each after a short idle pause (--pause);
-medians, ranges and the ratio are printed, and whether both sides picked the same tokens.
+each timed sample is --rounds runs back to back, so that a thread pool waking from idle
+(either side's) weighs little; medians, ranges and the ratio are printed, and whether both
+sides picked the same tokens.
 """
 
 import argparse
 import os
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as `import smallmind` sets it, before NumPy loads
 import statistics
 import sys
 import time
@@ -76,7 +80,8 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=50)
     parser.add_argument("--prefill-tokens", type=int, default=128)
-    parser.add_argument("--pause", type=float, default=0.01, help="seconds of idle before each timed run")
+    parser.add_argument("--rounds", type=int, default=5, help="runs back to back in one timed sample")
+    parser.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed sample")
     args = parser.parse_args()
 
     kernels.set_threads(args.threads)
@@ -91,17 +96,21 @@ def main():
     ws = Workspace(cfg, args.prefill_tokens)
 
     print(f"preset {args.preset} ({params.count / 1e6:.2f}M params), threads {args.threads}, "
-          f"kernels {kernels.path}, torch {torch.__version__}, repeats {args.repeats} (+1 warm-up)")
+          f"kernels {kernels.path}, torch {torch.__version__}, repeats {args.repeats} (+1 warm-up) "
+          f"of {args.rounds} runs each")
 
     decode = {"smallmind": [], "torch": []}
     prefill = {"smallmind": [], "torch": []}
     same_tokens = True
     def settled(run, *run_args):
-        # A short pause first: thread pools that spin-wait after their last task (torch's
-        # OpenMP, our pool) would otherwise still hold the cores when the other side starts.
-        # Long pauses (>= ~50 ms) distort the other way: 2-thread runs then start cold.
+        # A pause first: thread pools that spin-wait after their last task (torch's OpenMP,
+        # our pool) would otherwise still hold the cores when the other side starts. Each
+        # sample is `rounds` runs, so the first tokens after idle (a pool waking) weigh little.
         time.sleep(args.pause)
-        return run(*run_args)
+        results = [run(*run_args) for _ in range(args.rounds)]
+        if isinstance(results[0], tuple):
+            return sum(r[0] for r in results), results[0][1]
+        return sum(results)
 
     for rep in range(args.repeats + 1):
         t_ours, ids_ours = settled(ours_decode, params, ws, sampler, prompt, args.new_tokens)
@@ -110,10 +119,10 @@ def main():
         p_torch = settled(torch_prefill, model, long_prompt)
         same_tokens &= ids_ours == ids_torch
         if rep:
-            decode["smallmind"].append(args.new_tokens / t_ours)
-            decode["torch"].append(args.new_tokens / t_torch)
-            prefill["smallmind"].append(args.prefill_tokens / p_ours)
-            prefill["torch"].append(args.prefill_tokens / p_torch)
+            decode["smallmind"].append(args.rounds * args.new_tokens / t_ours)
+            decode["torch"].append(args.rounds * args.new_tokens / t_torch)
+            prefill["smallmind"].append(args.rounds * args.prefill_tokens / p_ours)
+            prefill["torch"].append(args.rounds * args.prefill_tokens / p_torch)
 
     def report(title, runs):
         ours, theirs = statistics.median(runs["smallmind"]), statistics.median(runs["torch"])
