@@ -1,6 +1,7 @@
 """Build of the optional native kernel core, smallmind.kernels._native.
 
-The metadata lives in pyproject.toml. The extension is `optional`: where no C compiler
+The metadata lives in pyproject.toml. Two extensions: the kernels, and the profiler's scope
+event log (smallmind._scopelog). Both are `optional`: where no C compiler
 is present the build of it is skipped, the package still installs, and at import the
 kernels run on their NumPy references (and say so once).
 """
@@ -34,4 +35,11 @@ native = Extension(
     optional=True,
 )
 
-setup(ext_modules=[native])
+scopelog = Extension(
+    "smallmind._scopelog",
+    sources=["src/smallmind/csrc/scopelog.c"],
+    extra_compile_args=extra_compile_args,
+    optional=True,
+)
+
+setup(ext_modules=[native, scopelog])

@@ -333,43 +333,20 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
-class ScopeLog:
-    # a minimal recorder: remembers the full path of every scope entered
-    def __init__(self):
-        self.stack, self.paths = [], set()
-
-    def scope(self, name):
-        log = self
-
-        class Entered:
-            def __enter__(self):
-                log.stack.append(name)
-                log.paths.add("/".join(log.stack))
-
-            def __exit__(self, *exc):
-                log.stack.pop()
-                return False
-
-        return Entered()
-
-
 def test_forward_and_backward_report_their_operation_scopes():
-    from smallmind import scope
+    from smallmind.profiler.recorder import Recorder, recording
 
     cfg, B, T = CONFIGS[0]
     params = init_params(cfg, 0)
     ws = TrainWorkspace(cfg, B, T)
-    log = ScopeLog()
-    scope.set_recorder(log)
-    try:
+    with recording(Recorder()) as recorder:
         forward(params, ws, *batch(cfg, B, T, 0))
         backward(params, params.zeros_like(), ws)
-    finally:
-        scope.set_recorder(None)
+    paths = {node.path for node in recorder.nodes()}
     ops = {"embedding", "norm", "matmul.qkv", "attention", "matmul.attn_out", "matmul.mlp_up", "activation",
            "matmul.mlp_down", "matmul.lm_head"}
-    assert {f"forward/{op}" for op in ops | {"loss"}} <= log.paths
-    assert {f"backward/{op}" for op in ops} <= log.paths
+    assert {f"forward/{op}" for op in ops | {"loss"}} <= paths
+    assert {f"backward/{op}" for op in ops} <= paths
 
 
 def test_bench_train_reports_consistent_figures():

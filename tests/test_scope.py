@@ -1,7 +1,11 @@
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
 
+from smallmind import SmallMindError
 from smallmind import scope as scope_module
 from smallmind.profiler.recorder import Recorder, recording, scope_cost_ns
 from smallmind.scope import scope
@@ -19,7 +23,7 @@ def test_recorder_aggregates_by_full_path():
     with recording(rec):
         for _ in range(3):
             with scope("decode"):
-                with scope("block"):
+                with scope("step"):
                     with scope("norm"):
                         pass
                     with scope("norm"):
@@ -27,7 +31,7 @@ def test_recorder_aggregates_by_full_path():
                 with scope("sampling"):
                     pass
     calls = {n.path: n.calls for n in rec.nodes()}
-    assert calls == {"decode": 3, "decode/block": 3, "decode/block/norm": 6, "decode/sampling": 3}
+    assert calls == {"decode": 3, "decode/step": 3, "decode/step/norm": 6, "decode/sampling": 3}
 
 
 def test_recorder_total_is_children_plus_self():
@@ -99,3 +103,57 @@ def test_scope_cost_reports_recording_dearer_than_the_noop():
     cost = scope_cost_ns(iterations=20_000)
     assert 0 < cost["off_ns"] < cost["on_ns"]
     assert 0 < cost["inside_ns"] < cost["on_ns"]
+
+
+def _nested_run():
+    for _ in range(3):
+        with scope("decode"):
+            with scope("norm"):
+                pass
+            with scope("norm"):
+                pass
+        with scope("sampling"):
+            pass
+
+
+def test_python_event_log_builds_the_same_tree_as_the_native_one(monkeypatch):
+    from smallmind.profiler import recorder as recorder_module
+
+    native = Recorder()
+    with recording(native):
+        _nested_run()
+    monkeypatch.setattr(recorder_module, "EventLog", None)
+    python = Recorder()
+    with recording(python):
+        _nested_run()
+    assert type(python.log).__name__ == "_PyEventLog"
+    assert {n.path: n.calls for n in python.nodes()} == {n.path: n.calls for n in native.nodes()} == {
+        "decode": 3, "decode/norm": 6, "sampling": 3}
+
+
+def test_a_full_scope_log_is_reported_not_silently_truncated():
+    rec = Recorder(capacity=4)
+    with recording(rec):
+        for _ in range(3):
+            with scope("x"):
+                pass
+    with pytest.raises(SmallMindError, match="overflowed"):
+        rec.nodes()
+
+
+def test_scopes_work_without_the_native_scope_log():
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["smallmind._scopelog"] = None  # as if the extension were not built
+        from smallmind.scope import scope
+        from smallmind.profiler.recorder import Recorder, recording
+        with scope("off"):
+            pass
+        with recording(Recorder()) as rec:
+            with scope("decode"):
+                with scope("norm"):
+                    pass
+        print(sorted((n.path, n.calls) for n in rec.nodes()), type(rec.log).__name__)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[('decode', 1), ('decode/norm', 1)] _PyEventLog"

@@ -284,25 +284,24 @@ def forward(params: Params, ws: Workspace, tokens: np.ndarray, pos0: int, *, all
                 k_cache, v_cache in ws.layers:
             out = last_block_rows if k_cache is last_k_cache else act  # the rows whose output is used
             out_pos0 = pos0 + T - out.T
-            with scope("block"):
-                with scope("norm"):
-                    kernels.layer_norm(act.x, ln1_w, ln1_b, act.xn, eps)
-                with scope("matmul.qkv"):
-                    kernels.linear(act.xn, qkv_w, qkv_b, act.qkv)
-                with scope("kv_cache"):
-                    kernels.kv_cache_store(act.k, act.v, k_cache, v_cache, pos0)
-                with scope("attention"):
-                    kernels.attention(out.q, k_cache, v_cache, out_pos0, out.att_heads, scale)
-                with scope("matmul.attn_out"):
-                    kernels.linear(out.att, proj_w, proj_b, out.x, accumulate=True)  # x += proj(att)
-                with scope("norm"):
-                    kernels.layer_norm(out.x, ln2_w, ln2_b, out.xn, eps)
-                with scope("matmul.mlp_up"):
-                    kernels.linear(out.xn, up_w, up_b, out.h)
-                with scope("activation"):
-                    kernels.gelu(out.h, out.hg)
-                with scope("matmul.mlp_down"):
-                    kernels.linear(out.hg, down_w, down_b, out.x, accumulate=True)  # x += mlp(x)
+            with scope("norm"):
+                kernels.layer_norm(act.x, ln1_w, ln1_b, act.xn, eps)
+            with scope("matmul.qkv"):
+                kernels.linear(act.xn, qkv_w, qkv_b, act.qkv)
+            with scope("kv_cache"):
+                kernels.kv_cache_store(act.k, act.v, k_cache, v_cache, pos0)
+            with scope("attention"):
+                kernels.attention(out.q, k_cache, v_cache, out_pos0, out.att_heads, scale)
+            with scope("matmul.attn_out"):
+                kernels.linear(out.att, proj_w, proj_b, out.x, accumulate=True)  # x += proj(att)
+            with scope("norm"):
+                kernels.layer_norm(out.x, ln2_w, ln2_b, out.xn, eps)
+            with scope("matmul.mlp_up"):
+                kernels.linear(out.xn, up_w, up_b, out.h)
+            with scope("activation"):
+                kernels.gelu(out.h, out.hg)
+            with scope("matmul.mlp_down"):
+                kernels.linear(out.hg, down_w, down_b, out.x, accumulate=True)  # x += mlp(x)
         ws.kv.length = pos0 + T
         out = last_block_rows
         with scope("norm"):

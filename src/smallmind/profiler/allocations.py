@@ -70,19 +70,26 @@ class _AllocScope:
         return False
 
 
+class _AllocScopeTable(dict):
+    """name -> its _AllocScope, made on first use (smallmind.scope looks here)."""
+
+    def __init__(self, recorder: "AllocRecorder"):
+        super().__init__()
+        self.recorder = recorder
+
+    def __missing__(self, name: str) -> _AllocScope:
+        timed = self[name] = _AllocScope(self.recorder, name)
+        return timed
+
+
 class AllocRecorder:
     """Install with profiler.recorder.recording(AllocRecorder()) while tracemalloc traces."""
 
     def __init__(self):
         self.root = AllocNode("", None)
         self.current = self.root
-        self._scopes: dict[str, _AllocScope] = {}
-
-    def scope(self, name: str) -> _AllocScope:
-        timed = self._scopes.get(name)
-        if timed is None:
-            timed = self._scopes[name] = _AllocScope(self, name)
-        return timed
+        self.scope_table = _AllocScopeTable(self)
+        self.scope = self.scope_table.__getitem__
 
     def nodes(self) -> list[AllocNode]:
         out, stack = [], list(reversed(self.root.children.values()))

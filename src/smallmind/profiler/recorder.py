@@ -1,23 +1,35 @@
-"""The scope recorder: a tree of open and finished scopes, timed with perf_counter_ns.
+"""The scope recorder: timed scopes logged as events, then aggregated into a tree.
 
-Each node is one full path (decode/block/matmul.qkv) holding total, calls, min, max and
-the time spent in its child scopes (self = total - child). A node's start time lives on
-the node itself: a path cannot be open twice at once (a scope nested in itself is a new,
-deeper path), so no separate stack is needed and enter/exit allocate nothing after the
-first call of each path.
+While recording, `scope(name)` returns a handle whose __enter__/__exit__ append (id, ns) and
+(~id, ns) to a preallocated event log (smallmind._scopelog, in C: no allocation, no Python
+frame, so a timed scope costs little more than the `with` itself; a list-based log in Python
+where the extension is not built). The clock is CLOCK_MONOTONIC, time.perf_counter_ns's.
+
+Reading the recorder (nodes(), root, ...) drains the log into a tree: each node is one full
+path (decode/matmul.qkv) holding total, calls, min, max and the time spent in its child
+scopes (self = total - child).
 """
 
+from array import array
 from contextlib import contextmanager
 from time import perf_counter_ns
 
 from .. import scope as scope_module
+from ..errors import SmallMindError
+
+try:
+    from .._scopelog import EventLog
+except ImportError:  # the extension was not built: the same log in Python
+    EventLog = None
 
 # Scopes that only group others; their time is not "covered" by an operation.
-CONTAINERS = frozenset({"prefill", "decode", "forward", "backward", "optimizer", "block", "step"})
+CONTAINERS = frozenset({"prefill", "decode", "forward", "backward", "optimizer", "step"})
+
+LOG_CAPACITY = 1 << 21  # events held between drains (24 MB); a drain empties the log
 
 
 class ScopeNode:
-    __slots__ = ("name", "parent", "children", "total_ns", "child_ns", "calls", "min_ns", "max_ns", "t0")
+    __slots__ = ("name", "parent", "children", "total_ns", "child_ns", "calls", "min_ns", "max_ns")
 
     def __init__(self, name: str, parent: "ScopeNode | None"):
         self.name = name
@@ -28,7 +40,6 @@ class ScopeNode:
         self.calls = 0
         self.min_ns = 1 << 62
         self.max_ns = 0
-        self.t0 = 0
 
     @property
     def path(self) -> str:
@@ -49,51 +60,56 @@ class ScopeNode:
         return self.name in CONTAINERS and bool(self.children)
 
 
-class _TimedScope:
-    """The context manager for one scope name; shared by every path ending in that name."""
+class _PyScopeHandle:
+    __slots__ = ("log", "id")
 
-    __slots__ = ("recorder", "name")
-
-    def __init__(self, recorder: "Recorder", name: str):
-        self.recorder = recorder
-        self.name = name
+    def __init__(self, log: "_PyEventLog", scope_id: int):
+        self.log = log
+        self.id = scope_id
 
     def __enter__(self):
-        recorder = self.recorder
-        parent = recorder.current
-        node = parent.children.get(self.name)
-        if node is None:
-            node = parent.children[self.name] = ScopeNode(self.name, parent)
-        recorder.current = node
-        node.t0 = perf_counter_ns()
+        self.log.ids.append(self.id)
+        self.log.times.append(perf_counter_ns())
 
     def __exit__(self, exc_type, exc, tb):
-        t1 = perf_counter_ns()
-        recorder = self.recorder
-        node = recorder.current
-        dt = t1 - node.t0
-        node.total_ns += dt
-        node.calls += 1
-        if dt < node.min_ns:
-            node.min_ns = dt
-        if dt > node.max_ns:
-            node.max_ns = dt
-        parent = node.parent
-        parent.child_ns += dt
-        recorder.current = parent
+        self.log.times.append(perf_counter_ns())
+        self.log.ids.append(~self.id)
         return False
 
 
+class _PyEventLog:
+    """The event log of smallmind._scopelog, in Python (same interface, never overflows)."""
+
+    overflowed = False
+
+    def __init__(self, capacity: int):
+        self.ids, self.times = [], []
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def handle(self, scope_id: int) -> _PyScopeHandle:
+        return _PyScopeHandle(self, scope_id)
+
+    def drain(self) -> tuple[list, list]:
+        drained = self.ids, self.times
+        self.ids, self.times = [], []
+        return drained
+
+
 class _ScopeTable(dict):
-    """name -> _TimedScope, made on first use; its C-level __getitem__ is Recorder.scope."""
+    """name -> the handle logging that name, made on first use (smallmind.scope looks here)."""
 
     def __init__(self, recorder: "Recorder"):
         super().__init__()
         self.recorder = recorder
 
-    def __missing__(self, name: str) -> _TimedScope:
-        timed = self[name] = _TimedScope(self.recorder, name)
-        return timed
+    def __missing__(self, name: str):
+        recorder = self.recorder
+        recorder.names.append(name)
+        handle = self[name] = recorder.log.handle(len(recorder.names) - 1)
+        return handle
 
 
 class Recorder:
@@ -102,11 +118,58 @@ class Recorder:
     `recorder.scope(name)` returns the context manager timing `name` at the current depth.
     """
 
-    def __init__(self):
-        self.root = ScopeNode("", None)
-        self.current = self.root
-        # a bound dict lookup rather than a method: one Python frame fewer per scope entry
-        self.scope = _ScopeTable(self).__getitem__
+    def __init__(self, capacity: int = LOG_CAPACITY):
+        self.log = EventLog(capacity) if EventLog is not None else _PyEventLog(capacity)
+        self.capacity = capacity
+        self.names: list[str] = []
+        self._root = ScopeNode("", None)
+        self._open: list[tuple[ScopeNode, int]] = []  # scopes entered and not yet exited
+        self.scope_table = _ScopeTable(self)
+        self.scope = self.scope_table.__getitem__
+
+    def flush(self) -> None:
+        """Aggregate the logged events into the tree and empty the log."""
+        ids, times = self.log.drain()
+        if self.log.overflowed:
+            raise SmallMindError(f"the profiler's scope log overflowed ({self.capacity:,} events "
+                                 "between reads); profile fewer tokens or steps")
+        if isinstance(ids, bytes):
+            ids, times = array("i", ids).tolist(), array("q", times).tolist()
+        names, open_ = self.names, self._open
+        current = open_[-1][0] if open_ else self._root
+        for scope_id, t in zip(ids, times):
+            if scope_id >= 0:
+                name = names[scope_id]
+                node = current.children.get(name)
+                if node is None:
+                    node = current.children[name] = ScopeNode(name, current)
+                open_.append((node, t))
+                current = node
+                continue
+            if not open_ or names[~scope_id] != current.name:
+                raise SmallMindError(f"scope {names[~scope_id]!r} exited out of order "
+                                     "(a generator suspended inside a scope?)")
+            node, t0 = open_.pop()
+            dt = t - t0
+            node.total_ns += dt
+            node.calls += 1
+            if dt < node.min_ns:
+                node.min_ns = dt
+            if dt > node.max_ns:
+                node.max_ns = dt
+            current = node.parent
+            current.child_ns += dt
+
+    @property
+    def root(self) -> ScopeNode:
+        self.flush()
+        return self._root
+
+    @property
+    def current(self) -> ScopeNode:
+        """The innermost open scope (the root when none is open)."""
+        self.flush()
+        return self._open[-1][0] if self._open else self._root
 
     def nodes(self) -> list[ScopeNode]:
         """Every recorded node, depth first, children in order of first entry."""
