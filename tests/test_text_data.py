@@ -119,3 +119,19 @@ def test_evenly_spaced_batches_are_fixed_and_span_the_tokens():
     starts = np.concatenate([x[:, 0] for x, _ in batches])
     assert starts[0] == 0 and starts[-1] == 1000 - 11
     assert all(np.array_equal(y, x + 1) for x, y in batches)
+
+
+def test_batch_sampler_gathers_windows_without_copying_the_corpus():
+    import tracemalloc
+
+    tokens = np.arange(2_000_000, dtype=np.int32)  # a corpus whose windows would be ~1 GB copied
+    sampler = BatchSampler(tokens, batch=16, seq=128, seed=0)
+    sampler.next()
+    tracemalloc.start()
+    try:
+        x, y = sampler.next()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
+    assert np.array_equal(y[:, :-1], x[:, 1:]) and np.all(np.diff(x, axis=1) == 1)

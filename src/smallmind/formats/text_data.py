@@ -135,17 +135,22 @@ class BatchSampler:
     def __init__(self, tokens: np.ndarray, batch: int, seq: int, seed: int, *, what: str = "training"):
         # tokens (N,) int32
         _check_length(tokens, seq, what)
-        self.windows = np.lib.stride_tricks.sliding_window_view(tokens, seq + 1)
+        self.tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        self.n_windows = tokens.size - seq
+        self.offsets = np.arange(seq + 1)
         self.rng = np.random.default_rng(seed)
         self.batch = batch
+        self.index = np.empty((batch, seq + 1), dtype=np.int64)
         self.buffer = np.empty((batch, seq + 1), dtype=np.int32)
         self.x = np.empty((batch, seq), dtype=np.int32)
         self.y = np.empty((batch, seq), dtype=np.int32)
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         # -> x (B,T), y (B,T) int32, valid until the next call
-        starts = self.rng.integers(0, self.windows.shape[0], size=self.batch)
-        np.take(self.windows, starts, axis=0, out=self.buffer)
+        starts = self.rng.integers(0, self.n_windows, size=self.batch)
+        # gather from the flat tokens: np.take over a sliding-window view would copy every window
+        np.add(starts[:, None], self.offsets, out=self.index)
+        np.take(self.tokens, self.index, out=self.buffer)
         self.x[...] = self.buffer[:, :-1]
         self.y[...] = self.buffer[:, 1:]
         return self.x, self.y
