@@ -196,3 +196,12 @@ def test_an_out_path_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("not a directory")
     with pytest.raises(SmallMindError, match="exists and is not a directory"):
         run(tmp_path, steps=1)
+
+
+def test_log_gets_one_line_per_evaluation():
+    lines = []
+    result = train(TrainConfig(**{**QUICK, "steps": 6, "eval_every": 2}), progress=False, log=lines.append)
+    assert len(lines) == 4  # steps 0, 2, 4, 6
+    assert lines[0].startswith("step 0/") and "val loss" in lines[0] and "tok/s" not in lines[0]
+    assert lines[-1].startswith(f"step {result['steps']}/") and lines[-1].endswith("tok/s")
+    assert f"val loss {result['val_loss']:.4f}" in lines[-1]

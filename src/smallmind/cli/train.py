@@ -60,7 +60,9 @@ def run(args):
     if args.threads is not None:
         kernels.set_threads(args.threads)
 
-    result = train(cfg, progress=sys.stderr.isatty())
+    on_terminal = sys.stderr.isatty()
+    result = train(cfg, progress=on_terminal,
+                   log=None if on_terminal else lambda line: print(line, file=sys.stderr, flush=True))
     if result["interrupted"]:
         print(f"smallmind train: interrupted at step {result['steps']}; {args.out}/{LAST} is saved, "
               f"continue with --resume", file=sys.stderr)

@@ -98,8 +98,11 @@ class TrainConfig:
         return cfg
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Run (or resume) training; returns the figures of the run (see the end of this function)."""
+def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
+    """Run (or resume) training; returns the figures of the run (see the end of this function).
+
+    progress: show a progress bar on stderr. log: a callable given one line of text per
+    evaluation (for logs, where a progress bar is noise)."""
     out = Path(cfg.out) if cfg.out is not None else None
     resumed = _check_out_dir(cfg, out)
     if resumed is not None:
@@ -157,11 +160,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                         optimizer_state=optimizer.state_dict() if with_optimizer else None,
                         trainer_state=trainer_state())
 
+    tokens_per_step = B * T * cfg.grad_accum
+    start_step, train_seconds = step, 0.0
+
     def evaluate() -> None:
         nonlocal best_val, best_step
         val_loss = _mean_loss(params, ws, val_batches)
         train_loss = _mean_loss(params, ws, train_eval_batches)
         evals.append({"step": step, "train": train_loss, "val": val_loss})
+        if log is not None:
+            speed = (f"  {(step - start_step) * tokens_per_step / train_seconds:,.0f} tok/s"
+                     if train_seconds > 0 else "")
+            log(f"step {step}/{cfg.steps}  train loss {train_loss:.4f}  val loss {val_loss:.4f}{speed}")
         improved = val_loss < best_val
         if improved:
             best_val, best_step = val_loss, step
@@ -174,8 +184,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if not evals:
         evaluate()
 
-    tokens_per_step = B * T * cfg.grad_accum
-    start_step, train_seconds = step, 0.0
     bar = _progress_bar(progress, cfg.steps, step)
     interrupt = _InterruptFlag()
     try:
