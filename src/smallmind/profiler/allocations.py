@@ -9,30 +9,21 @@ call (an empty scope reads about 16 B).
 
 import tracemalloc
 
+from .recorder import PathNode, ScopeTable
+
 _traced = tracemalloc.get_traced_memory
 _reset_peak = tracemalloc.reset_peak
 
 
-class AllocNode:
-    __slots__ = ("name", "parent", "children", "bytes", "calls", "start", "peak")
+class AllocNode(PathNode):
+    __slots__ = ("bytes", "calls", "start", "peak")
 
     def __init__(self, name: str, parent: "AllocNode | None"):
-        self.name = name
-        self.parent = parent
-        self.children: dict[str, AllocNode] = {}
+        super().__init__(name, parent)
         self.bytes = 0
         self.calls = 0
         self.start = 0
         self.peak = 0
-
-    @property
-    def path(self) -> str:
-        parts = []
-        node = self
-        while node.parent is not None:
-            parts.append(node.name)
-            node = node.parent
-        return "/".join(reversed(parts))
 
 
 class _AllocScope:
@@ -70,25 +61,13 @@ class _AllocScope:
         return False
 
 
-class _AllocScopeTable(dict):
-    """name -> its _AllocScope, made on first use (smallmind.scope looks here)."""
-
-    def __init__(self, recorder: "AllocRecorder"):
-        super().__init__()
-        self.recorder = recorder
-
-    def __missing__(self, name: str) -> _AllocScope:
-        timed = self[name] = _AllocScope(self.recorder, name)
-        return timed
-
-
 class AllocRecorder:
     """Install with profiler.recorder.recording(AllocRecorder()) while tracemalloc traces."""
 
     def __init__(self):
         self.root = AllocNode("", None)
         self.current = self.root
-        self.scope_table = _AllocScopeTable(self)
+        self.scope_table = ScopeTable(lambda name: _AllocScope(self, name))
         self.scope = self.scope_table.__getitem__
 
     def nodes(self) -> list[AllocNode]:

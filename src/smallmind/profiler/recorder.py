@@ -28,18 +28,15 @@ CONTAINERS = frozenset({"prefill", "decode", "forward", "backward", "optimizer",
 LOG_CAPACITY = 1 << 21  # events held between drains (24 MB); a drain empties the log
 
 
-class ScopeNode:
-    __slots__ = ("name", "parent", "children", "total_ns", "child_ns", "calls", "min_ns", "max_ns")
+class PathNode:
+    """A node of a scope tree: its name, parent and children by name."""
 
-    def __init__(self, name: str, parent: "ScopeNode | None"):
+    __slots__ = ("name", "parent", "children")
+
+    def __init__(self, name: str, parent: "PathNode | None"):
         self.name = name
         self.parent = parent
-        self.children: dict[str, ScopeNode] = {}
-        self.total_ns = 0
-        self.child_ns = 0
-        self.calls = 0
-        self.min_ns = 1 << 62
-        self.max_ns = 0
+        self.children: dict[str, PathNode] = {}
 
     @property
     def path(self) -> str:
@@ -49,6 +46,31 @@ class ScopeNode:
             parts.append(node.name)
             node = node.parent
         return "/".join(reversed(parts))
+
+
+class ScopeTable(dict):
+    """name -> the context manager for that scope, made by `make(name)` on first use.
+    smallmind.scope looks names up here (a plain dict lookup, in C where built)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, name: str):
+        made = self[name] = self.make(name)
+        return made
+
+
+class ScopeNode(PathNode):
+    __slots__ = ("total_ns", "child_ns", "calls", "min_ns", "max_ns")
+
+    def __init__(self, name: str, parent: "ScopeNode | None"):
+        super().__init__(name, parent)
+        self.total_ns = 0
+        self.child_ns = 0
+        self.calls = 0
+        self.min_ns = 1 << 62
+        self.max_ns = 0
 
     @property
     def self_ns(self) -> int:
@@ -98,20 +120,6 @@ class _PyEventLog:
         return drained
 
 
-class _ScopeTable(dict):
-    """name -> the handle logging that name, made on first use (smallmind.scope looks here)."""
-
-    def __init__(self, recorder: "Recorder"):
-        super().__init__()
-        self.recorder = recorder
-
-    def __missing__(self, name: str):
-        recorder = self.recorder
-        recorder.names.append(name)
-        handle = self[name] = recorder.log.handle(len(recorder.names) - 1)
-        return handle
-
-
 class Recorder:
     """Aggregates scopes by full path. Install with `recording(recorder)` (or scope.set_recorder).
 
@@ -124,8 +132,12 @@ class Recorder:
         self.names: list[str] = []
         self._root = ScopeNode("", None)
         self._open: list[tuple[ScopeNode, int]] = []  # scopes entered and not yet exited
-        self.scope_table = _ScopeTable(self)
+        self.scope_table = ScopeTable(self._new_handle)
         self.scope = self.scope_table.__getitem__
+
+    def _new_handle(self, name: str):
+        self.names.append(name)
+        return self.log.handle(len(self.names) - 1)
 
     def flush(self) -> None:
         """Aggregate the logged events into the tree and empty the log."""
