@@ -157,3 +157,20 @@ def test_scopes_work_without_the_native_scope_log():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[('decode', 1), ('decode/norm', 1)] _PyEventLog"
+
+
+def test_native_event_log_refuses_bad_sizes_and_ids():
+    native = pytest.importorskip("smallmind._scopelog")
+    for capacity in (0, -5, 1 << 40):
+        with pytest.raises(ValueError, match="capacity"):
+            native.EventLog(capacity)
+    log = native.EventLog(2)
+    for bad in (-1, 1 << 31):
+        with pytest.raises(ValueError, match="scope id"):
+            log.handle(bad)
+    with pytest.raises(TypeError):
+        native.set_table(["not", "a", "dict"])
+    with log.handle(7):
+        pass
+    ids, times = log.drain()
+    assert len(ids) == 8 and len(times) == 16 and log.size == 0 and not log.overflowed
