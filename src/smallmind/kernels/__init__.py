@@ -18,7 +18,8 @@ import os
 import warnings
 
 from ..errors import SmallMindError
-from . import reference
+from . import quant_reference, reference
+from .qtensor import QTensor
 
 KERNEL_NAMES = (
     "linear", "embedding", "embedding_backward", "layer_norm", "layer_norm_backward",
@@ -62,6 +63,27 @@ _impl = _backend or reference
 for _name in KERNEL_NAMES:
     globals()[_name] = getattr(_impl, _name)
 _threads = None
+_f32_linear, _f32_embedding = linear, embedding  # noqa: F821 (bound by the loop above)
+_quant = quant_reference
+
+
+def linear(x, w, b, out, accumulate=False):
+    # x (T,K), w (N,K) float32 array or QTensor, b (N,) or None, out (T,N): out (+)= x @ w.T + b
+    if w.__class__ is QTensor:
+        return _quant.linear(x, w, b, out, accumulate)
+    return _f32_linear(x, w, b, out, accumulate)
+
+
+def embedding(tokens, wte, wpe, pos0, out):
+    # tokens (T,) int, wte (V,C) float32 or QTensor, wpe (P,C) or None, out (T,C)
+    if wte.__class__ is QTensor:
+        return _quant.embedding(tokens, wte, wpe, pos0, out)
+    return _f32_embedding(tokens, wte, wpe, pos0, out)
+
+
+def dequantize(w, out):
+    # w (N,K) QTensor, out (N,K) float32: the values the block format holds
+    return _quant.dequantize(w, out)
 
 
 def select_isa(name: str) -> str:

@@ -1,1 +1,23 @@
-"""Model families: one file each, config, weights and forward in one place."""
+"""Model families: one file each (config from metadata, weights, forward), and their registry.
+
+Every family's network keeps one contract, which the runtime drives (runtime/session.py) and
+nothing else assumes more of:
+
+    net.config        frozen dataclass: at least vocab_size, context_length (as trained),
+                      n_layers, d_model, and whatever else the family needs
+    net.kv_spec       (n_layers, n_kv_heads, head_dim): what runtime.kv_cache.KVCache allocates
+                      (the runtime owns the cache and hands it to every forward)
+    net.workspace(max_tokens) -> ws
+                      every activation buffer of a forward of up to max_tokens tokens, made once
+                      per session, so that a decode step allocates nothing
+    net.forward(ws, kv, tokens, pos0, all_logits=False) -> logits
+                      tokens (T,) int32 at positions pos0..pos0+T-1; kv holds this sequence's
+                      first pos0 positions; the forward writes the T new positions and sets
+                      kv.length = pos0 + T. Returns the last position's (V,) logits, or (T,V)
+                      with all_logits: views into ws, overwritten by the next forward
+    net.weights()     (name, tensor) for every weight, a float32 array or a kernels.QTensor:
+                      what `inspect`, memory estimates and the profiler's roofline read
+
+The registry maps a GGUF file's general.architecture to the module that builds its network:
+family(arch).from_gguf(gguf_file) -> net.
+"""
