@@ -7,7 +7,8 @@ from smallmind import kernels
 from smallmind.bench.inference import bench_decode, bench_prefill, decode_allocations, largest_matmul_gflops
 from smallmind.cli import main
 from smallmind.errors import ContextLengthError, SmallMindError
-from smallmind.models.gpt import Workspace, init_params, preset
+from smallmind.models.gpt import GPT, init_params, preset
+from smallmind.runtime.session import Session
 from smallmind.runtime.sampler import Sampler
 
 
@@ -51,10 +52,10 @@ def test_allocation_figure_counts_what_a_step_allocates():
 
     cfg = preset("tiny")
     params = init_params(cfg)
-    ws = Workspace(cfg, 8)
+    session = Session(GPT(params), 19, prefill_chunk=8)
     prompt = np.arange(8, dtype=np.int32)
-    plain = decode_allocations(params, ws, Sampler(cfg.vocab_size, temperature=0.0), prompt, 10)
-    heavy = decode_allocations(params, ws, AllocatingSampler(cfg.vocab_size, temperature=0.0), prompt, 10)
+    plain = decode_allocations(session, Sampler(cfg.vocab_size, temperature=0.0), prompt, 10)
+    heavy = decode_allocations(session, AllocatingSampler(cfg.vocab_size, temperature=0.0), prompt, 10)
     assert heavy["net_growth"] >= 10 * 4096
     assert heavy["bytes_per_token"] >= 12 * 1024
     assert heavy["bytes_per_token"] - plain["bytes_per_token"] >= 3 * 1024  # small temporaries may overlap

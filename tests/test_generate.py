@@ -11,9 +11,14 @@ from smallmind.errors import ContextLengthError, SmallMindError, TokenizerError
 from smallmind.formats.checkpoint import save_checkpoint
 from smallmind.formats.tokenizer import train_tokenizer
 from smallmind.models.gpt import Workspace, forward, init_params, preset
+from smallmind.runtime.kv_cache import KVCache
 from smallmind.runtime.generate import Detokenizer, StopGuard, generate
 
 TEXT = "the quick brown fox jumps over the lazy dog. pack my box with five dozen liquor jugs!\n"
+
+
+def kv_cache(cfg):
+    return KVCache(cfg.n_layers, cfg.n_heads, cfg.context_length, cfg.head_dim)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,8 @@ def greedy_ids_without_cache(model, prompt, n):
     cfg, params, tokenizer = model
     ids = tokenizer.encode(prompt).tolist()
     for _ in range(n):
-        ws = Workspace(cfg, len(ids))
-        ids.append(int(forward(params, ws, np.array(ids, np.int32), 0).argmax()))
+        ws, kv = Workspace(cfg, len(ids)), kv_cache(cfg)
+        ids.append(int(forward(params, ws, kv, np.array(ids, np.int32), 0).argmax()))
     return ids[-n:]
 
 

@@ -7,9 +7,15 @@ from smallmind import kernels
 from smallmind.errors import ContextLengthError, SmallMindError
 from smallmind.kernels import reference
 from smallmind.models.gpt import Workspace, forward, init_params, preset
+from smallmind.models.gpt import GPT
 from smallmind.runtime.kv_cache import KVCache
+from smallmind.runtime.session import Session
 
 RTOL = 1e-4
+
+
+def kv_cache(cfg):
+    return KVCache(cfg.n_layers, cfg.n_heads, cfg.context_length, cfg.head_dim)
 
 
 def rel_err(a, b):
@@ -46,11 +52,12 @@ def full_sequence_logits(params, tokens):
 
 def cached_logits(params, tokens, prompt_len):
     # tokens (T,) -> logits (T,V): prefill of prompt_len tokens, then one decode step per token
-    ws = Workspace(params.cfg, prompt_len)
-    rows = [forward(params, ws, tokens[:prompt_len], 0, all_logits=True).copy()]
+    ws, kv = Workspace(params.cfg, prompt_len), kv_cache(params.cfg)
+    step_ids = np.zeros(1, np.int32)
+    rows = [forward(params, ws, kv, tokens[:prompt_len], 0, all_logits=True).copy()]
     for pos in range(prompt_len, tokens.shape[0]):
-        ws.token[0] = tokens[pos]
-        rows.append(forward(params, ws, ws.token, pos)[None].copy())
+        step_ids[0] = tokens[pos]
+        rows.append(forward(params, ws, kv, step_ids, pos)[None].copy())
     return np.concatenate(rows)
 
 
@@ -92,37 +99,38 @@ def test_kv_cache_decoding_equals_torch_forward(tiny):
 
 def test_last_position_logits_equal_the_last_row_of_all_logits(tiny):
     tokens = random_tokens(tiny.cfg, 17)
-    ws = Workspace(tiny.cfg, 17)
-    every = forward(tiny, ws, tokens, 0, all_logits=True).copy()
-    ws.reset()
-    last = forward(tiny, ws, tokens, 0)
+    ws, kv = Workspace(tiny.cfg, 17), kv_cache(tiny.cfg)
+    every = forward(tiny, ws, kv, tokens, 0, all_logits=True).copy()
+    kv.reset()
+    last = forward(tiny, ws, kv, tokens, 0)
     assert last.shape == (tiny.cfg.vocab_size,)
     assert rel_err(last, every[-1]) < 1e-6
 
 
 def test_prefill_in_chunks_equals_prefill_at_once(tiny):
     tokens = random_tokens(tiny.cfg, 30)
-    ws = Workspace(tiny.cfg, 30)
-    at_once = forward(tiny, ws, tokens, 0, all_logits=True).copy()
-    cache_at_once = ws.kv.k[:, :, :30].copy(), ws.kv.v[:, :, :30].copy()
-    ws.reset()
-    chunks = [forward(tiny, ws, tokens[a:b], a, all_logits=True).copy() for a, b in ((0, 7), (7, 8), (8, 30))]
+    ws, kv = Workspace(tiny.cfg, 30), kv_cache(tiny.cfg)
+    at_once = forward(tiny, ws, kv, tokens, 0, all_logits=True).copy()
+    cache_at_once = kv.k[:, :, :30].copy(), kv.v[:, :, :30].copy()
+    kv.reset()
+    chunks = [forward(tiny, ws, kv, tokens[a:b], a, all_logits=True).copy() for a, b in ((0, 7), (7, 8), (8, 30))]
     assert rel_err(np.concatenate(chunks), at_once) < RTOL
-    assert rel_err(ws.kv.k[:, :, :30], cache_at_once[0]) < RTOL
-    assert rel_err(ws.kv.v[:, :, :30], cache_at_once[1]) < RTOL
+    assert rel_err(kv.k[:, :, :30], cache_at_once[0]) < RTOL
+    assert rel_err(kv.v[:, :, :30], cache_at_once[1]) < RTOL
 
 
 def test_default_kernels_give_the_reference_kernels_logits_and_tokens(tiny, monkeypatch):
     tokens = random_tokens(tiny.cfg, 24)
 
     def greedy_run():
-        ws = Workspace(tiny.cfg, 8)
-        logits = forward(tiny, ws, tokens[:8], 0).copy()
+        ws, kv = Workspace(tiny.cfg, 8), kv_cache(tiny.cfg)
+        step_ids = np.zeros(1, np.int32)
+        logits = forward(tiny, ws, kv, tokens[:8], 0).copy()
         picked, rows = [], [logits]
         for pos in range(8, 40):
-            ws.token[0] = int(logits.argmax())
-            picked.append(int(ws.token[0]))
-            logits = forward(tiny, ws, ws.token, pos).copy()
+            step_ids[0] = int(logits.argmax())
+            picked.append(int(step_ids[0]))
+            logits = forward(tiny, ws, kv, step_ids, pos).copy()
             rows.append(logits)
         return picked, np.stack(rows)
 
@@ -137,44 +145,46 @@ def test_default_kernels_give_the_reference_kernels_logits_and_tokens(tiny, monk
 def test_rewinding_the_cache_recomputes_from_that_position(tiny):
     tokens = random_tokens(tiny.cfg, 20)
     other = random_tokens(tiny.cfg, 20, seed=9)
-    ws = Workspace(tiny.cfg, 20)
-    forward(tiny, ws, other, 0)
-    forward(tiny, ws, tokens[:10], 0)  # overwrites positions 0..9, forgets 10..19
-    assert ws.kv.length == 10
-    resumed = forward(tiny, ws, tokens[10:], 10, all_logits=True)
+    ws, kv = Workspace(tiny.cfg, 20), kv_cache(tiny.cfg)
+    forward(tiny, ws, kv, other, 0)
+    forward(tiny, ws, kv, tokens[:10], 0)  # overwrites positions 0..9, forgets 10..19
+    assert kv.length == 10
+    resumed = forward(tiny, ws, kv, tokens[10:], 10, all_logits=True)
     assert rel_err(resumed, full_sequence_logits(tiny, tokens)[10:]) < RTOL
 
 
 def test_positions_past_the_context_raise_context_length_error(tiny):
     ctx = tiny.cfg.context_length
-    ws = Workspace(tiny.cfg, ctx)
-    forward(tiny, ws, random_tokens(tiny.cfg, ctx), 0)
-    ws.token[0] = 1
+    ws, kv = Workspace(tiny.cfg, ctx), kv_cache(tiny.cfg)
+    step_ids = np.zeros(1, np.int32)
+    forward(tiny, ws, kv, random_tokens(tiny.cfg, ctx), 0)
+    step_ids[0] = 1
     with pytest.raises(ContextLengthError, match="context length"):
-        forward(tiny, ws, ws.token, ctx)
+        forward(tiny, ws, kv, step_ids, ctx)
 
 
 def test_a_gap_after_the_cached_positions_is_refused(tiny):
-    ws = Workspace(tiny.cfg, 4)
-    forward(tiny, ws, random_tokens(tiny.cfg, 4), 0)
-    ws.token[0] = 1
+    ws, kv = Workspace(tiny.cfg, 4), kv_cache(tiny.cfg)
+    step_ids = np.zeros(1, np.int32)
+    forward(tiny, ws, kv, random_tokens(tiny.cfg, 4), 0)
+    step_ids[0] = 1
     with pytest.raises(ContextLengthError, match="do not follow the 4 cached positions"):
-        forward(tiny, ws, ws.token, 6)
+        forward(tiny, ws, kv, step_ids, 6)
 
 
 def test_more_tokens_than_the_workspace_holds_is_refused(tiny):
-    ws = Workspace(tiny.cfg, 4)
+    ws, kv = Workspace(tiny.cfg, 4), kv_cache(tiny.cfg)
     with pytest.raises(ContextLengthError, match="1..4 tokens"):
-        forward(tiny, ws, random_tokens(tiny.cfg, 5), 0)
+        forward(tiny, ws, kv, random_tokens(tiny.cfg, 5), 0)
     with pytest.raises(ContextLengthError):
         Workspace(tiny.cfg, tiny.cfg.context_length + 1)
 
 
 def test_weights_of_another_config_are_refused(tiny):
     other = init_params(preset("tiny", vocab_size=100))
-    ws = Workspace(tiny.cfg, 4)
+    ws, kv = Workspace(tiny.cfg, 4), kv_cache(tiny.cfg)
     with pytest.raises(SmallMindError, match="different model config"):
-        forward(other, ws, random_tokens(tiny.cfg, 4) % 100, 0)
+        forward(other, ws, kv, random_tokens(tiny.cfg, 4) % 100, 0)
 
 
 def test_kv_cache_is_preallocated_per_layer_to_the_context():
@@ -214,13 +224,14 @@ def _fake_kernels(monkeypatch, record):
 def test_every_decode_step_hands_the_kernels_the_same_preallocated_arrays(tiny, monkeypatch):
     calls = []
     _fake_kernels(monkeypatch, calls.append)
-    ws = Workspace(tiny.cfg, 8)
-    forward(tiny, ws, random_tokens(tiny.cfg, 8), 0)
+    ws, kv = Workspace(tiny.cfg, 8), kv_cache(tiny.cfg)
+    step_ids = np.zeros(1, np.int32)
+    forward(tiny, ws, kv, random_tokens(tiny.cfg, 8), 0)
     calls.clear()
-    forward(tiny, ws, ws.token, 8)
+    forward(tiny, ws, kv, step_ids, 8)
     first = list(calls)
     calls.clear()
-    forward(tiny, ws, ws.token, 9)
+    forward(tiny, ws, kv, step_ids, 9)
     assert len(first) == 1 + 9 * tiny.cfg.n_layers + 2
     # `is`, not id(): the first step's arrays are still alive, so a new view cannot reuse an address
     assert len(calls) == len(first)
@@ -230,8 +241,8 @@ def test_every_decode_step_hands_the_kernels_the_same_preallocated_arrays(tiny, 
 def test_prefill_for_the_last_logits_runs_the_last_blocks_tail_on_one_row(tiny, monkeypatch):
     calls = []
     _fake_kernels(monkeypatch, calls.append)
-    ws = Workspace(tiny.cfg, 8)
-    forward(tiny, ws, random_tokens(tiny.cfg, 8), 0)
+    ws, kv = Workspace(tiny.cfg, 8), kv_cache(tiny.cfg)
+    forward(tiny, ws, kv, random_tokens(tiny.cfg, 8), 0)
     rows = [arrays[0].shape[0] for arrays in calls]  # the first array of each call is its input
     per_block = 9
     last_block = rows[1 + per_block * (tiny.cfg.n_layers - 1):][:per_block]
@@ -244,9 +255,10 @@ def test_the_decode_step_itself_leaves_nothing_allocated(tiny, monkeypatch):
     import tracemalloc
 
     _fake_kernels(monkeypatch, lambda arrays: None)
-    ws = Workspace(tiny.cfg, 8)
-    forward(tiny, ws, random_tokens(tiny.cfg, 8), 0)
-    forward(tiny, ws, ws.token, 8)
+    ws, kv = Workspace(tiny.cfg, 8), kv_cache(tiny.cfg)
+    step_ids = np.zeros(1, np.int32)
+    forward(tiny, ws, kv, random_tokens(tiny.cfg, 8), 0)
+    forward(tiny, ws, kv, step_ids, 8)
     peaks = np.zeros(32, dtype=np.int64)  # an array: a list of ints would grow the heap itself
     tracemalloc.start()
     try:
@@ -254,7 +266,7 @@ def test_the_decode_step_itself_leaves_nothing_allocated(tiny, monkeypatch):
         for step in range(32):
             before = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
-            forward(tiny, ws, ws.token, 9 + step)
+            forward(tiny, ws, kv, step_ids, 9 + step)
             peaks[step] = tracemalloc.get_traced_memory()[1] - before
         growth = tracemalloc.get_traced_memory()[0] - start
     finally:
@@ -276,8 +288,8 @@ def test_decode_allocates_under_1kb_per_token():
 
     cfg = preset("seed")
     params = init_params(cfg)
-    ws = Workspace(cfg, 32)
-    result = decode_allocations(params, ws, Sampler(cfg.vocab_size, temperature=0.0),
+    session = Session(GPT(params), 83, prefill_chunk=32)
+    result = decode_allocations(session, Sampler(cfg.vocab_size, temperature=0.0),
                                 random_tokens(cfg, 32), 50)
     assert result["steps"] == 50
     assert result["bytes_per_token"] < 1024
@@ -289,9 +301,9 @@ def test_decoding_50_tokens_triggers_no_garbage_collection():
 
     cfg = preset("seed")
     params = init_params(cfg)
-    ws = Workspace(cfg, 32)
+    session = Session(GPT(params), 82, prefill_chunk=32)
     sampler = Sampler(cfg.vocab_size, temperature=0.0)
-    assert decode_gc_collections(params, ws, sampler, random_tokens(cfg, 32), 50) == 0
+    assert decode_gc_collections(session, sampler, random_tokens(cfg, 32), 50) == 0
 
 
 def test_gc_counter_sees_collections_when_a_step_makes_garbage():
@@ -307,9 +319,9 @@ def test_gc_counter_sees_collections_when_a_step_makes_garbage():
 
     cfg = preset("tiny")
     params = init_params(cfg)
-    ws = Workspace(cfg, 4)
+    session = Session(GPT(params), 14, prefill_chunk=4)
     before = gc.isenabled()
-    assert decode_gc_collections(params, ws, LeakySampler(), random_tokens(cfg, 4), 10) > 0
+    assert decode_gc_collections(session, LeakySampler(), random_tokens(cfg, 4), 10) > 0
     assert gc.isenabled() == before
 
 

@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "TrainConfig": ("runtime.trainer", "TrainConfig"),
     "train": ("runtime.trainer", "train"),
+    "load": ("runtime.model", "load"),
+    "Model": ("runtime.model", "Model"),
     "generate": ("runtime.generate", "generate"),
     "load_checkpoint": ("formats.checkpoint", "load_checkpoint"),
     "save_checkpoint": ("formats.checkpoint", "save_checkpoint"),

@@ -1,5 +1,6 @@
-"""Inference benchmarks behind `smallmind bench decode|prefill`, on random weights of a preset
-(speed does not depend on the values).
+"""Inference benchmarks behind `smallmind bench decode|prefill`: on a model file (`--model`: a
+GGUF file or a checkpoint) or on random weights of a preset (speed does not depend on the values).
+The prompt is random token ids.
 
 Figures:
   tok_s, ms_per_token   median over `repeats` measured runs after one warm-up run
@@ -11,8 +12,8 @@ Figures:
                         generation. alloc_net_growth_bytes is what the whole loop left behind.
   gc_collections        garbage-collector runs (any generation, counted with gc.callbacks)
                         during one decode of `new_tokens` tokens
-  matmul_gflops         the model's largest linear (by weight size) timed alone on a
-                        prefill-sized batch through kernels.linear
+  matmul_gflops         (float32 models) the model's largest linear (by weight size) timed alone
+                        on a prefill-sized batch through kernels.linear
 """
 
 import gc
@@ -24,85 +25,83 @@ import numpy as np
 
 from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
-from ..models.gpt import Workspace, forward, init_params
+from ..models.gpt import GPT, init_params
 from ..models.gpt import preset as get_preset
 from ..runtime.sampler import Sampler
+from ..runtime.session import Session
 
 
-def bench_decode(preset: str, threads: int | None = None, repeats: int = 3, prompt_tokens: int = 32,
-                 new_tokens: int = 50) -> dict:
-    """Greedy decoding of `new_tokens` after a `prompt_tokens` prefill; time counts decode steps only."""
+def bench_decode(preset: str | None = "seed", threads: int | None = None, repeats: int = 3,
+                 prompt_tokens: int = 32, new_tokens: int = 50, model=None) -> dict:
+    """Greedy decoding of `new_tokens` after a `prompt_tokens` prefill; time counts decode steps only.
+    `model` (a smallmind.load Model) replaces the preset's random weights."""
     _check_counts(repeats=repeats, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
-    cfg, params = _model(preset, prompt_tokens + new_tokens)
+    net, name = _network(preset, model, prompt_tokens + new_tokens)
     used_threads = _threads(threads)
-    prompt = _prompt(cfg, prompt_tokens)
-    ws = Workspace(cfg, prompt_tokens)
-    sampler = Sampler(cfg.vocab_size, temperature=0.0)
-    times = [decode_seconds(params, ws, sampler, prompt, new_tokens) for _ in range(repeats + 1)][1:]
+    prompt = _prompt(net.config, prompt_tokens)
+    # one position more than the run: the allocation trace warms up with an extra step
+    session = Session(net, min(prompt_tokens + new_tokens + 1, net.config.context_length), prefill_chunk=prompt_tokens)
+    sampler = Sampler(net.config.vocab_size, temperature=0.0)
+    times = [decode_seconds(session, sampler, prompt, new_tokens) for _ in range(repeats + 1)][1:]
     seconds = statistics.median(times)
-    alloc = decode_allocations(params, ws, sampler, prompt, new_tokens)
+    alloc = decode_allocations(session, sampler, prompt, new_tokens)
     return {
-        "preset": preset,
+        "model": name,
         "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
         "tok_s": round(new_tokens / seconds, 1),
         "ms_per_token": round(1e3 * seconds / new_tokens, 4),
         "alloc_bytes_per_token": round(alloc["bytes_per_token"], 1),
         "alloc_net_growth_bytes": alloc["net_growth"],
-        "gc_collections": decode_gc_collections(params, ws, sampler, prompt, new_tokens),
-        "matmul_gflops": round(largest_matmul_gflops(params, min(128, cfg.context_length)), 2),
+        "gc_collections": decode_gc_collections(session, sampler, prompt, new_tokens),
+        "matmul_gflops": _matmul_gflops(net, min(128, net.config.context_length)),
         "kernel_path": kernels.path,
         "threads": used_threads,
     }
 
 
-def bench_prefill(preset: str, threads: int | None = None, repeats: int = 3, tokens: int = 128) -> dict:
+def bench_prefill(preset: str | None = "seed", threads: int | None = None, repeats: int = 3,
+                  tokens: int = 128, model=None) -> dict:
     """One forward over a `tokens`-long prompt into an empty KV cache (logits of the last position)."""
     _check_counts(repeats=repeats, tokens=tokens)
-    cfg, params = _model(preset, tokens)
+    net, name = _network(preset, model, tokens)
     used_threads = _threads(threads)
-    prompt = _prompt(cfg, tokens)
-    ws = Workspace(cfg, tokens)
+    prompt = _prompt(net.config, tokens)
+    session = Session(net, tokens, prefill_chunk=tokens)
     times = []
     for _ in range(repeats + 1):
-        ws.reset()
+        session.reset()
         t0 = time.perf_counter()
-        forward(params, ws, prompt, 0)
+        session.prefill(prompt)
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times[1:])
     return {
-        "preset": preset,
+        "model": name,
         "tokens": tokens,
         "tok_s": round(tokens / seconds, 1),
         "ms_per_token": round(1e3 * seconds / tokens, 4),
         "ms_total": round(1e3 * seconds, 3),
-        "matmul_gflops": round(largest_matmul_gflops(params, tokens), 2),
+        "matmul_gflops": _matmul_gflops(net, tokens),
         "kernel_path": kernels.path,
         "threads": used_threads,
     }
 
 
-def decode_seconds(params, ws, sampler, prompt, new_tokens) -> float:
+def decode_seconds(session, sampler, prompt, new_tokens) -> float:
     """Wall time of `new_tokens` decode steps (prefill excluded) with greedy sampling."""
-    logits = _prefill(params, ws, prompt)
-    pos, token = prompt.shape[0], ws.token
+    logits = _prefill(session, prompt)
     t0 = time.perf_counter()
     for _ in range(new_tokens):
-        token[0] = sampler.sample(logits)
-        logits = forward(params, ws, token, pos)
-        pos += 1
+        logits = session.step(sampler.sample(logits))
     return time.perf_counter() - t0
 
 
-def decode_allocations(params, ws, sampler, prompt, new_tokens) -> dict:
+def decode_allocations(session, sampler, prompt, new_tokens) -> dict:
     """Bytes allocated per decoded token (see the module docstring for the definition)."""
-    logits = _prefill(params, ws, prompt)
-    pos, token = prompt.shape[0], ws.token
+    logits = _prefill(session, prompt)
     # one step before tracing: first calls may fill caches that later steps reuse
-    token[0] = sampler.sample(logits)
-    logits = forward(params, ws, token, pos)
-    pos += 1
-    steps = min(new_tokens, ws.kv.capacity - pos)
+    logits = session.step(sampler.sample(logits))
+    steps = min(new_tokens, session.room)
     step_peaks = 0
     tracemalloc.start()
     try:
@@ -110,9 +109,7 @@ def decode_allocations(params, ws, sampler, prompt, new_tokens) -> dict:
         for _ in range(steps):
             before = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
-            token[0] = sampler.sample(logits)
-            logits = forward(params, ws, token, pos)
-            pos += 1
+            logits = session.step(sampler.sample(logits))
             step_peaks += tracemalloc.get_traced_memory()[1] - before
         net_growth = tracemalloc.get_traced_memory()[0] - start
     finally:
@@ -120,7 +117,7 @@ def decode_allocations(params, ws, sampler, prompt, new_tokens) -> dict:
     return {"bytes_per_token": step_peaks / steps, "net_growth": net_growth, "steps": steps}
 
 
-def decode_gc_collections(params, ws, sampler, prompt, new_tokens) -> int:
+def decode_gc_collections(session, sampler, prompt, new_tokens) -> int:
     """Garbage-collector runs during `new_tokens` decode steps."""
     runs = []
 
@@ -128,15 +125,12 @@ def decode_gc_collections(params, ws, sampler, prompt, new_tokens) -> int:
         if phase == "start":
             runs.append(info["generation"])
 
-    logits = _prefill(params, ws, prompt)
-    pos, token = prompt.shape[0], ws.token
+    logits = _prefill(session, prompt)
     gc.collect()  # start from an empty young generation, as a long-running session would after a while
     gc.callbacks.append(count)
     try:
         for _ in range(new_tokens):
-            token[0] = sampler.sample(logits)
-            logits = forward(params, ws, token, pos)
-            pos += 1
+            logits = session.step(sampler.sample(logits))
     finally:
         gc.callbacks.remove(count)
     return len(runs)
@@ -160,19 +154,27 @@ def largest_matmul_gflops(params, tokens: int, min_seconds: float = 0.05) -> flo
             return 2.0 * tokens * w.shape[0] * w.shape[1] * calls / elapsed / 1e9
 
 
-def _prefill(params, ws, prompt):
+def _matmul_gflops(net, tokens):
+    params = getattr(net, "params", None)  # float32 models only: a quantized product is timed by its own benchmark
+    return round(largest_matmul_gflops(params, tokens), 2) if params is not None else None
+
+
+def _prefill(session, prompt):
     # prompt (T,) int32 -> logits (V,) of its last position, the KV cache restarted
-    ws.reset()
-    return forward(params, ws, prompt, 0)
+    session.reset()
+    return session.prefill(prompt)
 
 
-def _model(preset, positions):
-    cfg = get_preset(preset)
-    if positions > cfg.context_length:
+def _network(preset, model, positions):
+    if model is not None:
+        net, name = model.net, model.name
+    else:
+        net, name = GPT(init_params(get_preset(preset), seed=0)), preset
+    if positions > net.config.context_length:
         raise ContextLengthError(
-            f"the benchmark needs {positions} positions but preset {preset!r} has a context of "
-            f"{cfg.context_length}")
-    return cfg, init_params(cfg, seed=0)
+            f"the benchmark needs {positions} positions but {name!r} has a context of "
+            f"{net.config.context_length}")
+    return net, name
 
 
 def _check_counts(**counts):

@@ -8,7 +8,13 @@ from . import positive_int
 def add_parser(sub):
     p = sub.add_parser("bench", help="measure training or inference speed")
     p.add_argument("what", choices=["train", "decode", "prefill"])
-    p.add_argument("--preset", default="seed", help="model preset (default: seed)")
+    p.add_argument("--model", metavar="PATH", default=None,
+                   help="decode/prefill: a GGUF file or checkpoint directory (default: --preset's random weights)")
+    p.add_argument("--preset", default=None, help="model preset (default: seed)")
+    p.add_argument("--prompt-tokens", type=positive_int, default=None, metavar="P",
+                   help="decode: prompt length before decoding (default 32); prefill: tokens (default 128)")
+    p.add_argument("--new-tokens", type=positive_int, default=50, metavar="N",
+                   help="decode: tokens decoded (default 50)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="thread budget for BLAS and native kernels (default: all cores)")
     p.add_argument("--repeats", type=positive_int, default=3, help="measured repetitions (median reported)")
@@ -17,16 +23,30 @@ def add_parser(sub):
 
 
 def run(args):
+    from ..errors import SmallMindError
     from ..models.gpt import preset
 
-    preset(args.preset)  # a clear error for an unknown preset before anything heavy loads
+    if args.model is not None and args.preset is not None:
+        raise SmallMindError("give --model or --preset, not both")
+    if args.model is not None and args.what == "train":
+        raise SmallMindError("bench train measures a preset (--preset), not a model file")
+    name = args.preset or "seed"
+    preset(name)  # a clear error for an unknown preset before anything heavy loads
     if args.what == "train":
-        from ..bench.train import bench_train as bench
-    elif args.what == "decode":
-        from ..bench.inference import bench_decode as bench
+        from ..bench.train import bench_train
+
+        result = bench_train(name, threads=args.threads, repeats=args.repeats)
     else:
-        from ..bench.inference import bench_prefill as bench
-    result = bench(args.preset, threads=args.threads, repeats=args.repeats)
+        from ..bench.inference import bench_decode, bench_prefill
+        from ..runtime.model import load
+
+        model = load(args.model) if args.model is not None else None
+        if args.what == "decode":
+            result = bench_decode(name, threads=args.threads, repeats=args.repeats, model=model,
+                                  prompt_tokens=args.prompt_tokens or 32, new_tokens=args.new_tokens)
+        else:
+            result = bench_prefill(name, threads=args.threads, repeats=args.repeats, model=model,
+                                   tokens=args.prompt_tokens or 128)
     if args.json:
         print(json.dumps(result))
     else:

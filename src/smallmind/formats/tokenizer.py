@@ -26,9 +26,17 @@ ENCODE_CHUNK_CHARS = 1 << 16
 
 
 class Tokenizer:
-    """What every tokenizer offers: .kind, .vocab_size, .encode, .decode, .save."""
+    """What every tokenizer offers: .kind, .vocab_size, .encode, .decode, .token_bytes, .save.
+
+    These tokenizers have no special tokens: no BOS (add_bos and special are accepted, and
+    change nothing, so that the runtime drives them like a GGUF file's tokenizer) and no
+    end-of-generation token."""
 
     kind: str
+    bos_id = None
+    eos_id = None
+    eog_ids = frozenset()
+    add_bos = False
 
     def save(self, path) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")
@@ -53,7 +61,10 @@ class CharTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str) -> np.ndarray:
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        return self.chars[token].encode("utf-8", errors="surrogatepass")
+
+    def encode(self, text: str, add_bos: bool = False, special: bool = False) -> np.ndarray:
         # text (n chars) -> ids (n,) int32, by binary search of each code point in the sorted vocab
         # surrogatepass: a lone surrogate (undecodable bytes in argv) is reported as unknown below
         codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
@@ -83,12 +94,19 @@ class BPETokenizer(Tokenizer):
 
     def __init__(self, hf_tokenizer):
         self._hf = hf_tokenizer
+        self._bytes = None
 
     @property
     def vocab_size(self) -> int:
         return self._hf.get_vocab_size()
 
-    def encode(self, text: str) -> np.ndarray:
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        if self._bytes is None:
+            byte_of = _byte_level_decoder()
+            self._bytes = [bytes(byte_of[c] for c in self._hf.id_to_token(i)) for i in range(self.vocab_size)]
+        return self._bytes[token]
+
+    def encode(self, text: str, add_bos: bool = False, special: bool = False) -> np.ndarray:
         # text -> ids (n,) int32; long text is encoded in parallel chunks with identical result
         _refuse_surrogates(text)
         chunks = _split_for_encoding(text)
@@ -108,6 +126,16 @@ class BPETokenizer(Tokenizer):
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "tokenizer": json.loads(self._hf.to_str())}
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    # GPT-2's byte-to-character table, inverted: printable Latin-1 bytes stand for themselves,
+    # the other bytes, in order, for U+0100 onwards
+    printable = [b for b in range(256) if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF]
+    others = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable}
+    table.update({chr(0x100 + i): b for i, b in enumerate(others)})
+    return table
 
 
 def train_tokenizer(kind: str, text: str, vocab_size: int) -> Tokenizer:

@@ -13,7 +13,6 @@ import numpy as np
 
 from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
-from ..runtime.kv_cache import KVCache
 from ..scope import scope
 
 
@@ -198,9 +197,10 @@ class StepViews:
 
 
 class Workspace:
-    """Every activation and scratch buffer of a forward of up to `max_tokens` tokens, and the
-    KV cache (to the context length): made once per generation session, so that a decode step
-    allocates nothing. forward() binds the weights on first use with a given Params."""
+    """Every activation and scratch buffer of a forward of up to `max_tokens` tokens: made once
+    per generation session, so that a decode step allocates nothing. The KV cache is not here:
+    the runtime owns it and hands it to every forward. forward() binds the weights on first use
+    with a given Params."""
 
     def __init__(self, cfg: GPTConfig, max_tokens: int):
         if not 1 <= max_tokens <= cfg.context_length:
@@ -220,8 +220,6 @@ class Workspace:
         self.logits = np.zeros((T, V), f32)
         self.logits_last = self.logits[0]        # (V,): where last-position logits are returned
         self.logits_row = self.logits[0:1]       # (1,V): the same memory, as the LM head's out
-        self.token = np.zeros(1, np.int32)       # the decode step's input, written by the caller
-        self.kv = KVCache(cfg.n_layers, cfg.n_heads, cfg.context_length, cfg.head_dim)
         self.step = StepViews(self, 1)
         self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
         self.params = None
@@ -231,32 +229,26 @@ class Workspace:
         """Look up every weight view once (name formatting per step would allocate)."""
         if params.cfg != self.cfg:
             raise SmallMindError("these weights belong to a different model config than the workspace")
-        layers = []
-        for i in range(self.cfg.n_layers):
-            h = f"h.{i}."
-            weights = tuple(params[h + n] for n in (
+        self.layers = tuple(
+            tuple(params[f"h.{i}.{n}"] for n in (
                 "ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias",
                 "attn.proj.weight", "attn.proj.bias", "ln_2.weight", "ln_2.bias",
                 "mlp.up.weight", "mlp.up.bias", "mlp.down.weight", "mlp.down.bias"))
-            layers.append(weights + (self.kv.k_layers[i], self.kv.v_layers[i]))
-        self.layers = tuple(layers)
+            for i in range(self.cfg.n_layers))
         self.wte, self.wpe = params["wte"], params["wpe"]
         self.ln_f_w, self.ln_f_b = params["ln_f.weight"], params["ln_f.bias"]
         self.lm_head = params.lm_head
         self.params = params
 
-    def reset(self) -> None:
-        """Start a new sequence: the KV cache forgets every position."""
-        self.kv.reset()
 
-
-def forward(params: Params, ws: Workspace, tokens: np.ndarray, pos0: int, *, all_logits: bool = False):
+def forward(params: Params, ws: Workspace, kv, tokens: np.ndarray, pos0: int, *, all_logits: bool = False):
     # tokens (T,) int32 at positions pos0..pos0+T-1 -> logits (V,) of the last one, or (T,V) if all_logits
     """One forward over the workspace: prefill when T > 1, a decode step when T == 1.
 
-    Keys and values of the T positions go into the workspace's KV cache, and the tokens attend
-    to every earlier position held there, so pos0 must not exceed the positions already cached.
-    The logits returned are a view into the workspace, overwritten by the next forward.
+    Keys and values of the T positions go into `kv` (a runtime.kv_cache.KVCache of this model's
+    shape), and the tokens attend to every earlier position held there, so pos0 must not exceed
+    the positions already cached. The logits returned are a view into the workspace,
+    overwritten by the next forward.
     """
     T = len(tokens)  # not tokens.shape[0]: .shape builds a tuple each time
     if T == 1:
@@ -265,10 +257,10 @@ def forward(params: Params, ws: Workspace, tokens: np.ndarray, pos0: int, *, all
         act = StepViews(ws, T)
     else:
         raise ContextLengthError(f"a forward takes 1..{ws.max_tokens} tokens with this workspace, not {T}")
-    if not 0 <= pos0 <= ws.kv.length or pos0 + T > ws.kv.capacity:
+    if not 0 <= pos0 <= kv.length or pos0 + T > kv.capacity:
         raise ContextLengthError(
-            f"positions {pos0}..{pos0 + T - 1} do not follow the {ws.kv.length} cached positions "
-            f"within the context length {ws.kv.capacity}")
+            f"positions {pos0}..{pos0 + T - 1} do not follow the {kv.length} cached positions "
+            f"within the context length {kv.capacity} of the KV cache")
     if ws.params is not params:
         ws.bind(params)
     eps, scale = ws.cfg.layer_norm_eps, ws.scale
@@ -276,12 +268,12 @@ def forward(params: Params, ws: Workspace, tokens: np.ndarray, pos0: int, *, all
     # wanted, that block computes its keys and values for every position (the cache needs them)
     # and the rest for the last position alone.
     last_block_rows = act if all_logits else act.tail
-    last_k_cache = ws.kv.k_layers[-1]
+    last_k_cache = kv.k_layers[-1]
     with scope("decode" if T == 1 else "prefill"):
         with scope("embedding"):
             kernels.embedding(tokens, ws.wte, ws.wpe, pos0, act.x)
-        for ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, up_w, up_b, down_w, down_b, \
-                k_cache, v_cache in ws.layers:
+        for (ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, up_w, up_b, down_w, down_b), \
+                k_cache, v_cache in zip(ws.layers, kv.k_layers, kv.v_layers):
             out = last_block_rows if k_cache is last_k_cache else act  # the rows whose output is used
             out_pos0 = pos0 + T - out.T
             with scope("norm"):
@@ -302,10 +294,29 @@ def forward(params: Params, ws: Workspace, tokens: np.ndarray, pos0: int, *, all
                 kernels.gelu(out.h, out.hg)
             with scope("matmul.mlp_down"):
                 kernels.linear(out.hg, down_w, down_b, out.x, accumulate=True)  # x += mlp(x)
-        ws.kv.length = pos0 + T
+        kv.length = pos0 + T
         out = last_block_rows
         with scope("norm"):
             kernels.layer_norm(out.x, ws.ln_f_w, ws.ln_f_b, out.xf, eps)
         with scope("matmul.lm_head"):
             kernels.linear(out.xf, ws.lm_head, None, out.logits if all_logits else ws.logits_row)
         return out.logits if all_logits else ws.logits_last
+
+
+class GPT:
+    """The trainable GPT as a network of the runtime's contract (models/__init__.py)."""
+
+    def __init__(self, params: Params):
+        self.params = params
+        self.config = params.cfg
+        self.kv_spec = (params.cfg.n_layers, params.cfg.n_heads, params.cfg.head_dim)
+
+    def workspace(self, max_tokens: int) -> Workspace:
+        return Workspace(self.config, max_tokens)
+
+    def forward(self, ws: Workspace, kv, tokens: np.ndarray, pos0: int, all_logits: bool = False):
+        # tokens (T,) int32 -> logits (V,) of the last position, or (T,V)
+        return forward(self.params, ws, kv, tokens, pos0, all_logits=all_logits)
+
+    def weights(self):
+        return self.params.items()

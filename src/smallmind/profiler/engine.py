@@ -17,9 +17,10 @@ from time import perf_counter_ns
 import numpy as np
 
 from ..errors import ContextLengthError, SmallMindError
-from ..models.gpt import GPTConfig, Params, Workspace, forward
+from ..models.gpt import GPTConfig, Params
 from ..runtime.generate import Detokenizer
 from ..runtime.sampler import Sampler
+from ..runtime.session import Session
 from ..scope import scope
 from .allocations import AllocRecorder
 from .recorder import Recorder, recording
@@ -59,10 +60,12 @@ class _GCCounter:
 
 
 class Generation:
-    """One model set up to generate: workspace and sampler made once, reused by every run."""
+    """One network set up to generate: session (workspace, KV cache) and sampler made once,
+    reused by every run."""
 
-    def __init__(self, cfg: GPTConfig, params: Params, prompt_ids: np.ndarray, new_tokens: int,
+    def __init__(self, net, prompt_ids: np.ndarray, new_tokens: int,
                  *, prompt_text: str | None = None, tokenizer=None):
+        cfg = net.config
         if new_tokens < 2:
             raise SmallMindError("a profile generates at least 2 tokens (one from prefill, one decoded)")
         if prompt_ids.shape[0] < 1:
@@ -71,11 +74,11 @@ class Generation:
             raise ContextLengthError(
                 f"{prompt_ids.shape[0]} prompt tokens + {new_tokens} new tokens exceed the context "
                 f"length {cfg.context_length} of this model")
-        self.cfg, self.params = cfg, params
+        self.net, self.cfg = net, cfg
         self.prompt_ids = np.ascontiguousarray(prompt_ids, dtype=np.int32)
         self.prompt_text, self.tokenizer = prompt_text, tokenizer
         self.new_tokens = new_tokens
-        self.ws = Workspace(cfg, max_tokens=self.prompt_ids.shape[0])
+        self.session = Session(net, self.prompt_ids.shape[0] + new_tokens, prefill_chunk=self.prompt_ids.shape[0])
         self.sampler = Sampler(cfg.vocab_size, temperature=0.0)
         self.out_tokens = np.zeros(new_tokens, dtype=np.int64)
 
@@ -88,18 +91,18 @@ class Generation:
 
         With a tokenizer each token is also turned back into text, as runtime/generate.py does
         (its Detokenizer, under the "tokenize" scope)."""
-        ws, params, sampler, out = self.ws, self.params, self.sampler, self.out_tokens
+        session, sampler, out = self.session, self.sampler, self.out_tokens
         detokenizer = Detokenizer(self.tokenizer) if self.tokenizer is not None else None
-        ws.reset()
+        session.reset()
         times = GenerationTimes()
         with _GCCounter() as collections:
             t0 = perf_counter_ns()
             prompt = self.prompt_ids
             if detokenizer is not None:
                 with scope("tokenize"):
-                    prompt = self.tokenizer.encode(self.prompt_text)[:self.prompt_tokens].astype(np.int32)
+                    prompt = np.asarray(self.tokenizer.encode(self.prompt_text)[:self.prompt_tokens], np.int32)
             t1 = perf_counter_ns()
-            logits = forward(params, ws, prompt, 0)
+            logits = session.prefill(prompt)
             t2 = perf_counter_ns()
             with scope("sampling"):
                 out[0] = sampler.sample(logits)
@@ -108,18 +111,15 @@ class Generation:
                     detokenizer.push(int(out[0]))
             t3 = perf_counter_ns()
             forward_ns = 0
-            pos = prompt.shape[0]
             for i in range(1, self.new_tokens):
-                ws.token[0] = out[i - 1]
                 f0 = perf_counter_ns()
-                logits = forward(params, ws, ws.token, pos)
+                logits = session.step(out[i - 1])
                 forward_ns += perf_counter_ns() - f0
                 with scope("sampling"):
                     out[i] = sampler.sample(logits)
                 if detokenizer is not None:
                     with scope("tokenize"):
                         detokenizer.push(int(out[i]))
-                pos += 1
             t4 = perf_counter_ns()
         times.tokenize_ns, times.prefill_ns = t1 - t0, t2 - t1
         times.ttft_ns, times.decode_ns, times.wall_ns = t3 - t0, t4 - t3, t4 - t0
@@ -178,33 +178,29 @@ def trace_allocations(gen: Generation, top: int = 10) -> dict:
     an AllocRecorder); (2) by file:line, traced memory a fresh session still holds that was not
     held before it (workspace, KV cache, ...), tracemalloc's and the profiler's frames left out.
     """
-    params = gen.params
     gen.run()  # warm: every lazily made object exists before tracing starts
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
         tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
-        session = Generation(gen.cfg, params, gen.prompt_ids, gen.new_tokens,
-                             prompt_text=gen.prompt_text, tokenizer=gen.tokenizer)
-        ws, sampler = session.ws, session.sampler
-        token = sampler.sample(forward(params, ws, session.prompt_ids, 0))
+        fresh = Generation(gen.net, gen.prompt_ids, gen.new_tokens,
+                           prompt_text=gen.prompt_text, tokenizer=gen.tokenizer)
+        session, sampler = fresh.session, fresh.sampler
+        token = sampler.sample(session.prefill(fresh.prompt_ids))
         steps = gen.new_tokens - 1
         start_current = tracemalloc.get_traced_memory()[0]
         transient = 0
-        pos = session.prompt_tokens
         for _ in range(steps):
-            ws.token[0] = token
             step_start = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
-            token = sampler.sample(forward(params, ws, ws.token, pos))
+            token = sampler.sample(session.step(token))
             transient += tracemalloc.get_traced_memory()[1] - step_start
-            pos += 1
         growth = tracemalloc.get_traced_memory()[0] - start_current
         after = tracemalloc.take_snapshot()
         by_scope = AllocRecorder()
         with recording(by_scope):
-            session.run()
+            fresh.run()
     finally:
         if not was_tracing:
             tracemalloc.stop()

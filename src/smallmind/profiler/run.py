@@ -15,7 +15,9 @@ def run_profile(cfg: GPTConfig, params: Params, *, source: str, prompt_ids: np.n
     Order matters: the generation runs first so that the peak resident memory is the engine's,
     not the peak measurement's large buffers.
     """
-    gen = engine.Generation(cfg, params, prompt_ids, new_tokens, tokenizer=tokenizer, prompt_text=prompt_text)
+    from ..models.gpt import GPT
+
+    gen = engine.Generation(GPT(params), prompt_ids, new_tokens, tokenizer=tokenizer, prompt_text=prompt_text)
     timing = engine.time_generation(gen, repeats)
     allocations = engine.trace_allocations(gen)
     trained = None

@@ -3,65 +3,50 @@
     for piece in generate(load_checkpoint("runs/x"), "def main(", max_new_tokens=100):
         print(piece, end="", flush=True)
 
-The prompt is prefilled in one forward, then each step samples a token and feeds it back
-through a decode forward over the same workspace and KV cache. Text comes out as soon as it
-is decodable: a multi-byte character split across tokens is held back until complete. A stop
-string ends generation when the generated text contains it; it is not emitted, even when it
-arrives split across several pieces.
-
-An empty prompt is refused (SmallMindError): this GPT has no begin-of-text token to start from.
+The prompt is prefilled through a runtime Session, then each step samples a token and feeds it
+back through a decode step over the same workspace and KV cache. Text comes out as soon as it
+is complete: the tokens' bytes are joined and cut after the last whole UTF-8 character, so a
+character split across tokens is held back until it is whole, and the text streamed is the
+bytes the tokens stand for, exactly. A stop string ends generation when the generated text
+contains it; it is not emitted, even when it arrives split across several pieces. An
+end-of-generation token (EOS, end of turn) ends it too, unprinted.
 """
 
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..errors import ContextLengthError, SmallMindError
-from ..models.gpt import Params, Workspace, forward
+from ..errors import SmallMindError
 from ..scope import scope
 from .sampler import Sampler
+from .session import sample_tokens
 
-REPLACEMENT = "\ufffd"  # what a decoder makes of an incomplete UTF-8 sequence
 
-
-def generate(checkpoint_or_model, prompt: str, *, max_new_tokens: int, temperature: float = 1.0,
+def generate(model, prompt: str, *, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop: str | Iterable[str] | None = None) -> Iterator[str]:
     """Stream the continuation of `prompt` as text pieces; greedy when temperature == 0.
 
-    `checkpoint_or_model` is a Checkpoint from smallmind.formats.checkpoint.load_checkpoint or
-    anything with .config, .params and .tokenizer, or a (config, params, tokenizer) tuple.
-    Bad arguments, an unencodable prompt and a prompt plus max_new_tokens longer than the
-    context raise here, before the first piece is asked for.
+    `model` is what smallmind.load returns, a Checkpoint from load_checkpoint, anything with
+    .config, .params and .tokenizer, or a (config, params, tokenizer) tuple. Bad arguments, an
+    unencodable prompt and a prompt plus max_new_tokens longer than the context raise here,
+    before the first piece is asked for.
     """
-    params, tokenizer = _unpack(checkpoint_or_model)
-    cfg = params.cfg
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
-            or max_new_tokens < 1:
-        raise SmallMindError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    stops = _stop_strings(stop)
-    sampler = Sampler(cfg.vocab_size, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    with scope("tokenize"):
-        prompt_ids = np.asarray(tokenizer.encode(prompt), dtype=np.int32)
-    if prompt_ids.size == 0:
-        raise SmallMindError("the prompt is empty: give at least one character to continue from")
-    total = prompt_ids.size + int(max_new_tokens)
-    if total > cfg.context_length:
-        raise ContextLengthError(
-            f"the prompt is {prompt_ids.size} tokens and {max_new_tokens} new tokens were asked for: "
-            f"{total} exceeds the model's context length of {cfg.context_length}")
-    return _stream(params, tokenizer, prompt_ids, int(max_new_tokens), sampler, stops)
+    from .model import as_model
+
+    return as_model(model).generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_k=top_k, top_p=top_p, seed=seed, stop=stop)
 
 
-def _stream(params, tokenizer, prompt_ids, max_new_tokens, sampler, stops) -> Iterator[str]:
-    ws = Workspace(params.cfg, prompt_ids.size)
+def stream_text(session, tokenizer, prompt_ids, sampler: Sampler, max_new_tokens: int,
+                stops: tuple[str, ...]) -> Iterator[str]:
+    """Generate after `prompt_ids` in `session`, as text pieces (see the module docstring)."""
     detokenizer = Detokenizer(tokenizer)
     guard = StopGuard(stops)
-    logits = forward(params, ws, prompt_ids, 0)
-    pos = prompt_ids.size
-    for step in range(max_new_tokens):
-        with scope("sampling"):
-            token = sampler.sample(logits)
+    eog = tokenizer.eog_ids
+    for token in sample_tokens(session, prompt_ids, sampler, max_new_tokens, eog):
+        if token in eog:
+            break
         with scope("tokenize"):
             piece = detokenizer.push(token)
         if piece:
@@ -70,45 +55,47 @@ def _stream(params, tokenizer, prompt_ids, max_new_tokens, sampler, stops) -> It
                 yield text
             if guard.stopped:
                 return
-        if step + 1 < max_new_tokens:  # the last token needs no forward
-            ws.token[0] = token
-            logits = forward(params, ws, ws.token, pos)
-            pos += 1
     text = guard.push(detokenizer.flush()) + guard.flush()
     if text:
         yield text
 
 
-class Detokenizer:
-    """Turns a stream of token ids into text pieces that never end inside a character.
+def utf8_complete(data: bytes) -> int:
+    """Length of the longest prefix of `data` that does not end inside a UTF-8 character."""
+    n = len(data)
+    for back in range(1, min(4, n) + 1):
+        byte = data[n - back]
+        if byte < 0x80:
+            return n                     # ASCII: nothing open
+        if byte >= 0xC0:                 # a lead byte: is its sequence complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return n if back >= need else n - back
+    return n  # only continuation bytes: invalid either way, decoded as U+FFFD
 
-    Each push decodes a short window of the latest ids (decoding in context, as tokenizers
-    with merged spaces or byte fallback need) and emits what the window adds to the text
-    already emitted, unless it ends in U+FFFD: then the last token ends mid-character and
-    the text waits for the next one.
-    """
+
+class Detokenizer:
+    """Turns a stream of token ids into text pieces that never end inside a character: each
+    token's bytes (tokenizer.token_bytes) are appended and everything up to the last complete
+    UTF-8 character is emitted."""
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0  # window start: ids before it are emitted and no longer needed as context
-        self.read = 0    # ids before it are emitted
+        self.token_bytes = tokenizer.token_bytes
+        self.pending = b""
 
     def push(self, token: int) -> str:
-        self.ids.append(token)
-        emitted = self.tokenizer.decode(self.ids[self.prefix:self.read])
-        text = self.tokenizer.decode(self.ids[self.prefix:])
-        if len(text) <= len(emitted) or text.endswith(REPLACEMENT):
+        self.pending += self.token_bytes(token)
+        cut = utf8_complete(self.pending)
+        if cut == 0:
             return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return text[len(emitted):]
+        text = self.pending[:cut].decode("utf-8", errors="replace")
+        self.pending = self.pending[cut:]
+        return text
 
     def flush(self) -> str:
-        """The held-back tail at the end of generation, as the tokenizer decodes it."""
-        emitted = self.tokenizer.decode(self.ids[self.prefix:self.read])
-        text = self.tokenizer.decode(self.ids[self.prefix:])
-        self.prefix = self.read = len(self.ids)
-        return text[len(emitted):]
+        """The held-back tail at the end of generation (an incomplete character as U+FFFD)."""
+        text = self.pending.decode("utf-8", errors="replace")
+        self.pending = b""
+        return text
 
 
 class StopGuard:
@@ -149,7 +136,7 @@ class StopGuard:
         return best
 
 
-def _stop_strings(stop) -> tuple[str, ...]:
+def stop_strings(stop) -> tuple[str, ...]:
     if stop is None:
         return ()
     stops = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -157,23 +144,3 @@ def _stop_strings(stop) -> tuple[str, ...]:
         if not isinstance(s, str) or not s:
             raise SmallMindError(f"stop strings must be non-empty text, got {s!r}")
     return stops
-
-
-def _unpack(model) -> tuple[Params, object]:
-    if isinstance(model, tuple) and len(model) == 3:
-        config, params, tokenizer = model
-    else:
-        try:
-            config, params, tokenizer = model.config, model.params, model.tokenizer
-        except AttributeError:
-            raise SmallMindError(
-                "generate needs a checkpoint or a (config, params, tokenizer) model, "
-                f"not {type(model).__name__}") from None
-    if not isinstance(params, Params):
-        raise SmallMindError(f"the model's params must be a smallmind Params, not {type(params).__name__}")
-    if config != params.cfg:
-        raise SmallMindError("the model's config does not match its params")
-    if tokenizer.vocab_size > params.cfg.vocab_size:
-        raise SmallMindError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {params.cfg.vocab_size}")
-    return params, tokenizer
