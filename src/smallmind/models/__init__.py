@@ -16,7 +16,11 @@ nothing else assumes more of:
                       kv.length = pos0 + T. Returns the last position's (V,) logits, or (T,V)
                       with all_logits: views into ws, overwritten by the next forward
     net.weights()     (name, tensor) for every weight, a float32 array or a kernels.QTensor:
-                      what `inspect`, memory estimates and the profiler's roofline read
+                      what `inspect` and memory estimates read
+    net.products()    (scope, tensor) for every weight matrix a forward multiplies by, under the
+                      profiler scope the product runs in ("matmul.qkv", "matmul.attn_out",
+                      "matmul.mlp_up", "matmul.mlp_down", "matmul.lm_head"): the profiler's
+                      roofline counts the bytes (quantized as stored) and FLOPs each product reads
 
 The registry maps a GGUF file's general.architecture to the module that builds its network:
 family(arch).from_gguf(gguf_file) -> net.

@@ -320,3 +320,12 @@ class GPT:
 
     def weights(self):
         return self.params.items()
+
+    def products(self):
+        for i in range(self.config.n_layers):
+            h = f"h.{i}."
+            yield "matmul.qkv", self.params[h + "attn.qkv.weight"]
+            yield "matmul.attn_out", self.params[h + "attn.proj.weight"]
+            yield "matmul.mlp_up", self.params[h + "mlp.up.weight"]
+            yield "matmul.mlp_down", self.params[h + "mlp.down.weight"]
+        yield "matmul.lm_head", self.params.lm_head
