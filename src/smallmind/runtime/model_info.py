@@ -21,11 +21,11 @@ def describe(path, ctx: int | None = None) -> dict:
         file_bytes = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
         arch, name = model.architecture, model.name
     else:
+        if not p.is_file():
+            raise SmallMindError(f"no model file at {p}")
         from ..formats.gguf import GGUFFile
         from ..models import family
 
-        if not p.is_file():
-            raise SmallMindError(f"no model file at {p}")
         f = GGUFFile(p)
         arch = f.architecture
         net = family(arch).from_gguf(f)
