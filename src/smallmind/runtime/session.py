@@ -21,6 +21,9 @@ from ..scope import scope
 from .kv_cache import KVCache
 
 DEFAULT_PREFILL_CHUNK = 512
+# all_logits runs forwards of at most this many rows: a (rows, vocab) block of a 262k vocabulary
+# is 67 MB at 64 rows
+ALL_LOGITS_CHUNK = 64
 
 
 class Session:
@@ -95,7 +98,7 @@ class Session:
     def all_logits(self, ids) -> np.ndarray:
         # ids (T,) appended after the cached positions -> (T,V) float32 logits at every one (a new array)
         ids = self._checked(ids)
-        start, chunk = self.kv.length, self.ws.max_tokens
+        start, chunk = self.kv.length, min(self.ws.max_tokens, ALL_LOGITS_CHUNK)
         out = np.empty((ids.shape[0], self.net.config.vocab_size), np.float32)
         for a in range(0, ids.shape[0], chunk):
             part = ids[a:a + chunk]
