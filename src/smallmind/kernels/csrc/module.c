@@ -591,7 +591,7 @@ static PyObject *py_quant_linear(PyObject *self, PyObject *const *args, Py_ssize
         run(quantize_task, &qc, T, 1, 8.0 * T * Kd);
         QLinearArgs la = {q.qtype, PyArray_DATA(q.data.arr), q.wrow, xq, xrow, has_b ? F(v[1]) : NULL,
                           F(v[2]), (long)v[2].st[0], T, Kd, N, acc};
-        run(qlinear_task, &la, N, 4, 2.0 * T * N * Kd);
+        run(qlinear_task, &la, N, 8, 2.0 * T * N * Kd);
         scratch_give(xq, owned);
     }
     ok = 1;
