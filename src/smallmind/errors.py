@@ -23,3 +23,7 @@ class ContextLengthError(SmallMindError):
 
 class KernelInputError(SmallMindError, ValueError):
     """An array of the wrong shape, dtype or layout was handed to a kernel."""
+
+
+class ChatTemplateError(SmallMindError):
+    """A chat template that cannot be compiled or rendered, or messages it cannot take."""
