@@ -66,6 +66,11 @@ class _Cursor:
 
 
 def read_gguf_meta(path) -> dict:
+    return {key: value for key, value, _ in read_gguf_entries(path)}
+
+
+def read_gguf_entries(path) -> list:
+    """(key, value, raw bytes of the whole key/value entry) for each metadata entry, in file order."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         cursor = _Cursor(buf)
         if bytes(buf[:4]) != GGUF_MAGIC:
@@ -74,11 +79,32 @@ def read_gguf_meta(path) -> dict:
         cursor.u32()  # version
         cursor.u64()  # tensor count
         n_kv = cursor.u64()
-        meta = {}
+        entries = []
         for _ in range(n_kv):
+            start = cursor.pos
             key = cursor.string()
-            meta[key] = cursor.value(cursor.u32())
-        return meta
+            value = cursor.value(cursor.u32())
+            entries.append((key, value, bytes(buf[start:cursor.pos])))
+        return entries
+
+
+def write_metadata_only_copy(path, out_path, string_overrides: dict) -> None:
+    """A tensor-less GGUF holding path's metadata, with some string values replaced.
+
+    llama.cpp loads such a file with vocab_only=True, so a vocabulary can be tried under another
+    tokenizer.ggml.pre without a model that uses it.
+    """
+    def string(text: str) -> bytes:
+        data = text.encode("utf-8")
+        return struct.pack("<Q", len(data)) + data
+
+    entries = []
+    for key, _, raw in read_gguf_entries(path):
+        if key in string_overrides:
+            raw = string(key) + struct.pack("<I", STRING_TYPE) + string(string_overrides[key])
+        entries.append(raw)
+    with open(out_path, "wb") as out:
+        out.write(GGUF_MAGIC + struct.pack("<IQQ", 3, 0, len(entries)) + b"".join(entries))
 
 
 def gemma3_path():

@@ -4,12 +4,13 @@ pieces, end-of-generation ids, llama.cpp's merge and special-token rules, and ba
 import codecs
 import functools
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gguf_meta import gemma3_path, read_gguf_meta, smollm2_path
+from gguf_meta import gemma3_path, read_gguf_meta, smollm2_path, write_metadata_only_copy
 from smallmind.errors import TokenizerError
 from smallmind.formats.gguf_tokenizer import gpt2_byte_alphabet, tokenizer_from_gguf
 
@@ -250,3 +251,62 @@ def test_each_known_pre_tokenizer_round_trips_text(pre):
     tok = tokenizer_from_gguf(bpe_meta(pre=pre))
     text = "ab  ab\n\n123 4567 sab's\tÿ日本"
     assert tok.decode(tok.encode(text)) == text
+
+
+# Live comparison with llama.cpp (llama-cpp-python) over many more strings: pytest -m slow
+
+LIVE_ALPHABET = [
+    "a", "Z", "word", " the", " ", "  ", "    ", "\n", "\n\n", "\n\n\n", "\t", "\r\n", "\u00a0", "\u3000",
+    "0", "42", "1234567", ".", ",", "'s", "'re", " 't", "!", "?", "'", '"', "(", ")", "{", "}", "_", "-",
+    "—", "…", "“", "”", "é", "ñ", "ß", "Å", "e\u0301", "日", "本語", "한", "中文", "👍", "🏽", "\u200d",
+    "👨‍👩‍👧", "🇯🇵", "ꙮ", "𓀀", "\ue000", "\x00", "\x1f", "<start_of_turn>", "<end_of_turn>",
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<eos>", "<bos>", "<unused3>", "<0x41>",
+    "[multimodal]", "<reponame>", "<", ">", "|", "<start_of", "def ", "return", "    if x:",
+]
+
+
+def live_texts(ref_cases) -> list:
+    rng = random.Random(20261121)
+    texts = [c["text"] for c in ref_cases]
+    texts += ["".join(rng.choice(LIVE_ALPHABET) for _ in range(rng.randint(1, 40))) for _ in range(400)]
+    # random code points across the first three planes: unusual categories and unassigned ones
+    texts += ["".join(chr(c) for c in (rng.randint(0x20, 0x2FFFF) for _ in range(rng.randint(1, 12)))
+                      if not 0xD800 <= c < 0xE000) for _ in range(200)]
+    sources = sorted((Path(__file__).resolve().parents[1] / "src" / "smallmind").rglob("*.py"))
+    texts += [p.read_text(encoding="utf-8")[:3000] for p in sources[:40]]
+    return [t for t in texts if t]
+
+
+def live_mismatches(tok, llama, texts, add_bos=False):
+    bad = []
+    for text in texts:
+        for special in (False, True):
+            ours = tok.encode(text, add_bos=add_bos, special=special)
+            theirs = llama.tokenize(text, add_special=add_bos, special=special)
+            if ours != theirs:
+                bad.append(("ids", special, text, ours, theirs))
+            elif tok.decode(ours, special=special) != llama.detokenize(theirs, special=special):
+                bad.append(("text", special, text, tok.decode(ours, special=special)))
+    return bad
+
+
+@pytest.mark.slow
+def test_live_llama_cpp_agrees_on_many_strings(model_name, tok, ref):
+    llama_ref = pytest.importorskip("reference.llama_ref")
+    llama = llama_ref.LlamaVocabRef(MODELS[model_name]())
+    assert live_mismatches(tok, llama, live_texts(ref["cases"]), add_bos=tok.add_bos)[:5] == []
+    assert [i for i in range(tok.vocab_size) if tok.token_bytes(i, special=True) != llama.piece(i, True)][:5] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pre", ["default", "gpt-2", "llama-bpe", "qwen2", "starcoder"])
+def test_live_llama_cpp_agrees_under_each_pre_tokenizer(pre, tmp_path):
+    llama_ref = pytest.importorskip("reference.llama_ref")
+    # SmolLM2's vocabulary under another pre-tokenizer: llama.cpp loads a metadata-only copy
+    copy = tmp_path / f"smollm2-{pre}.gguf"
+    write_metadata_only_copy(smollm2_path(), copy, {"tokenizer.ggml.pre": pre})
+    tok = tokenizer_from_gguf(read_gguf_meta(copy))
+    llama = llama_ref.LlamaVocabRef(copy)
+    ref = json.loads((REFERENCE / "tokenizer_smollm2.json").read_text(encoding="utf-8"))
+    assert (tok.add_bos, tok.eog_ids) == (llama.special_ids()["add_bos"], frozenset(llama.eog_ids()))
+    assert live_mismatches(tok, llama, live_texts(ref["cases"]))[:5] == []
