@@ -219,6 +219,11 @@ class GGUFFile:
     def keys(self) -> list[str]:
         return list(self._kv)
 
+    @property
+    def metadata(self) -> dict:
+        """Every key and its value (a plain dict: .get(key) gives None for a missing key)."""
+        return self._kv
+
     def get(self, key: str, default=_REQUIRED):
         """The value of `key`: int, float, bool, str, a numpy array or a list of str."""
         if key in self._kv:

@@ -213,8 +213,8 @@ def _from_gguf(path: Path) -> Model:
     f = GGUFFile(path)
     arch = f.architecture
     net = family(arch).from_gguf(f)
-    tokenizer = tokenizer_from_gguf(f)
-    template = ChatTemplate.from_gguf(f, arch)
+    tokenizer = tokenizer_from_gguf(f.metadata)
+    template = ChatTemplate.from_gguf(f.metadata, arch)
     name = f.get("general.name", None) or path.stem
     return Model(net, tokenizer, name=str(name), path=str(path), kind="gguf", architecture=arch,
                  chat_template=template, source=f)
