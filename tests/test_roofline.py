@@ -154,9 +154,9 @@ def _q8_0_bytes(rows: int, cols: int) -> int:
 def test_gpt_network_costs_equal_the_config_model(phase, workload):
     cfg = preset("tiny")
     cost = roofline.NetworkCost(GPT(init_params(cfg)))
-    per_forward = {"matmul.lm_head": 1, "embedding": 1}  # every other scope: once per layer
+    per_forward = {"matmul.lm_head": 1, "embedding": 1, "sampling": 1}  # every other scope: once per layer
     for name in ("embedding", "norm", "matmul.qkv", "kv_cache", "attention", "matmul.attn_out", "matmul.mlp_up",
-                 "activation", "matmul.mlp_down", "matmul.lm_head"):
+                 "activation", "matmul.mlp_down", "matmul.lm_head", "sampling"):
         calls = per_forward.get(name, cfg.n_layers)
         flops, moved = cost.scope_cost(f"{phase}/{name}", calls, 1, {phase: workload})
         assert (flops / calls, moved / calls) == roofline.forward_cost(name, cfg, workload), name

@@ -68,7 +68,7 @@ def run(args):
                                 np.int32)[:args.prompt_tokens]
         if prompt_ids.shape[0] == 0:
             raise SmallMindError("the prompt encodes to no tokens; give a longer --prompt")
-        source = f"checkpoint {args.model}" if model.kind == "checkpoint" else f"{model.name} ({model_path.name})"
+        source = f"checkpoint {args.model}" if model.kind == "checkpoint" else f"{model.name}: {model_path.name}"
     else:
         if args.prompt is not None:
             raise SmallMindError("--prompt needs --model (a preset has no tokenizer: it is fed random token ids)")

@@ -5,8 +5,8 @@ the network's forward multiplies by, as net.products() names them: FLOPs = 2 x r
 elements, bytes = the weights as stored (a QTensor's packed blocks, a float32 array's nbytes),
 their biases where the network has them (the weight named like the product's, .bias for
 .weight) and the float32 activations in and out, summed over the products a scope runs per
-forward. The other scopes (norm, attention, kv_cache, embedding, activation, softmax) are
-modelled from the config's sizes and the KV spec; where the config lacks a size a scope needs,
+forward. The other scopes (norm, attention, kv_cache, embedding, activation, sampling) are
+modelled from the config's sizes, the KV spec and the products' widths; where the config lacks a size a scope needs,
 that scope is not modelled (None) rather than guessed.
 
 Training, the GPT only (forward_cost, backward_cost, scope_cost): every cost from its config.
@@ -245,11 +245,11 @@ class NetworkCost:
         self.vocab_size = getattr(cfg, "vocab_size", None)
         self.n_heads = getattr(cfg, "n_heads", None)
         _, self.n_kv_heads, self.head_dim = net.kv_spec
-        self.is_gpt = isinstance(cfg, GPTConfig)
+        is_gpt = isinstance(cfg, GPTConfig)
         # the GPT's embedding adds a position row; other families' tables (quantized, with or
         # without positions) are not described by their configs
-        self.gpt_config = cfg if self.is_gpt else None
-        self.residual = _GPT_RESIDUAL_PRODUCTS if self.is_gpt else frozenset()
+        self.gpt_config = cfg if is_gpt else None
+        self.residual = _GPT_RESIDUAL_PRODUCTS if is_gpt else frozenset()
 
     def weight_bytes(self, scope_name: str | None = None) -> int:
         """Bytes of weights (and biases) one forward reads, in one product scope or in all."""
@@ -279,12 +279,12 @@ class NetworkCost:
         hidden = sum(p.n_in for p in down)
         return 10.0 * w.rows * hidden, w.rows * (sum(p.n_out for p in up) + hidden) * F32
 
-    def call_cost(self, name: str, w: Workload, under_attention: bool = False) -> tuple[float, float] | None:
+    def call_cost(self, name: str, w: Workload) -> tuple[float, float] | None:
         """(flops, bytes) of one call of a non-product scope, or None where it is not modelled."""
-        C, V, H, Hkv, D = self.d_model, self.vocab_size, self.n_heads, self.n_kv_heads, self.head_dim
+        C, H, Hkv, D = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
         n = w.rows
         if name == "embedding":
-            return forward_cost(name, self.gpt_config, w) if self.is_gpt else None
+            return None if self.gpt_config is None else forward_cost(name, self.gpt_config, w)
         if name == "norm" and C:
             return 8.0 * n * C, (2 * n * C + 2 * C) * F32
         if name == "kv_cache":
@@ -292,19 +292,16 @@ class NetworkCost:
         if name == "attention" and H:
             flops = w.pairs * H * (4.0 * D + 5.0)
             return flops, (2 * n * H * D + 2 * w.kv_rows * Hkv * D) * F32
-        if name == "softmax" and under_attention and H:
-            return 5.0 * w.pairs * H, 2 * w.pairs * H * F32
-        if name == "softmax" and not under_attention and V:
-            return 5.0 * w.head_rows * V, 2 * w.head_rows * V * F32
-        if name == "sampling" and V:
-            return float(V), V * F32
         return None
 
     def scope_cost(self, path: str, calls: int, forwards: int, workloads: dict):
         """Total (flops, bytes) over all `calls` of the scope at `path`, made in `forwards`
-        forwards of its phase (prefill or decode, read from the path), or None if not modelled."""
+        forwards of its phase (prefill or decode, read from the path), or None if not modelled.
+        Sampling, which follows a forward outside it, reads the vocabulary's logits once a call."""
         parts = path.split("/")
         name = parts[-1]
+        if name == "sampling":
+            return (float(self.vocab_size) * calls, self.vocab_size * F32 * calls) if self.vocab_size else None
         phase = "prefill" if "prefill" in parts else "decode" if "decode" in parts else None
         if phase is None or phase not in workloads:
             return None
@@ -313,7 +310,7 @@ class NetworkCost:
             cost = self.product_cost(name, w) if name in self.scopes else self.activation_cost(w)
             count = forwards
         else:
-            cost = self.call_cost(name, w, "attention" in parts[:-1])
+            cost = self.call_cost(name, w)
             count = calls
         if cost is None:
             return None
