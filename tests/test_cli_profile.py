@@ -120,3 +120,12 @@ def test_compare_out_that_is_a_directory_is_refused(profile_dir, capsys):
     path = str(profile_dir / "profile.json")
     assert main(["profile", "--compare", path, path, "--out", str(profile_dir)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_train_on_a_gguf_file_is_one_line_exit_2(tmp_path, capsys):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    out = tmp_path / "out"
+    err = _one_line_error(capsys, ["profile", "--model", str(model), "--train", "--out", str(out)],
+                          "--train profiles the trainable GPT")
+    assert "model.gguf" in err and not out.exists()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from smallmind.errors import SmallMindError
-from smallmind.models.gpt import init_params, preset
+from smallmind.models.gpt import GPT, init_params, preset
 from smallmind.profiler import compare, machine, report, roofline
 from smallmind.profiler.allocations import AllocRecorder
 from smallmind.profiler.recorder import recording
@@ -20,7 +20,7 @@ SMALL_PEAKS = {"gemm_n": 256, "copy_mb": 8, "cache_copy_mb": 1, "repeats": 2}
 def profile():
     cfg = preset("tiny")
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, PROMPT)
-    return run_profile(cfg, init_params(cfg), source="preset tiny", prompt_ids=prompt, new_tokens=TOKENS,
+    return run_profile(GPT(init_params(cfg)), source="preset tiny", prompt_ids=prompt, new_tokens=TOKENS,
                        repeats=RUNS, train=True, train_batch=2, train_steps=TRAIN_STEPS, peak_kwargs=SMALL_PEAKS)
 
 
@@ -288,6 +288,6 @@ def test_load_profile_rejects_other_json(tmp_path):
 def test_scopes_cover_95_percent_of_a_seed_generation():
     cfg = preset("seed")
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, 32)
-    prof = run_profile(cfg, init_params(cfg), source="preset seed", prompt_ids=prompt, new_tokens=50,
+    prof = run_profile(GPT(init_params(cfg)), source="preset seed", prompt_ids=prompt, new_tokens=50,
                        repeats=3, peak_kwargs=SMALL_PEAKS)
     assert prof["coverage"] >= 0.95

@@ -6,16 +6,20 @@ from pathlib import Path
 from ..errors import SmallMindError
 from . import positive_int
 
+DEFAULT_PROMPT = "The quick brown fox jumps over the lazy dog. "
+
 
 def add_parser(sub):
     p = sub.add_parser("profile", help="profile generation (and training): scopes, roofline, allocations")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="PATH", help="a checkpoint directory (tokenization is timed too)")
+    source.add_argument("--model", metavar="PATH",
+                        help="a GGUF file or a checkpoint directory (tokenization is timed too)")
     source.add_argument("--preset", metavar="NAME", help="a random-init model of this preset (default: seed)")
     p.add_argument("--tokens", type=positive_int, default=50, help="new tokens to generate (default 50)")
     p.add_argument("--prompt-tokens", type=positive_int, default=32, help="prompt length in tokens (default 32)")
-    p.add_argument("--prompt", help="prompt text for --model (default: text decoded from random token ids)")
-    p.add_argument("--train", action="store_true", help="also profile training steps")
+    p.add_argument("--prompt", help="prompt text for --model (default: for a checkpoint, text decoded from random "
+                   "token ids; for a GGUF model, a plain English sentence repeated)")
+    p.add_argument("--train", action="store_true", help="also profile training steps (the trainable GPT only)")
     p.add_argument("--train-steps", type=positive_int, default=5, help="profiled training steps (default 5)")
     p.add_argument("--batch", type=positive_int, default=4, help="training batch size (default 4)")
     p.add_argument("--repeats", type=positive_int, default=9,
@@ -34,7 +38,7 @@ def run(args):
         return _run_compare(args)
     import numpy as np
 
-    from ..models.gpt import init_params, preset
+    from ..models.gpt import GPT, init_params, preset
     from ..profiler.report import render_summary, write_profile
     from ..profiler.run import run_profile
 
@@ -42,37 +46,47 @@ def run(args):
     if out_dir.exists() and not out_dir.is_dir():
         raise SmallMindError(f"--out {out_dir} exists and is not a directory")
     rng = np.random.default_rng(args.seed)
-    tokenizer = prompt_text = None
+    tokenizer = prompt_text = architecture = path = None
     if args.model:
-        from ..formats.checkpoint import load_checkpoint
+        model_path = Path(args.model)
+        if not model_path.exists():
+            raise SmallMindError(f"--model {model_path} does not exist")
+        if args.train and not model_path.is_dir():
+            raise SmallMindError(f"--train profiles the trainable GPT (a checkpoint directory or --preset); "
+                                 f"{model_path} is a model file, inference only")
+        from ..runtime.model import load
 
-        checkpoint = load_checkpoint(args.model)
-        cfg, params, tokenizer = checkpoint.config, checkpoint.params, checkpoint.tokenizer
+        model = load(model_path)
+        net, tokenizer, architecture, path = model.net, model.tokenizer, model.architecture, model.path
         prompt_text = args.prompt
-        if prompt_text is None:
+        if prompt_text is None and model.kind == "checkpoint":
             prompt_text = tokenizer.decode(rng.integers(0, tokenizer.vocab_size, args.prompt_tokens))
-        prompt_ids = tokenizer.encode(prompt_text)[:args.prompt_tokens]
+        elif prompt_text is None:
+            # random ids of a large vocabulary decode to control and byte tokens: use plain text
+            prompt_text = DEFAULT_PROMPT * (args.prompt_tokens // 4 + 1)
+        prompt_ids = np.asarray(tokenizer.encode(prompt_text, add_bos=tokenizer.add_bos),
+                                np.int32)[:args.prompt_tokens]
         if prompt_ids.shape[0] == 0:
             raise SmallMindError("the prompt encodes to no tokens; give a longer --prompt")
-        source = f"checkpoint {args.model}"
+        source = f"checkpoint {args.model}" if model.kind == "checkpoint" else f"{model.name}: {model_path.name}"
     else:
         if args.prompt is not None:
             raise SmallMindError("--prompt needs --model (a preset has no tokenizer: it is fed random token ids)")
         name = args.preset or "seed"
-        cfg = preset(name)
-        params = init_params(cfg, seed=args.seed)
-        prompt_ids = rng.integers(0, cfg.vocab_size, args.prompt_tokens)
+        net = GPT(init_params(preset(name), seed=args.seed))
+        prompt_ids = rng.integers(0, net.config.vocab_size, args.prompt_tokens)
         source = f"preset {name}"
-    if args.train and args.batch * cfg.context_length > 1 << 16:
-        raise SmallMindError(f"--batch {args.batch} x context {cfg.context_length} is too large a training batch "
+    context = net.config.context_length
+    if args.train and args.batch * context > 1 << 16:
+        raise SmallMindError(f"--batch {args.batch} x context {context} is too large a training batch "
                              "to profile; use a smaller --batch")
     if args.threads:
         from .. import kernels
 
         kernels.set_threads(args.threads)
-    profile = run_profile(cfg, params, source=source, prompt_ids=prompt_ids, new_tokens=args.tokens,
-                          repeats=args.repeats, tokenizer=tokenizer, prompt_text=prompt_text, train=args.train,
-                          train_batch=args.batch, train_steps=args.train_steps)
+    profile = run_profile(net, source=source, prompt_ids=prompt_ids, new_tokens=args.tokens, repeats=args.repeats,
+                          tokenizer=tokenizer, prompt_text=prompt_text, architecture=architecture, path=path,
+                          train=args.train, train_batch=args.batch, train_steps=args.train_steps)
     try:
         written = write_profile(profile, out_dir)
     except OSError as e:

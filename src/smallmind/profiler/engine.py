@@ -2,7 +2,7 @@
 an allocation-traced generation, and optionally some training steps.
 
 The generation is the loop runtime/generate.py runs, over token ids: tokenize (with a
-tokenizer), prefill the prompt, sample the first token, then decode a token at a time with
+tokenizer, BOS first where it wants one), prefill the prompt, sample the first token, then decode a token at a time with
 greedy sampling (and, with a tokenizer, turn each token back into text). Timing, the recorder
 and tracemalloc each get their own runs so that none distorts another's figures.
 """
@@ -100,7 +100,8 @@ class Generation:
             prompt = self.prompt_ids
             if detokenizer is not None:
                 with scope("tokenize"):
-                    prompt = np.asarray(self.tokenizer.encode(self.prompt_text)[:self.prompt_tokens], np.int32)
+                    prompt = np.asarray(self.tokenizer.encode(self.prompt_text, add_bos=self.tokenizer.add_bos)
+                                        [:self.prompt_tokens], np.int32)
             t1 = perf_counter_ns()
             logits = session.prefill(prompt)
             t2 = perf_counter_ns()

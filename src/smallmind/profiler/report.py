@@ -7,18 +7,21 @@ import os
 from pathlib import Path
 
 from .recorder import Recorder
-from .roofline import roof_fraction, scope_cost
+from .roofline import bandwidth_fractions, roof_fraction
 
 HEADLINE_KEYS = ("prefill_tok_s", "decode_tok_s", "ttft_ms", "forward_ms", "alloc_bytes_per_token",
                  "peak_rss_mb", "gc_collections", "matmul_gflops")
 
 
-def scope_rows(recorder: Recorder, wall_ns: float, cfg, workloads: dict, peaks: dict,
-               train_steps: int = 0) -> list[dict]:
+def scope_rows(recorder: Recorder, wall_ns: float, cost, peaks: dict) -> list[dict]:
     """One row per recorded path, depth first, with timing, share of wall time and roofline.
 
     kind: "container" (groups others), "operation" (outermost non-container: these rows
     partition the covered time) or "inner" (an operation's own sub-scope).
+    cost(path, calls, forwards) -> total (flops, bytes) of the calls, or None where not
+    modelled; forwards is the calls of the path's outermost scope (its phase: prefill, decode).
+    A modelled row's GB/s is also given as a fraction of the measured DRAM and in-cache copy
+    bandwidths (bw_fraction, cache_bw_fraction).
     """
     rows = []
     for node in recorder.nodes():
@@ -42,15 +45,17 @@ def scope_rows(recorder: Recorder, wall_ns: float, cfg, workloads: dict, peaks: 
             "calls": node.calls, "mean_ms": total_ms / node.calls,
             "min_ms": node.min_ns / 1e6, "max_ms": node.max_ns / 1e6,
             "flops_per_call": None, "bytes_per_call": None,
-            "gflops": None, "gbps": None, "roof_fraction": None,
+            "gflops": None, "gbps": None, "roof_fraction": None, "bw_fraction": None, "cache_bw_fraction": None,
         }
-        cost = None if kind == "container" else scope_cost(path, node.calls, cfg, workloads, train_steps)
-        if cost is not None and node.total_ns > 0:
-            flops, moved = cost
+        forwards = (ancestors[-1] if ancestors else node).calls
+        modelled = None if kind == "container" else cost(path, node.calls, forwards)
+        if modelled is not None and node.total_ns > 0:
+            flops, moved = modelled
             seconds = node.total_ns / 1e9
             row.update(flops_per_call=flops / node.calls, bytes_per_call=moved / node.calls,
                        gflops=flops / seconds / 1e9, gbps=moved / seconds / 1e9,
                        roof_fraction=roof_fraction(flops, moved, seconds, peaks))
+            row.update(bandwidth_fractions(row["gbps"], peaks))
         rows.append(row)
     return rows
 
@@ -154,13 +159,52 @@ def _roofline_table(rows: list[dict], limit: int | None = None) -> list[str]:
                    _fmt(r["gbps"]), f"{100 * r['roof_fraction']:.1f}%", _fmt(r["pct"], 1)] for r in ranked])
 
 
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.2f} MB"
+
+
+def _model_rows(m: dict) -> list[list]:
+    """The GPT by its config; any other model by its file, architecture and weight types."""
+    rows = [["source", m["source"]], ["architecture", m["architecture"]]]
+    if m.get("file"):
+        rows.append(["file", m["file"]])
+    rows.append(["parameters", f"{m['params']:,}"])
+    rows += [[f"{t['type']} weights", f"{t['count']} tensors, {t['parameters']:,} values, {_mb(t['bytes'])}"]
+             for t in m["weight_types"]]
+    if m["architecture"] == "smallmind-gpt":
+        rows.append(["config", ", ".join(f"{k}={v}" for k, v in m["config"].items())])
+    return rows
+
+
+def _products_table(products: list[dict]) -> list[str]:
+    return table(["product scope", "weights", "weight bytes/forward", "bytes/call", "ms/call", "GB/s",
+                  "of DRAM bw", "of cache bw"],
+                 [[r["name"], ", ".join(f"{k} x{v}" for k, v in r["weight_types"].items()),
+                   _fmt(r["weight_bytes_per_forward"], 0), _fmt(r["bytes_per_call"], 0), _fmt(r["mean_ms"], 4),
+                   _fmt(r["gbps"]), f"{100 * r['bw_fraction']:.1f}%", f"{100 * r['cache_bw_fraction']:.1f}%"]
+                  for r in products])
+
+
+def decode_bandwidth_line(d: dict | None) -> str:
+    """How far decode is from the bandwidth limit, in one line."""
+    if d is None:
+        return "decode vs bandwidth: no modelled decode bytes"
+    missing = f"; not modelled: {', '.join(d['not_modelled'])}" if d["not_modelled"] else ""
+    return (f"decode vs bandwidth: {_mb(d['weight_bytes_per_token'])} of weights ({_mb(d['bytes_per_token'])} "
+            f"modelled in all) per token at {_fmt(d['tok_s'])} tok/s = {_fmt(d['gbps'])} GB/s, "
+            f"{100 * d['bw_fraction']:.1f}% of the DRAM limit of {_fmt(d['roof_tok_s'])} tok/s "
+            f"({100 * d['cache_bw_fraction']:.1f}% of the in-cache copy rate){missing}")
+
+
 def render_markdown(profile: dict) -> str:
     h, w = profile["headline"], profile["workload"]
     out = ["# SmallMind profile", "",
            f"Model {profile['model']['source']} ({profile['model']['params']:,} parameters); "
            f"{w['prompt_tokens']} prompt tokens, {w['new_tokens']} new tokens (greedy), "
            f"{w['runs']} timed runs (medians), the same number profiled in between.", "",
-           "## System", ""]
+           "## Model", ""]
+    out += table(["", ""], _model_rows(profile["model"]), "ll")
+    out += ["", "## System", ""]
     out += table(["", ""], _system_rows(profile["system"]), "ll")
     out += ["", "## Headline", ""]
     out += table(["measure", "value"], _headline_rows(h), "lr")
@@ -198,10 +242,20 @@ def render_markdown(profile: dict) -> str:
             f"Peaks measured now: {_fmt(p['gflops'])} GFLOPS (float32 {p['gemm_n']}x{p['gemm_n']} GEMM, all threads), "
             f"{_fmt(p['gbps'])} GB/s ({p['copy_mb']} MB copy, read + write; a {p['cache_copy_mb']} MB copy that stays "
             f"in cache runs at {_fmt(p['cache_gbps'])} GB/s). FLOPs and bytes per call come from the analytical "
-            "cost model (profiler/roofline.py); scopes furthest from their roof first. The roof uses memory "
-            "bandwidth, so a scope whose data stays in cache (a small model's weights in decode) can pass 100%.",
-            ""]
+            "cost model (profiler/roofline.py): each product's weights as stored (quantized blocks as they lie "
+            "in the file), biases and activations; the other scopes from the config. Scopes furthest from their "
+            "roof first. The roof uses memory bandwidth, so a scope whose data stays in cache (a small model's "
+            "weights in decode) can pass 100%.", ""]
     out += _roofline_table(profile["scopes"])
+    r = profile["roofline"]
+    out += ["", "### Products", "",
+            "Every product scope per phase: the weights one forward multiplies by there and their bytes as "
+            "stored, and the achieved GB/s against the measured DRAM and in-cache copy bandwidths.", ""]
+    out += _products_table(r["products"])
+    out += ["", "### Decode against the bandwidth limit", "",
+            decode_bandwidth_line(r["decode"]) + ". Bytes per token: every modelled decode scope's bytes "
+            "(weights, activations, the KV cache read), over the decode step's median time (sampling "
+            "included); the limit is the tokens/s at which those bytes move at the measured DRAM bandwidth."]
     if profile.get("train"):
         out += ["", "## Training", ""] + _train_lines(profile["train"])
         out += ["", "![loss curve](loss_curve.png)"]
@@ -233,7 +287,8 @@ def render_summary(profile: dict, top: int = 10) -> str:
             f"{c['on_ns']:.0f} ns, {c['on_pct_of_decode']:.1f}% of the step; with no recorder {c['off_ns']:.0f} ns, "
             f"{c['off_pct_of_decode']:.2f}%)",
             f"peaks measured: {_fmt(profile['peaks']['gflops'])} GFLOPS, {_fmt(profile['peaks']['gbps'])} GB/s "
-            f"(in cache {_fmt(profile['peaks']['cache_gbps'])} GB/s)", ""]
+            f"(in cache {_fmt(profile['peaks']['cache_gbps'])} GB/s)",
+            decode_bandwidth_line(profile["roofline"]["decode"]), ""]
     ops = by_operation(profile["scopes"])[:top]
     out += table(["operation", "total ms", "%", "calls"],
                  [[o["op"], _fmt(o["total_ms"], 3), _fmt(o["pct"], 1), o["calls"]] for o in ops])
@@ -243,6 +298,8 @@ def render_summary(profile: dict, top: int = 10) -> str:
                                                    for a in allocating)]
     out += ["", "furthest from roof:"]
     out += _roofline_table(profile["scopes"], limit=5)
+    out += ["", "products against the measured bandwidths:"]
+    out += _products_table(profile["roofline"]["products"])
     if profile.get("train"):
         t = profile["train"]
         split = ", ".join(f"{k} {v['pct']:.0f}%" for k, v in t["split"].items())
