@@ -138,6 +138,14 @@ class GPT2:
     def weights(self):
         return list(self._weights)
 
+    def products(self):
+        for layer in self.layers:
+            yield "matmul.qkv", layer.w_qkv
+            yield "matmul.attn_out", layer.wo
+            yield "matmul.mlp_up", layer.w_up
+            yield "matmul.mlp_down", layer.w_down
+        yield "matmul.lm_head", self.output
+
     def workspace(self, max_tokens: int) -> Workspace:
         if not 1 <= max_tokens <= self.config.context_length:
             raise ContextLengthError(f"a workspace holds 1..{self.config.context_length} tokens "
