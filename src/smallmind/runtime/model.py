@@ -119,8 +119,12 @@ class Model:
         if self.chat_template is None:
             raise SmallMindError(f"{self.name} has no chat template: use generate instead")
         text = self.chat_template.render(messages, add_generation_prompt=True)
-        # the template writes BOS itself where the model wants one
-        return self.tokenize(text, add_bos=False, special=True)
+        ids = self.tokenize(text, add_bos=False, special=True)
+        # BOS as the tokenizer wants it, unless the template wrote it already (as llama.cpp does)
+        bos = self.tokenizer.bos_id
+        if self.tokenizer.add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
+        return ids
 
     def _generate_ids(self, ids, max_new_tokens, temperature, top_k, top_p, seed, stop, ctx):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
