@@ -244,7 +244,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
 
 
 def _params_from(config: GPTConfig, tensors: dict, path: Path) -> Params:
-    params = Params(config)
+    # every name, shape and dtype is checked against the config before the model is allocated
     expected = {name: shape for name, shape, _ in param_shapes(config)}
     missing = sorted(set(expected) - set(tensors))
     if missing:
@@ -259,5 +259,10 @@ def _params_from(config: GPTConfig, tensors: dict, path: Path) -> Params:
                 f"{path}: tensor {name!r} has shape {tuple(t.shape)} but the config needs {shape}")
         if t.dtype != np.float32:
             raise CheckpointError(f"{path}: tensor {name!r} is {t.dtype}, expected float32")
-        params[name][...] = t
+    params = Params(config)
+    for name in expected:
+        params[name][...] = tensors[name]
+        # NaN or infinite weights would generate one token forever without a word
+        if not np.isfinite(params[name]).all():
+            raise CheckpointError(f"{path}: the weights are not finite (tensor {name!r} holds NaN or infinity)")
     return params
