@@ -205,3 +205,52 @@ def test_log_gets_one_line_per_evaluation():
     assert lines[0].startswith("step 0/") and "val loss" in lines[0] and "tok/s" not in lines[0]
     assert lines[-1].startswith(f"step {result['steps']}/") and lines[-1].endswith("tok/s")
     assert f"val loss {result['val_loss']:.4f}" in lines[-1]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "out"
+    run(out.parent, name="out", steps=2, eval_every=1)
+    return out
+
+
+@pytest.mark.parametrize("key,value", [
+    ("step", "x"),
+    ("step", -1),
+    ("best_step", 99),
+    ("best_val_loss", "low"),
+    ("sampler_state", {"bit_generator": "PCG64", "state": "nope"}),
+    ("dropout_state", [1, 2]),
+    ("train_losses", [1.0]),
+    ("evals", [{"step": 1, "train": "x", "val": 2.0}]),
+    ("evals", {"step": 1}),
+    ("train_config", "fast"),
+    ("data_fingerprint", 7),
+    ("evals", None),
+])
+def test_a_corrupt_trainer_state_is_refused_by_key_before_training(tmp_path, finished_run, monkeypatch, key, value):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    path = out / "last" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state[key] = value
+    path.write_text(json.dumps(state))
+    monkeypatch.setattr(trainer_mod, "_train_step", lambda *a: pytest.fail("a step ran before the state was checked"))
+    with pytest.raises(CheckpointError, match=f"trainer state's '{key}'"):
+        run(tmp_path, steps=4, eval_every=1, resume=True)
+
+
+def test_a_corrupt_optimizer_step_is_refused(tmp_path, finished_run):
+    import shutil
+
+    from smallmind.formats.checkpoint import _optimizer_bytes, _read_safetensors
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    path = out / "last" / "optimizer.safetensors"
+    arrays, _ = _read_safetensors(path)
+    path.write_bytes(_optimizer_bytes({**arrays, "step": "x"}))
+    with pytest.raises(CheckpointError, match="optimizer state's step must be a non-negative integer"):
+        run(tmp_path, steps=4, eval_every=1, resume=True)

@@ -265,6 +265,7 @@ def _check_out_dir(cfg: TrainConfig, out: Path | None):
         ckpt = load_checkpoint(out / LAST)
         if ckpt.optimizer_state is None or ckpt.trainer_state is None:
             raise CheckpointError(f"{out / LAST} lacks the optimizer or trainer state needed to resume")
+        check_trainer_state(ckpt.trainer_state, out / LAST)
         return ckpt
     if has_checkpoint(out) and not cfg.overwrite:
         raise SmallMindError(
@@ -272,13 +273,54 @@ def _check_out_dir(cfg: TrainConfig, out: Path | None):
     return None
 
 
+def check_trainer_state(state: dict, where) -> None:
+    """Refuse (CheckpointError, naming the key) a trainer state that a resume could not use,
+    before any data is loaded or any step is trained."""
+    def bad(key, why):
+        return CheckpointError(f"{where}: the trainer state's {key!r} {why}; the checkpoint is damaged")
+
+    keys = ("step", "best_val_loss", "best_step", "sampler_state", "dropout_state", "train_losses", "evals",
+            "train_config", "data_fingerprint")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{where}: the trainer state lacks {missing[0]!r}; the checkpoint is damaged")
+    step = state["step"]
+    if not _is_int(step) or step < 0:
+        raise bad("step", f"must be a non-negative integer, not {step!r}")
+    if not _is_int(state["best_step"]) or not 0 <= state["best_step"] <= step:
+        raise bad("best_step", f"must be an integer in [0, step], not {state['best_step']!r}")
+    if not _is_number(state["best_val_loss"]) or math.isnan(state["best_val_loss"]):
+        raise bad("best_val_loss", f"must be a number, not {state['best_val_loss']!r}")
+    for key in ("sampler_state", "dropout_state"):
+        try:  # the generators' own check, on a throwaway one
+            np.random.default_rng().bit_generator.state = state[key]
+        except (TypeError, ValueError, KeyError, OverflowError):
+            raise bad(key, "is not a random generator state") from None
+    losses = state["train_losses"]
+    if not isinstance(losses, list) or len(losses) != step or not all(_is_number(x) for x in losses):
+        raise bad("train_losses", f"must be a list of {step} numbers, one per step")
+    evals = state["evals"]
+    if not isinstance(evals, list) or not all(
+            isinstance(e, dict) and _is_int(e.get("step")) and 0 <= e["step"] <= step
+            and _is_number(e.get("train")) and _is_number(e.get("val")) for e in evals):
+        raise bad("evals", "must be a list of {step, train, val} records up to the saved step")
+    if not isinstance(state["train_config"], dict):
+        raise bad("train_config", "must be an object of settings")
+    if not isinstance(state["data_fingerprint"], str):
+        raise bad("data_fingerprint", "must be text")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _check_resume_matches(cfg: TrainConfig, state: dict, data_id: str) -> None:
     try:
         saved = state["train_config"]
-        keys = ("step", "best_val_loss", "best_step", "sampler_state", "dropout_state", "train_losses", "evals")
-        missing = [k for k in keys if k not in state]
-        if missing:
-            raise CheckpointError(f"the checkpoint's trainer state lacks {missing[0]!r}")
         for f in fields(TrainConfig):
             if f.name not in RESUMABLE_CHANGES and saved[f.name] != getattr(cfg, f.name):
                 raise SmallMindError(
