@@ -3,6 +3,7 @@
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import SmallMindError
@@ -37,6 +38,41 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+THREADS_HELP = ("thread budget for BLAS and native kernels (default: the CPUs this process may use; "
+                "more than that is reduced to it, with a note on stderr)")
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def thread_budget(requested: int | None, command: str) -> int | None:
+    """--threads as it will be used: above the CPUs this process may use, reduced to them
+    (more threads than cores only fight each other), with a one-line note on stderr."""
+    if requested is None:
+        return None
+    from ..kernels import MAX_THREADS
+
+    usable = min(usable_cpus(), MAX_THREADS)
+    if requested > usable:
+        print(f"smallmind {command}: note: --threads {requested} is more than the {usable} CPUs this process "
+              f"may use; using {usable}", file=sys.stderr)
+        return usable
+    return requested
+
+
+def set_thread_budget(requested: int | None, command: str) -> None:
+    """Apply --threads (see thread_budget) to BLAS and the native kernels."""
+    threads = thread_budget(requested, command)
+    if threads is not None:
+        from .. import kernels
+
+        kernels.set_threads(threads)
 
 
 def positive_int(text: str) -> int:

@@ -2,15 +2,14 @@
 
 import json
 
-from . import positive_int
+from . import THREADS_HELP, positive_int, thread_budget
 
 
 def add_parser(sub):
     p = sub.add_parser("bench", help="measure training or inference speed")
     p.add_argument("what", choices=["train", "decode", "prefill"])
     p.add_argument("--preset", default="seed", help="model preset (default: seed)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="thread budget for BLAS and native kernels (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
     p.add_argument("--repeats", type=positive_int, default=3, help="measured repetitions (median reported)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(run=run)
@@ -26,7 +25,7 @@ def run(args):
         from ..bench.inference import bench_decode as bench
     else:
         from ..bench.inference import bench_prefill as bench
-    result = bench(args.preset, threads=args.threads, repeats=args.repeats)
+    result = bench(args.preset, threads=thread_budget(args.threads, "bench"), repeats=args.repeats)
     if args.json:
         print(json.dumps(result))
     else:

@@ -2,7 +2,7 @@
 
 import sys
 
-from . import bounded_float, nonneg_int, positive_int
+from . import THREADS_HELP, bounded_float, nonneg_int, positive_int, set_thread_budget
 
 DEFAULT_NEW_TOKENS = 100
 
@@ -25,18 +25,15 @@ def add_parser(sub):
                    help="random seed (same seed, same text)")
     p.add_argument("--stop", nargs="+", default=None, metavar="STR",
                    help="stop when the generated text contains one of these strings (not printed)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="thread budget for BLAS and native kernels (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help=THREADS_HELP)
     p.set_defaults(run=run)
 
 
 def run(args):
-    from .. import kernels
     from ..formats.checkpoint import load_checkpoint
     from ..runtime.generate import generate
 
-    if args.threads is not None:
-        kernels.set_threads(args.threads)
+    set_thread_budget(args.threads, "generate")
     checkpoint = load_checkpoint(args.model)
     max_new_tokens = args.max_new_tokens
     if max_new_tokens is None:

@@ -4,7 +4,7 @@ profile.json and charts in --out, with a summary printed; or `--compare BEFORE.j
 from pathlib import Path
 
 from ..errors import SmallMindError
-from . import positive_int
+from . import THREADS_HELP, nonneg_int, positive_int, set_thread_budget
 
 
 def add_parser(sub):
@@ -20,8 +20,8 @@ def add_parser(sub):
     p.add_argument("--batch", type=positive_int, default=4, help="training batch size (default 4)")
     p.add_argument("--repeats", type=positive_int, default=9,
                    help="timed generations, plain and profiled each, interleaved (default 9)")
-    p.add_argument("--threads", type=positive_int, default=None, help="thread budget (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt")
+    p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random weights and prompt")
     p.add_argument("--out", metavar="PATH",
                    help="output directory (default ./profile); with --compare, a Markdown file")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
@@ -66,10 +66,7 @@ def run(args):
     if args.train and args.batch * cfg.context_length > 1 << 16:
         raise SmallMindError(f"--batch {args.batch} x context {cfg.context_length} is too large a training batch "
                              "to profile; use a smaller --batch")
-    if args.threads:
-        from .. import kernels
-
-        kernels.set_threads(args.threads)
+    set_thread_budget(args.threads, "profile")
     profile = run_profile(cfg, params, source=source, prompt_ids=prompt_ids, new_tokens=args.tokens,
                           repeats=args.repeats, tokenizer=tokenizer, prompt_text=prompt_text, train=args.train,
                           train_batch=args.batch, train_steps=args.train_steps)

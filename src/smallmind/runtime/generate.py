@@ -36,6 +36,8 @@ def generate(checkpoint_or_model, prompt: str, *, max_new_tokens: int, temperatu
     """
     params, tokenizer = _unpack(checkpoint_or_model)
     cfg = params.cfg
+    if not isinstance(prompt, str):
+        raise SmallMindError(f"the prompt must be text (a str), got {type(prompt).__name__}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
             or max_new_tokens < 1:
         raise SmallMindError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")

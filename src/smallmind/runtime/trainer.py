@@ -27,7 +27,8 @@ from ..formats import text_data
 from ..formats.checkpoint import BEST, LAST, has_checkpoint, load_checkpoint, save_checkpoint
 from ..formats.tokenizer import KINDS, train_tokenizer
 from ..models import gpt_train
-from ..models.gpt import init_params, preset
+from ..memory import require
+from ..models.gpt import init_params, param_shapes, preset
 from ..scope import scope
 from .optim import AdamW, clip_grad_norm, lr_at
 
@@ -37,6 +38,21 @@ LOSS_CURVE = "loss_curve.png"
 RESUMABLE_CHANGES = {"steps", "out", "resume", "overwrite", "data", "max_corpus_chars"}
 # Fields whose None default is resolved from others (see TrainConfig.resolved).
 DERIVED_DEFAULTS = ("seq", "dropout", "min_lr", "warmup_steps")
+
+
+# (field, accepted types (None: may be None), what to say) for TrainConfig.__post_init__
+_INT, _NUMBER, _PATH = (int,), (int, float), (str, os.PathLike)
+_FIELD_TYPES = (
+    *((name, _INT, "an integer") for name in (
+        "steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "seed", "max_corpus_chars")),
+    *((name, (*_INT, None), "an integer or None") for name in ("seq", "warmup_steps")),
+    *((name, _NUMBER, "a finite number") for name in ("max_lr", "weight_decay", "grad_clip", "val_fraction")),
+    *((name, (*_NUMBER, None), "a finite number or None") for name in ("dropout", "min_lr")),
+    ("preset", (str,), "a preset name"),
+    ("tokenizer", (str,), "a tokenizer kind"),
+    *((name, (*_PATH, None), "a path or None") for name in ("data", "out")),
+    *((name, (bool,), "True or False") for name in ("resume", "overwrite")),
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,22 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
 
+    def __post_init__(self):
+        # types here, ranges in resolved(): a float step count would run a step too many and
+        # never reach the save at `step == steps`
+        for name, kinds, what in _FIELD_TYPES:
+            value = getattr(self, name)
+            if value is None and None in kinds:
+                continue
+            types = tuple(k for k in kinds if k is not None)
+            ok = isinstance(value, bool) if bool in types else isinstance(value, types) and not isinstance(value, bool)
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise SmallMindError(f"TrainConfig {name} must be {what}, got {value!r}")
+            if types == _PATH:
+                object.__setattr__(self, name, os.fspath(value))  # saved as JSON in the trainer state
+        if self.seed < 0:
+            raise SmallMindError(f"TrainConfig seed must be a non-negative integer, got {self.seed!r}")
+
     def resolved(self) -> "TrainConfig":
         """This config with its defaults filled in and every value checked."""
         model = preset(self.preset)
@@ -84,6 +116,9 @@ class TrainConfig:
             (cfg.max_lr > 0 and math.isfinite(cfg.max_lr), f"learning rate must be positive, got {cfg.max_lr}"),
             (0 <= cfg.min_lr <= cfg.max_lr, f"min lr must be in [0, max lr], got {cfg.min_lr}"),
             (cfg.warmup_steps >= 0, f"warmup steps must be non-negative, got {cfg.warmup_steps}"),
+            (cfg.warmup_steps <= cfg.steps,
+             f"warmup steps ({cfg.warmup_steps}) must not exceed steps ({cfg.steps}): the learning rate would "
+             "never reach its peak"),
             (cfg.weight_decay >= 0, f"weight decay must be non-negative, got {cfg.weight_decay}"),
             (cfg.grad_clip > 0, f"grad clip must be positive, got {cfg.grad_clip}"),
             (cfg.eval_every >= 1, f"eval every must be at least 1, got {cfg.eval_every}"),
@@ -103,6 +138,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
 
     progress: show a progress bar on stderr. log: a callable given one line of text per
     evaluation (for logs, where a progress bar is noise)."""
+    if not isinstance(cfg, TrainConfig):
+        raise SmallMindError(f"train needs a TrainConfig, got {type(cfg).__name__}")
     out = Path(cfg.out) if cfg.out is not None else None
     resumed = _check_out_dir(cfg, out)
     if resumed is not None:
@@ -110,6 +147,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
         saved = resumed.trainer_state.get("train_config") or {}
         cfg = replace(cfg, **{k: saved[k] for k in DERIVED_DEFAULTS if getattr(cfg, k) is None and k in saved})
     cfg = cfg.resolved()
+    # the tokenizer's vocabulary is at most the preset's, so this bounds a new model too
+    _check_memory(cfg, resumed.params.cfg if resumed is not None else preset(cfg.preset, dropout=cfg.dropout))
 
     docs = text_data.load_documents(cfg.data, max_chars=cfg.max_corpus_chars)
     data_id = text_data.fingerprint(docs)
@@ -226,6 +265,19 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
         "out": str(out) if out is not None else None,
         "interrupted": interrupt.raised,
     }
+
+
+def _check_memory(cfg: TrainConfig, model_cfg) -> None:
+    """Refuse a batch size, sequence length or evaluation batch count whose buffers cannot fit,
+    before any is allocated (the corpus and its tokens come on top)."""
+    B, T, n = cfg.batch_size, cfg.seq, cfg.eval_batches
+    weights = 4 * 4 * sum(math.prod(shape) for _, shape, _ in param_shapes(model_cfg))  # params, grads, m, v
+    sampler = B * (T + 1) * 12 + 2 * B * T * 4
+    evals = 2 * n * B * (8 + (T + 1) * 4 + 2 * T * 4)  # train and validation: starts, windows, x and y
+    workspace = gpt_train.TrainWorkspace.nbytes_for(model_cfg, B, T)
+    require(weights + sampler + evals + workspace,
+            f"training with batch size {B}, sequence length {T} and {n} evaluation batches",
+            "use a smaller --batch-size, --seq or --eval-batches")
 
 
 def _train_step(cfg, step, params, grads, ws, optimizer, sampler, dropout_rng) -> float:
