@@ -238,3 +238,30 @@ def test_weights_that_are_not_finite_are_refused_by_tensor(tmp_path, parts, bad)
     save(tmp_path / "ck", parts, params=params)
     with pytest.raises(CheckpointError, match="weights are not finite.*'h.1.mlp.up.weight'"):
         load_checkpoint(tmp_path / "ck")
+
+
+def test_a_save_over_a_checkpoint_never_leaves_the_name_without_one(tmp_path, parts, monkeypatch):
+    if ckpt_mod._renameat2() is None:
+        pytest.skip("no atomic directory exchange on this system (the two-rename fallback is tested above)")
+    save(tmp_path / "ck", parts)
+    real_rename, seen = os.rename, []
+
+    def rename(src, dst, *args, **kwargs):
+        real_rename(src, dst, *args, **kwargs)
+        seen.append((tmp_path / "ck" / "config.json").exists())
+
+    monkeypatch.setattr(os, "rename", rename)
+    newer = init_params(parts["config"], seed=5)
+    save(tmp_path / "ck", parts, params=newer)
+    assert all(seen)  # no rename left `ck` missing (the exchange needs none)
+    assert np.array_equal(load_checkpoint(tmp_path / "ck").params.flat, newer.flat)
+    assert sorted(os.listdir(tmp_path)) == ["ck"]  # the old checkpoint, swapped out, is gone
+
+
+def test_without_an_atomic_exchange_a_save_falls_back_to_two_renames(tmp_path, parts, monkeypatch):
+    save(tmp_path / "ck", parts)
+    monkeypatch.setattr(ckpt_mod, "_renameat2", lambda: None)
+    newer = init_params(parts["config"], seed=5)
+    save(tmp_path / "ck", parts, params=newer)
+    assert np.array_equal(load_checkpoint(tmp_path / "ck").params.flat, newer.flat)
+    assert sorted(os.listdir(tmp_path)) == ["ck"]

@@ -79,7 +79,7 @@ def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path, capsys, data, monkeypatch
     monkeypatch.setattr(trainer_mod.AdamW, "step", step)
     code, _, err = train_cli(capsys, "--data", data, *QUICK, "--steps", "9", "--out", str(tmp_path / "run"))
     assert code == 130
-    assert "interrupted at step 1" in err and "--resume" in err
+    assert "interrupted (SIGINT) at step 1" in err and "--resume" in err
     assert load_checkpoint(tmp_path / "run" / "last").trainer_state["step"] == 1
 
 
@@ -98,12 +98,19 @@ def bad_inputs(tmp_path, data):
         "unknown tokenizer": (["--data", data, "--tokenizer", "words"], "invalid choice: 'words'"),
         "seq beyond context": (["--data", data, "--preset", "tiny", "--seq", "999"], "seq must be in"),
         "resume with nothing": (["--resume"], "nothing to resume"),
+        "batch beyond memory": (["--data", data, "--batch-size", "100000000"],
+                                "batch size 100000000, sequence length 128 and 8 evaluation batches would need"),
+        "eval batches beyond memory": (["--data", data, "--eval-batches", "100000000"],
+                                       "and 100000000 evaluation batches would need"),
+        "warmup beyond steps": (["--data", data, "--steps", "5", "--warmup", "10"],
+                                "warmup steps (10) must not exceed steps (5)"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing data", "empty data", "binary data", "non-utf8 data", "negative steps",
                                   "zero lr", "unknown preset", "unknown tokenizer", "seq beyond context",
-                                  "resume with nothing"])
+                                  "resume with nothing", "batch beyond memory", "eval batches beyond memory",
+                                  "warmup beyond steps"])
 def test_bad_input_is_one_stderr_line_and_exit_2_writing_nothing(tmp_path, capsys, data, case):
     args, message = bad_inputs(tmp_path, data)[case]
     code, out, err = train_cli(capsys, *args, "--out", str(tmp_path / "run"))

@@ -151,10 +151,22 @@ def test_a_diverging_loss_stops_training_with_a_clear_error(tmp_path, monkeypatc
     (dict(preset="giant"), "unknown preset"),
     (dict(resume=True, overwrite=True), "not both"),
     (dict(min_lr=1.0), "min lr"),
+    (dict(steps=10, warmup_steps=11), r"warmup steps \(11\) must not exceed steps \(10\)"),
+    (dict(steps=2.5), "steps must be an integer, got 2.5"),
+    (dict(steps=True), "steps must be an integer, got True"),
+    (dict(seed=-1), "seed must be a non-negative integer"),
+    (dict(data=123), "data must be a path or None, got 123"),
+    (dict(max_lr=float("inf")), "max_lr must be a finite number"),
+    (dict(resume="yes"), "resume must be True or False"),
 ])
 def test_nonsense_settings_are_refused(change, message):
     with pytest.raises(SmallMindError, match=message):
         run(**change)
+
+
+def test_train_refuses_what_is_not_a_train_config():
+    with pytest.raises(SmallMindError, match="train needs a TrainConfig, got dict"):
+        train(QUICK)
 
 
 def test_data_too_short_for_one_window_is_refused(tmp_path):

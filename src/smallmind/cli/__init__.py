@@ -28,16 +28,75 @@ def build_parser() -> Parser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = _CheckedOutput(stdout)
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a failing write surfaces here, not at interpreter exit
+        return code
     except SmallMindError as e:
+        if isinstance(e, OutputError):
+            _drop_stdout()
         print(f"smallmind {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"smallmind {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        # the reader went away (`| head -1`): nothing more to say, and no one to say it to
+        _drop_stdout()
         return 0
+    except MemoryError:
+        print(f"smallmind {args.command}: error: out of memory; try smaller sizes", file=sys.stderr)
+        return 2
+    except OSError as e:  # one the command did not turn into a SmallMindError itself
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"smallmind {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    finally:
+        sys.stdout = stdout
+
+
+class OutputError(SmallMindError):
+    """Standard output cannot be written (a full disk, /dev/full)."""
+
+
+class _CheckedOutput:
+    """sys.stdout while a command runs: a failing write or flush raises OutputError, so it is
+    told apart from the errors of files the command reads (a closed pipe stays BrokenPipeError)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputError(f"cannot write the output: {e.strerror or e}") from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputError(f"cannot write the output: {e.strerror or e}") from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _drop_stdout() -> None:
+    # Python flushes stdout once more at exit; pointing it at /dev/null keeps that flush from
+    # failing again with an "Exception ignored" message
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a descriptor
+        pass
 
 
 THREADS_HELP = ("thread budget for BLAS and native kernels (default: the CPUs this process may use; "

@@ -46,5 +46,4 @@ def run(args):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-    sys.stdout.flush()
     return 0

@@ -6,6 +6,7 @@ With --resume, flags left out take the values the run was started with, so
 
 import json
 import math
+import signal
 import sys
 
 from . import THREADS_HELP, bounded_float, nonneg_int, positive_int, set_thread_budget
@@ -62,15 +63,16 @@ def run(args):
     result = train(cfg, progress=on_terminal,
                    log=None if on_terminal else lambda line: print(line, file=sys.stderr, flush=True))
     if result["interrupted"]:
-        print(f"smallmind train: interrupted at step {result['steps']}; {args.out}/{LAST} is saved, "
-              f"continue with --resume", file=sys.stderr)
+        print(f"smallmind train: interrupted ({result['signal']}) at step {result['steps']}; {args.out}/{LAST} "
+              f"is saved, continue with --resume", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"steps {result['steps']}  train loss {result['train_loss']:.4f}  val loss {result['val_loss']:.4f}  "
               f"best val {result['best_val_loss']:.4f} (step {result['best_step']})")
         print(f"{result['params']:,} parameters  {result['tok_s']:,.0f} tok/s  checkpoints in {result['out']}")
-    return 130 if result["interrupted"] else 0
+    # the shell's convention for a process ended by a signal: 128 + its number
+    return 128 + signal.Signals[result["signal"]] if result["interrupted"] else 0
 
 
 def _saved_config(out: str) -> dict:

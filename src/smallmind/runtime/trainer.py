@@ -3,7 +3,8 @@
 A run is fixed by its TrainConfig: the same config and data give bit-identical losses, and
 a run resumed from its `last` checkpoint continues exactly as if it had never stopped (the
 checkpoint holds the weights, AdamW moments, step, and the states of the data-sampling and
-dropout generators). Ctrl-C finishes the current step, saves `last` and stops cleanly.
+dropout generators). Ctrl-C or SIGTERM finishes the current step, saves `last` and stops
+cleanly.
 
 Out directory (when `out` is set):
   best/            checkpoint with the lowest validation loss (weights, tokenizer, config)
@@ -264,6 +265,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
         "preset": cfg.preset,
         "out": str(out) if out is not None else None,
         "interrupted": interrupt.raised,
+        "signal": signal.Signals(interrupt.signum).name if interrupt.raised else None,
     }
 
 
@@ -387,26 +389,30 @@ def _check_resume_matches(cfg: TrainConfig, state: dict, data_id: str) -> None:
 
 
 class _InterruptFlag:
-    """Within `with`, the first Ctrl-C only sets .raised (the loop stops after the step);
-    a second one interrupts at once. Outside the main thread signals are left alone."""
+    """Within `with`, the first Ctrl-C or SIGTERM (what `kill` and service managers send)
+    only sets .raised and .signum (the loop stops after the step, saving `last`); a second
+    one interrupts at once. Outside the main thread signals are left alone."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.raised = False
-        self._previous = None
+        self.signum = None
+        self._previous = {}
 
     def _handle(self, signum, frame):
         if self.raised:
             raise KeyboardInterrupt
-        self.raised = True
+        self.raised, self.signum = True, signum
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
         return False
 
 
