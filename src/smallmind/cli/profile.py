@@ -48,6 +48,7 @@ def run(args):
 
         checkpoint = load_checkpoint(args.model)
         cfg, params, tokenizer = checkpoint.config, checkpoint.params, checkpoint.tokenizer
+        _check_fits(args, cfg)
         prompt_text = args.prompt
         if prompt_text is None:
             prompt_text = tokenizer.decode(rng.integers(0, tokenizer.vocab_size, args.prompt_tokens))
@@ -60,6 +61,7 @@ def run(args):
             raise SmallMindError("--prompt needs --model (a preset has no tokenizer: it is fed random token ids)")
         name = args.preset or "seed"
         cfg = preset(name)
+        _check_fits(args, cfg)
         params = init_params(cfg, seed=args.seed)
         prompt_ids = rng.integers(0, cfg.vocab_size, args.prompt_tokens)
         source = f"preset {name}"
@@ -77,6 +79,13 @@ def run(args):
     print(render_summary(profile))
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _check_fits(args, cfg) -> None:
+    # before a random prompt of --prompt-tokens ids is drawn
+    if args.prompt_tokens + args.tokens > cfg.context_length:
+        raise SmallMindError(f"{args.prompt_tokens} prompt tokens + {args.tokens} new tokens exceed the context "
+                             f"length {cfg.context_length} of this model")
 
 
 def _run_compare(args):

@@ -221,13 +221,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
             save(LAST, with_optimizer=True)
             _plot_loss_curve(out / LOSS_CURVE, train_losses, evals)
 
-    if not evals:
-        evaluate()
-
     bar = _progress_bar(progress, cfg.steps, step)
     interrupt = _InterruptFlag()
     try:
         with interrupt:
+            if not evals:
+                evaluate()
             while step < cfg.steps and not interrupt.raised:
                 t0 = time.perf_counter()
                 loss = _train_step(cfg, step, params, grads, ws, optimizer, sampler, dropout_rng)
