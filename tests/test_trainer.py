@@ -8,6 +8,7 @@ from threadpoolctl import threadpool_limits
 
 from smallmind.errors import CheckpointError, DataError, SmallMindError
 from smallmind.formats.checkpoint import load_checkpoint
+from smallmind.models.gpt import init_params, preset
 from smallmind.runtime import trainer as trainer_mod
 from smallmind.runtime.trainer import TrainConfig, train
 
@@ -121,10 +122,21 @@ def test_the_out_dir_holds_best_last_and_a_loss_curve(tmp_path):
     assert load_checkpoint(out).optimizer_state is None
 
 
-def test_the_result_reports_losses_speed_and_size():
+def test_the_result_reports_losses_speed_and_size(monkeypatch):
+    from types import SimpleNamespace
+
+    clock = SimpleNamespace(now=0.0)
+
+    def perf_counter():  # each read moves the clock 1/16 s: a timed step takes 1/16 s
+        clock.now += 0.0625
+        return clock.now
+
+    monkeypatch.setattr(trainer_mod, "time", SimpleNamespace(perf_counter=perf_counter))
     result = run(steps=4, eval_every=2)
     assert result["steps"] == 4 and result["tokens"] == 4 * 4 * 32
-    assert result["tok_s"] > 0 and result["params"] > 0
+    assert result["train_seconds"] == pytest.approx(4 * 0.0625)
+    assert result["tok_s"] == pytest.approx(4 * 4 * 32 / (4 * 0.0625))
+    assert result["params"] == init_params(preset("tiny", vocab_size=result["vocab_size"])).count
     assert np.isfinite(result["train_loss"]) and np.isfinite(result["val_loss"])
     json.dumps(result)
 
