@@ -249,6 +249,7 @@ def finished_run(tmp_path_factory):
     ("evals", [{"step": 1, "train": "x", "val": 2.0}]),
     ("evals", {"step": 1}),
     ("train_config", "fast"),
+    ("train_config", {"steps": 4}),
     ("data_fingerprint", 7),
     ("evals", None),
 ])

@@ -217,8 +217,8 @@ def load_checkpoint(dir) -> Checkpoint:
             f"{path / CONFIG} has checkpoint format version {meta.get('version')!r}; this SmallMind reads {VERSION}")
     try:
         config = GPTConfig.from_dict(meta.get("model"))
-    except (SmallMindError, TypeError) as e:
-        raise CheckpointError(f"{path / CONFIG}: bad model config ({e})") from None
+    except SmallMindError as e:  # its message names the setting: "bad model config: ..."
+        raise CheckpointError(f"{path / CONFIG}: {e}") from None
     files = meta.get("files")
     if not isinstance(files, list) or MODEL not in files or TOKENIZER not in files:
         raise CheckpointError(f"{path / CONFIG}: bad or missing list of files")

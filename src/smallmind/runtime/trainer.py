@@ -359,6 +359,9 @@ def check_trainer_state(state: dict, where) -> None:
         raise bad("evals", "must be a list of {step, train, val} records up to the saved step")
     if not isinstance(state["train_config"], dict):
         raise bad("train_config", "must be an object of settings")
+    lacking = [f.name for f in fields(TrainConfig) if f.name not in state["train_config"]]
+    if lacking:
+        raise bad("train_config", f"lacks the setting {lacking[0]!r}")
     if not isinstance(state["data_fingerprint"], str):
         raise bad("data_fingerprint", "must be text")
 
