@@ -174,7 +174,7 @@ static int same_array(PyArrayObject *a, PyArrayObject *b)
 }
 
 /* Deciding exactly whether two strided views share memory can take exponential time; past
- * this much work (a few ms) the pair is refused as if it overlapped. */
+ * this much work (search steps of NumPy's solver) the pair is refused as if it overlapped. */
 #define SM_OVERLAP_MAX_WORK (1L << 20)
 
 /* out must not share memory with in, whatever their dtypes, except (allow_same) being
