@@ -1,9 +1,11 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from smallmind import kernels
+from smallmind.bench import inference
 from smallmind.bench.inference import bench_decode, bench_prefill, decode_allocations, largest_matmul_gflops
 from smallmind.cli import main
 from smallmind.errors import ContextLengthError, SmallMindError
@@ -12,20 +14,54 @@ from smallmind.runtime.session import Session
 from smallmind.runtime.sampler import Sampler
 
 
-def test_bench_decode_reports_every_figure():
-    r = bench_decode("tiny", threads=1, repeats=1, prompt_tokens=8, new_tokens=10)
-    assert r["tok_s"] > 0 and r["ms_per_token"] > 0
-    assert r["tok_s"] == pytest.approx(1e3 / r["ms_per_token"], rel=1e-2)
+class Clock:
+    """A scripted perf_counter: time moves only when the code under test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def module(self):
+        return SimpleNamespace(perf_counter=lambda: self.now)
+
+
+def test_bench_decode_reports_the_median_of_the_runs_after_the_warm_up(monkeypatch):
+    seconds = iter([9.0, 0.1, 0.5, 0.2])  # warm-up, then three measured runs: median 0.2 s
+    monkeypatch.setattr(inference, "decode_seconds", lambda *a: next(seconds))
+    r = bench_decode("tiny", threads=1, repeats=3, prompt_tokens=8, new_tokens=10)
+    assert next(seconds, None) is None
+    assert r["tok_s"] == pytest.approx(10 / 0.2) and r["ms_per_token"] == pytest.approx(20.0)
     assert r["alloc_bytes_per_token"] >= 0 and r["gc_collections"] == 0
-    assert r["matmul_gflops"] > 0
     assert r["kernel_path"] == kernels.path and r["threads"] == 1
     assert (r["prompt_tokens"], r["new_tokens"]) == (8, 10)
 
 
-def test_bench_prefill_reports_every_figure():
-    r = bench_prefill("tiny", threads=1, repeats=1, tokens=16)
-    assert r["tok_s"] > 0 and r["ms_total"] == pytest.approx(16 * r["ms_per_token"], rel=1e-2)
-    assert r["matmul_gflops"] > 0 and r["kernel_path"] == kernels.path and r["tokens"] == 16
+def test_decode_time_counts_the_decode_steps_and_not_the_prefill(monkeypatch):
+    clock, cfg = Clock(), preset("tiny")
+
+    def forward(params, ws, tokens, pos):
+        clock.now += 1.0 if len(tokens) == 1 else 100.0  # a decode step takes 1 s, the prefill 100 s
+        return np.zeros(cfg.vocab_size, np.float32)
+
+    monkeypatch.setattr(inference, "time", clock.module())
+    monkeypatch.setattr(inference, "forward", forward)
+    ws = SimpleNamespace(reset=lambda: None, token=np.zeros(1, np.int32))
+    assert inference.decode_seconds(None, ws, Sampler(cfg.vocab_size, temperature=0.0),
+                                    np.arange(8, dtype=np.int32), 5) == 5.0
+
+
+def test_bench_prefill_reports_the_median_forward_after_the_warm_up(monkeypatch):
+    clock, seconds, cfg = Clock(), iter([50.0, 1.0, 3.0, 2.0]), preset("tiny")
+
+    def forward(params, ws, tokens, pos):
+        clock.now += next(seconds)
+        return np.zeros(cfg.vocab_size, np.float32)
+
+    monkeypatch.setattr(inference, "time", clock.module())
+    monkeypatch.setattr(inference, "forward", forward)
+    monkeypatch.setattr(inference, "largest_matmul_gflops", lambda params, tokens: 1.0)
+    r = bench_prefill("tiny", threads=1, repeats=3, tokens=16)
+    assert r["ms_total"] == pytest.approx(2000.0) and r["tok_s"] == pytest.approx(8.0)
+    assert r["ms_per_token"] == pytest.approx(125.0) and r["tokens"] == 16
 
 
 def test_a_benchmark_longer_than_the_context_is_refused():
@@ -61,9 +97,20 @@ def test_allocation_figure_counts_what_a_step_allocates():
     assert heavy["bytes_per_token"] - plain["bytes_per_token"] >= 3 * 1024  # small temporaries may overlap
 
 
-def test_matmul_gflops_times_the_largest_weight():
-    params = init_params(preset("tiny"))
-    assert largest_matmul_gflops(params, 16, min_seconds=0.01) > 0.1
+def test_matmul_gflops_times_the_largest_weight(monkeypatch):
+    clock, shapes = Clock(), []
+
+    def linear(x, w, b, out, accumulate=False):
+        clock.now += 0.0625  # every product takes 1/16 s
+        shapes.append((x.shape, w.shape, out.shape))
+        return out
+
+    monkeypatch.setattr(inference, "time", clock.module())
+    monkeypatch.setattr(kernels, "linear", linear)
+    C = preset("tiny").d_model
+    gflops = largest_matmul_gflops(init_params(preset("tiny")), 16, min_seconds=0.25)
+    assert shapes == [((16, C), (4 * C, C), (16, 4 * C))] * 5  # a warm-up, then 4 timed calls fill 0.25 s
+    assert gflops == pytest.approx(2 * 16 * 4 * C * C * 4 / 0.25 / 1e9)
 
 
 def test_bench_cli_prints_decode_figures_as_json(capsys):

@@ -165,3 +165,103 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused_on_save(tmp_path, pa
     with pytest.raises(CheckpointError, match="tokenizer vocabulary"):
         save(tmp_path / "ck", parts, tokenizer=train_tokenizer("char", "ab", 10))
     assert not (tmp_path / "ck").exists()
+
+
+@pytest.fixture
+def deadline():
+    # a crafted config that makes the loader loop or allocate without end fails here, not hangs
+    import signal
+
+    def expire(signum, frame):
+        raise TimeoutError("the loader did not answer within 20 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("vocab_size", 28.0, "vocab_size must be an integer"),
+    ("vocab_size", True, "vocab_size must be an integer"),
+    ("context_length", 1e12, "context_length must be an integer"),
+    ("context_length", 10**12, r"context_length must be an integer in \[1, 1048576\]"),
+    ("n_layers", 1_000_000_000, r"n_layers must be an integer in \[1, 1024\]"),
+    ("d_model", -32, "d_model must be an integer"),
+    ("layer_norm_eps", -1e-5, r"layer_norm_eps must be a number in \(0, 1\]"),
+    ("layer_norm_eps", "1e-5", "layer_norm_eps must be a number"),
+    ("dropout", float("nan"), "dropout must be a number"),
+    ("tied_head", "no", "tied_head must be true or false"),
+])
+def test_a_crafted_model_config_is_refused_by_key(tmp_path, parts, deadline, key, value, message):
+    save(tmp_path / "ck", parts)
+    meta_path = tmp_path / "ck" / "config.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model"][key] = value
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_a_config_asking_for_more_than_the_tensors_hold_is_refused_before_allocating(tmp_path, parts, deadline,
+                                                                                     monkeypatch):
+    save(tmp_path / "ck", parts)
+    meta_path = tmp_path / "ck" / "config.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model"].update(context_length=1 << 20, d_model=1 << 16, n_heads=2)  # 256 GiB of position table
+    meta_path.write_text(json.dumps(meta))
+    allocated = []
+    monkeypatch.setattr(ckpt_mod, "Params", lambda *a: allocated.append(a))
+    with pytest.raises(CheckpointError, match="tensor '[a-z_.0-9]+' has shape"):
+        load_checkpoint(tmp_path / "ck")
+    assert not allocated
+
+
+def test_a_bpe_vocabulary_with_an_id_beyond_the_model_is_refused(tmp_path, parts):
+    tok = train_tokenizer("bpe", TEXT * 20, 300)
+    cfg = preset("tiny", vocab_size=tok.vocab_size, context_length=16, d_model=32, n_heads=2)
+    save(tmp_path / "ck", parts, config=cfg, params=init_params(cfg, seed=1), tokenizer=tok)
+    tok_path = tmp_path / "ck" / "tokenizer.json"
+    d = json.loads(tok_path.read_text())
+    vocab = d["tokenizer"]["model"]["vocab"]
+    vocab[next(iter(vocab))] = cfg.vocab_size + 1000  # a byte symbol now maps beyond the embedding table
+    tok_path.write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match=f"holds id {cfg.vocab_size + 1000}"):
+        load_checkpoint(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_weights_that_are_not_finite_are_refused_by_tensor(tmp_path, parts, bad):
+    params = init_params(parts["config"], seed=1)
+    params["h.1.mlp.up.weight"][3, 4] = bad
+    save(tmp_path / "ck", parts, params=params)
+    with pytest.raises(CheckpointError, match="weights are not finite.*'h.1.mlp.up.weight'"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_a_save_over_a_checkpoint_never_leaves_the_name_without_one(tmp_path, parts, monkeypatch):
+    if ckpt_mod._renameat2() is None:
+        pytest.skip("no atomic directory exchange on this system (the two-rename fallback is tested above)")
+    save(tmp_path / "ck", parts)
+    real_rename, seen = os.rename, []
+
+    def rename(src, dst, *args, **kwargs):
+        real_rename(src, dst, *args, **kwargs)
+        seen.append((tmp_path / "ck" / "config.json").exists())
+
+    monkeypatch.setattr(os, "rename", rename)
+    newer = init_params(parts["config"], seed=5)
+    save(tmp_path / "ck", parts, params=newer)
+    assert all(seen)  # no rename left `ck` missing (the exchange needs none)
+    assert np.array_equal(load_checkpoint(tmp_path / "ck").params.flat, newer.flat)
+    assert sorted(os.listdir(tmp_path)) == ["ck"]  # the old checkpoint, swapped out, is gone
+
+
+def test_without_an_atomic_exchange_a_save_falls_back_to_two_renames(tmp_path, parts, monkeypatch):
+    save(tmp_path / "ck", parts)
+    monkeypatch.setattr(ckpt_mod, "_renameat2", lambda: None)
+    newer = init_params(parts["config"], seed=5)
+    save(tmp_path / "ck", parts, params=newer)
+    assert np.array_equal(load_checkpoint(tmp_path / "ck").params.flat, newer.flat)
+    assert sorted(os.listdir(tmp_path)) == ["ck"]

@@ -95,6 +95,9 @@ def test_compare_missing_file_is_one_line_exit_2(profile_dir, tmp_path, capsys):
     (["profile", "--preset", "tiny", "--prompt", "hi"], "--prompt needs --model"),
     (["profile", "--preset", "tiny", "--tokens", "60", "--prompt-tokens", "10"], "context length"),
     (["profile", "--bogus"], "unrecognized arguments"),
+    (["profile", "--preset", "tiny", "--seed", "-1"], "--seed: expected a non-negative integer"),
+    (["profile", "--preset", "tiny", "--prompt-tokens", "1000000000000", "--tokens", "2"],
+     "1000000000000 prompt tokens + 2 new tokens exceed the context length 64"),
     (["profile", "--preset", "tiny", "--tokens", "1", "--prompt-tokens", "4"], "at least 2 tokens"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, needle, tmp_path, capsys):

@@ -3,10 +3,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+import smallmind
 from smallmind.cli import main
 from smallmind.formats.checkpoint import load_checkpoint
 from smallmind.formats.text_data import stdlib_corpus
@@ -79,7 +83,7 @@ def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path, capsys, data, monkeypatch
     monkeypatch.setattr(trainer_mod.AdamW, "step", step)
     code, _, err = train_cli(capsys, "--data", data, *QUICK, "--steps", "9", "--out", str(tmp_path / "run"))
     assert code == 130
-    assert "interrupted at step 1" in err and "--resume" in err
+    assert "interrupted (SIGINT) at step 1" in err and "--resume" in err
     assert load_checkpoint(tmp_path / "run" / "last").trainer_state["step"] == 1
 
 
@@ -98,12 +102,19 @@ def bad_inputs(tmp_path, data):
         "unknown tokenizer": (["--data", data, "--tokenizer", "words"], "invalid choice: 'words'"),
         "seq beyond context": (["--data", data, "--preset", "tiny", "--seq", "999"], "seq must be in"),
         "resume with nothing": (["--resume"], "nothing to resume"),
+        "batch beyond memory": (["--data", data, "--batch-size", "100000000"],
+                                "batch size 100000000, sequence length 128 and 8 evaluation batches would need"),
+        "eval batches beyond memory": (["--data", data, "--eval-batches", "100000000"],
+                                       "and 100000000 evaluation batches would need"),
+        "warmup beyond steps": (["--data", data, "--steps", "5", "--warmup", "10"],
+                                "warmup steps (10) must not exceed steps (5)"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing data", "empty data", "binary data", "non-utf8 data", "negative steps",
                                   "zero lr", "unknown preset", "unknown tokenizer", "seq beyond context",
-                                  "resume with nothing"])
+                                  "resume with nothing", "batch beyond memory", "eval batches beyond memory",
+                                  "warmup beyond steps"])
 def test_bad_input_is_one_stderr_line_and_exit_2_writing_nothing(tmp_path, capsys, data, case):
     args, message = bad_inputs(tmp_path, data)[case]
     code, out, err = train_cli(capsys, *args, "--out", str(tmp_path / "run"))
@@ -157,3 +168,63 @@ def test_the_installed_command_runs_in_a_subprocess(tmp_path, data):
     assert again.returncode == 2
     assert again.stderr.strip() == (f"smallmind train: error: {tmp_path / 'run'} already holds a checkpoint; "
                                     f"pass --resume to continue it or --overwrite to replace it")
+
+
+def _cli_env():
+    return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(smallmind.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH")]))}
+
+
+def _wait_for(path, proc, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+TINY_RUN = ["--preset", "tiny", "--tokenizer", "char", "--seq", "16", "--batch-size", "2", "--eval-batches", "1",
+            "--threads", "1"]
+
+
+def test_sigterm_saves_last_says_so_and_exits_143(tmp_path, data):
+    out_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "smallmind", "train", "--data", data, *TINY_RUN, "--steps", "100000",
+            "--eval-every", "100000", "--out", str(out_dir)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env())
+    _wait_for(out_dir / "loss_curve.png", proc)  # the evaluation at step 0 is saved and plotted: steps run
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    state = load_checkpoint(out_dir / "last").trainer_state
+    assert state["step"] > 0
+    assert f"interrupted (SIGTERM) at step {state['step']}; {out_dir}/last is saved" in err
+    assert "Traceback" not in err
+
+
+def test_sigkill_during_saves_always_leaves_a_checkpoint_that_loads_and_resumes(tmp_path, data):
+    # every step is evaluated and saved (best and last), so most kills land inside a save
+    out_dir, steps, rng = tmp_path / "run", 12, np.random.default_rng(0)
+    base = [sys.executable, "-m", "smallmind", "train", "--data", data, *TINY_RUN, "--steps", str(steps),
+            "--eval-every", "1", "--out", str(out_dir)]
+    reached = 0
+    for kill in range(3):
+        proc = subprocess.Popen(base + (["--resume"] if kill else []), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=_cli_env())
+        _wait_for(out_dir / "last" / "config.json", proc)
+        time.sleep(float(rng.uniform(0.2, 1.0)))
+        proc.kill()
+        proc.communicate(timeout=60)
+        for name in ("last", "best"):  # complete, whatever the moment of the kill
+            assert np.isfinite(load_checkpoint(out_dir / name).params.flat).all()
+        step = load_checkpoint(out_dir / "last").trainer_state["step"]
+        assert step >= reached  # a resumed run continues, never goes back
+        reached = step
+    done = subprocess.run(base + ["--resume", "--json"], capture_output=True, text=True, env=_cli_env(),
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == steps
+    state = load_checkpoint(out_dir / "last").trainer_state
+    assert state["step"] == steps and len(state["train_losses"]) == steps

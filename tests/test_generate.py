@@ -140,10 +140,25 @@ def test_prompt_with_a_character_the_tokenizer_lacks_is_refused(model):
     ({"max_new_tokens": 5, "temperature": -1.0}, "temperature"),
     ({"max_new_tokens": 5, "top_p": 2.0}, "top_p"),
     ({"max_new_tokens": 5, "stop": [""]}, "stop"),
+    ({"max_new_tokens": 5, "top_k": 2.5}, "top_k must be an integer"),
+    ({"max_new_tokens": 5, "top_k": True}, "top_k must be an integer"),
+    ({"max_new_tokens": 5, "temperature": "hot"}, "temperature must be a finite number"),
+    ({"max_new_tokens": 5, "seed": -1}, "seed must be a non-negative integer"),
 ])
 def test_nonsense_arguments_are_refused(model, kwargs, message):
     with pytest.raises(SmallMindError, match=message):
         generate(model, "the", **kwargs)
+
+
+@pytest.mark.parametrize("prompt", [None, 42, b"the"])
+def test_a_prompt_that_is_not_text_is_refused(model, prompt):
+    with pytest.raises(SmallMindError, match="the prompt must be text"):
+        generate(model, prompt, max_new_tokens=5)
+
+
+def test_a_temperature_near_zero_generates_the_greedy_text(model):
+    greedy = "".join(generate(model, "the", max_new_tokens=12, temperature=0.0))
+    assert "".join(generate(model, "the", max_new_tokens=12, temperature=1e-300, seed=3)) == greedy
 
 
 # ---------------------------------------------------------------- the CLI

@@ -347,3 +347,19 @@ def test_forward_and_backward_report_their_operation_scopes():
            "matmul.mlp_down", "matmul.lm_head"}
     assert {f"forward/{op}" for op in ops | {"loss"}} <= paths
     assert {f"backward/{op}" for op in ops} <= paths
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("batch, seq", [(1, 1), (3, 17)])
+def test_workspace_size_estimate_equals_what_it_allocates(dropout, batch, seq):
+    # the trainer refuses a batch from this estimate before allocating: it must not drift
+    cfg = preset("tiny", vocab_size=100, dropout=dropout)
+    ws = TrainWorkspace(cfg, batch, seq)
+    arrays = [v for v in vars(ws).values() if isinstance(v, np.ndarray)]
+    arrays += [a for v in vars(ws).values() if isinstance(v, dict) for a in v.values()]
+    assert TrainWorkspace.nbytes_for(cfg, batch, seq) == sum(a.nbytes for a in arrays)
+
+
+def test_a_training_batch_that_cannot_fit_is_refused_before_allocating():
+    with pytest.raises(SmallMindError, match="a training batch of 100000000 x 64 tokens would need"):
+        TrainWorkspace(preset("tiny"), 100_000_000, 64)

@@ -80,9 +80,14 @@ def test_simd_level_names_the_widest_extension():
     assert machine.simd_level(set()) == "scalar"
 
 
-def test_measured_peaks_are_positive():
+def test_measured_peaks_take_the_best_time_and_count_read_plus_write(monkeypatch):
+    # scripted timings: GEMM 0.5 s then 0.25 s; the big copy 0.5 s then 0.125 s; the cached copy 1 s each
+    seconds = iter([0.5, 0.25, 0.5, 0.125] + [1.0] * 20)
+    monkeypatch.setattr(machine, "_timed", lambda fn: next(seconds))
     peaks = machine.measure_peaks(**SMALL_PEAKS)
-    assert peaks["gflops"] > 0.1 and peaks["gbps"] > 0.1
+    assert peaks["gflops"] == pytest.approx(2 * 256 ** 3 / 0.25 / 1e9)
+    assert peaks["gbps"] == pytest.approx(2 * 8 * 2 ** 20 / 0.125 / 1e9)
+    assert peaks["cache_gbps"] == pytest.approx(2 * 1 * 2 ** 20 / 1.0 / 1e9)
 
 
 # ---- a real run of the engine ---------------------------------------------------------------
@@ -149,7 +154,6 @@ def test_headline_figures_are_consistent(profile):
     assert h["forward_ms"] <= 1e3 / h["decode_tok_s"]
     phases = profile["phases_ms"]
     assert phases["tokenize"] < phases["prefill"] and h["ttft_ms"] >= phases["prefill"]
-    assert h["decode_tok_s"] == pytest.approx((TOKENS - 1) / (phases["decode"] / 1e3))
     assert h["peak_rss_mb"] > 1 and h["gc_collections"] >= 0 and h["alloc_bytes_per_token"] >= 0
     assert w == {"prompt_tokens": PROMPT, "new_tokens": TOKENS, "decode_steps": TOKENS - 1, "runs": RUNS,
                  "tokenized": False}
@@ -210,7 +214,9 @@ def test_training_split_and_losses(profile):
     assert len(t["losses"]) == TRAIN_STEPS and t["losses"][-1] < t["losses"][0]
     assert set(t["split"]) == {"forward", "backward", "optimizer"}
     assert 50 < sum(p["pct"] for p in t["split"].values()) <= 100.0 + 1e-9
-    assert t["tok_s"] == pytest.approx(t["batch"] * t["seq"] / (t["ms_per_step"] / 1e3))
+    # the recorded step scopes lie inside the wall time that ms_per_step divides
+    step = next(r for r in t["scopes"] if r["name"] == "step")
+    assert step["calls"] == TRAIN_STEPS and step["total_ms"] <= t["ms_per_step"] * TRAIN_STEPS
     backward = [r for r in t["scopes"] if r["name"].endswith("backward/matmul.qkv")]
     assert backward and backward[0]["calls"] == TRAIN_STEPS * preset("tiny").n_layers
 

@@ -118,3 +118,30 @@ def test_same_seed_same_tokens_and_another_seed_other_tokens():
 def test_nonsense_settings_are_refused(kwargs, message):
     with pytest.raises(SmallMindError, match=message):
         Sampler(V, **kwargs)
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-7])
+def test_a_temperature_below_the_epsilon_is_greedy_not_overflow(temperature):
+    sampler = Sampler(V, temperature=temperature, seed=1)
+    assert sampler.greedy
+    for seed in range(5):
+        logits = random_logits(seed)
+        assert sampler.sample(logits) == int(np.argmax(logits))
+
+
+def test_a_small_temperature_above_the_epsilon_still_samples():
+    logits = np.zeros(V, np.float32)  # a tie everywhere: only a real draw spreads over the ids
+    assert len(set(draws(Sampler(V, temperature=1e-3, seed=1), logits, 200).tolist())) > 10
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"top_k": 2.5}, "top_k must be an integer"),
+    ({"top_k": True}, "top_k must be an integer"),
+    ({"top_p": "0.5"}, "top_p must be a number"),
+    ({"temperature": None}, "temperature must be a finite number"),
+    ({"seed": -1}, "seed must be a non-negative integer"),
+    ({"seed": 1.5}, "seed must be a non-negative integer"),
+])
+def test_settings_of_the_wrong_type_are_refused(kwargs, message):
+    with pytest.raises(SmallMindError, match=message):
+        Sampler(V, **kwargs)

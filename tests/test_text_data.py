@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,41 @@ def test_batch_sampler_gathers_windows_without_copying_the_corpus():
         tracemalloc.stop()
     assert peak < 64 * 1024
     assert np.array_equal(y[:, :-1], x[:, 1:]) and np.all(np.diff(x, axis=1) == 1)
+
+
+LOAD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a regression fails here, not the machine
+from smallmind.errors import DataError
+from smallmind.formats.text_data import load_documents
+try:
+    load_documents(sys.argv[1])
+except DataError as e:
+    print(e)
+"""
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: __import__("os").mkfifo(d / "pipe.txt"), r"pipe\.txt is a FIFO, not a regular file"),
+    (lambda d: (d / "zero.txt").symlink_to("/dev/zero"), r"zero\.txt is a device, not a regular file"),
+])
+def test_a_fifo_or_device_in_a_data_directory_is_refused_without_hanging(tmp_path, make, message):
+    import subprocess
+    import sys
+
+    write(tmp_path / "good.txt", "text")
+    make(tmp_path)
+    res = subprocess.run([sys.executable, "-c", LOAD, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-1000:]
+    assert re.search(message, res.stdout)
+
+
+def test_a_file_above_the_size_bound_is_refused_by_name(tmp_path, monkeypatch):
+    from smallmind.formats import text_data
+
+    monkeypatch.setattr(text_data, "MAX_FILE_BYTES", 1000)
+    write(tmp_path / "small.txt", "x" * 1000)
+    write(tmp_path / "big.txt", "x" * 1001)
+    with pytest.raises(DataError, match=r"big\.txt is larger than"):
+        load_documents(tmp_path)
+    assert load_documents(tmp_path / "small.txt")[0].text == "x" * 1000

@@ -8,6 +8,7 @@ from threadpoolctl import threadpool_limits
 
 from smallmind.errors import CheckpointError, DataError, SmallMindError
 from smallmind.formats.checkpoint import load_checkpoint
+from smallmind.models.gpt import init_params, preset
 from smallmind.runtime import trainer as trainer_mod
 from smallmind.runtime.trainer import TrainConfig, train
 
@@ -121,10 +122,21 @@ def test_the_out_dir_holds_best_last_and_a_loss_curve(tmp_path):
     assert load_checkpoint(out).optimizer_state is None
 
 
-def test_the_result_reports_losses_speed_and_size():
+def test_the_result_reports_losses_speed_and_size(monkeypatch):
+    from types import SimpleNamespace
+
+    clock = SimpleNamespace(now=0.0)
+
+    def perf_counter():  # each read moves the clock 1/16 s: a timed step takes 1/16 s
+        clock.now += 0.0625
+        return clock.now
+
+    monkeypatch.setattr(trainer_mod, "time", SimpleNamespace(perf_counter=perf_counter))
     result = run(steps=4, eval_every=2)
     assert result["steps"] == 4 and result["tokens"] == 4 * 4 * 32
-    assert result["tok_s"] > 0 and result["params"] > 0
+    assert result["train_seconds"] == pytest.approx(4 * 0.0625)
+    assert result["tok_s"] == pytest.approx(4 * 4 * 32 / (4 * 0.0625))
+    assert result["params"] == init_params(preset("tiny", vocab_size=result["vocab_size"])).count
     assert np.isfinite(result["train_loss"]) and np.isfinite(result["val_loss"])
     json.dumps(result)
 
@@ -151,10 +163,22 @@ def test_a_diverging_loss_stops_training_with_a_clear_error(tmp_path, monkeypatc
     (dict(preset="giant"), "unknown preset"),
     (dict(resume=True, overwrite=True), "not both"),
     (dict(min_lr=1.0), "min lr"),
+    (dict(steps=10, warmup_steps=11), r"warmup steps \(11\) must not exceed steps \(10\)"),
+    (dict(steps=2.5), "steps must be an integer, got 2.5"),
+    (dict(steps=True), "steps must be an integer, got True"),
+    (dict(seed=-1), "seed must be a non-negative integer"),
+    (dict(data=123), "data must be a path or None, got 123"),
+    (dict(max_lr=float("inf")), "max_lr must be a finite number"),
+    (dict(resume="yes"), "resume must be True or False"),
 ])
 def test_nonsense_settings_are_refused(change, message):
     with pytest.raises(SmallMindError, match=message):
         run(**change)
+
+
+def test_train_refuses_what_is_not_a_train_config():
+    with pytest.raises(SmallMindError, match="train needs a TrainConfig, got dict"):
+        train(QUICK)
 
 
 def test_data_too_short_for_one_window_is_refused(tmp_path):
@@ -205,3 +229,53 @@ def test_log_gets_one_line_per_evaluation():
     assert lines[0].startswith("step 0/") and "val loss" in lines[0] and "tok/s" not in lines[0]
     assert lines[-1].startswith(f"step {result['steps']}/") and lines[-1].endswith("tok/s")
     assert f"val loss {result['val_loss']:.4f}" in lines[-1]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "out"
+    run(out.parent, name="out", steps=2, eval_every=1)
+    return out
+
+
+@pytest.mark.parametrize("key,value", [
+    ("step", "x"),
+    ("step", -1),
+    ("best_step", 99),
+    ("best_val_loss", "low"),
+    ("sampler_state", {"bit_generator": "PCG64", "state": "nope"}),
+    ("dropout_state", [1, 2]),
+    ("train_losses", [1.0]),
+    ("evals", [{"step": 1, "train": "x", "val": 2.0}]),
+    ("evals", {"step": 1}),
+    ("train_config", "fast"),
+    ("train_config", {"steps": 4}),
+    ("data_fingerprint", 7),
+    ("evals", None),
+])
+def test_a_corrupt_trainer_state_is_refused_by_key_before_training(tmp_path, finished_run, monkeypatch, key, value):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    path = out / "last" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state[key] = value
+    path.write_text(json.dumps(state))
+    monkeypatch.setattr(trainer_mod, "_train_step", lambda *a: pytest.fail("a step ran before the state was checked"))
+    with pytest.raises(CheckpointError, match=f"trainer state's '{key}'"):
+        run(tmp_path, steps=4, eval_every=1, resume=True)
+
+
+def test_a_corrupt_optimizer_step_is_refused(tmp_path, finished_run):
+    import shutil
+
+    from smallmind.formats.checkpoint import _optimizer_bytes, _read_safetensors
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    path = out / "last" / "optimizer.safetensors"
+    arrays, _ = _read_safetensors(path)
+    path.write_bytes(_optimizer_bytes({**arrays, "step": "x"}))
+    with pytest.raises(CheckpointError, match="optimizer state's step must be a non-negative integer"):
+        run(tmp_path, steps=4, eval_every=1, resume=True)

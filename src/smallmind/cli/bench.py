@@ -2,7 +2,7 @@
 
 import json
 
-from . import positive_int
+from . import THREADS_HELP, positive_int, thread_budget
 
 
 def add_parser(sub):
@@ -15,8 +15,7 @@ def add_parser(sub):
                    help="decode: prompt length before decoding (default 32); prefill: tokens (default 128)")
     p.add_argument("--new-tokens", type=positive_int, default=50, metavar="N",
                    help="decode: tokens decoded (default 50)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="thread budget for BLAS and native kernels (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
     p.add_argument("--repeats", type=positive_int, default=3, help="measured repetitions (median reported)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(run=run)
@@ -35,17 +34,18 @@ def run(args):
     if args.what == "train":
         from ..bench.train import bench_train
 
-        result = bench_train(name, threads=args.threads, repeats=args.repeats)
+        result = bench_train(name, threads=thread_budget(args.threads, "bench"), repeats=args.repeats)
     else:
         from ..bench.inference import bench_decode, bench_prefill
         from ..runtime.model import load
 
         model = load(args.model) if args.model is not None else None
+        threads = thread_budget(args.threads, "bench")
         if args.what == "decode":
-            result = bench_decode(name, threads=args.threads, repeats=args.repeats, model=model,
+            result = bench_decode(name, threads=threads, repeats=args.repeats, model=model,
                                   prompt_tokens=args.prompt_tokens or 32, new_tokens=args.new_tokens)
         else:
-            result = bench_prefill(name, threads=args.threads, repeats=args.repeats, model=model,
+            result = bench_prefill(name, threads=threads, repeats=args.repeats, model=model,
                                    tokens=args.prompt_tokens or 128)
     if args.json:
         print(json.dumps(result))

@@ -2,7 +2,7 @@
 
 import sys
 
-from . import bounded_float, nonneg_int, positive_int
+from . import THREADS_HELP, bounded_float, nonneg_int, positive_int, set_thread_budget
 
 DEFAULT_NEW_TOKENS = 100
 
@@ -28,18 +28,15 @@ def add_parser(sub):
                    help="stop when the generated text contains one of these strings (not printed)")
     p.add_argument("--ctx", type=positive_int, default=None, metavar="N",
                    help="context (KV cache) size in tokens (default: the smaller of the model's and 4096)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="thread budget for BLAS and native kernels (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help=THREADS_HELP)
     p.set_defaults(run=run)
 
 
 def run(args):
-    from .. import kernels
     from ..errors import ContextLengthError
     from ..runtime.model import load
 
-    if args.threads is not None:
-        kernels.set_threads(args.threads)
+    set_thread_budget(args.threads, "generate")
     model = load(args.model)
     ctx = args.ctx if args.ctx is not None else model.default_ctx
     if ctx > model.context_length:
@@ -54,5 +51,4 @@ def run(args):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-    sys.stdout.flush()
     return 0

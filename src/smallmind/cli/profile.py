@@ -4,7 +4,7 @@ profile.json and charts in --out, with a summary printed; or `--compare BEFORE.j
 from pathlib import Path
 
 from ..errors import SmallMindError
-from . import positive_int
+from . import THREADS_HELP, nonneg_int, positive_int, set_thread_budget
 
 DEFAULT_PROMPT = "The quick brown fox jumps over the lazy dog. "
 
@@ -24,8 +24,8 @@ def add_parser(sub):
     p.add_argument("--batch", type=positive_int, default=4, help="training batch size (default 4)")
     p.add_argument("--repeats", type=positive_int, default=9,
                    help="timed generations, plain and profiled each, interleaved (default 9)")
-    p.add_argument("--threads", type=positive_int, default=None, help="thread budget (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt")
+    p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random weights and prompt")
     p.add_argument("--out", metavar="PATH",
                    help="output directory (default ./profile); with --compare, a Markdown file")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
@@ -58,6 +58,7 @@ def run(args):
 
         model = load(model_path)
         net, tokenizer, architecture, path = model.net, model.tokenizer, model.architecture, model.path
+        _check_fits(args, net.config)
         prompt_text = args.prompt
         if prompt_text is None and model.kind == "checkpoint":
             prompt_text = tokenizer.decode(rng.integers(0, tokenizer.vocab_size, args.prompt_tokens))
@@ -73,17 +74,16 @@ def run(args):
         if args.prompt is not None:
             raise SmallMindError("--prompt needs --model (a preset has no tokenizer: it is fed random token ids)")
         name = args.preset or "seed"
-        net = GPT(init_params(preset(name), seed=args.seed))
+        cfg = preset(name)
+        _check_fits(args, cfg)
+        net = GPT(init_params(cfg, seed=args.seed))
         prompt_ids = rng.integers(0, net.config.vocab_size, args.prompt_tokens)
         source = f"preset {name}"
     context = net.config.context_length
     if args.train and args.batch * context > 1 << 16:
         raise SmallMindError(f"--batch {args.batch} x context {context} is too large a training batch "
                              "to profile; use a smaller --batch")
-    if args.threads:
-        from .. import kernels
-
-        kernels.set_threads(args.threads)
+    set_thread_budget(args.threads, "profile")
     profile = run_profile(net, source=source, prompt_ids=prompt_ids, new_tokens=args.tokens, repeats=args.repeats,
                           tokenizer=tokenizer, prompt_text=prompt_text, architecture=architecture, path=path,
                           train=args.train, train_batch=args.batch, train_steps=args.train_steps)
@@ -94,6 +94,13 @@ def run(args):
     print(render_summary(profile))
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _check_fits(args, cfg) -> None:
+    # before a random prompt of --prompt-tokens ids is drawn
+    if args.prompt_tokens + args.tokens > cfg.context_length:
+        raise SmallMindError(f"{args.prompt_tokens} prompt tokens + {args.tokens} new tokens exceed the context "
+                             f"length {cfg.context_length} of this model")
 
 
 def _run_compare(args):

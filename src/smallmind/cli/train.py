@@ -6,9 +6,10 @@ With --resume, flags left out take the values the run was started with, so
 
 import json
 import math
+import signal
 import sys
 
-from . import bounded_float, nonneg_int, positive_int
+from . import THREADS_HELP, bounded_float, nonneg_int, positive_int, set_thread_budget
 
 
 def add_parser(sub):
@@ -38,7 +39,7 @@ def add_parser(sub):
     p.add_argument("--eval-batches", type=positive_int, help="batches per evaluation (default: 8)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the checkpoints already in --out")
-    p.add_argument("--threads", type=positive_int, help="thread budget for BLAS and native kernels")
+    p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(run=run)
 
@@ -50,29 +51,28 @@ CONFIG_FLAGS = ("data", "preset", "steps", "tokenizer", "seed", "batch_size", "s
 
 
 def run(args):
-    from .. import kernels
     from ..formats.checkpoint import LAST
     from ..runtime.trainer import TrainConfig, train
 
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
     base = _saved_config(args.out) if args.resume else {}
     cfg = TrainConfig(**{**base, **given, "out": args.out, "resume": args.resume, "overwrite": args.overwrite})
-    if args.threads is not None:
-        kernels.set_threads(args.threads)
+    set_thread_budget(args.threads, "train")
 
     on_terminal = sys.stderr.isatty()
     result = train(cfg, progress=on_terminal,
                    log=None if on_terminal else lambda line: print(line, file=sys.stderr, flush=True))
     if result["interrupted"]:
-        print(f"smallmind train: interrupted at step {result['steps']}; {args.out}/{LAST} is saved, "
-              f"continue with --resume", file=sys.stderr)
+        print(f"smallmind train: interrupted ({result['signal']}) at step {result['steps']}; {args.out}/{LAST} "
+              f"is saved, continue with --resume", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"steps {result['steps']}  train loss {result['train_loss']:.4f}  val loss {result['val_loss']:.4f}  "
               f"best val {result['best_val_loss']:.4f} (step {result['best_step']})")
         print(f"{result['params']:,} parameters  {result['tok_s']:,.0f} tok/s  checkpoints in {result['out']}")
-    return 130 if result["interrupted"] else 0
+    # the shell's convention for a process ended by a signal: 128 + its number
+    return 128 + signal.Signals[result["signal"]] if result["interrupted"] else 0
 
 
 def _saved_config(out: str) -> dict:

@@ -7,18 +7,25 @@
   trainer_state.json   optional: step, RNG states, best validation loss, loss history ...
 
 A save writes a complete sibling directory `.NAME.tmp` (every file fsynced), then swaps it
-in with two renames: NAME -> `.NAME.old`, `.NAME.tmp` -> NAME. A process killed at any
-point leaves either the old or the new checkpoint complete: between the two renames only
-`.NAME.old` exists, and load (and the next save) take it back.
+in. On Linux the swap is one atomic exchange of the two directories (renameat2 with
+RENAME_EXCHANGE), so NAME always names a complete checkpoint, for any reader; the old one,
+now in `.NAME.tmp`, is then deleted. Where that call is unavailable (another OS, an old
+kernel or C library, a filesystem without it) the swap is two renames: NAME -> `.NAME.old`,
+`.NAME.tmp` -> NAME; a process killed between them leaves only `.NAME.old`, and load (and
+the next save) take it back. Either way a kill at any point leaves a complete checkpoint.
 
 The out directory of `smallmind train` holds two checkpoints, `best` (lowest validation
 loss) and `last` (for resuming); `load_checkpoint(out_dir)` loads `best`.
 """
 
+import ctypes
+import errno
+import functools
 import json
 import os
 import shutil
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,14 +97,51 @@ def save_checkpoint(dir, *, config: GPTConfig, params: Params, tokenizer: Tokeni
         raise
     old = _old_dir(target)
     try:
-        if target.exists():
-            os.rename(target, old)
-        os.rename(tmp, target)
+        if target.exists() and _exchange(tmp, target):
+            old = tmp  # the previous checkpoint, swapped out
+        else:
+            if target.exists():
+                os.rename(target, old)
+            os.rename(tmp, target)
         _fsync_dir(target.parent)
     except OSError as e:
         raise CheckpointError(f"cannot move checkpoint {target} into place: {e.strerror or e}") from None
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+# errnos that mean "no atomic exchange here" (kernel, C library or filesystem), not a failure
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+@functools.cache
+def _renameat2():
+    # glibc >= 2.28 exports renameat2; None elsewhere (then saves fall back to two renames)
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+    if fn is not None:
+        fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+        fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap directories a and b in one atomic step; False where the system cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _recover(target: Path) -> None:
@@ -173,8 +217,8 @@ def load_checkpoint(dir) -> Checkpoint:
             f"{path / CONFIG} has checkpoint format version {meta.get('version')!r}; this SmallMind reads {VERSION}")
     try:
         config = GPTConfig.from_dict(meta.get("model"))
-    except (SmallMindError, TypeError) as e:
-        raise CheckpointError(f"{path / CONFIG}: bad model config ({e})") from None
+    except SmallMindError as e:  # its message names the setting: "bad model config: ..."
+        raise CheckpointError(f"{path / CONFIG}: {e}") from None
     files = meta.get("files")
     if not isinstance(files, list) or MODEL not in files or TOKENIZER not in files:
         raise CheckpointError(f"{path / CONFIG}: bad or missing list of files")
@@ -244,7 +288,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
 
 
 def _params_from(config: GPTConfig, tensors: dict, path: Path) -> Params:
-    params = Params(config)
+    # every name, shape and dtype is checked against the config before the model is allocated
     expected = {name: shape for name, shape, _ in param_shapes(config)}
     missing = sorted(set(expected) - set(tensors))
     if missing:
@@ -259,5 +303,10 @@ def _params_from(config: GPTConfig, tensors: dict, path: Path) -> Params:
                 f"{path}: tensor {name!r} has shape {tuple(t.shape)} but the config needs {shape}")
         if t.dtype != np.float32:
             raise CheckpointError(f"{path}: tensor {name!r} is {t.dtype}, expected float32")
-        params[name][...] = t
+    params = Params(config)
+    for name in expected:
+        params[name][...] = tensors[name]
+        # NaN or infinite weights would generate one token forever without a word
+        if not np.isfinite(params[name]).all():
+            raise CheckpointError(f"{path}: the weights are not finite (tensor {name!r} holds NaN or infinity)")
     return params

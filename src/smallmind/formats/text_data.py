@@ -3,11 +3,13 @@
 Text comes from one UTF-8 file, a directory of them (recursive, sorted, hidden entries
 skipped), or by default the running Python's standard-library source. A binary or
 non-UTF-8 file is refused with a DataError naming it: silently training on part of what
-the user pointed at would be worse than stopping.
+the user pointed at would be worse than stopping. So is anything that is not a regular
+file (a FIFO would block forever, /dev/zero never ends) and a file above MAX_FILE_BYTES.
 """
 
 import hashlib
 import os
+import stat
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..memory import format_bytes
 
 # The default corpus stops before the first file that would take it past this many characters.
 DEFAULT_CORPUS_CHARS = 4_000_000
+# One data file may bring in at most this many bytes (its text takes up to 4x that in memory).
+MAX_FILE_BYTES = 1 << 30
 # Parts of the stdlib tree that are not the library itself (encodings: mostly code-page tables).
 _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "encodings"}
 
@@ -50,15 +55,33 @@ def load_documents(path=None, *, max_chars: int = DEFAULT_CORPUS_CHARS) -> list[
 
 def read_text_file(path: Path) -> str:
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{path} is {_file_kind(mode)}, not a regular file; training data must be text files")
+        try:
+            data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise DataError(f"{path} is larger than {format_bytes(MAX_FILE_BYTES)}, the most one data file may hold; "
+                        "split it into several files")
     if b"\0" in data:
         raise DataError(f"{path} is binary (it contains NUL bytes); training data must be UTF-8 text")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {e.start})") from None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def _text_files_under(root: Path) -> list[Path]:

@@ -93,6 +93,15 @@ class BPETokenizer(Tokenizer):
     kind = "bpe"
 
     def __init__(self, hf_tokenizer):
+        # the model indexes its embedding table by id: the ids must be exactly 0..vocab_size-1
+        ids = sorted(hf_tokenizer.get_vocab(with_added_tokens=True).values())
+        n = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        if ids != list(range(n)):
+            beyond = [i for i in ids if not 0 <= i < n]
+            missing = sorted(set(range(n)) - set(ids))
+            raise TokenizerError(
+                f"the BPE vocabulary's ids must be 0..{n - 1}, each once; "
+                + (f"it holds id {beyond[0]}" if beyond else f"id {missing[0]} is missing"))
         self._hf = hf_tokenizer
         self._bytes = None
 

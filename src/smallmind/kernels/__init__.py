@@ -28,6 +28,7 @@ KERNEL_NAMES = (
     "cross_entropy", "adamw_step",
 )
 ISAS = ("avx512", "avx2", "generic")
+MAX_THREADS = 64  # the native pool's size (csrc/pool.c SM_MAX_THREADS)
 
 
 def _load_native():
@@ -110,6 +111,8 @@ def set_threads(n: int) -> None:
     global _threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SmallMindError(f"thread count must be a positive integer, got {n!r}")
+    if n > MAX_THREADS:
+        raise SmallMindError(f"thread count must be at most {MAX_THREADS}, got {n}")
     threadpool_limits(limits=n, user_api="blas")
     if _backend is not None:
         _backend.set_threads(n)

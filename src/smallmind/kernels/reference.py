@@ -3,15 +3,51 @@
 Each native kernel (smallmind.kernels.native) has a twin here with the same name and
 signature. Kernels are pure functions over float32 arrays that write into caller-owned
 outputs (and return them); they know nothing of models. Inputs may be strided views.
+Like the native kernels, each refuses an output that shares memory with another array of
+the call (of any dtype) unless it is exactly an input it may overwrite in place.
 """
 
 import numpy as np
 
+from ..errors import KernelInputError
+
 GELU_C = np.float32(np.sqrt(2.0 / np.pi))
+# Deciding exactly whether two strided views share memory can take exponential time; past
+# this much work the pair is refused as if it overlapped (as the native module does).
+OVERLAP_MAX_WORK = 1 << 20
+
+
+def _apart(arrays: dict, outputs: tuple, same_ok: dict | None = None) -> None:
+    # arrays: name -> array or None; outputs: the names written; same_ok: output -> the
+    # inputs it may be exactly (in place). Raises KernelInputError on any other shared memory.
+    given = [(n, a) for n, a in arrays.items() if isinstance(a, np.ndarray)]
+    for i, (oname, out) in enumerate(given):
+        if oname not in outputs:
+            continue
+        for j, (name, other) in enumerate(given):
+            if j == i or (j < i and name in outputs):
+                continue
+            allow = name in (same_ok or {}).get(oname, ())
+            if allow and _same_array(out, other):
+                continue
+            try:
+                shares = np.shares_memory(out, other, max_work=OVERLAP_MAX_WORK)
+            except np.exceptions.TooHardError:
+                shares = True
+            if shares:
+                if allow:
+                    raise KernelInputError(f"{oname} must be {name} itself or not overlap it")
+                raise KernelInputError(f"{oname} must not overlap {name}")
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.dtype == b.dtype
+            and a.shape == b.shape and all(n <= 1 or s == t for n, s, t in zip(a.shape, a.strides, b.strides)))
 
 
 def linear(x, w, b, out, accumulate=False):
     # x (T,K), w (N,K), b (N,) or None, out (T,N): out = x @ w.T + b, or out += that
+    _apart({"x": x, "w": w, "b": b, "out": out}, ("out",))
     y = x @ w.T
     if b is not None:
         y += b
@@ -24,6 +60,7 @@ def linear(x, w, b, out, accumulate=False):
 
 def embedding(tokens, wte, wpe, pos0, out):
     # tokens (T,) int, wte (V,C), wpe (P,C) or None, out (T,C): out[t] = wte[tok[t]] + wpe[pos0+t]
+    _apart({"tokens": tokens, "wte": wte, "wpe": wpe, "out": out}, ("out",))
     T = tokens.shape[0]
     if np.any(tokens < 0) or np.any(tokens >= wte.shape[0]):
         raise IndexError("token id out of range for the embedding table")
@@ -37,12 +74,15 @@ def embedding(tokens, wte, wpe, pos0, out):
 
 def embedding_backward(tokens, dout, dwte):
     # tokens (N,) int, dout (N,C), dwte (V,C): dwte[tok[n]] += dout[n]
+    _apart({"tokens": tokens, "dout": dout, "dwte": dwte}, ("dwte",))
     np.add.at(dwte, tokens, dout)
     return dwte
 
 
 def layer_norm(x, weight, bias, out, eps=1e-5, mean=None, rstd=None):
     # x (T,C), weight (C,), bias (C,), out (T,C); mean, rstd (T,) saved for backward if given
+    _apart({"x": x, "weight": weight, "bias": bias, "out": out, "mean": mean, "rstd": rstd},
+           ("out", "mean", "rstd"), {"out": ("x",)})
     m = x.mean(axis=-1)
     xc = x - m[:, None]
     r = 1.0 / np.sqrt((xc * xc).mean(axis=-1) + eps)
@@ -57,6 +97,8 @@ def layer_norm(x, weight, bias, out, eps=1e-5, mean=None, rstd=None):
 def layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias):
     # dout, x, dx (T,C); weight, dweight, dbias (C,); mean, rstd (T,)
     # accumulates: dx += ..., dweight += ..., dbias += ...
+    _apart({"dout": dout, "x": x, "weight": weight, "mean": mean, "rstd": rstd, "dx": dx, "dweight": dweight,
+            "dbias": dbias}, ("dx", "dweight", "dbias"), {"dx": ("dout", "x")})
     xhat = (x - mean[:, None]) * rstd[:, None]
     dbias += dout.sum(axis=0)
     dweight += (dout * xhat).sum(axis=0)
@@ -68,6 +110,7 @@ def layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias):
 
 def rms_norm(x, weight, out, eps=1e-6):
     # x (T,C), weight (C,), out (T,C): out = x / sqrt(mean(x^2) + eps) * weight
+    _apart({"x": x, "weight": weight, "out": out}, ("out",), {"out": ("x",)})
     r = 1.0 / np.sqrt((x * x).mean(axis=-1) + eps)
     out[...] = x * r[:, None] * weight
     return out
@@ -75,12 +118,14 @@ def rms_norm(x, weight, out, eps=1e-6):
 
 def gelu(x, out):
     # x, out (...): tanh approximation (GPT-2)
+    _apart({"x": x, "out": out}, ("out",), {"out": ("x",)})
     out[...] = 0.5 * x * (1.0 + np.tanh(GELU_C * (x + 0.044715 * x * x * x)))
     return out
 
 
 def gelu_backward(x, dout, dx):
     # x, dout, dx (...): dx = dout * gelu'(x)
+    _apart({"x": x, "dout": dout, "dx": dx}, ("dx",), {"dx": ("x", "dout")})
     u = GELU_C * (x + 0.044715 * x * x * x)
     t = np.tanh(u)
     du = GELU_C * (1.0 + 3.0 * 0.044715 * x * x)
@@ -90,25 +135,29 @@ def gelu_backward(x, dout, dx):
 
 def silu(x, out):
     # x, out (...): x * sigmoid(x)
+    _apart({"x": x, "out": out}, ("out",), {"out": ("x",)})
     out[...] = x / (1.0 + np.exp(-x))
     return out
 
 
 def swiglu(gate, up, out):
     # gate, up, out (...): silu(gate) * up
+    _apart({"gate": gate, "up": up, "out": out}, ("out",), {"out": ("gate", "up")})
     out[...] = gate / (1.0 + np.exp(-gate)) * up
     return out
 
 
 def geglu(gate, up, out):
     # gate, up, out (...): gelu_tanh(gate) * up
-    gelu(gate, out)
-    out *= up
+    _apart({"gate": gate, "up": up, "out": out}, ("out",), {"out": ("gate", "up")})
+    # through a temporary: out may be up itself, which gelu(gate, out) would overwrite first
+    out[...] = gelu(gate, np.empty(np.shape(gate), np.float32)) * up
     return out
 
 
 def softmax(x, out):
     # x, out (R,N): row-wise softmax
+    _apart({"x": x, "out": out}, ("out",), {"out": ("x",)})
     m = x.max(axis=-1, keepdims=True)
     e = np.exp(x - m)
     out[...] = e / e.sum(axis=-1, keepdims=True)
@@ -117,6 +166,7 @@ def softmax(x, out):
 
 def causal_softmax(scores, out, scale, pos0=0):
     # scores, out (..., T, S): row t sees columns j <= pos0 + t; masked entries are 0 and never exponentiated
+    _apart({"scores": scores, "out": out}, ("out",), {"out": ("scores",)})
     T, S = scores.shape[-2:]
     allowed = np.arange(S)[None, :] <= (pos0 + np.arange(T))[:, None]
     s = np.where(allowed, scores * scale, -np.inf)
@@ -128,6 +178,7 @@ def causal_softmax(scores, out, scale, pos0=0):
 
 def softmax_backward(probs, dprobs, dscores, scale):
     # probs, dprobs, dscores (..., S): gradient through out = softmax(scale * scores)
+    _apart({"probs": probs, "dprobs": dprobs, "dscores": dscores}, ("dscores",), {"dscores": ("probs", "dprobs")})
     dscores[...] = scale * probs * (dprobs - (probs * dprobs).sum(axis=-1, keepdims=True))
     return dscores
 
@@ -136,6 +187,7 @@ def rope(x, pos0, theta, out, neox=False, freq_factors=None):
     # x, out (T,H,D), D even; freq_factors (D/2,) or None: rotate feature pairs by angle
     # (pos0+t) * theta^(-2i/D) / freq_factors[i]
     # neox=False pairs (2i, 2i+1); neox=True pairs (i, i + D/2)
+    _apart({"x": x, "out": out, "freq_factors": freq_factors}, ("out",), {"out": ("x",)})
     T, H, D = x.shape
     inv = theta ** (-np.arange(0, D, 2, dtype=np.float64) / D)
     if freq_factors is not None:
@@ -156,6 +208,7 @@ def rope(x, pos0, theta, out, neox=False, freq_factors=None):
 
 def kv_cache_store(k, v, k_cache, v_cache, pos0):
     # k, v (T,Hkv,D); k_cache, v_cache (Hkv,S_max,D): cache[:, pos0+t] = k[t]
+    _apart({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache}, ("k_cache", "v_cache"))
     T = k.shape[0]
     if pos0 + T > k_cache.shape[1]:
         raise IndexError("KV cache is full")
@@ -167,6 +220,7 @@ def attention(q, k_cache, v_cache, pos0, out, scale, window=0):
     # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) holding positions 0..pos0+T-1.
     # Causal: query t (at position p = pos0+t) attends keys j <= p, and with a sliding window
     # (window > 0) only those with p - j < window. H is a multiple of Hkv (GQA).
+    _apart({"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out}, ("out",))
     T, H, D = q.shape
     Hkv = k_cache.shape[0]
     S = pos0 + T
@@ -186,6 +240,8 @@ def attention(q, k_cache, v_cache, pos0, out, scale, window=0):
 def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):
     # logits (N,V), targets (N,) int, losses (N,); dlogits (N,V) or None (may alias logits):
     # losses[n] = -log softmax(logits[n])[targets[n]]; dlogits = (softmax - onehot) * dscale
+    _apart({"logits": logits, "targets": targets, "losses": losses, "dlogits": dlogits}, ("losses", "dlogits"),
+           {"dlogits": ("logits",)})
     m = logits.max(axis=-1, keepdims=True)
     e = np.exp(logits - m)
     z = e.sum(axis=-1, keepdims=True)
@@ -200,6 +256,7 @@ def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):
 
 def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     # param, grad, m, v (N,) updated in place; step counts from 1 (bias correction)
+    _apart({"param": param, "grad": grad, "m": m, "v": v}, ("param", "m", "v"))
     m *= beta1
     m += (1.0 - beta1) * grad
     v *= beta2

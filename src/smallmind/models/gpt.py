@@ -7,12 +7,14 @@ so that the weight-decayed matrices form one leading segment: AdamW then runs as
 fused calls over the whole model.
 """
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
+from ..memory import require
 from ..scope import scope
 
 
@@ -28,17 +30,24 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
-        checks = [
-            (self.vocab_size >= 2, "vocab_size must be at least 2"),
-            (self.context_length >= 1, "context_length must be at least 1"),
-            (self.d_model >= 1 and self.n_heads >= 1, "d_model and n_heads must be positive"),
-            (self.d_model % max(self.n_heads, 1) == 0, "d_model must be a multiple of n_heads"),
-            (self.n_layers >= 1, "n_layers must be at least 1"),
-            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SmallMindError(f"bad model config: {message}")
+        # types first: a config comes from JSON files and API calls as well as from presets
+        for name, (low, high) in INT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+                raise SmallMindError(f"bad model config: {name} must be an integer in [{low}, {high}], got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name, ok, rule in (("dropout", lambda x: 0.0 <= x < 1.0, "in [0, 1)"),
+                               ("layer_norm_eps", lambda x: 0.0 < x <= 1.0, "in (0, 1]")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                    or not math.isfinite(value) or not ok(value):
+                raise SmallMindError(f"bad model config: {name} must be a number {rule}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not isinstance(self.tied_head, (bool, np.bool_)):
+            raise SmallMindError(f"bad model config: tied_head must be true or false, got {self.tied_head!r}")
+        object.__setattr__(self, "tied_head", bool(self.tied_head))
+        if self.d_model % self.n_heads:
+            raise SmallMindError("bad model config: d_model must be a multiple of n_heads")
 
     @property
     def head_dim(self) -> int:
@@ -49,12 +58,24 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
+        if not isinstance(d, dict):
+            raise SmallMindError(f"bad model config: expected an object of settings, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise SmallMindError(f"bad model config: unknown keys {sorted(unknown)}")
         return cls(**d)
 
+
+# The integer settings' bounds: far beyond any model this GPT can train or run, small enough
+# that a crafted config cannot make a loader loop or allocate without end.
+INT_RANGES = {
+    "vocab_size": (2, 1 << 24),
+    "context_length": (1, 1 << 20),
+    "d_model": (1, 1 << 16),
+    "n_layers": (1, 1 << 10),
+    "n_heads": (1, 1 << 12),
+}
 
 PRESETS = {
     # the model the original profiling analysis measured (about 3.3M parameters)
@@ -109,8 +130,9 @@ class Params:
 
     def __init__(self, cfg: GPTConfig, flat: np.ndarray | None = None):
         shapes = param_shapes(cfg)
-        total = sum(int(np.prod(s)) for _, s, _ in shapes)
+        total = sum(math.prod(s) for _, s, _ in shapes)
         if flat is None:
+            require(4 * total, f"a model of {total:,} parameters")
             flat = np.zeros(total, dtype=np.float32)
         if flat.shape != (total,) or flat.dtype != np.float32:
             raise SmallMindError(f"parameter buffer must be float32 of {total} elements")

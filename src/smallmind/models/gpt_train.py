@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import SmallMindError
+from ..memory import require
 from ..scope import scope
 from .gpt import GPTConfig, Params
 
@@ -37,6 +38,8 @@ class TrainWorkspace:
             raise SmallMindError(f"seq {seq} exceeds the model's context length {cfg.context_length}")
         B, T, C, H, D, L = batch, seq, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.n_layers
         V, N = cfg.vocab_size, batch * seq
+        require(self.nbytes_for(cfg, batch, seq), f"a training batch of {batch} x {seq} tokens",
+                "use a smaller batch size or sequence length")
         self.cfg, self.batch, self.seq = cfg, batch, seq
 
         def f32(*shape):
@@ -88,6 +91,18 @@ class TrainWorkspace:
         self.tokens = np.zeros((B, T), dtype=np.int32)
         self.targets = np.zeros((B, T), dtype=np.int32)
         self.has_targets = False
+
+    @staticmethod
+    def nbytes_for(cfg: GPTConfig, batch: int, seq: int) -> int:
+        """The bytes a workspace for (batch, seq) allocates: the buffers above, counted before any is made."""
+        B, T, C, H, L, V = batch, seq, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.vocab_size
+        N = B * T
+        per_layer = N * C * 5 + N * 4 + N * 3 * C + B * H * T * T + N * 4 * C * 2
+        floats = (L * per_layer + N * C * 2 + N * 2 + N * V * 2 + N + B * H * T * T * 2
+                  + N * C * 4 + N * 4 * C * 2 + N * 3 * C + max(V, 4 * C) * C + 4 * C + N)
+        if cfg.dropout > 0:
+            floats += N * C + L * (B * H * T * T + 2 * N * C)
+        return 4 * (floats + 2 * N)  # + the int32 tokens and targets
 
 
 # ---- layer pairs ------------------------------------------------------------------------

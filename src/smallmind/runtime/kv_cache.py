@@ -6,7 +6,11 @@ filled prefix (kernels.attention). Layout per layer is (Hkv, S_max, D), so a hea
 are one contiguous (S, D) block, the order the attention kernel streams them in.
 """
 
+import math
+
 import numpy as np
+
+from ..memory import require
 
 
 class KVCache:
@@ -14,6 +18,7 @@ class KVCache:
 
     def __init__(self, n_layers: int, n_kv_heads: int, max_len: int, head_dim: int):
         shape = (n_layers, n_kv_heads, max_len, head_dim)
+        require(2 * 4 * math.prod(shape), f"a KV cache of {max_len} positions")
         self.k = np.zeros(shape, dtype=np.float32)
         self.v = np.zeros(shape, dtype=np.float32)
         # indexing makes a new view object each time: make the per-layer views once

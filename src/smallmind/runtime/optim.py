@@ -97,9 +97,9 @@ class AdamW:
                 raise CheckpointError(
                     f"optimizer state {key!r} has shape {moment.shape} {moment.dtype}, "
                     f"expected {self.m.shape} float32: it belongs to another model")
-        step = int(state["step"])
-        if step < 0:
-            raise CheckpointError(f"optimizer state has a negative step count {step}")
+        step = state["step"]
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+            raise CheckpointError(f"optimizer state's step must be a non-negative integer, not {step!r}")
         self.m[...] = state["m"]
         self.v[...] = state["v"]
-        self.step_count = step
+        self.step_count = int(step)

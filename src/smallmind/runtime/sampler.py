@@ -6,23 +6,39 @@ cumulative distribution, so a seed fixes the whole generated text. Working buffe
 once per sampler; greedy decoding allocates nothing per token.
 """
 
+import numbers
+
 import numpy as np
 
 from ..errors import SmallMindError
 
+# Below this temperature sampling is greedy: dividing the logits by a temperature near 0
+# overflows to infinity (1e-300 does), and the softmax of the rest is one-hot anyway.
+GREEDY_BELOW = 1e-6
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
 
 class Sampler:
-    """Draws token ids from (V,) logits. temperature 0 means greedy (argmax)."""
+    """Draws token ids from (V,) logits. A temperature of 0 (or below GREEDY_BELOW) is greedy (argmax)."""
 
     def __init__(self, vocab_size: int, *, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None):
-        if not (temperature >= 0.0 and np.isfinite(temperature)):
-            raise SmallMindError(f"temperature must be a finite number >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise SmallMindError(f"top_k must be at least 1, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise SmallMindError(f"top_p must be in (0, 1], got {top_p}")
-        self.temperature = float(temperature)
+        if not (_is_real(temperature) and temperature >= 0.0 and np.isfinite(temperature)):
+            raise SmallMindError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if top_k is not None and not (_is_int(top_k) and top_k >= 1):
+            raise SmallMindError(f"top_k must be an integer of at least 1, got {top_k!r}")
+        if top_p is not None and not (_is_real(top_p) and 0.0 < top_p <= 1.0):
+            raise SmallMindError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        if seed is not None and not (_is_int(seed) and seed >= 0):
+            raise SmallMindError(f"seed must be a non-negative integer, got {seed!r}")
+        self.temperature = 0.0 if temperature < GREEDY_BELOW else float(temperature)
         self.top_k = None if top_k is None or top_k >= vocab_size else int(top_k)
         self.top_p = None if top_p is None or top_p >= 1.0 else float(top_p)
         self.rng = np.random.default_rng(seed)

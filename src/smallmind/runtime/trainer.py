@@ -3,7 +3,8 @@
 A run is fixed by its TrainConfig: the same config and data give bit-identical losses, and
 a run resumed from its `last` checkpoint continues exactly as if it had never stopped (the
 checkpoint holds the weights, AdamW moments, step, and the states of the data-sampling and
-dropout generators). Ctrl-C finishes the current step, saves `last` and stops cleanly.
+dropout generators). Ctrl-C or SIGTERM finishes the current step, saves `last` and stops
+cleanly.
 
 Out directory (when `out` is set):
   best/            checkpoint with the lowest validation loss (weights, tokenizer, config)
@@ -27,7 +28,8 @@ from ..formats import text_data
 from ..formats.checkpoint import BEST, LAST, has_checkpoint, load_checkpoint, save_checkpoint
 from ..formats.tokenizer import KINDS, train_tokenizer
 from ..models import gpt_train
-from ..models.gpt import init_params, preset
+from ..memory import require
+from ..models.gpt import init_params, param_shapes, preset
 from ..scope import scope
 from .optim import AdamW, clip_grad_norm, lr_at
 
@@ -37,6 +39,21 @@ LOSS_CURVE = "loss_curve.png"
 RESUMABLE_CHANGES = {"steps", "out", "resume", "overwrite", "data", "max_corpus_chars"}
 # Fields whose None default is resolved from others (see TrainConfig.resolved).
 DERIVED_DEFAULTS = ("seq", "dropout", "min_lr", "warmup_steps")
+
+
+# (field, accepted types (None: may be None), what to say) for TrainConfig.__post_init__
+_INT, _NUMBER, _PATH = (int,), (int, float), (str, os.PathLike)
+_FIELD_TYPES = (
+    *((name, _INT, "an integer") for name in (
+        "steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "seed", "max_corpus_chars")),
+    *((name, (*_INT, None), "an integer or None") for name in ("seq", "warmup_steps")),
+    *((name, _NUMBER, "a finite number") for name in ("max_lr", "weight_decay", "grad_clip", "val_fraction")),
+    *((name, (*_NUMBER, None), "a finite number or None") for name in ("dropout", "min_lr")),
+    ("preset", (str,), "a preset name"),
+    ("tokenizer", (str,), "a tokenizer kind"),
+    *((name, (*_PATH, None), "a path or None") for name in ("data", "out")),
+    *((name, (bool,), "True or False") for name in ("resume", "overwrite")),
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,22 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
 
+    def __post_init__(self):
+        # types here, ranges in resolved(): a float step count would run a step too many and
+        # never reach the save at `step == steps`
+        for name, kinds, what in _FIELD_TYPES:
+            value = getattr(self, name)
+            if value is None and None in kinds:
+                continue
+            types = tuple(k for k in kinds if k is not None)
+            ok = isinstance(value, bool) if bool in types else isinstance(value, types) and not isinstance(value, bool)
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise SmallMindError(f"TrainConfig {name} must be {what}, got {value!r}")
+            if types == _PATH:
+                object.__setattr__(self, name, os.fspath(value))  # saved as JSON in the trainer state
+        if self.seed < 0:
+            raise SmallMindError(f"TrainConfig seed must be a non-negative integer, got {self.seed!r}")
+
     def resolved(self) -> "TrainConfig":
         """This config with its defaults filled in and every value checked."""
         model = preset(self.preset)
@@ -84,6 +117,9 @@ class TrainConfig:
             (cfg.max_lr > 0 and math.isfinite(cfg.max_lr), f"learning rate must be positive, got {cfg.max_lr}"),
             (0 <= cfg.min_lr <= cfg.max_lr, f"min lr must be in [0, max lr], got {cfg.min_lr}"),
             (cfg.warmup_steps >= 0, f"warmup steps must be non-negative, got {cfg.warmup_steps}"),
+            (cfg.warmup_steps <= cfg.steps,
+             f"warmup steps ({cfg.warmup_steps}) must not exceed steps ({cfg.steps}): the learning rate would "
+             "never reach its peak"),
             (cfg.weight_decay >= 0, f"weight decay must be non-negative, got {cfg.weight_decay}"),
             (cfg.grad_clip > 0, f"grad clip must be positive, got {cfg.grad_clip}"),
             (cfg.eval_every >= 1, f"eval every must be at least 1, got {cfg.eval_every}"),
@@ -103,6 +139,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
 
     progress: show a progress bar on stderr. log: a callable given one line of text per
     evaluation (for logs, where a progress bar is noise)."""
+    if not isinstance(cfg, TrainConfig):
+        raise SmallMindError(f"train needs a TrainConfig, got {type(cfg).__name__}")
     out = Path(cfg.out) if cfg.out is not None else None
     resumed = _check_out_dir(cfg, out)
     if resumed is not None:
@@ -110,6 +148,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
         saved = resumed.trainer_state.get("train_config") or {}
         cfg = replace(cfg, **{k: saved[k] for k in DERIVED_DEFAULTS if getattr(cfg, k) is None and k in saved})
     cfg = cfg.resolved()
+    # the tokenizer's vocabulary is at most the preset's, so this bounds a new model too
+    _check_memory(cfg, resumed.params.cfg if resumed is not None else preset(cfg.preset, dropout=cfg.dropout))
 
     docs = text_data.load_documents(cfg.data, max_chars=cfg.max_corpus_chars)
     data_id = text_data.fingerprint(docs)
@@ -181,13 +221,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
             save(LAST, with_optimizer=True)
             _plot_loss_curve(out / LOSS_CURVE, train_losses, evals)
 
-    if not evals:
-        evaluate()
-
     bar = _progress_bar(progress, cfg.steps, step)
     interrupt = _InterruptFlag()
     try:
         with interrupt:
+            if not evals:
+                evaluate()
             while step < cfg.steps and not interrupt.raised:
                 t0 = time.perf_counter()
                 loss = _train_step(cfg, step, params, grads, ws, optimizer, sampler, dropout_rng)
@@ -225,7 +264,21 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
         "preset": cfg.preset,
         "out": str(out) if out is not None else None,
         "interrupted": interrupt.raised,
+        "signal": signal.Signals(interrupt.signum).name if interrupt.raised else None,
     }
+
+
+def _check_memory(cfg: TrainConfig, model_cfg) -> None:
+    """Refuse a batch size, sequence length or evaluation batch count whose buffers cannot fit,
+    before any is allocated (the corpus and its tokens come on top)."""
+    B, T, n = cfg.batch_size, cfg.seq, cfg.eval_batches
+    weights = 4 * 4 * sum(math.prod(shape) for _, shape, _ in param_shapes(model_cfg))  # params, grads, m, v
+    sampler = B * (T + 1) * 12 + 2 * B * T * 4
+    evals = 2 * n * B * (8 + (T + 1) * 4 + 2 * T * 4)  # train and validation: starts, windows, x and y
+    workspace = gpt_train.TrainWorkspace.nbytes_for(model_cfg, B, T)
+    require(weights + sampler + evals + workspace,
+            f"training with batch size {B}, sequence length {T} and {n} evaluation batches",
+            "use a smaller --batch-size, --seq or --eval-batches")
 
 
 def _train_step(cfg, step, params, grads, ws, optimizer, sampler, dropout_rng) -> float:
@@ -265,6 +318,7 @@ def _check_out_dir(cfg: TrainConfig, out: Path | None):
         ckpt = load_checkpoint(out / LAST)
         if ckpt.optimizer_state is None or ckpt.trainer_state is None:
             raise CheckpointError(f"{out / LAST} lacks the optimizer or trainer state needed to resume")
+        check_trainer_state(ckpt.trainer_state, out / LAST)
         return ckpt
     if has_checkpoint(out) and not cfg.overwrite:
         raise SmallMindError(
@@ -272,13 +326,57 @@ def _check_out_dir(cfg: TrainConfig, out: Path | None):
     return None
 
 
+def check_trainer_state(state: dict, where) -> None:
+    """Refuse (CheckpointError, naming the key) a trainer state that a resume could not use,
+    before any data is loaded or any step is trained."""
+    def bad(key, why):
+        return CheckpointError(f"{where}: the trainer state's {key!r} {why}; the checkpoint is damaged")
+
+    keys = ("step", "best_val_loss", "best_step", "sampler_state", "dropout_state", "train_losses", "evals",
+            "train_config", "data_fingerprint")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{where}: the trainer state lacks {missing[0]!r}; the checkpoint is damaged")
+    step = state["step"]
+    if not _is_int(step) or step < 0:
+        raise bad("step", f"must be a non-negative integer, not {step!r}")
+    if not _is_int(state["best_step"]) or not 0 <= state["best_step"] <= step:
+        raise bad("best_step", f"must be an integer in [0, step], not {state['best_step']!r}")
+    if not _is_number(state["best_val_loss"]) or math.isnan(state["best_val_loss"]):
+        raise bad("best_val_loss", f"must be a number, not {state['best_val_loss']!r}")
+    for key in ("sampler_state", "dropout_state"):
+        try:  # the generators' own check, on a throwaway one
+            np.random.default_rng().bit_generator.state = state[key]
+        except (TypeError, ValueError, KeyError, OverflowError):
+            raise bad(key, "is not a random generator state") from None
+    losses = state["train_losses"]
+    if not isinstance(losses, list) or len(losses) != step or not all(_is_number(x) for x in losses):
+        raise bad("train_losses", f"must be a list of {step} numbers, one per step")
+    evals = state["evals"]
+    if not isinstance(evals, list) or not all(
+            isinstance(e, dict) and _is_int(e.get("step")) and 0 <= e["step"] <= step
+            and _is_number(e.get("train")) and _is_number(e.get("val")) for e in evals):
+        raise bad("evals", "must be a list of {step, train, val} records up to the saved step")
+    if not isinstance(state["train_config"], dict):
+        raise bad("train_config", "must be an object of settings")
+    lacking = [f.name for f in fields(TrainConfig) if f.name not in state["train_config"]]
+    if lacking:
+        raise bad("train_config", f"lacks the setting {lacking[0]!r}")
+    if not isinstance(state["data_fingerprint"], str):
+        raise bad("data_fingerprint", "must be text")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _check_resume_matches(cfg: TrainConfig, state: dict, data_id: str) -> None:
     try:
         saved = state["train_config"]
-        keys = ("step", "best_val_loss", "best_step", "sampler_state", "dropout_state", "train_losses", "evals")
-        missing = [k for k in keys if k not in state]
-        if missing:
-            raise CheckpointError(f"the checkpoint's trainer state lacks {missing[0]!r}")
         for f in fields(TrainConfig):
             if f.name not in RESUMABLE_CHANGES and saved[f.name] != getattr(cfg, f.name):
                 raise SmallMindError(
@@ -293,26 +391,30 @@ def _check_resume_matches(cfg: TrainConfig, state: dict, data_id: str) -> None:
 
 
 class _InterruptFlag:
-    """Within `with`, the first Ctrl-C only sets .raised (the loop stops after the step);
-    a second one interrupts at once. Outside the main thread signals are left alone."""
+    """Within `with`, the first Ctrl-C or SIGTERM (what `kill` and service managers send)
+    only sets .raised and .signum (the loop stops after the step, saving `last`); a second
+    one interrupts at once. Outside the main thread signals are left alone."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.raised = False
-        self._previous = None
+        self.signum = None
+        self._previous = {}
 
     def _handle(self, signum, frame):
         if self.raised:
             raise KeyboardInterrupt
-        self.raised = True
+        self.raised, self.signum = True, signum
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
         return False
 
 

@@ -18,7 +18,7 @@
 #define SM_MAXD 8
 
 static PyObject *KernelInputError;
-static PyObject *np_shares_memory;
+static PyObject *np_shares_memory, *np_too_hard;
 static const KernelTable *K = &sm_table_generic;
 static const QuantTable *Q = &sm_qtable_generic;  /* the AVX2 build also serves AVX-512 machines */
 /* Above this many rows linear() hands over to BLAS. With more than one thread the cut-over
@@ -166,7 +166,9 @@ static void extent(PyArrayObject *a, char **lo, char **hi)
 
 static int same_array(PyArrayObject *a, PyArrayObject *b)
 {
-    if (PyArray_DATA(a) != PyArray_DATA(b) || PyArray_NDIM(a) != PyArray_NDIM(b)) return 0;
+    if (PyArray_DATA(a) != PyArray_DATA(b) || PyArray_NDIM(a) != PyArray_NDIM(b) ||
+        PyArray_TYPE(a) != PyArray_TYPE(b))
+        return 0;
     for (int d = 0; d < PyArray_NDIM(a); d++)
         if (PyArray_DIM(a, d) != PyArray_DIM(b, d) ||
             (PyArray_DIM(a, d) > 1 && PyArray_STRIDE(a, d) != PyArray_STRIDE(b, d)))
@@ -174,7 +176,12 @@ static int same_array(PyArrayObject *a, PyArrayObject *b)
     return 1;
 }
 
-/* out must not share memory with in, except (allow_same) being exactly the same array. */
+/* Deciding exactly whether two strided views share memory can take exponential time; past
+ * this much work (search steps of NumPy's solver) the pair is refused as if it overlapped. */
+#define SM_OVERLAP_MAX_WORK (1L << 20)
+
+/* out must not share memory with in, whatever their dtypes, except (allow_same) being
+ * exactly the same array. */
 static int no_overlap(View *out, const char *oname, View *in, const char *iname, int allow_same)
 {
     if (!out->arr || !in->arr) return 0;
@@ -183,15 +190,37 @@ static int no_overlap(View *out, const char *oname, View *in, const char *iname,
     extent(in->arr, &blo, &bhi);
     if (alo == ahi || blo == bhi || ahi <= blo || bhi <= alo) return 0;
     if (allow_same && same_array(out->arr, in->arr)) return 0;
-    PyObject *r = PyObject_CallFunctionObjArgs(np_shares_memory, (PyObject *)out->arr,
-                                               (PyObject *)in->arr, NULL);
-    if (!r) return -1;
-    int shares = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    if (shares < 0) return -1;
+    PyObject *r = PyObject_CallFunction(np_shares_memory, "OOl", (PyObject *)out->arr, (PyObject *)in->arr,
+                                        SM_OVERLAP_MAX_WORK);
+    int shares = 1;
+    if (r) {
+        shares = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (shares < 0) return -1;
+    } else if (PyErr_ExceptionMatches(np_too_hard)) {
+        PyErr_Clear();
+    } else {
+        return -1;
+    }
     if (shares) {
         if (allow_same) return fail("%s must be %s itself or not overlap it", oname, iname);
         return fail("%s must not overlap %s", oname, iname);
+    }
+    return 0;
+}
+
+/* Every output (bit i of `outs`) against every other array of the call, of any dtype:
+ * no shared memory, except output i being exactly array j where bit j of same_ok[i] is set
+ * (the in-place uses a kernel supports). Arrays given as None are skipped. */
+static int views_apart(View *v, const char *const *names, int n, unsigned outs, const unsigned *same_ok)
+{
+    for (int i = 0; i < n; i++) {
+        if (!(outs >> i & 1)) continue;
+        for (int j = 0; j < n; j++) {
+            if (j == i || (j < i && (outs >> j & 1))) continue;  /* each pair of outputs once */
+            int allow = same_ok && (same_ok[i] >> j & 1);
+            if (no_overlap(&v[i], names[i], &v[j], names[j], allow)) return -1;
+        }
     }
     return 0;
 }
@@ -277,6 +306,7 @@ static void linear_task(void *ctx, long a, long b) { K->linear_cols((const Linea
 static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 5, "linear")) return NULL;
+    static const char *const names[4] = {"x", "w", "b", "out"};
     View v[4] = {0};
     int ok = 0;
     int acc = PyObject_IsTrue(args[4]);
@@ -290,9 +320,7 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t n)
     if (want_dim(&v[1], "w", 1, Kd, "x's features") || (has_b && want_dim(&v[2], "b", 0, N, "w's rows")) ||
         want_dim(&v[3], "out", 0, T, "x's rows") || want_dim(&v[3], "out", 1, N, "w's rows"))
         goto done;
-    if (no_overlap(&v[3], "out", &v[0], "x", 0) || no_overlap(&v[3], "out", &v[1], "w", 0) ||
-        (has_b && no_overlap(&v[3], "out", &v[2], "b", 0)))
-        goto done;
+    if (views_apart(v, names, 4, 1u << 3, NULL)) goto done;
     if (T > (sm_pool_threads() > 1 ? linear_max_t_threaded : linear_max_t)) {
         for (int i = 0; i < 4; i++) view_done(&v[i], 0);
         Py_RETURN_FALSE;
@@ -313,6 +341,7 @@ static void attn_blocked_task(void *ctx, long a, long b) { K->attention_blocked(
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 7, "attention")) return NULL;
+    static const char *const names[4] = {"q", "k_cache", "v_cache", "out"};
     View v[4] = {0};
     int ok = 0;
     long pos0 = 0, window = 0;
@@ -332,9 +361,7 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
     if (pos0 > Smax - T) { fail("pos0 + T = %ld + %ld exceeds the cache length %ld", pos0, T, Smax); goto done; }
     if (D > SM_ATTN_MAX_D) { fail("head dim %ld is above the supported %d", D, SM_ATTN_MAX_D); goto done; }
-    if (no_overlap(&v[3], "out", &v[0], "q", 0) || no_overlap(&v[3], "out", &v[1], "k_cache", 0) ||
-        no_overlap(&v[3], "out", &v[2], "v_cache", 0))
-        goto done;
+    if (views_apart(v, names, 4, 1u << 3, NULL)) goto done;
     AttnArgs aa = {F(v[0]), F(v[1]), F(v[2]), F(v[3]), T, H, D, Hkv ? H / Hkv : 1, pos0,
                    (long)v[0].st[0], (long)v[0].st[1], (long)v[1].st[0], (long)v[1].st[1],
                    (long)v[2].st[0], (long)v[2].st[1], (long)v[3].st[0], (long)v[3].st[1], (float)scale,
@@ -353,6 +380,7 @@ done:
 static PyObject *py_kv_cache_store(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 5, "kv_cache_store")) return NULL;
+    static const char *const names[4] = {"k", "v", "k_cache", "v_cache"};
     View v[4] = {0};
     int ok = 0;
     long pos0 = 0;
@@ -365,10 +393,7 @@ static PyObject *py_kv_cache_store(PyObject *self, PyObject *const *args, Py_ssi
         want_dim(&v[2], "k_cache", 0, Hkv, "k's heads") || want_dim(&v[2], "k_cache", 2, D, "k's head dim"))
         goto done;
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
-    if (no_overlap(&v[2], "k_cache", &v[0], "k", 0) || no_overlap(&v[2], "k_cache", &v[1], "v", 0) ||
-        no_overlap(&v[3], "v_cache", &v[0], "k", 0) || no_overlap(&v[3], "v_cache", &v[1], "v", 0) ||
-        no_overlap(&v[3], "v_cache", &v[2], "k_cache", 0))
-        goto done;
+    if (views_apart(v, names, 4, 1u << 2 | 1u << 3, NULL)) goto done;
     if (pos0 > Smax - T) {
         PyErr_Format(PyExc_IndexError, "KV cache is full: %ld positions from %ld do not fit its length %ld",
                      T, pos0, Smax);
@@ -410,6 +435,7 @@ static int tokens_in_range(View *t, long V)
 static PyObject *py_embedding(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 5, "embedding")) return NULL;
+    static const char *const names[4] = {"tokens", "wte", "wpe", "out"};
     View v[4] = {0};
     int ok = 0;
     long pos0 = 0;
@@ -423,8 +449,7 @@ static PyObject *py_embedding(PyObject *self, PyObject *const *args, Py_ssize_t 
         (has_wpe && want_dim(&v[2], "wpe", 1, C, "wte's width")))
         goto done;
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
-    if (no_overlap(&v[3], "out", &v[1], "wte", 0) || (has_wpe && no_overlap(&v[3], "out", &v[2], "wpe", 0)))
-        goto done;
+    if (views_apart(v, names, 4, 1u << 3, NULL)) goto done;
     if (tokens_in_range(&v[0], V)) goto done;
     if (has_wpe && pos0 > (long)v[2].shape[0] - T) {
         PyErr_Format(PyExc_IndexError, "%ld positions from %ld do not fit the position-embedding table (%ld)",
@@ -442,6 +467,7 @@ done:
 static PyObject *py_embedding_backward(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 3, "embedding_backward")) return NULL;
+    static const char *const names[3] = {"tokens", "dout", "dwte"};
     View v[3] = {0};
     int ok = 0;
     if (view_get(&v[0], args[0], "tokens", KIND_INT, 1, 0, 0) || view_get(&v[1], args[1], "dout", KIND_F32, 2, 0, 0) ||
@@ -449,7 +475,7 @@ static PyObject *py_embedding_backward(PyObject *self, PyObject *const *args, Py
         goto done;
     long N = v[0].shape[0], C = v[2].shape[1];
     if (want_dim(&v[1], "dout", 0, N, "number of tokens") || want_dim(&v[1], "dout", 1, C, "dwte's width") ||
-        no_overlap(&v[2], "dwte", &v[1], "dout", 0) || tokens_in_range(&v[0], (long)v[2].shape[0]))
+        views_apart(v, names, 3, 1u << 2, NULL) || tokens_in_range(&v[0], (long)v[2].shape[0]))
         goto done;
     for (long i = 0; i < N; i++) {
         float *row = F(v[2]) + token_at(&v[0], i) * v[2].st[0];
@@ -683,6 +709,8 @@ static void rms_task(void *ctx, long a, long b) { K->rms_norm_rows((const NormAr
 static PyObject *py_layer_norm(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 7, "layer_norm")) return NULL;
+    static const char *const names[6] = {"x", "weight", "bias", "out", "mean", "rstd"};
+    static const unsigned same_ok[6] = {[3] = 1u << 0};  /* out may be x */
     View v[6] = {0};
     int ok = 0;
     double eps = 0.0;
@@ -697,12 +725,7 @@ static PyObject *py_layer_norm(PyObject *self, PyObject *const *args, Py_ssize_t
         want_dim(&v[2], "bias", 0, C, "x's features") || (has_m && want_dim(&v[4], "mean", 0, T, "x's rows")) ||
         (has_r && want_dim(&v[5], "rstd", 0, T, "x's rows")))
         goto done;
-    if (no_overlap(&v[3], "out", &v[0], "x", 1) || no_overlap(&v[3], "out", &v[1], "weight", 0) ||
-        no_overlap(&v[3], "out", &v[2], "bias", 0) ||
-        (has_m && (no_overlap(&v[4], "mean", &v[0], "x", 0) || no_overlap(&v[4], "mean", &v[3], "out", 0))) ||
-        (has_r && (no_overlap(&v[5], "rstd", &v[0], "x", 0) || no_overlap(&v[5], "rstd", &v[3], "out", 0) ||
-                   (has_m && no_overlap(&v[5], "rstd", &v[4], "mean", 0)))))
-        goto done;
+    if (views_apart(v, names, 6, 1u << 3 | 1u << 4 | 1u << 5, same_ok)) goto done;
     NormArgs na = {F(v[0]), F(v[1]), F(v[2]), F(v[3]), has_m ? F(v[4]) : NULL, has_r ? F(v[5]) : NULL,
                    C, (long)v[0].st[0], (long)v[3].st[0], has_m ? (long)v[4].st[0] : 0,
                    has_r ? (long)v[5].st[0] : 0, (float)eps};
@@ -715,6 +738,8 @@ done:
 static PyObject *py_rms_norm(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 4, "rms_norm")) return NULL;
+    static const char *const names[3] = {"x", "weight", "out"};
+    static const unsigned same_ok[3] = {[2] = 1u << 0};  /* out may be x */
     View v[3] = {0};
     int ok = 0;
     double eps = 0.0;
@@ -723,7 +748,7 @@ static PyObject *py_rms_norm(PyObject *self, PyObject *const *args, Py_ssize_t n
         goto done;
     long T = v[0].shape[0], C = v[0].shape[1];
     if (same_shape(&v[0], "x", &v[2], "out") || want_dim(&v[1], "weight", 0, C, "x's features") ||
-        no_overlap(&v[2], "out", &v[0], "x", 1) || no_overlap(&v[2], "out", &v[1], "weight", 0))
+        views_apart(v, names, 3, 1u << 2, same_ok))
         goto done;
     NormArgs na = {F(v[0]), F(v[1]), NULL, F(v[2]), NULL, NULL, C, (long)v[0].st[0], (long)v[2].st[0], 0, 0, (float)eps};
     run(rms_task, &na, T, 1, 6.0 * T * C);
@@ -752,13 +777,8 @@ static PyObject *py_layer_norm_backward(PyObject *self, PyObject *const *args, P
         goto done;
     /* dx may be dout or x itself (each element is read before it is written); the
      * parameter gradients must not touch anything else */
-    for (int i = 0; i < 5; i++)
-        if (no_overlap(&v[5], "dx", &v[i], names[i], i <= 1) || no_overlap(&v[6], "dweight", &v[i], names[i], 0) ||
-            no_overlap(&v[7], "dbias", &v[i], names[i], 0))
-            goto done;
-    if (no_overlap(&v[6], "dweight", &v[5], "dx", 0) || no_overlap(&v[7], "dbias", &v[5], "dx", 0) ||
-        no_overlap(&v[7], "dbias", &v[6], "dweight", 0))
-        goto done;
+    static const unsigned same_ok[8] = {[5] = 1u << 0 | 1u << 1};
+    if (views_apart(v, names, 8, 1u << 5 | 1u << 6 | 1u << 7, same_ok)) goto done;
     NormBwdArgs a = {F(v[0]), F(v[1]), F(v[2]), F(v[3]), F(v[4]), F(v[5]), F(v[6]), F(v[7]), T, C,
                      (long)v[0].st[0], (long)v[1].st[0], (long)v[5].st[0], (long)v[3].st[0], (long)v[4].st[0]};
     /* parameter gradients first: they read dout and x, which dx may overwrite */
@@ -797,12 +817,15 @@ static PyObject *elementwise(int op, PyObject *const *args, Py_ssize_t n, int ni
     View v[3] = {0};
     int ok = 0;
     View *out = &v[nin];
+    const char *names[3] = {an, nin == 2 ? bn : "out", "out"};
+    unsigned same_ok[3] = {0};
+    same_ok[nin] = (1u << nin) - 1;  /* out may be any input itself */
     if (view_get(&v[0], args[0], an, KIND_F32, -1, 0, 1) ||
         (nin == 2 && view_get(&v[1], args[1], bn, KIND_F32, -1, 0, 1)) ||
         view_get(out, args[nin], "out", KIND_F32, -1, 1, 1))
         goto done;
     if (same_shape(&v[0], an, out, "out") || (nin == 2 && same_shape(&v[0], an, &v[1], bn)) ||
-        no_overlap(out, "out", &v[0], an, 1) || (nin == 2 && no_overlap(out, "out", &v[1], bn, 1)))
+        views_apart(v, names, nin + 1, 1u << nin, same_ok))
         goto done;
     long rows = out->rows, cols = out->cols;
     int flat = v[0].rs == cols && out->rs == cols && (nin == 1 || v[1].rs == cols);
@@ -828,14 +851,14 @@ static void softmax_bwd_task(void *ctx, long a, long b) { K->softmax_bwd_rows((c
 
 static PyObject *softmax_common(PyObject *const *args, int causal, double scale, long pos0, PyObject *xo, PyObject *oo)
 {
+    const char *names[2] = {causal ? "scores" : "x", "out"};
+    static const unsigned same_ok[2] = {[1] = 1u << 0};  /* out may be the input */
     View v[2] = {0};
     int ok = 0;
     if (view_get(&v[0], xo, causal ? "scores" : "x", KIND_F32, causal ? -3 : -2, 0, 1) ||
         view_get(&v[1], oo, "out", KIND_F32, causal ? -3 : -2, 1, 1))
         goto done;
-    if (same_shape(&v[0], causal ? "scores" : "x", &v[1], "out") ||
-        no_overlap(&v[1], "out", &v[0], causal ? "scores" : "x", 1))
-        goto done;
+    if (same_shape(&v[0], names[0], &v[1], "out") || views_apart(v, names, 2, 1u << 1, same_ok)) goto done;
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
     if (pos0 > v[0].cols) pos0 = v[0].cols;  /* every column visible already; keeps pos0 + t small */
     long T = causal ? (long)v[0].shape[v[0].nd - 2] : 1;
@@ -864,6 +887,8 @@ static PyObject *py_causal_softmax(PyObject *self, PyObject *const *args, Py_ssi
 static PyObject *py_softmax_backward(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 4, "softmax_backward")) return NULL;
+    static const char *const names[3] = {"probs", "dprobs", "dscores"};
+    static const unsigned same_ok[3] = {[2] = 1u << 0 | 1u << 1};  /* dscores may be an input */
     View v[3] = {0};
     int ok = 0;
     double scale = 0.0;
@@ -871,7 +896,7 @@ static PyObject *py_softmax_backward(PyObject *self, PyObject *const *args, Py_s
         view_get(&v[2], args[2], "dscores", KIND_F32, -2, 1, 1) || get_float(args[3], "scale", &scale))
         goto done;
     if (same_shape(&v[0], "probs", &v[1], "dprobs") || same_shape(&v[0], "probs", &v[2], "dscores") ||
-        no_overlap(&v[2], "dscores", &v[0], "probs", 1) || no_overlap(&v[2], "dscores", &v[1], "dprobs", 1))
+        views_apart(v, names, 3, 1u << 2, same_ok))
         goto done;
     SoftmaxArgs sa = {F(v[0]), F(v[1]), F(v[2]), v[0].cols, 1, 0, v[0].rs, v[1].rs, v[2].rs, (float)scale, 0};
     run(softmax_bwd_task, &sa, v[0].rows, 1, 5.0 * v[0].rows * v[0].cols);
@@ -887,6 +912,8 @@ static void rope_task(void *ctx, long a, long b) { K->rope_rows((const RopeArgs 
 static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 6, "rope")) return NULL;
+    static const char *const names[3] = {"x", "out", "freq_factors"};
+    static const unsigned same_ok[3] = {[1] = 1u << 0};  /* out may be x */
     View v[3] = {0};
     int ok = 0, has_ff = args[5] != Py_None;
     long pos0 = 0;
@@ -894,18 +921,17 @@ static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t n)
     int neox = PyObject_IsTrue(args[4]);
     if (neox < 0) return NULL;
     if (view_get(&v[0], args[0], "x", KIND_F32, 3, 0, 0) || get_long(args[1], "pos0", &pos0) ||
-        get_float(args[2], "theta", &theta) || view_get(&v[1], args[3], "out", KIND_F32, 3, 1, 0))
+        get_float(args[2], "theta", &theta) || view_get(&v[1], args[3], "out", KIND_F32, 3, 1, 0) ||
+        (has_ff && view_get(&v[2], args[5], "freq_factors", KIND_F32, 1, 0, 0)))
         goto done;
     long T = v[0].shape[0], H = v[0].shape[1], D = v[0].shape[2];
-    if (same_shape(&v[0], "x", &v[1], "out") || no_overlap(&v[1], "out", &v[0], "x", 1)) goto done;
+    if (same_shape(&v[0], "x", &v[1], "out") || views_apart(v, names, 3, 1u << 1, same_ok)) goto done;
     if (D % 2) { fail("rope needs an even head dim, got %ld", D); goto done; }
     if (D / 2 > SM_ROPE_MAX_HALF) { fail("head dim %ld is above the supported %d", D, 2 * SM_ROPE_MAX_HALF); goto done; }
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
     if (!(theta > 0.0)) { fail("theta must be positive, got %S", args[2]); goto done; }
     if (has_ff) {
-        if (view_get(&v[2], args[5], "freq_factors", KIND_F32, 1, 0, 0) ||
-            want_dim(&v[2], "freq_factors", 0, D / 2, "half the head dim"))
-            goto done;
+        if (want_dim(&v[2], "freq_factors", 0, D / 2, "half the head dim")) goto done;
         const float *ff = F(v[2]);  /* a unit-stride view (view_get copies otherwise) */
         for (long i = 0; i < D / 2; i++)
             if (!(ff[i] > 0.0f) || ff[i] == INFINITY) { fail("freq_factors[%ld] must be positive and finite", i); goto done; }
@@ -925,6 +951,8 @@ static void xent_task(void *ctx, long a, long b) { K->cross_entropy_rows((const 
 static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 5, "cross_entropy")) return NULL;
+    static const char *const names[4] = {"logits", "targets", "losses", "dlogits"};
+    static const unsigned same_ok[4] = {[3] = 1u << 0};  /* dlogits may be logits */
     View v[4] = {0};
     int ok = 0;
     double dscale = 0.0;
@@ -937,9 +965,7 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
     if (want_dim(&v[1], "targets", 0, N, "logits' rows") || want_dim(&v[2], "losses", 0, N, "logits' rows") ||
         (has_d && same_shape(&v[0], "logits", &v[3], "dlogits")))
         goto done;
-    if (no_overlap(&v[2], "losses", &v[0], "logits", 0) ||
-        (has_d && (no_overlap(&v[3], "dlogits", &v[0], "logits", 1) || no_overlap(&v[2], "losses", &v[3], "dlogits", 0))))
-        goto done;
+    if (views_apart(v, names, 4, 1u << 2 | 1u << 3, same_ok)) goto done;
     for (long i = 0; i < N; i++) {
         long t = token_at(&v[1], i);
         if (t < 0 || t >= V) {
@@ -994,10 +1020,8 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *const *args, Py_ssize_t
         goto done;
     for (int i = 1; i < 4; i++)
         if (same_shape(&v[0], "param", &v[i], names[i])) goto done;
-    /* pairs (written, other): grad (1) is the only read-only one */
-    static const int pairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {2, 1}, {3, 1}, {3, 2}};
-    for (int i = 0; i < 6; i++)
-        if (no_overlap(&v[pairs[i][0]], names[pairs[i][0]], &v[pairs[i][1]], names[pairs[i][1]], 0)) goto done;
+    /* grad (1) is the only read-only one */
+    if (views_apart(v, names, 4, 1u << 0 | 1u << 2 | 1u << 3, NULL)) goto done;
     if (step < 1) { fail("step counts from 1, got %ld", step); goto done; }
     if (!(b1 >= 0.0 && b1 < 1.0 && b2 >= 0.0 && b2 < 1.0)) { fail("betas must be in [0, 1)"); goto done; }
     AdamCtx c = {{F(v[0]), F(v[2]), F(v[3]), F(v[1]), (float)lr, (float)b1, (float)b2, (float)eps, (float)wd,
@@ -1136,8 +1160,11 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *np = PyImport_ImportModule("numpy");
     if (!np) return NULL;
     np_shares_memory = PyObject_GetAttrString(np, "shares_memory");
+    PyObject *np_exceptions = PyImport_ImportModule("numpy.exceptions");
+    np_too_hard = np_exceptions ? PyObject_GetAttrString(np_exceptions, "TooHardError") : NULL;
+    Py_XDECREF(np_exceptions);
     Py_DECREF(np);
-    if (!np_shares_memory) return NULL;
+    if (!np_shares_memory || !np_too_hard) return NULL;
     K = table_for("best");
     Q = qtable_for(K);
     PyObject *m = PyModule_Create(&moduledef);

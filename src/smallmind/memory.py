@@ -1,0 +1,66 @@
+"""Memory a size asked for would take, checked before it is allocated.
+
+A batch size, a context length or a layer count from a flag, an API call or a crafted
+config can ask for more memory than the machine has. NumPy then raises MemoryError (or
+the kernel overcommits and the OOM killer ends the process later); `require` refuses
+such a size up front with a SmallMindError that names what asked for it.
+"""
+
+import os
+
+from .errors import SmallMindError
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still take (Linux: MemAvailable, capped by a cgroup limit), or None."""
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    limit = _cgroup_room()
+    if limit is not None:
+        found.append(limit)
+    return min(found) if found else None
+
+
+def _cgroup_room() -> int | None:
+    # cgroup v2: memory.max minus memory.current of this process's group ("max" = no limit)
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as f:
+            rel = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+        base = f"/sys/fs/cgroup{rel}".rstrip("/")
+        with open(f"{base}/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        if limit == "max":
+            return None
+        with open(f"{base}/memory.current", encoding="ascii") as f:
+            return max(0, int(limit) - int(f.read().strip()))
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+
+
+def require(nbytes: int, what: str, hint: str = "") -> None:
+    """Refuse (SmallMindError) when `what` would need more than the memory available."""
+    room = available_bytes()
+    if room is not None and nbytes > room:
+        raise SmallMindError(f"{what} would need {format_bytes(nbytes)} of memory but only "
+                             f"{format_bytes(room)} is available" + (f"; {hint}" if hint else ""))
+
+
+def format_bytes(n: float) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n /= 1024
+        i += 1
+    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"

@@ -1,0 +1,33 @@
+import pytest
+
+from smallmind import memory
+from smallmind.errors import SmallMindError
+from smallmind.models.gpt import init_params, preset
+from smallmind.runtime.kv_cache import KVCache
+
+
+def test_require_refuses_more_than_is_available_naming_what_asked(monkeypatch):
+    monkeypatch.setattr(memory, "available_bytes", lambda: 3 << 20)
+    memory.require(3 << 20, "exactly what is free")
+    with pytest.raises(SmallMindError, match=r"^a batch would need 3.0 MiB of memory but only 3.0 MiB is "
+                                             r"available; use a smaller one$"):
+        memory.require((3 << 20) + 1, "a batch", "use a smaller one")
+
+
+def test_available_memory_is_at_most_the_machine_total():
+    with open("/proc/meminfo") as f:
+        total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    assert 0 < memory.available_bytes() <= total
+
+
+def test_format_bytes_picks_the_unit():
+    assert [memory.format_bytes(n) for n in (512, 1536, 5 << 30, 3 << 50)] == ["512 B", "1.5 KiB", "5.0 GiB",
+                                                                               "3.0 PiB"]
+
+
+def test_models_and_kv_caches_that_cannot_fit_are_refused_before_allocating(monkeypatch):
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 20)
+    with pytest.raises(SmallMindError, match="a model of [0-9,]+ parameters would need"):
+        init_params(preset("tiny"))
+    with pytest.raises(SmallMindError, match="a KV cache of 4096 positions would need 16.0 MiB"):
+        KVCache(2, 4, 4096, 64)
