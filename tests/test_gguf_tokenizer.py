@@ -235,6 +235,19 @@ def test_bpe_merges_by_rank():
     assert [tok.token_text(i) for i in tok.encode("ab ab abc")] == ["ab", "Ġab", "Ġab", "c"]
 
 
+def test_end_of_generation_text_becomes_a_hidden_control_token():
+    # typed NORMAL in the file, but llama.cpp treats <|endoftext|> as CONTROL and EOG by its text
+    tok = tokenizer_from_gguf(bpe_meta(eos_token_id=1))
+    assert tok.eog_ids == {0, 1}
+    assert (tok.token_bytes(0), tok.encode("<|endoftext|>", special=True)) == (b"", [0])
+    assert 0 not in tok.encode("<|endoftext|>")
+
+
+def test_eot_token_id_key_adds_to_end_of_generation():
+    tok = tokenizer_from_gguf(bpe_meta(eot_token_id=257))
+    assert tok.eog_ids == {0, 257}
+
+
 @pytest.mark.parametrize("changes, match", [
     ({"merges": None}, r"tokenizer\.ggml\.merges"),
     ({"merges": ["ab"]}, r"tokenizer\.ggml\.merges\[0\]"),
