@@ -35,31 +35,38 @@ def test_bench_decode_reports_the_median_of_the_runs_after_the_warm_up(monkeypat
     assert (r["prompt_tokens"], r["new_tokens"]) == (8, 10)
 
 
+class ScriptedSession:
+    """A session whose prefill and decode steps take scripted time on `clock`."""
+
+    def __init__(self, clock, prefill_seconds, vocab=512):
+        self.clock, self.prefill_seconds, self.vocab = clock, prefill_seconds, vocab
+
+    def reset(self):
+        pass
+
+    def prefill(self, ids):
+        self.clock.now += next(self.prefill_seconds)
+        return np.zeros(self.vocab, np.float32)
+
+    def step(self, token):
+        self.clock.now += 1.0  # a decode step takes 1 s
+        return np.zeros(self.vocab, np.float32)
+
+
 def test_decode_time_counts_the_decode_steps_and_not_the_prefill(monkeypatch):
-    clock, cfg = Clock(), preset("tiny")
-
-    def forward(params, ws, tokens, pos):
-        clock.now += 1.0 if len(tokens) == 1 else 100.0  # a decode step takes 1 s, the prefill 100 s
-        return np.zeros(cfg.vocab_size, np.float32)
-
+    clock = Clock()
     monkeypatch.setattr(inference, "time", clock.module())
-    monkeypatch.setattr(inference, "forward", forward)
-    ws = SimpleNamespace(reset=lambda: None, token=np.zeros(1, np.int32))
-    assert inference.decode_seconds(None, ws, Sampler(cfg.vocab_size, temperature=0.0),
-                                    np.arange(8, dtype=np.int32), 5) == 5.0
+    session = ScriptedSession(clock, iter([100.0]))
+    assert inference.decode_seconds(session, Sampler(512, temperature=0.0), np.arange(8, dtype=np.int32), 5) == 5.0
 
 
 def test_bench_prefill_reports_the_median_forward_after_the_warm_up(monkeypatch):
-    clock, seconds, cfg = Clock(), iter([50.0, 1.0, 3.0, 2.0]), preset("tiny")
-
-    def forward(params, ws, tokens, pos):
-        clock.now += next(seconds)
-        return np.zeros(cfg.vocab_size, np.float32)
-
+    clock, seconds = Clock(), iter([50.0, 1.0, 3.0, 2.0])
     monkeypatch.setattr(inference, "time", clock.module())
-    monkeypatch.setattr(inference, "forward", forward)
+    monkeypatch.setattr(inference, "Session", lambda net, ctx, prefill_chunk: ScriptedSession(clock, seconds))
     monkeypatch.setattr(inference, "largest_matmul_gflops", lambda params, tokens: 1.0)
     r = bench_prefill("tiny", threads=1, repeats=3, tokens=16)
+    assert next(seconds, None) is None
     assert r["ms_total"] == pytest.approx(2000.0) and r["tok_s"] == pytest.approx(8.0)
     assert r["ms_per_token"] == pytest.approx(125.0) and r["tokens"] == 16
 

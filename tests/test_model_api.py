@@ -62,7 +62,7 @@ def test_generate_streams_text_and_the_api_function_agrees(model, checkpoint_dir
     (lambda m: m.logits(list(range(65))), "context"),
     (lambda m: m.detokenize([[1]]), "1-D"),
     (lambda m: m.tokenize(None), "must be a str"),
-    (lambda m: m.generate(None, max_new_tokens=3), "must be a str"),
+    (lambda m: m.generate(None, max_new_tokens=3), "must be text"),
     (lambda m: m.chat([{"role": "user", "content": "hi"}]), "no chat template"),
 ])
 def test_bad_calls_raise_smallmind_errors(model, bad, message):

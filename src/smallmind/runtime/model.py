@@ -99,7 +99,7 @@ class Model:
         Bad arguments, an unencodable prompt, and a prompt plus max_new_tokens longer than the
         context raise here, before the first piece is asked for."""
         if not isinstance(prompt, str):
-            raise SmallMindError(f"the prompt must be a str, not {type(prompt).__name__}")
+            raise SmallMindError(f"the prompt must be text (a str), got {type(prompt).__name__}")
         with scope("tokenize"):
             ids = self.tokenize(prompt, add_bos=self.tokenizer.add_bos if add_bos is None else add_bos)
         if not ids:
