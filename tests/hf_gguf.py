@@ -27,7 +27,7 @@ VOCAB_SIZE = 320
 HIDDEN = 64
 HEADS = 4
 KV_HEADS = 2
-CONTEXT = 128
+CONTEXT = 256  # llama.cpp rounds a context up to 256; a shorter training one makes it warn
 GEMMA3_SLIDING_WINDOW = 8  # smaller than the test sequences, so the window really cuts
 
 # Per tokenizer family: the special tokens, where they sit, and the ids the config points at.

@@ -87,7 +87,7 @@ def test_file_has_the_hyperparameter_keys(written, models, arch):
     assert meta[f"{name}.block_count"] == blocks
     assert meta[f"{name}.embedding_length"] == 64
     assert meta[f"{name}.attention.head_count"] == heads
-    assert meta[f"{name}.context_length"] == 128
+    assert meta[f"{name}.context_length"] == 256
     assert meta.get(f"{name}.attention.head_count_kv") == kv_heads
     assert meta.get(f"{name}.attention.key_length") == key_length
     assert meta.get(f"{name}.attention.value_length") == key_length
@@ -219,6 +219,12 @@ def test_write_gguf_refuses_an_unknown_dtype(models, tmp_path):
 
 
 # llama.cpp (llama-cpp-python) is the reference: its logits on our F32 GGUF must be transformers'.
+# With an F32 KV cache the only rounding left is llama.cpp's GELU, which looks x up in a table
+# indexed by x as F16 (gpt2, gemma3); the default F16 cache adds ~1e-3 everywhere.
+LLAMA_CPP_RTOL = {"gpt2": 1e-3, "gemma3": 1e-3}
+GGML_TYPE_F32 = 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", hf_gguf.ARCHS)
 def test_llama_cpp_logits_match_transformers(models, tmp_path, arch):
@@ -227,10 +233,10 @@ def test_llama_cpp_logits_match_transformers(models, tmp_path, arch):
     ids = [int(i) for i in np.random.default_rng(2).integers(0, 320, 24)]
     ref = hf_gguf.hf_logits(models[arch], ids)
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, n_threads=2,
-                          verbose=False)
+                          type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False)
     llm.eval(ids)
     got = np.asarray(llm.scores[:len(ids)], dtype=np.float32)
     llm.close()
     rel = np.abs(got - ref).max() / np.abs(ref).max()
-    assert rel < 2e-3, f"{arch}: max relative logits difference {rel:.2e}"
-    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+    assert rel < LLAMA_CPP_RTOL.get(arch, 1e-5), f"{arch}: max relative logits difference {rel:.2e}"
+    np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
