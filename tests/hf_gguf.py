@@ -49,10 +49,12 @@ _BPE_QWEN = {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "bos":
 _TOKENIZERS = {"llama": _SPM_LLAMA, "llama3": _SPM_LLAMA, "gemma3": _SPM_GEMMA,
                "gpt2": _BPE_GPT2, "qwen2": _BPE_QWEN, "qwen3": _BPE_QWEN}
 
+# SentencePiece joins two adjacent pieces only into a piece of the vocabulary, so every longer
+# piece is the join of two earlier ones.
 _SPM_PIECES = (["\u2581"] + ["\u2581" + c for c in "abcdefghijklmnopqrstuvwxyz"]
                + list("abcdefghijklmnopqrstuvwxyz")
-               + ["\u2581the", "\u2581and", "\u2581of", "\u2581to", "in", "er", "on", "an",
-                  "re", "at", "en", "is"])
+               + ["he", "\u2581th", "\u2581the", "an", "\u2581an", "\u2581and", "in", "er",
+                  "on", "re", "at", "en", "is"])
 
 # Each merge joins two tokens that exist by then (a byte or an earlier merge's result).
 _BPE_MERGES = (
@@ -151,7 +153,6 @@ def _randomize(model, arch, seed):
 def make_tiny_model(arch, seed=0):
     """A tiny random transformers causal LM for `arch` (one of ARCHS), float32, eval mode."""
     config = _config(arch)
-    torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(
         config, attn_implementation="eager", dtype=torch.float32)
     _randomize(model, arch, seed)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 gguf = pytest.importorskip("gguf")
+torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 import hf_gguf  # noqa: E402
 
@@ -122,6 +123,11 @@ def test_tokenizer_section_matches_the_vocabulary(written, models, arch):
     if meta["tokenizer.ggml.model"] == "llama":
         assert len(meta["tokenizer.ggml.scores"]) == len(tokens)
         assert all(f"<0x{b:02X}>" in tokens for b in range(256))
+        types = meta["tokenizer.ggml.token_type"]
+        pieces = [t for t, kind in zip(tokens, types) if kind == gguf.TokenType.NORMAL]
+        for piece in pieces:
+            assert len(piece) == 1 or any(piece[:i] in pieces and piece[i:] in pieces
+                                          for i in range(1, len(piece))), piece
     else:
         vocab = set(tokens)
         for merge in meta["tokenizer.ggml.merges"]:
@@ -240,3 +246,28 @@ def test_llama_cpp_logits_match_transformers(models, tmp_path, arch):
     rel = np.abs(got - ref).max() / np.abs(ref).max()
     assert rel < LLAMA_CPP_RTOL.get(arch, 1e-5), f"{arch}: max relative logits difference {rel:.2e}"
     np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,text,pieces", [
+    ("llama", "the and", ["\u2581the", "\u2581and"]),  # llama's SPM adds the leading space
+    ("gemma3", " the and", ["\u2581the", "\u2581and"]),
+    ("gpt2", " the and", ["Ġthe", "Ġand"]),
+    ("qwen3", " the and", ["Ġthe", "Ġand"]),
+])
+def test_llama_cpp_tokenizes_with_the_written_vocabulary(written, arch, text, pieces):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    tokens = fields(written[arch, "F32"])["tokenizer.ggml.tokens"]
+    path = str(written[arch, "F32"].data.filename)
+    llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    got = llm.tokenize(text.encode(), add_bos=False)
+    llm.close()
+    assert [tokens[i] for i in got] == pieces
+
+
+def test_seed_picks_the_weights(models):
+    again = hf_gguf.make_tiny_model("llama", seed=0)
+    other = hf_gguf.make_tiny_model("llama", seed=1)
+    weight = models["llama"].model.layers[0].mlp.up_proj.weight
+    assert torch.equal(again.model.layers[0].mlp.up_proj.weight, weight)
+    assert not torch.equal(other.model.layers[0].mlp.up_proj.weight, weight)
