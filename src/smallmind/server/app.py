@@ -221,11 +221,11 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAMED})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         check_model(body.model)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs to be true", param="top_logprobs")
         if model.chat_template is None:
             raise APIError(400, f"the model {model_id!r} has no chat template: use /v1/completions",
                            param="messages", code="no_chat_template")
-        if body.top_logprobs is not None and not body.logprobs:
-            raise APIError(400, "top_logprobs needs logprobs to be true", param="top_logprobs")
         messages = [{"role": m.role if m.role != "developer" else "system",
                      "content": text(m.content if isinstance(m.content, str)
                                      else "".join(p.text for p in m.content), "messages")}
