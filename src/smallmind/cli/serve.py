@@ -6,6 +6,7 @@ import sys
 from . import positive_int
 
 DEFAULT_PARALLEL = 4
+SWITCH_INTERVAL = 0.0002   # seconds
 
 
 def add_parser(sub):
@@ -53,6 +54,9 @@ def run(args):
         options["queue_size"] = args.queue_size
     if args.prefill_chunk is not None:
         options["prefill_chunk"] = args.prefill_chunk
+    # The engine thread holds the GIL between its kernel calls; at Python's default 5 ms switch
+    # interval the event loop would wait up to that long for its turn to send each token.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     engine = engine_module.Engine(model, **options)
     try:
         app = create_app(engine, model_id=model.name, api_key=args.api_key, timeout=float(args.timeout))

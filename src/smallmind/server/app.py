@@ -10,6 +10,7 @@ cancels its request, which frees its KV slot on the engine's next step.
 """
 
 import asyncio
+import collections
 import itertools
 import time
 import uuid
@@ -37,9 +38,10 @@ class Job:
     """One request in the engine, seen from the event loop: an async stream of its events."""
 
     def __init__(self, engine, request: GenerationRequest, loop: asyncio.AbstractEventLoop):
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pending: collections.deque = collections.deque()   # events not yet taken, in order
+        self.arrived = asyncio.Event()
         self.started = time.monotonic()
-        request.deliver = lambda e: loop.call_soon_threadsafe(self.queue.put_nowait, e)
+        request.deliver = lambda e: loop.call_soon_threadsafe(self._put, e)
         try:
             self.handle = engine.submit(request)
         except EngineBusy as e:
@@ -49,17 +51,35 @@ class Job:
         except SmallMindError as e:
             raise APIError(400, str(e)) from None
 
+    def _put(self, e) -> None:
+        self.pending.append(e)
+        self.arrived.set()
+
     async def next(self, request: Request | None):
-        """The next event; with `request`, cancel the job when its client has gone."""
-        if request is None:
-            return await self.queue.get()
-        while True:
+        """The next event, with the deltas already waiting behind it merged in (under load a
+        stream then sends fewer, longer chunks instead of falling behind); with `request`,
+        cancel the job when its client has gone."""
+        while not self.pending:
+            self.arrived.clear()
+            if request is None:
+                await self.arrived.wait()
+                continue
             try:
-                return await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL)
+                await asyncio.wait_for(self.arrived.wait(), DISCONNECT_POLL)
             except TimeoutError:
                 if await request.is_disconnected():
                     self.handle.cancel()
                     raise asyncio.CancelledError from None
+        first = self.pending.popleft()
+        if not isinstance(first, Delta) or not self.pending or not isinstance(self.pending[0], Delta):
+            return first
+        text, tokens, logprobs = [first.text], first.tokens, list(first.logprobs)
+        while self.pending and isinstance(self.pending[0], Delta):
+            more = self.pending.popleft()
+            text.append(more.text)
+            tokens += more.tokens
+            logprobs += more.logprobs
+        return Delta("".join(text), tokens, logprobs)
 
 
 def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: float = 600.0) -> FastAPI:
