@@ -6,6 +6,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import pytest  # noqa: E402
 
+CONTEXT = 512   # the served tiny model's context: room for a generation long enough to walk away from
+
 
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory):
@@ -13,8 +15,8 @@ def tiny_server(tmp_path_factory):
     from server_process import Server, tiny_checkpoint
 
     root = tmp_path_factory.mktemp("served")
-    checkpoint = tiny_checkpoint(root / "model")
-    server = Server(["--model", str(checkpoint), "--parallel", "4", "--ctx", "64", "--threads", "1"],
+    checkpoint = tiny_checkpoint(root / "model", context_length=CONTEXT)
+    server = Server(["--model", str(checkpoint), "--parallel", "4", "--ctx", str(CONTEXT), "--threads", "1"],
                     root / "server.log")
     server.checkpoint = checkpoint
     yield server

@@ -19,9 +19,9 @@ TEXT = "naïve café: 日本語のテキスト, emoji 🙂🚀 and plain words.\
 START_TIMEOUT = 60.0   # seconds: a bound on a server that never comes up, not a timing
 
 
-def tiny_checkpoint(path: Path) -> Path:
+def tiny_checkpoint(path: Path, context_length: int = 64) -> Path:
     tokenizer = train_tokenizer("bpe", TEXT, 300)
-    cfg = preset("tiny", vocab_size=tokenizer.vocab_size)
+    cfg = preset("tiny", vocab_size=tokenizer.vocab_size, context_length=context_length)
     save_checkpoint(path, config=cfg, params=init_params(cfg, seed=11), tokenizer=tokenizer)
     return path
 

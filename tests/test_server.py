@@ -140,3 +140,29 @@ def test_an_api_key_is_required_when_set(tmp_path, tiny_server):
         assert client.completions.create(model="model", prompt="a", max_tokens=2).usage.completion_tokens == 2
     finally:
         server.stop()
+
+
+def test_a_client_that_goes_away_mid_stream_cancels_its_request(tiny_server, model_id):
+    import http.client
+    import json
+    import time
+
+    def cancelled():
+        text = tiny_server.get("/metrics")[1].decode()
+        return int(next(line.split()[1] for line in text.splitlines()
+                        if line.startswith("smallmind_cancelled_requests_total")))
+
+    before = cancelled()
+    conn = http.client.HTTPConnection("127.0.0.1", tiny_server.port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps({"model": model_id, "prompt": PROMPT, "max_tokens": 500,
+                                                        "stream": True}), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.readline().startswith(b"data: ")
+    conn.close()
+    def active():
+        return json.loads(tiny_server.get("/health")[1])["active_sequences"]
+
+    deadline = time.monotonic() + 30   # a bound on a hang, not a timing
+    while (cancelled() == before or active()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled() == before + 1 and active() == 0

@@ -26,7 +26,7 @@ def completion(**changes):
     ("/v1/completions", completion(model="gpt-4"), 404, "does not exist"),
     ("/v1/completions", completion(max_tokens=-5), 400, "max_tokens"),
     ("/v1/completions", completion(max_tokens=10**12), 400, "context"),
-    ("/v1/completions", completion(prompt="emoji " * 40), 400, "context"),
+    ("/v1/completions", completion(prompt="emoji " * 300), 400, "context"),
     ("/v1/completions", completion(prompt=[5, 10**6]), 400, "vocabulary"),
     ("/v1/completions", completion(prompt=""), 400, "empty"),
     ("/v1/completions", b'{"model": "model", "prompt": "\\ud800"}', 400, "surrogate"),

@@ -37,7 +37,9 @@ STREAMED = {200: {"content": {"text/event-stream": {}}, "description": "the resp
 class Job:
     """One request in the engine, seen from the event loop: an async stream of its events."""
 
-    def __init__(self, engine, request: GenerationRequest, loop: asyncio.AbstractEventLoop):
+    def __init__(self, engine, request: GenerationRequest, loop: asyncio.AbstractEventLoop, on_cancel):
+        self.on_cancel = on_cancel    # called when the client goes away before the end
+        self.ended = False
         self.pending: collections.deque = collections.deque()   # events not yet taken, in order
         self.arrived = asyncio.Event()
         self.started = time.monotonic()
@@ -69,8 +71,10 @@ class Job:
             except TimeoutError:
                 if await request.is_disconnected():
                     self.handle.cancel()
+                    self.on_cancel()
                     raise asyncio.CancelledError from None
         first = self.pending.popleft()
+        self.ended = not isinstance(first, Delta)
         if not isinstance(first, Delta) or not self.pending or not isinstance(self.pending[0], Delta):
             return first
         text, tokens, logprobs = [first.text], first.tokens, list(first.logprobs)
@@ -139,7 +143,8 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
                 else:
                     raise APIError(e.status, e.message)
         finally:
-            job.handle.cancel()   # a no-op once the job has ended
+            if not job.ended:     # the handler was interrupted: free the slot
+                job.handle.cancel()
 
     async def stream(job: Job, chunk, final, include_usage: bool):
         """SSE of a job: chunk(delta) per Delta, final(finished) at the end, usage if asked."""
@@ -166,7 +171,9 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
                     yield DONE
                     return
         finally:
-            job.handle.cancel()   # a client gone mid-stream frees its slot; after the end it is a no-op
+            if not job.ended:     # the client went away mid-stream: free its slot now
+                job.handle.cancel()
+                metrics.cancelled()
 
     # -- endpoints ---------------------------------------------------------------------------------
 
@@ -199,7 +206,8 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
         max_tokens = DEFAULT_COMPLETION_TOKENS if body.max_tokens is None else body.max_tokens
         if body.max_tokens is None:
             max_tokens = max(1, min(max_tokens, engine.ctx - len(prompt_ids)))
-        job = Job(engine, sampling(body, prompt_ids, max_tokens, body.logprobs), asyncio.get_running_loop())
+        job = Job(engine, sampling(body, prompt_ids, max_tokens, body.logprobs), asyncio.get_running_loop(),
+                  metrics.cancelled)
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         offset = [0]
 
@@ -261,7 +269,7 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
         asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_tokens = room if asked is None else asked
         k = (body.top_logprobs or 0) if body.logprobs else None
-        job = Job(engine, sampling(body, prompt_ids, max_tokens, k), asyncio.get_running_loop())
+        job = Job(engine, sampling(body, prompt_ids, max_tokens, k), asyncio.get_running_loop(), metrics.cancelled)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def logprobs(e: Delta):

@@ -40,6 +40,7 @@ class Metrics:
         self.requests: dict[tuple[str, int], int] = {}
         self.prompt_tokens = 0
         self.generated_tokens = 0
+        self.cancelled_requests = 0
         self.ttft = Histogram()
         self.latency = Histogram()
         self.recent: list[tuple[float, int]] = []   # (time, tokens) within the rate window
@@ -47,6 +48,10 @@ class Metrics:
     def request(self, endpoint: str, status: int) -> None:
         with self.lock:
             self.requests[endpoint, status] = self.requests.get((endpoint, status), 0) + 1
+
+    def cancelled(self) -> None:
+        with self.lock:
+            self.cancelled_requests += 1
 
     def first_token(self, seconds: float) -> None:
         with self.lock:
@@ -87,6 +92,9 @@ class Metrics:
                 "# HELP smallmind_generated_tokens_total tokens generated",
                 "# TYPE smallmind_generated_tokens_total counter",
                 f"smallmind_generated_tokens_total {self.generated_tokens}",
+                "# HELP smallmind_cancelled_requests_total requests whose client went away before the end",
+                "# TYPE smallmind_cancelled_requests_total counter",
+                f"smallmind_cancelled_requests_total {self.cancelled_requests}",
                 "# HELP smallmind_queue_depth requests waiting for a slot",
                 "# TYPE smallmind_queue_depth gauge",
                 f"smallmind_queue_depth {queue_depth}",
