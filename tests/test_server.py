@@ -147,12 +147,14 @@ def test_a_client_that_goes_away_mid_stream_cancels_its_request(tiny_server, mod
     import json
     import time
 
-    def cancelled():
+    def metric(name):
         text = tiny_server.get("/metrics")[1].decode()
-        return int(next(line.split()[1] for line in text.splitlines()
-                        if line.startswith("smallmind_cancelled_requests_total")))
+        return int(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
 
-    before = cancelled()
+    def cancelled():
+        return metric("smallmind_cancelled_requests_total")
+
+    before, generated_before = cancelled(), metric("smallmind_generated_tokens_total")
     conn = http.client.HTTPConnection("127.0.0.1", tiny_server.port, timeout=60)
     conn.request("POST", "/v1/completions", json.dumps({"model": model_id, "prompt": PROMPT, "max_tokens": 500,
                                                         "stream": True}), {"Content-Type": "application/json"})
@@ -166,3 +168,4 @@ def test_a_client_that_goes_away_mid_stream_cancels_its_request(tiny_server, mod
     while (cancelled() == before or active()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cancelled() == before + 1 and active() == 0
+    assert metric("smallmind_generated_tokens_total") - generated_before < 500   # it did not run to the end

@@ -147,6 +147,7 @@ class Engine:
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
         self.stopping = False
+        self.generated_total = 0   # tokens sampled since start, cancelled requests' included
         self.thread = threading.Thread(target=self._run, name="smallmind-engine", daemon=True)
         self.thread.start()
 
@@ -282,6 +283,7 @@ class Engine:
             self._finish(sequence, "stop")
             return
         sequence.generated += 1
+        self.generated_total += 1
         if sequence.logprob_buffer is not None:
             sequence.logprobs.append(self._logprob(sequence, logits, token))
         sequence.unsent += 1

@@ -88,7 +88,7 @@ class Job:
 
 def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: float = 600.0) -> FastAPI:
     model = engine.model
-    metrics = Metrics(lambda: (engine.queue_depth, engine.active_sequences))
+    metrics = Metrics(lambda: (engine.queue_depth, engine.active_sequences, engine.generated_total))
     created = int(time.time())
     ids = itertools.count()
     app = FastAPI(title="SmallMind", version="0.1.0",
@@ -135,7 +135,7 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
                     if first:
                         metrics.first_token(time.monotonic() - job.started)
                         first = False
-                    metrics.generated(e.tokens)
+                    metrics.delivered(e.tokens)
                     on_delta(e)
                 elif isinstance(e, Finished):
                     metrics.finished(e.prompt_tokens, time.monotonic() - job.started)
@@ -156,7 +156,7 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
                     if first:
                         metrics.first_token(time.monotonic() - job.started)
                         first = False
-                    metrics.generated(e.tokens)
+                    metrics.delivered(e.tokens)
                     yield event(chunk(e))
                 elif isinstance(e, Finished):
                     metrics.finished(e.prompt_tokens, time.monotonic() - job.started)

@@ -6,7 +6,7 @@ import threading
 import time
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-TOKENS_PER_SECOND_WINDOW = 10.0   # seconds the generated-tokens rate is averaged over
+TOKENS_PER_SECOND_WINDOW = 10.0   # seconds the rate of tokens sent to clients is averaged over
 
 
 class Histogram:
@@ -32,14 +32,14 @@ class Histogram:
 
 
 class Metrics:
-    """What /metrics reports; `gauges` is called at scrape time for queue depth and active sequences."""
+    """What /metrics reports; `gauges` is called at scrape time for the engine's queue depth,
+    active sequences and tokens generated (those of cancelled requests included)."""
 
     def __init__(self, gauges):
         self.lock = threading.Lock()
         self.gauges = gauges
         self.requests: dict[tuple[str, int], int] = {}
         self.prompt_tokens = 0
-        self.generated_tokens = 0
         self.cancelled_requests = 0
         self.ttft = Histogram()
         self.latency = Histogram()
@@ -57,10 +57,9 @@ class Metrics:
         with self.lock:
             self.ttft.observe(seconds)
 
-    def generated(self, tokens: int) -> None:
+    def delivered(self, tokens: int) -> None:
         now = time.monotonic()
         with self.lock:
-            self.generated_tokens += tokens
             self.recent.append((now, tokens))
             self._trim(now)
 
@@ -76,7 +75,7 @@ class Metrics:
         del self.recent[:cut]
 
     def render(self) -> str:
-        queue_depth, active = self.gauges()
+        queue_depth, active, generated = self.gauges()
         now = time.monotonic()
         with self.lock:
             self._trim(now)
@@ -91,7 +90,7 @@ class Metrics:
                 f"smallmind_prompt_tokens_total {self.prompt_tokens}",
                 "# HELP smallmind_generated_tokens_total tokens generated",
                 "# TYPE smallmind_generated_tokens_total counter",
-                f"smallmind_generated_tokens_total {self.generated_tokens}",
+                f"smallmind_generated_tokens_total {generated}",
                 "# HELP smallmind_cancelled_requests_total requests whose client went away before the end",
                 "# TYPE smallmind_cancelled_requests_total counter",
                 f"smallmind_cancelled_requests_total {self.cancelled_requests}",
@@ -101,7 +100,7 @@ class Metrics:
                 "# HELP smallmind_active_sequences sequences prefilling or decoding",
                 "# TYPE smallmind_active_sequences gauge",
                 f"smallmind_active_sequences {active}",
-                f"# HELP smallmind_tokens_per_second generated tokens per second over the last "
+                f"# HELP smallmind_tokens_per_second tokens per second sent to clients over the last "
                 f"{TOKENS_PER_SECOND_WINDOW:g} s",
                 "# TYPE smallmind_tokens_per_second gauge",
                 f"smallmind_tokens_per_second {rate:.3f}",
