@@ -169,3 +169,10 @@ def test_a_client_that_goes_away_mid_stream_cancels_its_request(tiny_server, mod
         time.sleep(0.05)
     assert cancelled() == before + 1 and active() == 0
     assert metric("smallmind_generated_tokens_total") - generated_before < 500   # it did not run to the end
+
+
+def test_explicit_nulls_take_the_defaults(tiny_server, model_id):
+    status, body = tiny_server.post("/v1/completions", {
+        "model": model_id, "prompt": PROMPT, "max_tokens": 3, "temperature": None, "top_p": None, "n": None,
+        "stream": None, "stop": None, "seed": None, "logprobs": None})
+    assert status == 200 and body["usage"]["completion_tokens"] == 3 and body["choices"][0]["logprobs"] is None

@@ -230,20 +230,21 @@ class Engine:
                 self._end(sequence, Failed(408, f"the request took longer than its {sequence.request.timeout:g} s"))
         with self.lock:
             waiting = list(self.waiting)
-            self.waiting.clear()
-            keep = []
-            for sequence in waiting:
-                if sequence.handle.cancelled:
-                    continue
-                if now > sequence.deadline:
-                    sequence.request.deliver(Failed(408, "the request timed out waiting for a free slot"))
-                elif self.pool.free and len(self.active) < self.parallel:
-                    self._admit(sequence)
-                else:
-                    keep.append(sequence)
-            self.waiting.extend(keep)
+        for sequence in waiting:
+            if sequence.handle.cancelled:
+                self._unqueue(sequence)
+            elif now > sequence.deadline:
+                self._unqueue(sequence)
+                sequence.request.deliver(Failed(408, "the request timed out waiting for a free slot"))
+            elif self.pool.free:
+                self._unqueue(sequence)
+                self._admit(sequence)
         self._prefill()
         self._decode()
+
+    def _unqueue(self, sequence: _Sequence) -> None:
+        with self.lock:
+            self.waiting.remove(sequence)
 
     def _admit(self, sequence: _Sequence) -> None:
         sequence.slot, kept = self.pool.acquire(sequence.prompt)

@@ -117,7 +117,8 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
 
     def sampling(body, prompt_ids, max_tokens, logprobs) -> GenerationRequest:
         return GenerationRequest(prompt_ids=prompt_ids, max_tokens=max_tokens, deliver=None,
-                                 temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+                                 temperature=1.0 if body.temperature is None else body.temperature,
+                                 top_p=body.top_p, seed=body.seed,
                                  stop=stops(body), logprobs=logprobs, timeout=timeout)
 
     def usage(done: Finished) -> dict:

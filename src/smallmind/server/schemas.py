@@ -22,12 +22,13 @@ class StreamOptions(BaseModel):
 
 
 class Sampling(BaseModel):
-    """What completions and chat completions share."""
+    """What completions and chat completions share. A null is the default, as OpenAI takes it
+    (clients built on other SDKs send explicit nulls)."""
     model: str = Field(description="the id /v1/models lists")
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    n: Annotated[int, Field(ge=1, le=1, description="only 1 is supported")] = 1
-    stream: bool = False
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = Field(1.0, description="0 is greedy")
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = 1.0
+    n: Annotated[int, Field(ge=1, le=1, description="only 1 is supported")] | None = 1
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: Stop = None
     seed: Seed = None
@@ -56,7 +57,7 @@ class ChatCompletionRequest(Sampling):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = Field(
         None, description="takes precedence over max_tokens; default: what fits the context")
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
 
