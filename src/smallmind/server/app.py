@@ -37,9 +37,8 @@ STREAMED = {200: {"content": {"text/event-stream": {}}, "description": "the resp
 class Job:
     """One request in the engine, seen from the event loop: an async stream of its events."""
 
-    def __init__(self, engine, request: GenerationRequest, loop: asyncio.AbstractEventLoop, on_cancel):
-        self.on_cancel = on_cancel    # called when the client goes away before the end
-        self.ended = False
+    def __init__(self, engine, request: GenerationRequest, loop: asyncio.AbstractEventLoop):
+        self.ended = False            # its Finished or Failed has been taken
         self.pending: collections.deque = collections.deque()   # events not yet taken, in order
         self.arrived = asyncio.Event()
         self.started = time.monotonic()
@@ -60,7 +59,7 @@ class Job:
     async def next(self, request: Request | None):
         """The next event, with the deltas already waiting behind it merged in (under load a
         stream then sends fewer, longer chunks instead of falling behind); with `request`,
-        cancel the job when its client has gone."""
+        CancelledError when its client has gone."""
         while not self.pending:
             self.arrived.clear()
             if request is None:
@@ -70,8 +69,6 @@ class Job:
                 await asyncio.wait_for(self.arrived.wait(), DISCONNECT_POLL)
             except TimeoutError:
                 if await request.is_disconnected():
-                    self.handle.cancel()
-                    self.on_cancel()
                     raise asyncio.CancelledError from None
         first = self.pending.popleft()
         self.ended = not isinstance(first, Delta)
@@ -126,8 +123,9 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
                 "total_tokens": done.prompt_tokens + done.completion_tokens,
                 "prompt_tokens_details": {"cached_tokens": done.cached_tokens}}
 
-    async def run(job: Job, request: Request, on_delta):
-        """Drive a non-streamed job to its end -> its Finished event (errors raise APIError)."""
+    async def events(job: Job, request: Request | None):
+        """The job's events as they come, recorded in the metrics, up to its Finished or Failed;
+        a client gone before then (`request` polled, or the stream cancelled) frees its slot."""
         first = True
         try:
             while True:
@@ -137,44 +135,42 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
                         metrics.first_token(time.monotonic() - job.started)
                         first = False
                     metrics.delivered(e.tokens)
-                    on_delta(e)
-                elif isinstance(e, Finished):
+                    yield e
+                    continue
+                if isinstance(e, Finished):
                     metrics.finished(e.prompt_tokens, time.monotonic() - job.started)
-                    return e
-                else:
-                    raise APIError(e.status, e.message)
+                yield e
+                return
         finally:
-            if not job.ended:     # the handler was interrupted: free the slot
+            if not job.ended:
                 job.handle.cancel()
+                metrics.cancelled()
+
+    async def run(job: Job, request: Request, on_delta) -> Finished:
+        """Drive a non-streamed job to its end (a failure raises APIError)."""
+        done = None
+        async for e in events(job, request):
+            if isinstance(e, Delta):
+                on_delta(e)
+            elif isinstance(e, Finished):
+                done = e
+            else:
+                raise APIError(e.status, e.message)
+        return done
 
     async def stream(job: Job, chunk, final, include_usage: bool):
         """SSE of a job: chunk(delta) per Delta, final(finished) at the end, usage if asked."""
-        first = True
-        try:
-            while True:
-                e = await job.next(None)
-                if isinstance(e, Delta):
-                    if first:
-                        metrics.first_token(time.monotonic() - job.started)
-                        first = False
-                    metrics.delivered(e.tokens)
-                    yield event(chunk(e))
-                elif isinstance(e, Finished):
-                    metrics.finished(e.prompt_tokens, time.monotonic() - job.started)
-                    yield event(final(e))
-                    if include_usage:
-                        yield event(final(e, usage_only=True))
-                    yield DONE
-                    return
-                else:
-                    assert isinstance(e, Failed)
-                    yield event(errors.error_body(e.status, e.message))
-                    yield DONE
-                    return
-        finally:
-            if not job.ended:     # the client went away mid-stream: free its slot now
-                job.handle.cancel()
-                metrics.cancelled()
+        async for e in events(job, None):
+            if isinstance(e, Delta):
+                yield event(chunk(e))
+            elif isinstance(e, Finished):
+                yield event(final(e))
+                if include_usage:
+                    yield event(final(e, usage_only=True))
+                yield DONE
+            else:
+                yield event(errors.error_body(e.status, e.message))
+                yield DONE
 
     # -- endpoints ---------------------------------------------------------------------------------
 
@@ -204,11 +200,10 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
             prompt_ids = list(body.prompt)
         if not prompt_ids:
             raise APIError(400, "the prompt is empty: give at least one character or token", param="prompt")
-        max_tokens = DEFAULT_COMPLETION_TOKENS if body.max_tokens is None else body.max_tokens
-        if body.max_tokens is None:
-            max_tokens = max(1, min(max_tokens, engine.ctx - len(prompt_ids)))
-        job = Job(engine, sampling(body, prompt_ids, max_tokens, body.logprobs), asyncio.get_running_loop(),
-                  metrics.cancelled)
+        max_tokens = body.max_tokens
+        if max_tokens is None:   # OpenAI's default, cut to what fits
+            max_tokens = max(1, min(DEFAULT_COMPLETION_TOKENS, engine.ctx - len(prompt_ids)))
+        job = Job(engine, sampling(body, prompt_ids, max_tokens, body.logprobs), asyncio.get_running_loop())
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         offset = [0]
 
@@ -270,7 +265,7 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
         asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_tokens = room if asked is None else asked
         k = (body.top_logprobs or 0) if body.logprobs else None
-        job = Job(engine, sampling(body, prompt_ids, max_tokens, k), asyncio.get_running_loop(), metrics.cancelled)
+        job = Job(engine, sampling(body, prompt_ids, max_tokens, k), asyncio.get_running_loop())
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def logprobs(e: Delta):
@@ -316,9 +311,9 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
                              "finish_reason": done.reason}],
                 "usage": usage(done)}
 
-    app.add_middleware(RecordStatus, metrics=metrics)
     if api_key:
         app.add_middleware(BearerAuth, api_key=api_key)
+    app.add_middleware(RecordStatus, metrics=metrics)   # the outermost: it counts the 401s too
     return app
 
 
