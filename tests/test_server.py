@@ -1,5 +1,10 @@
 """The real server on loopback, driven by the official openai client."""
 
+import http.client
+import json
+import threading
+import time
+
 import numpy as np
 import openai
 import pytest
@@ -143,10 +148,6 @@ def test_an_api_key_is_required_when_set(tmp_path, tiny_server):
 
 
 def test_a_client_that_goes_away_mid_stream_cancels_its_request(tiny_server, model_id):
-    import http.client
-    import json
-    import time
-
     def metric(name):
         text = tiny_server.get("/metrics")[1].decode()
         return int(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
@@ -176,3 +177,67 @@ def test_explicit_nulls_take_the_defaults(tiny_server, model_id):
         "model": model_id, "prompt": PROMPT, "max_tokens": 3, "temperature": None, "top_p": None, "n": None,
         "stream": None, "stop": None, "seed": None, "logprobs": None})
     assert status == 200 and body["usage"]["completion_tokens"] == 3 and body["choices"][0]["logprobs"] is None
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(tmp_path_factory):
+    """A server with one KV slot and a queue of one, on a model with room for a long generation."""
+    from server_process import Server, tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("one_slot")
+    checkpoint = tiny_checkpoint(root / "model", context_length=4096)
+    server = Server(["--model", str(checkpoint), "--ctx", "4096", "--parallel", "1", "--queue-size", "1",
+                     "--threads", "1"], root / "log")
+    yield server
+    server.stop()
+
+
+def generated_total(server) -> int:
+    metrics = server.get("/metrics")[1].decode()
+    return next(int(line.split()[1]) for line in metrics.splitlines()
+                if line.startswith("smallmind_generated_tokens_total "))
+
+
+def wait_for(condition):
+    deadline = time.monotonic() + 30   # a bound on a hang, not a timing
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert condition()
+
+
+def long_request(server, stream: bool) -> http.client.HTTPConnection:
+    # a 4000-token completion that holds the server's only slot until its connection closes
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps(
+        {"model": "model", "prompt": PROMPT, "max_tokens": 4000, "stream": stream}),
+        {"Content-Type": "application/json"})
+    wait_for(lambda: json.loads(server.get("/health")[1])["active_sequences"] == 1)
+    return conn
+
+
+def test_a_full_queue_answers_429_and_a_closed_stream_lets_the_next_request_run(one_slot_server):
+    server = one_slot_server
+    before = generated_total(server)
+    holder = long_request(server, stream=True)
+    assert holder.getresponse().readline().startswith(b"data: ")
+    waiting = {}
+    thread = threading.Thread(target=lambda: waiting.update(
+        answer=server.post("/v1/completions", {"model": "model", "prompt": PROMPT, "max_tokens": 2})))
+    thread.start()
+    wait_for(lambda: json.loads(server.get("/health")[1])["queue_depth"] == 1)
+    status, body = server.post("/v1/completions", {"model": "model", "prompt": PROMPT, "max_tokens": 2})
+    assert status == 429 and body["error"]["code"] == "queue_full"
+    holder.close()                     # the slot is freed for the waiting request
+    thread.join(60)
+    status, body = waiting["answer"]
+    assert status == 200 and body["usage"]["completion_tokens"] == 2
+    assert generated_total(server) - before < 4000
+
+
+def test_a_client_that_goes_away_before_an_unstreamed_answer_frees_its_slot(one_slot_server):
+    server = one_slot_server
+    before = generated_total(server)
+    long_request(server, stream=False).close()
+    status, body = server.post("/v1/completions", {"model": "model", "prompt": PROMPT, "max_tokens": 2})
+    assert status == 200 and body["usage"]["completion_tokens"] == 2
+    assert generated_total(server) - before < 4000

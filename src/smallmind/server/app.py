@@ -41,7 +41,7 @@ class Job:
         self.ended = False            # its Finished or Failed has been taken
         self.pending: collections.deque = collections.deque()   # events not yet taken, in order
         self.arrived = asyncio.Event()
-        self.started = time.monotonic()
+        self.started = self.checked = time.monotonic()
         request.deliver = lambda e: loop.call_soon_threadsafe(self._put, e)
         try:
             self.handle = engine.submit(request)
@@ -51,6 +51,15 @@ class Job:
             raise APIError(400, str(e), code="context_length_exceeded") from None
         except SmallMindError as e:
             raise APIError(400, str(e)) from None
+
+    async def _check_client(self, request: Request) -> None:
+        # a client that is gone raises CancelledError, at most once per poll period
+        now = time.monotonic()
+        if now - self.checked < DISCONNECT_POLL:
+            return
+        self.checked = now
+        if await request.is_disconnected():
+            raise asyncio.CancelledError
 
     def _put(self, e) -> None:
         self.pending.append(e)
@@ -68,8 +77,10 @@ class Job:
             try:
                 await asyncio.wait_for(self.arrived.wait(), DISCONNECT_POLL)
             except TimeoutError:
-                if await request.is_disconnected():
-                    raise asyncio.CancelledError from None
+                pass
+            await self._check_client(request)
+        if request is not None:
+            await self._check_client(request)   # deltas may arrive faster than the poll period
         first = self.pending.popleft()
         self.ended = not isinstance(first, Delta)
         if not isinstance(first, Delta) or not self.pending or not isinstance(self.pending[0], Delta):
