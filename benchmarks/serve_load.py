@@ -171,7 +171,7 @@ def main():
             rows, ratios = [], []
             # 1 and 8 streams alternate, so that both see the same share of a busy machine
             for round_ in range(args.rounds):
-                results, wall = run_clients(port, model_id, 1, 2, args.tokens)
+                results, wall = run_clients(port, model_id, 1, 4, args.tokens)
                 rows.append(summary(f"1 stream #{round_ + 1}", results, wall, 1))
                 results, wall = run_clients(port, model_id, 8, 1, args.tokens)
                 rows.append(summary(f"8 streams #{round_ + 1}", results, wall, 8))

@@ -117,7 +117,9 @@ class _Sequence:
         self.unsent = 0              # tokens generated whose text is not delivered yet
         self.next_token = -1         # the sampled token to feed next step (-1: none yet)
         self.logprobs: list[TokenLogprob] = []
-        self.logprob_buffer = np.empty(vocab, np.float64) if request.logprobs is not None else None
+        wants = request.logprobs is not None
+        self.logprob_buffer = np.empty(vocab, np.float64) if wants else None   # made once per request
+        self.exp_buffer = np.empty(vocab, np.float64) if wants else None
 
 
 class Engine:
@@ -302,10 +304,11 @@ class Engine:
 
     def _logprob(self, sequence: _Sequence, logits: np.ndarray, token: int) -> TokenLogprob:
         # log-softmax of the raw logits (temperature 1, before any filtering), as OpenAI reports it
-        lp = sequence.logprob_buffer
+        lp, exp = sequence.logprob_buffer, sequence.exp_buffer
         lp[...] = logits
         lp -= lp.max()
-        lp -= np.log(np.exp(lp).sum())
+        np.exp(lp, out=exp)
+        lp -= np.log(exp.sum())
         k = sequence.request.logprobs
         token_bytes = self.model.tokenizer.token_bytes
         top = []
