@@ -360,10 +360,15 @@ def test_forward_batch_gives_each_sequence_the_logits_and_greedy_tokens_of_decod
     assert [s.kv.length for s in batch] == [a.kv.length for a in alone]
 
 
-def test_forward_batch_refuses_a_position_that_does_not_follow_its_cache():
+@pytest.mark.parametrize("rows, positions, message", [
+    (1, [5], "position 5 does not follow"),
+    (2, [2, 2], "its own KV cache"),
+    (3, [2, 2, 2], "1..2 rows"),
+])
+def test_forward_batch_refuses_rows_it_cannot_run(rows, positions, message):
     cfg = preset("tiny")
     net = GPT(init_params(cfg, seed=5))
     s = Session(net, 16)
     s.prefill(np.array([1, 2], np.int32))
-    with pytest.raises(ContextLengthError, match="position 5"):
-        net.forward_batch(net.workspace(2), [s.kv], np.array([3], np.int32), np.array([5]))
+    with pytest.raises(SmallMindError, match=message):
+        net.forward_batch(net.workspace(2), [s.kv] * rows, np.full(rows, 3, np.int32), np.array(positions))

@@ -56,3 +56,4 @@ def test_busy_slots_are_never_handed_out(net):
     pool.acquire([1, 2])
     with pytest.raises(SmallMindError, match="in use"):
         pool.acquire([1, 2, 3])
+

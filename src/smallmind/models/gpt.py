@@ -328,6 +328,8 @@ def forward_batch(params: Params, ws: Workspace, kvs, tokens, positions):
         raise ContextLengthError(
             f"a batched step takes 1..{ws.max_tokens} rows with this workspace and one cache and "
             f"position per token, not {B} tokens, {len(kvs)} caches and {len(positions)} positions")
+    if len(set(map(id, kvs))) != B:
+        raise SmallMindError("each row of a batched step needs its own KV cache")
     for kv, pos in zip(kvs, positions):
         if not 0 <= pos <= kv.length or pos >= kv.capacity:
             raise ContextLengthError(

@@ -8,6 +8,8 @@ are one contiguous (S, D) block, the order the attention kernel streams them in.
 
 import numpy as np
 
+from ..errors import SmallMindError
+
 
 class KVCache:
     """Keys and values of `n_layers` layers for positions 0..length-1 (capacity `max_len`)."""
@@ -20,7 +22,7 @@ class KVCache:
         self.v = np.zeros(shape, dtype=np.float32) if v is None else v
         if self.k.shape != shape or self.v.shape != shape or self.k.dtype != np.float32 \
                 or self.v.dtype != np.float32:
-            raise ValueError(f"KV cache buffers must be float32 of shape {shape}")
+            raise SmallMindError(f"KV cache buffers must be float32 of shape {shape}")
         # indexing makes a new view object each time: make the per-layer views once
         self.k_layers = tuple(self.k[i] for i in range(n_layers))
         self.v_layers = tuple(self.v[i] for i in range(n_layers))
