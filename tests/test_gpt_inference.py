@@ -337,3 +337,38 @@ def test_presets_decode_like_torch_over_the_whole_context(name):
     with torch.no_grad():
         expected = model(torch.from_numpy(tokens[None].astype(np.int64)))[0].numpy()
     assert rel_err(cached_logits(params, tokens, 16), expected) < RTOL
+
+
+def test_forward_batch_gives_each_sequence_the_logits_and_greedy_tokens_of_decoding_it_alone():
+    cfg = preset("tiny")
+    net = GPT(init_params(cfg, seed=5))
+    prompts = [np.array(p, np.int32) for p in ([1, 2, 3, 4, 5], [9], [40, 41, 42], [7, 7, 7, 7, 7, 7, 7])]
+    alone, batch = [Session(net, 32) for _ in prompts], [Session(net, 32) for _ in prompts]
+    ws = net.workspace(len(prompts))
+    tokens = [int(a.prefill(p).argmax()) for a, p in zip(alone, prompts)]
+    for b, p in zip(batch, prompts):
+        b.prefill(p)
+    batched_tokens = list(tokens)
+    for _ in range(8):
+        expected = np.stack([a.step(t) for a, t in zip(alone, tokens)])
+        got = net.forward_batch(ws, [s.kv for s in batch], np.array(batched_tokens, np.int32),
+                                np.array([s.length for s in batch]))
+        assert rel_err(got, expected) < RTOL
+        tokens = [int(row.argmax()) for row in expected]
+        batched_tokens = [int(row.argmax()) for row in got]
+        assert batched_tokens == tokens
+    assert [s.kv.length for s in batch] == [a.kv.length for a in alone]
+
+
+@pytest.mark.parametrize("rows, positions, message", [
+    (1, [5], "position 5 does not follow"),
+    (2, [2, 2], "its own KV cache"),
+    (3, [2, 2, 2], "1..2 rows"),
+])
+def test_forward_batch_refuses_rows_it_cannot_run(rows, positions, message):
+    cfg = preset("tiny")
+    net = GPT(init_params(cfg, seed=5))
+    s = Session(net, 16)
+    s.prefill(np.array([1, 2], np.int32))
+    with pytest.raises(SmallMindError, match=message):
+        net.forward_batch(net.workspace(2), [s.kv] * rows, np.full(rows, 3, np.int32), np.array(positions))

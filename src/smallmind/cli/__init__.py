@@ -8,7 +8,7 @@ import sys
 
 from ..errors import SmallMindError
 
-COMMANDS = ("train", "generate", "chat", "inspect", "bench", "profile", "doctor")
+COMMANDS = ("train", "generate", "chat", "serve", "inspect", "bench", "profile", "doctor")
 
 
 class Parser(argparse.ArgumentParser):

@@ -15,6 +15,14 @@ nothing else assumes more of:
                       first pos0 positions; the forward writes the T new positions and sets
                       kv.length = pos0 + T. Returns the last position's (V,) logits, or (T,V)
                       with all_logits: views into ws, overwritten by the next forward
+    net.forward_batch(ws, kvs, tokens, positions) -> logits          (optional)
+                      one decode step of B sequences: tokens (B,) int, token b at positions[b]
+                      of the sequence whose KVCache is kvs[b] (which holds its first positions[b]
+                      positions and gets length positions[b] + 1). The linear layers run once
+                      over the B rows; embedding, KV store and attention per row over its own
+                      cache. ws is a workspace(max_tokens >= B); returns (B,V) logits, a view
+                      into ws; row b equals forward(ws, kvs[b], tokens[b:b+1], positions[b]).
+                      A network without it is decoded one forward per sequence (runtime/engine.py)
     net.weights()     (name, tensor) for every weight, a float32 array or a kernels.QTensor:
                       what `inspect` and memory estimates read
     net.products()    (scope, tensor) for every weight matrix a forward multiplies by, under the

@@ -246,6 +246,7 @@ class Workspace:
         self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
         self.params = None
         self.layers = ()
+        self.batch = None   # BatchViews, made by the first batched forward
 
     def bind(self, params: Params) -> None:
         """Look up every weight view once (name formatting per step would allocate)."""
@@ -325,6 +326,81 @@ def forward(params: Params, ws: Workspace, kv, tokens: np.ndarray, pos0: int, *,
         return out.logits if all_logits else ws.logits_last
 
 
+class BatchViews:
+    """A workspace's views for a batched decode step, made once on its first batched forward:
+    `rows[b]` is row b alone (its position, cache and attention are its own) and `first[n]` is
+    rows 0..n-1 together (what every linear layer runs over)."""
+
+    def __init__(self, ws: Workspace):
+        self.rows = tuple(StepViews(ws, 1, b) for b in range(ws.max_tokens))
+        self.first = (None,) + tuple(StepViews(ws, n) for n in range(1, ws.max_tokens + 1))
+        tokens = np.zeros(ws.max_tokens, np.int32)
+        self.token_rows = tuple(tokens[b:b + 1] for b in range(ws.max_tokens))
+        self.token_first = (None,) + tuple(tokens[:n] for n in range(1, ws.max_tokens + 1))
+
+
+def forward_batch(params: Params, ws: Workspace, kvs, tokens, positions):
+    # tokens (B,) int, positions (B,) int, kvs B KVCaches -> logits (B,V), a view into ws
+    """One decode step for B sequences at once: token b goes to position positions[b] of the
+    sequence whose cache is kvs[b]. The linear layers run once over the B rows (the weights are
+    read once for all of them); embedding, the KV store and attention run per row against the
+    row's own cache. Each row's result equals forward() of that token alone."""
+    B = len(tokens)
+    if not 1 <= B <= ws.max_tokens or len(kvs) != B or len(positions) != B:
+        raise ContextLengthError(
+            f"a batched step takes 1..{ws.max_tokens} rows with this workspace and one cache and "
+            f"position per token, not {B} tokens, {len(kvs)} caches and {len(positions)} positions")
+    if len(set(map(id, kvs))) != B:
+        raise SmallMindError("each row of a batched step needs its own KV cache")
+    for kv, pos in zip(kvs, positions):
+        if not 0 <= pos <= kv.length or pos >= kv.capacity:
+            raise ContextLengthError(
+                f"position {pos} does not follow the {kv.length} cached positions within the "
+                f"context length {kv.capacity} of its KV cache")
+    if ws.params is not params:
+        ws.bind(params)
+    if ws.batch is None:
+        ws.batch = BatchViews(ws)
+    views = ws.batch
+    act = views.first[B]
+    rows = views.rows
+    eps, scale = ws.cfg.layer_norm_eps, ws.scale
+    views.token_first[B][...] = tokens
+    with scope("decode"):
+        with scope("embedding"):
+            for b in range(B):
+                kernels.embedding(views.token_rows[b], ws.wte, ws.wpe, int(positions[b]), rows[b].x)
+        for layer, (ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, up_w, up_b, down_w, down_b) \
+                in enumerate(ws.layers):
+            with scope("norm"):
+                kernels.layer_norm(act.x, ln1_w, ln1_b, act.xn, eps)
+            with scope("matmul.qkv"):
+                kernels.linear(act.xn, qkv_w, qkv_b, act.qkv)
+            for b in range(B):
+                kv, pos, row = kvs[b], int(positions[b]), rows[b]
+                with scope("kv_cache"):
+                    kernels.kv_cache_store(row.k, row.v, kv.k_layers[layer], kv.v_layers[layer], pos)
+                with scope("attention"):
+                    kernels.attention(row.q, kv.k_layers[layer], kv.v_layers[layer], pos, row.att_heads, scale)
+            with scope("matmul.attn_out"):
+                kernels.linear(act.att, proj_w, proj_b, act.x, accumulate=True)
+            with scope("norm"):
+                kernels.layer_norm(act.x, ln2_w, ln2_b, act.xn, eps)
+            with scope("matmul.mlp_up"):
+                kernels.linear(act.xn, up_w, up_b, act.h)
+            with scope("activation"):
+                kernels.gelu(act.h, act.hg)
+            with scope("matmul.mlp_down"):
+                kernels.linear(act.hg, down_w, down_b, act.x, accumulate=True)
+        for kv, pos in zip(kvs, positions):
+            kv.length = int(pos) + 1
+        with scope("norm"):
+            kernels.layer_norm(act.x, ws.ln_f_w, ws.ln_f_b, act.xf, eps)
+        with scope("matmul.lm_head"):
+            kernels.linear(act.xf, ws.lm_head, None, act.logits)
+        return act.logits
+
+
 class GPT:
     """The trainable GPT as a network of the runtime's contract (models/__init__.py)."""
 
@@ -339,6 +415,10 @@ class GPT:
     def forward(self, ws: Workspace, kv, tokens: np.ndarray, pos0: int, all_logits: bool = False):
         # tokens (T,) int32 -> logits (V,) of the last position, or (T,V)
         return forward(self.params, ws, kv, tokens, pos0, all_logits=all_logits)
+
+    def forward_batch(self, ws: Workspace, kvs, tokens, positions):
+        # tokens (B,) int, positions (B,) int, kvs B KVCaches -> logits (B,V)
+        return forward_batch(self.params, ws, kvs, tokens, positions)
 
     def weights(self):
         return self.params.items()

@@ -10,17 +10,24 @@ import math
 
 import numpy as np
 
+from ..errors import SmallMindError
 from ..memory import require
 
 
 class KVCache:
     """Keys and values of `n_layers` layers for positions 0..length-1 (capacity `max_len`)."""
 
-    def __init__(self, n_layers: int, n_kv_heads: int, max_len: int, head_dim: int):
+    def __init__(self, n_layers: int, n_kv_heads: int, max_len: int, head_dim: int, *, k=None, v=None):
+        # k, v: (n_layers, n_kv_heads, max_len, head_dim) float32 buffers to hold the cache in
+        # (a slot of runtime.kv_pool.KVPool); by default the cache allocates its own
         shape = (n_layers, n_kv_heads, max_len, head_dim)
-        require(2 * 4 * math.prod(shape), f"a KV cache of {max_len} positions")
-        self.k = np.zeros(shape, dtype=np.float32)
-        self.v = np.zeros(shape, dtype=np.float32)
+        if k is None or v is None:
+            require(2 * 4 * math.prod(shape), f"a KV cache of {max_len} positions")
+        self.k = np.zeros(shape, dtype=np.float32) if k is None else k
+        self.v = np.zeros(shape, dtype=np.float32) if v is None else v
+        if self.k.shape != shape or self.v.shape != shape or self.k.dtype != np.float32 \
+                or self.v.dtype != np.float32:
+            raise SmallMindError(f"KV cache buffers must be float32 of shape {shape}")
         # indexing makes a new view object each time: make the per-layer views once
         self.k_layers = tuple(self.k[i] for i in range(n_layers))
         self.v_layers = tuple(self.v[i] for i in range(n_layers))

@@ -29,14 +29,19 @@ ALL_LOGITS_CHUNK = 64
 class Session:
     """One sequence of at most `ctx` positions through `net`."""
 
-    def __init__(self, net, ctx: int, *, prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+    def __init__(self, net, ctx: int, *, prefill_chunk: int = DEFAULT_PREFILL_CHUNK, kv=None, ws=None):
+        """kv and ws, when given, are a cache of `ctx` positions and a workspace to use instead
+        of making them: the server's engine gives each sequence a cache from its pool, and one
+        workspace serves all its sequences (one thread runs them)."""
         limit = net.config.context_length
         if isinstance(ctx, bool) or not isinstance(ctx, (int, np.integer)) or not 1 <= ctx <= limit:
             raise ContextLengthError(f"the context must be 1..{limit} positions (the model's), got {ctx!r}")
         n_layers, n_kv_heads, head_dim = net.kv_spec
         self.net = net
-        self.kv = KVCache(n_layers, n_kv_heads, int(ctx), head_dim)
-        self.ws = net.workspace(max(1, min(prefill_chunk, int(ctx))))
+        self.kv = KVCache(n_layers, n_kv_heads, int(ctx), head_dim) if kv is None else kv
+        if self.kv.capacity != ctx:
+            raise ContextLengthError(f"the KV cache holds {self.kv.capacity} positions, not the context's {ctx}")
+        self.ws = net.workspace(max(1, min(prefill_chunk, int(ctx)))) if ws is None else ws
         self.ids = np.zeros(int(ctx), np.int32)   # the ids at positions 0..length-1
         self.token = np.zeros(1, np.int32)         # a decode step's input (no array per step)
 
