@@ -111,6 +111,42 @@ def test_attention_prefill_with_a_wide_head_matches_reference(isa, rng):
     close(out, expect)
 
 
+@pytest.mark.parametrize("T,pos0,window", [(1, 0, 1), (1, 40, 7), (5, 3, 4), (20, 0, 6), (37, 70, 64), (20, 5, 100)])
+def test_sliding_window_attention_matches_reference(isa, rng, T, pos0, window):
+    # per-query (T < 4) and blocked prefill paths; windows smaller and larger than a key tile
+    q = view(rng, (T, 4, 16), pad=1)
+    k_cache, v_cache = view(rng, (2, pos0 + T + 2, 16)), view(rng, (2, pos0 + T + 2, 16), pad=3)
+    out, expect = np.empty((T, 4, 16), np.float32), np.empty((T, 4, 16), np.float32)
+    ref.attention(q, k_cache, v_cache, pos0, expect, 0.4, window)
+    native.attention(q, k_cache, v_cache, pos0, out, 0.4, window)
+    close(out, expect)
+
+
+@pytest.mark.parametrize("T", [2, 20])
+def test_sliding_window_attention_ignores_keys_before_the_window(isa, rng, T):
+    pos0, window = 30, 5
+    q, k, v = view(rng, (T, 2, 8)), view(rng, (1, pos0 + T, 8)), view(rng, (1, pos0 + T, 8))
+    out1, out2 = np.empty((T, 2, 8), np.float32), np.empty((T, 2, 8), np.float32)
+    native.attention(q, k, v, pos0, out1, 0.5, window)
+    k[:, :pos0 + 1 - window], v[:, :pos0 + 1 - window] = np.nan, np.inf  # before the first query's window
+    native.attention(q, k, v, pos0, out2, 0.5, window)
+    np.testing.assert_array_equal(out1, out2)
+    assert np.isfinite(out1).all()
+
+
+def test_sliding_window_of_one_attends_to_the_own_position_only(rng):
+    q, k, v = view(rng, (3, 1, 4)), view(rng, (1, 5, 4)), view(rng, (1, 5, 4))
+    out = np.empty((3, 1, 4), np.float32)
+    ref.attention(q, k, v, 2, out, 1.0, 1)
+    close(out[:, 0], v[0, 2:5])
+
+
+def test_attention_refuses_a_negative_window(rng):
+    q, k = view(rng, (1, 1, 4)), view(rng, (1, 3, 4))
+    with pytest.raises(KernelInputError, match="window"):
+        native.attention(q, k, k.copy(), 0, np.empty((1, 1, 4), np.float32), 1.0, -1)
+
+
 @pytest.mark.parametrize("T,Hkv,D,pos0", [(1, 3, 8, 0), (5, 2, 33, 7)])
 def test_kv_cache_store_matches_reference(rng, T, Hkv, D, pos0):
     k, v = view(rng, (T, Hkv, D)), view(rng, (T, Hkv, D), pad=2)
@@ -263,6 +299,32 @@ def test_rope_matches_reference(isa, rng, neox, T, H, D, pos0):
     close(out, expect)
     native.rope(x, pos0, 10000.0, x, neox)  # in place
     close(x, expect)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+def test_rope_with_frequency_factors_matches_reference(isa, rng, neox):
+    x, out = view(rng, (5, 3, 16), pad=2), np.empty((5, 3, 16), np.float32)
+    factors = rng.uniform(1.0, 8.0, 8).astype(np.float32)
+    expect = np.empty((5, 3, 16), np.float32)
+    ref.rope(x, 300, 500000.0, expect, neox, factors)
+    native.rope(x, 300, 500000.0, out, neox, factors)
+    close(out, expect)
+
+
+def test_rope_frequency_factor_divides_the_frequency(rng):
+    # factor f on every pair at position p equals no factor at position p / f
+    x = view(rng, (1, 2, 8))
+    scaled, plain = np.empty((1, 2, 8), np.float32), np.empty((1, 2, 8), np.float32)
+    ref.rope(x, 12, 10000.0, scaled, False, np.full(4, 4.0, np.float32))
+    ref.rope(x, 3, 10000.0, plain, False)
+    close(scaled, plain)
+
+
+@pytest.mark.parametrize("bad", [np.zeros(4, np.float32), np.ones(3, np.float32), np.full(4, np.inf, np.float32)])
+def test_rope_refuses_bad_frequency_factors(rng, bad):
+    x = view(rng, (1, 1, 8))
+    with pytest.raises(KernelInputError, match="freq_factors"):
+        native.rope(x, 0, 10000.0, np.empty((1, 1, 8), np.float32), False, bad)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])

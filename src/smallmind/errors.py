@@ -23,3 +23,7 @@ class ContextLengthError(SmallMindError):
 
 class KernelInputError(SmallMindError, ValueError):
     """An array of the wrong shape, dtype or layout was handed to a kernel."""
+
+
+class GGUFError(SmallMindError):
+    """A GGUF file that is unreadable, damaged, or lacks a key or tensor the model needs."""

@@ -10,7 +10,7 @@ new entries. Scopes nest, and the recorder aggregates by full path (e.g. decode/
 Scope names used by the engine (keep this list true):
   containers : prefill, decode, forward, backward, step (group others; their
                own time is not counted as covered)
-  inference  : tokenize, embedding, norm, matmul.qkv, kv_cache, attention,
+  inference  : tokenize, embedding, norm, matmul.qkv, rope, kv_cache, attention,
                matmul.attn_out, matmul.mlp_up, activation, matmul.mlp_down,
                matmul.lm_head, sampling (softmax runs inside the attention kernel)
   training   : the same operation names inside forward/backward, plus loss, and

@@ -132,9 +132,9 @@ def softmax_backward(probs, dprobs, dscores, scale):
     return _softmax_backward(probs, dprobs, dscores, scale)
 
 
-def rope(x, pos0, theta, out, neox=False):
-    # x, out (T,H,D), D even
-    return _rope(x, pos0, theta, out, neox)
+def rope(x, pos0, theta, out, neox=False, freq_factors=None):
+    # x, out (T,H,D), D even; freq_factors (D/2,) or None
+    return _rope(x, pos0, theta, out, neox, freq_factors)
 
 
 def kv_cache_store(k, v, k_cache, v_cache, pos0):
@@ -142,9 +142,9 @@ def kv_cache_store(k, v, k_cache, v_cache, pos0):
     _kv_cache_store(k, v, k_cache, v_cache, pos0)
 
 
-def attention(q, k_cache, v_cache, pos0, out, scale):
-    # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) holding positions 0..pos0+T-1
-    return _attention(q, k_cache, v_cache, pos0, out, scale)
+def attention(q, k_cache, v_cache, pos0, out, scale, window=0):
+    # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) holding positions 0..pos0+T-1; window 0: none
+    return _attention(q, k_cache, v_cache, pos0, out, scale, window)
 
 
 def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):

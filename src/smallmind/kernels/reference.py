@@ -132,11 +132,14 @@ def softmax_backward(probs, dprobs, dscores, scale):
     return dscores
 
 
-def rope(x, pos0, theta, out, neox=False):
-    # x, out (T,H,D), D even: rotate feature pairs by angle (pos0+t) * theta^(-2i/D)
+def rope(x, pos0, theta, out, neox=False, freq_factors=None):
+    # x, out (T,H,D), D even; freq_factors (D/2,) or None: rotate feature pairs by angle
+    # (pos0+t) * theta^(-2i/D) / freq_factors[i]
     # neox=False pairs (2i, 2i+1); neox=True pairs (i, i + D/2)
     T, H, D = x.shape
     inv = theta ** (-np.arange(0, D, 2, dtype=np.float64) / D)
+    if freq_factors is not None:
+        inv = inv / freq_factors.astype(np.float64)  # Llama 3's long-context frequency scaling
     ang = (pos0 + np.arange(T, dtype=np.float64))[:, None] * inv[None, :]
     cos = np.cos(ang).astype(np.float32)[:, None, :]
     sin = np.sin(ang).astype(np.float32)[:, None, :]
@@ -160,9 +163,10 @@ def kv_cache_store(k, v, k_cache, v_cache, pos0):
     v_cache[:, pos0:pos0 + T] = v.transpose(1, 0, 2)
 
 
-def attention(q, k_cache, v_cache, pos0, out, scale):
+def attention(q, k_cache, v_cache, pos0, out, scale, window=0):
     # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) holding positions 0..pos0+T-1.
-    # Causal: query t (at position pos0+t) attends keys 0..pos0+t. H is a multiple of Hkv (GQA).
+    # Causal: query t (at position p = pos0+t) attends keys j <= p, and with a sliding window
+    # (window > 0) only those with p - j < window. H is a multiple of Hkv (GQA).
     T, H, D = q.shape
     Hkv = k_cache.shape[0]
     S = pos0 + T
@@ -170,8 +174,11 @@ def attention(q, k_cache, v_cache, pos0, out, scale):
     k = np.repeat(k_cache[:, :S], group, axis=0)  # (H,S,D)
     v = np.repeat(v_cache[:, :S], group, axis=0)
     scores = np.einsum("thd,hsd->hts", q, k)
-    probs = np.empty_like(scores)
-    causal_softmax(scores, probs, scale, pos0)
+    p, j = pos0 + np.arange(T)[:, None], np.arange(S)[None, :]
+    allowed = (j <= p) & ((window <= 0) | (p - j < window))
+    s = np.where(allowed, scores * scale, -np.inf)
+    e = np.where(allowed, np.exp(s - s.max(axis=-1, keepdims=True)), 0.0)
+    probs = e / e.sum(axis=-1, keepdims=True)
     out[...] = np.einsum("hts,hsd->thd", probs, v)
     return out
 

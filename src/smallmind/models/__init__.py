@@ -25,3 +25,23 @@ nothing else assumes more of:
 The registry maps a GGUF file's general.architecture to the module that builds its network:
 family(arch).from_gguf(gguf_file) -> net.
 """
+
+import importlib
+
+from ..errors import GGUFError
+
+# general.architecture -> module (in this package) whose from_gguf builds the network
+FAMILIES = {
+    "llama": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "gemma3": "gemma3",
+    "gpt2": "gpt2",
+}
+
+
+def family(arch: str):
+    """The module whose `from_gguf(gguf_file)` builds a network of architecture `arch`."""
+    if arch not in FAMILIES:
+        raise GGUFError(f"model architecture {arch!r} is not supported; supported: {', '.join(FAMILIES)}")
+    return importlib.import_module(f"{__name__}.{FAMILIES[arch]}")

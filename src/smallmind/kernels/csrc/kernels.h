@@ -23,6 +23,7 @@ typedef struct {
     long T, H, D, group, pos0;
     long qs_t, qs_h, ks_h, ks_s, vs_h, vs_s, os_t, os_h;
     float scale;
+    long window;  /* > 0: query at position p sees keys j with p - j < window (sliding window) */
 } AttnArgs;
 
 /* layer_norm / rms_norm over rows of C features */
@@ -54,6 +55,7 @@ typedef struct {
     long T, H, half, pos0, xs_t, xs_h, os_t, os_h;
     double theta;
     int neox;
+    const float *freq_factors;  /* (half,) divisors of each pair's frequency, or NULL */
 } RopeArgs;
 
 typedef struct {

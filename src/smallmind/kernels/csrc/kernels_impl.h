@@ -167,7 +167,8 @@ static void FN(linear_cols)(const LinearArgs *a, long n0, long n1)
 }
 
 /* One (head, query) pair per i = h*T + t: online softmax over key tiles, so memory is
- * O(tile) however long the context, and masked keys (beyond pos0+t) are never touched. */
+ * O(tile) however long the context, and masked keys (beyond pos0+t, or before the sliding
+ * window) are never touched. */
 static void FN(attention)(const AttnArgs *a, long i0, long i1)
 {
     float sc[SM_ATTN_TILE];
@@ -178,9 +179,10 @@ static void FN(attention)(const AttnArgs *a, long i0, long i1)
         const float *q = a->q + t * a->qs_t + h * a->qs_h;
         const float *kbase = a->kc + kvh * a->ks_h, *vbase = a->vc + kvh * a->vs_h;
         long S = a->pos0 + t + 1;
+        long first = a->window > 0 && S > a->window ? S - a->window : 0;
         float m = -INFINITY, l = 0.0f;
         for (long d = 0; d < D; d++) acc[d] = 0.0f;
-        for (long j0 = 0; j0 < S; j0 += SM_ATTN_TILE) {
+        for (long j0 = first; j0 < S; j0 += SM_ATTN_TILE) {
             long nb = S - j0 < SM_ATTN_TILE ? S - j0 : SM_ATTN_TILE;
             float bm = -INFINITY;
             for (long j = 0; j < nb; j++) sc[j] = sm_dot(q, kbase + (j0 + j) * a->ks_s, D) * a->scale;
@@ -232,12 +234,13 @@ static void FN(attention_blocked)(const AttnArgs *a, long i0, long i1)
         long kvh = h / a->group;
         const float *kbase = a->kc + kvh * a->ks_h, *vbase = a->vc + kvh * a->vs_h;
         long S = a->pos0 + t0 + nq; /* keys the last query of the block sees */
+        long first = a->window > 0 && a->pos0 + t0 + 1 > a->window ? a->pos0 + t0 + 1 - a->window : 0;
         for (long q = 0; q < nq; q++) {
             m[q] = -INFINITY;
             l[q] = 0.0f;
             for (long d = 0; d < D; d++) acc[q][d] = 0.0f;
         }
-        for (long j0 = 0; j0 < S; j0 += TILE) {
+        for (long j0 = first; j0 < S; j0 += TILE) {
             long nb = S - j0 < TILE ? S - j0 : TILE;
             for (long j = 0; j < nb; j++) {
                 const float *k = kbase + (j0 + j) * a->ks_s;
@@ -247,8 +250,10 @@ static void FN(attention_blocked)(const AttnArgs *a, long i0, long i1)
                 for (long j = nb; j < TILE; j++) kt[d * TILE + j] = 0.0f;
             for (long q = 0; q < nq; q++) {
                 long seen = a->pos0 + t0 + q + 1 - j0; /* keys of this tile query q may see */
-                if (seen <= 0) continue;
+                long from = a->window > 0 ? seen - a->window : 0; /* ... from this one on */
                 if (seen > nb) seen = nb;
+                if (from < 0) from = 0;
+                if (seen <= from) continue;
                 const float *qv = a->q + (t0 + q) * a->qs_t + h * a->qs_h;
                 for (long j = 0; j < TILE; j++) sc[j] = 0.0f;
                 for (long d = 0; d < D; d++) {
@@ -259,7 +264,7 @@ static void FN(attention_blocked)(const AttnArgs *a, long i0, long i1)
                 }
                 float bm = -INFINITY;
 #pragma omp simd reduction(max : bm)
-                for (long j = 0; j < seen; j++) {
+                for (long j = from; j < seen; j++) {
                     sc[j] *= a->scale;
                     bm = sc[j] > bm ? sc[j] : bm;
                 }
@@ -267,7 +272,7 @@ static void FN(attention_blocked)(const AttnArgs *a, long i0, long i1)
                 float corr = m[q] == -INFINITY ? 0.0f : sm_exp(m[q] - mnew);
                 float bl = 0.0f;
 #pragma omp simd reduction(+ : bl)
-                for (long j = 0; j < seen; j++) {
+                for (long j = from; j < seen; j++) {
                     float p = sm_exp(sc[j] - mnew);
                     sc[j] = p;
                     bl += p;
@@ -276,7 +281,7 @@ static void FN(attention_blocked)(const AttnArgs *a, long i0, long i1)
                 float *aq = acc[q];
 #pragma omp simd
                 for (long d = 0; d < D; d++) aq[d] *= corr;
-                for (long j = 0; j < seen; j++) {
+                for (long j = from; j < seen; j++) {
                     const float *v = vbase + (j0 + j) * a->vs_s;
                     const float p = sc[j];
 #pragma omp simd
@@ -446,7 +451,10 @@ static void FN(rope_rows)(const RopeArgs *a, long t0, long t1)
     float cs[SM_ROPE_MAX_HALF], sn[SM_ROPE_MAX_HALF];
     double inv[SM_ROPE_MAX_HALF];
     const long half = a->half, D = 2 * half;
-    for (long i = 0; i < half; i++) inv[i] = pow(a->theta, -(double)(2 * i) / (double)D);
+    for (long i = 0; i < half; i++) {
+        inv[i] = pow(a->theta, -(double)(2 * i) / (double)D);
+        if (a->freq_factors) inv[i] /= (double)a->freq_factors[i];
+    }
     for (long t = t0; t < t1; t++) {
         double pos = (double)a->pos0 + (double)t;
         for (long i = 0; i < half; i++) {

@@ -7,6 +7,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -309,15 +310,17 @@ static void attn_blocked_task(void *ctx, long a, long b) { K->attention_blocked(
 
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
-    if (nargs_ok(n, 6, "attention")) return NULL;
+    if (nargs_ok(n, 7, "attention")) return NULL;
     View v[4] = {0};
     int ok = 0;
-    long pos0 = 0;
+    long pos0 = 0, window = 0;
     double scale = 0.0;
     if (view_get(&v[0], args[0], "q", KIND_F32, 3, 0, 0) || view_get(&v[1], args[1], "k_cache", KIND_F32, 3, 0, 0) ||
         view_get(&v[2], args[2], "v_cache", KIND_F32, 3, 0, 0) || get_long(args[3], "pos0", &pos0) ||
-        view_get(&v[3], args[4], "out", KIND_F32, 3, 1, 0) || get_float(args[5], "scale", &scale))
+        view_get(&v[3], args[4], "out", KIND_F32, 3, 1, 0) || get_float(args[5], "scale", &scale) ||
+        get_long(args[6], "window", &window))
         goto done;
+    if (window < 0) { fail("window must be >= 0 (0: no sliding window), got %ld", window); goto done; }
     long T = v[0].shape[0], H = v[0].shape[1], D = v[0].shape[2];
     long Hkv = v[1].shape[0], Smax = v[1].shape[1];
     if (same_shape(&v[1], "k_cache", &v[2], "v_cache") || same_shape(&v[0], "q", &v[3], "out") ||
@@ -332,7 +335,8 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
         goto done;
     AttnArgs aa = {F(v[0]), F(v[1]), F(v[2]), F(v[3]), T, H, D, Hkv ? H / Hkv : 1, pos0,
                    (long)v[0].st[0], (long)v[0].st[1], (long)v[1].st[0], (long)v[1].st[1],
-                   (long)v[2].st[0], (long)v[2].st[1], (long)v[3].st[0], (long)v[3].st[1], (float)scale};
+                   (long)v[2].st[0], (long)v[2].st[1], (long)v[3].st[0], (long)v[3].st[1], (float)scale,
+                   window};
     if (T >= 4 && D <= SM_ATTN_BLOCKED_MAX_D) {
         long nblocks = (T + SM_ATTN_QBLOCK - 1) / SM_ATTN_QBLOCK;
         run(attn_blocked_task, &aa, H * nblocks, 1, 4.0 * H * T * (pos0 + T) * D);
@@ -665,9 +669,9 @@ static void rope_task(void *ctx, long a, long b) { K->rope_rows((const RopeArgs 
 
 static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
-    if (nargs_ok(n, 5, "rope")) return NULL;
-    View v[2] = {0};
-    int ok = 0;
+    if (nargs_ok(n, 6, "rope")) return NULL;
+    View v[3] = {0};
+    int ok = 0, has_ff = args[5] != Py_None;
     long pos0 = 0;
     double theta = 0.0;
     int neox = PyObject_IsTrue(args[4]);
@@ -681,12 +685,20 @@ static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t n)
     if (D / 2 > SM_ROPE_MAX_HALF) { fail("head dim %ld is above the supported %d", D, 2 * SM_ROPE_MAX_HALF); goto done; }
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
     if (!(theta > 0.0)) { fail("theta must be positive, got %S", args[2]); goto done; }
+    if (has_ff) {
+        if (view_get(&v[2], args[5], "freq_factors", KIND_F32, 1, 0, 0) ||
+            want_dim(&v[2], "freq_factors", 0, D / 2, "half the head dim"))
+            goto done;
+        const float *ff = F(v[2]);  /* a unit-stride view (view_get copies otherwise) */
+        for (long i = 0; i < D / 2; i++)
+            if (!(ff[i] > 0.0f) || ff[i] == INFINITY) { fail("freq_factors[%ld] must be positive and finite", i); goto done; }
+    }
     RopeArgs ra = {F(v[0]), F(v[1]), T, H, D / 2, pos0, (long)v[0].st[0], (long)v[0].st[1],
-                   (long)v[1].st[0], (long)v[1].st[1], theta, neox};
+                   (long)v[1].st[0], (long)v[1].st[1], theta, neox, has_ff ? F(v[2]) : NULL};
     run(rope_task, &ra, T, 1, 6.0 * T * H * D + 100.0 * T * D);
     ok = 1;
 done:
-    return finish(v, 2, ok, args[3]);
+    return finish(v, 3, ok, args[3]);
 }
 
 /* ---------------------------------------------------------------- loss, optimizer */

@@ -1,0 +1,303 @@
+"""Gemma 3 from GGUF (general.architecture gemma3), as llama.cpp's gemma3 builder runs it.
+
+What sets it apart from the Llama recipe:
+  - the token embedding is scaled by sqrt(d_model) (the head, tied to it, is not);
+  - Q and K are RMS-normalised per head before RoPE (NEOX pairing: the two halves of a head);
+  - every block normalises before AND after attention and the MLP (four RMSNorms a layer);
+  - the MLP is gated GELU (tanh approximation);
+  - five sliding-window layers to one global: layer i is global iff i % 6 == 5 (llama.cpp's
+    fixed pattern for this architecture). Sliding layers see the last `sliding_window`
+    positions and rotate with RoPE base 10000; global layers see everything and use
+    rope.freq_base (and a linear rope.scaling.factor, if the file has one);
+  - attention scores are scaled by 1/sqrt(key_length), except in the 62-layer (27B) model,
+    which uses 1/sqrt(d_model / n_heads) (llama.cpp's rule, after gemma_pytorch).
+GGUF stores the RMSNorm weights already as 1 + w, so the norms here are plain RMSNorms.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import kernels
+from ..errors import ContextLengthError, SmallMindError
+from ..scope import scope
+from .gguf_weights import WeightReader, check_config
+
+SWA_PATTERN = 6            # llama.cpp: set_swa_pattern(6) for gemma3
+SWA_ROPE_THETA = 10000.0   # llama.cpp: rope_freq_base_train_swa for gemma3
+LAYERS_OF_27B = 62
+
+
+@dataclass(frozen=True)
+class Gemma3Config:
+    vocab_size: int
+    context_length: int
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    rope_theta: float         # global layers
+    rope_theta_swa: float     # sliding-window layers
+    rope_scale: float         # linear RoPE scaling factor of the global layers (1: none)
+    sliding_window: int
+    norm_eps: float
+    attn_scale: float
+
+    def __post_init__(self):
+        check_config("gemma3", [
+            (self.vocab_size >= 1 and self.context_length >= 1 and self.n_layers >= 1 and self.d_model >= 1
+             and self.ffn_dim >= 1, "sizes must be positive"),
+            (self.n_heads >= 1 and self.n_kv_heads >= 1, "head counts must be positive"),
+            (self.n_heads % self.n_kv_heads == 0,
+             f"head_count {self.n_heads} is not a multiple of head_count_kv {self.n_kv_heads}"),
+            (self.head_dim >= 2 and self.head_dim % 2 == 0, f"head width {self.head_dim} must be even"),
+            (self.rope_theta > 0 and self.rope_scale > 0, "rope.freq_base and rope.scaling.factor must be positive"),
+            (self.sliding_window >= 1, "attention.sliding_window must be positive"),
+            (self.norm_eps > 0, "layer_norm_rms_epsilon must be positive"),
+        ])
+
+    def is_sliding(self, layer: int) -> bool:
+        return layer % SWA_PATTERN < SWA_PATTERN - 1
+
+    @classmethod
+    def from_gguf(cls, f) -> "Gemma3Config":
+        p = "gemma3."
+        d_model = f.get_int(p + "embedding_length", min=1)
+        n_heads = f.get_int(p + "attention.head_count", min=1)
+        n_layers = f.get_int(p + "block_count", min=1)
+        head_dim = f.get_int(p + "attention.key_length", d_model // n_heads, min=1)
+        check_config("gemma3", [
+            (f.get_int(p + "attention.value_length", head_dim) == head_dim,
+             "attention.value_length differs from attention.key_length"),
+            (f.get_int(p + "rope.dimension_count", head_dim) == head_dim,
+             "rope.dimension_count differs from the head width (partial RoPE is not supported)"),
+            (f.get(p + "rope.scaling.type", "linear") in ("linear", "none"),
+             f"rope.scaling.type {f.get(p + 'rope.scaling.type', '')!r} is not supported (only linear)"),
+        ])
+        rope_scale = f.get_float(p + "rope.scaling.factor", 0.0, min=0.0) or 1.0  # llama.cpp: 0 means none
+        scale_dim = d_model // n_heads if n_layers == LAYERS_OF_27B else head_dim
+        return cls(
+            vocab_size=f.tensor_info("token_embd.weight").shape[0],
+            context_length=f.get_int(p + "context_length", min=1),
+            n_layers=n_layers,
+            d_model=d_model,
+            n_heads=n_heads,
+            n_kv_heads=f.get_int(p + "attention.head_count_kv", n_heads, min=1),
+            head_dim=head_dim,
+            ffn_dim=f.get_int(p + "feed_forward_length", min=1),
+            rope_theta=f.get_float(p + "rope.freq_base", 10000.0),
+            rope_theta_swa=SWA_ROPE_THETA,
+            rope_scale=rope_scale,
+            sliding_window=f.get_int(p + "attention.sliding_window", min=1),
+            norm_eps=f.get_float(p + "attention.layer_norm_rms_epsilon"),
+            attn_scale=1.0 / float(np.sqrt(scale_dim)),
+        )
+
+
+@dataclass(frozen=True)
+class Layer:
+    attn_norm: np.ndarray      # (C,) each norm weight, stored as 1 + w
+    wq: object                 # (H*D, C) float32 array or QTensor, like every matrix below
+    wk: object                 # (Hkv*D, C)
+    wv: object                 # (Hkv*D, C)
+    q_norm: np.ndarray         # (D,)
+    k_norm: np.ndarray         # (D,)
+    wo: object                 # (C, H*D)
+    post_attn_norm: np.ndarray
+    ffn_norm: np.ndarray
+    w_gate: object             # (F, C)
+    w_up: object               # (F, C)
+    w_down: object             # (C, F)
+    post_ffn_norm: np.ndarray
+    rope_theta: float
+    rope_freqs: np.ndarray | None  # (D/2,) constant linear-scaling divisors, or None
+    window: int                # 0 (global) or the sliding window
+
+
+class StepViews:
+    """The workspace's buffers cut to rows start..start+T-1, with head views; the decode set
+    (T = 1) is made once, prefill makes one per call."""
+
+    __slots__ = ("T", "x", "xn", "y", "q", "k", "v", "q_heads", "k_heads", "v_heads", "q_rows", "k_rows",
+                 "att", "att_heads", "gate", "up", "hidden", "logits", "tail")
+
+    def __init__(self, ws: "Workspace", T: int, start: int = 0):
+        # buffers (max_tokens, ...) -> views (T, ...); *_heads (T, heads, D); *_rows (T*heads, D)
+        cfg = ws.config
+        H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        rows = slice(start, start + T)
+        self.T = T
+        self.x, self.xn, self.y = ws.x[rows], ws.xn[rows], ws.y[rows]
+        self.q, self.k, self.v = ws.q[rows], ws.k[rows], ws.v[rows]
+        self.q_heads, self.k_heads = self.q.reshape(T, H, D), self.k.reshape(T, Hkv, D)
+        self.v_heads = self.v.reshape(T, Hkv, D)
+        self.q_rows, self.k_rows = self.q.reshape(T * H, D), self.k.reshape(T * Hkv, D)
+        self.att = ws.att[rows]
+        self.att_heads = self.att.reshape(T, H, D)
+        self.gate, self.up, self.hidden = ws.gate[rows], ws.up[rows], ws.hidden[rows]
+        self.logits = ws.logits[rows]
+        self.tail = self if T == 1 else StepViews(ws, 1, start + T - 1)
+
+
+class Workspace:
+    """Every activation buffer of a forward of up to `max_tokens` tokens."""
+
+    def __init__(self, config: Gemma3Config, max_tokens: int):
+        C, F, V, T = config.d_model, config.ffn_dim, config.vocab_size, max_tokens
+        HD, KD = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+        f32 = np.float32
+        self.config = config
+        self.max_tokens = max_tokens
+        self.x = np.zeros((T, C), f32)          # the residual stream
+        self.xn = np.zeros((T, C), f32)         # a pre-norm's output feeding a linear
+        self.y = np.zeros((T, C), f32)          # a sub-block's output, post-normed, then added to x
+        self.q = np.zeros((T, HD), f32)
+        self.k = np.zeros((T, KD), f32)
+        self.v = np.zeros((T, KD), f32)
+        self.att = np.zeros((T, HD), f32)
+        self.gate = np.zeros((T, F), f32)
+        self.up = np.zeros((T, F), f32)
+        self.hidden = np.zeros((T, F), f32)     # gelu(gate) * up
+        self.logits = np.zeros((T, V), f32)
+        self.logits_row = self.logits[0:1]     # (1,V): where the last position's logits go
+        self.logits_last = self.logits[0]      # (V,): the same memory, as returned
+        self.step = StepViews(self, 1)
+        self.kv = None
+        self.layers = ()
+
+    def bind(self, kv, layers) -> None:
+        """Pair each layer's weights with its cache views once per KV cache (not per step)."""
+        self.layers = tuple(zip(layers, kv.k_layers, kv.v_layers))
+        self.kv = kv
+
+
+class Gemma3:
+    """A Gemma 3 network over weights used in place from a GGUF file."""
+
+    def __init__(self, config: Gemma3Config, layers, token_embd, output_norm, output, weights):
+        self.config = config
+        self.kv_spec = (config.n_layers, config.n_kv_heads, config.head_dim)
+        self.layers = tuple(layers)
+        self.token_embd = token_embd
+        self.embed_scale = np.float32(np.sqrt(np.float32(config.d_model)))
+        self.output_norm = output_norm
+        self.output = output
+        self._weights = weights
+
+    def weights(self):
+        return list(self._weights)
+
+    def workspace(self, max_tokens: int) -> Workspace:
+        if not 1 <= max_tokens <= self.config.context_length:
+            raise ContextLengthError(f"a workspace holds 1..{self.config.context_length} tokens "
+                                     f"(the context length), not {max_tokens}")
+        return Workspace(self.config, max_tokens)
+
+    def forward(self, ws: Workspace, kv, tokens: np.ndarray, pos0: int, all_logits: bool = False):
+        # tokens (T,) int32 at positions pos0..pos0+T-1 -> logits (V,) of the last one, or (T,V)
+        T = len(tokens)
+        if T == 1:
+            act = ws.step
+        elif 1 < T <= ws.max_tokens:
+            act = StepViews(ws, T)
+        else:
+            raise ContextLengthError(f"a forward takes 1..{ws.max_tokens} tokens with this workspace, not {T}")
+        if ws.config is not self.config:
+            raise SmallMindError("this workspace was made for another model")
+        if ws.kv is not kv:
+            _check_kv(kv, self.kv_spec)
+            ws.bind(kv, self.layers)
+        if not 0 <= pos0 <= kv.length or pos0 + T > kv.capacity:
+            raise ContextLengthError(f"positions {pos0}..{pos0 + T - 1} do not follow the {kv.length} cached "
+                                     f"positions within the cache's {kv.capacity}")
+        eps, scale = self.config.norm_eps, self.config.attn_scale
+        with scope("decode" if T == 1 else "prefill"):
+            with scope("embedding"):
+                kernels.embedding(tokens, self.token_embd, None, 0, act.x)
+                np.multiply(act.x, self.embed_scale, out=act.x)
+            for layer, k_cache, v_cache in ws.layers:
+                with scope("norm"):
+                    kernels.rms_norm(act.x, layer.attn_norm, act.xn, eps)
+                with scope("matmul.qkv"):
+                    kernels.linear(act.xn, layer.wq, None, act.q)
+                    kernels.linear(act.xn, layer.wk, None, act.k)
+                    kernels.linear(act.xn, layer.wv, None, act.v)
+                with scope("norm"):
+                    kernels.rms_norm(act.q_rows, layer.q_norm, act.q_rows, eps)
+                    kernels.rms_norm(act.k_rows, layer.k_norm, act.k_rows, eps)
+                with scope("rope"):
+                    kernels.rope(act.q_heads, pos0, layer.rope_theta, act.q_heads, True, layer.rope_freqs)
+                    kernels.rope(act.k_heads, pos0, layer.rope_theta, act.k_heads, True, layer.rope_freqs)
+                with scope("kv_cache"):
+                    kernels.kv_cache_store(act.k_heads, act.v_heads, k_cache, v_cache, pos0)
+                with scope("attention"):
+                    kernels.attention(act.q_heads, k_cache, v_cache, pos0, act.att_heads, scale, layer.window)
+                with scope("matmul.attn_out"):
+                    kernels.linear(act.att, layer.wo, None, act.y)
+                with scope("norm"):
+                    kernels.rms_norm(act.y, layer.post_attn_norm, act.y, eps)
+                    np.add(act.x, act.y, out=act.x)
+                    kernels.rms_norm(act.x, layer.ffn_norm, act.xn, eps)
+                with scope("matmul.mlp_up"):
+                    kernels.linear(act.xn, layer.w_gate, None, act.gate)
+                    kernels.linear(act.xn, layer.w_up, None, act.up)
+                with scope("activation"):
+                    kernels.geglu(act.gate, act.up, act.hidden)
+                with scope("matmul.mlp_down"):
+                    kernels.linear(act.hidden, layer.w_down, None, act.y)
+                with scope("norm"):
+                    kernels.rms_norm(act.y, layer.post_ffn_norm, act.y, eps)
+                    np.add(act.x, act.y, out=act.x)
+            kv.length = pos0 + T
+            out = act if all_logits else act.tail  # only the rows whose logits are wanted
+            with scope("norm"):
+                kernels.rms_norm(out.x, self.output_norm, out.xn, eps)
+            with scope("matmul.lm_head"):
+                kernels.linear(out.xn, self.output, None, out.logits if all_logits else ws.logits_row)
+            return out.logits if all_logits else ws.logits_last
+
+
+def _check_kv(kv, spec) -> None:
+    n_layers, n_kv_heads, head_dim = spec
+    if kv.k.shape[0] != n_layers or kv.k.shape[1] != n_kv_heads or kv.k.shape[3] != head_dim:
+        raise SmallMindError(f"the KV cache has shape {kv.k.shape}, but this model needs "
+                             f"(layers, kv heads, positions, head dim) = ({n_layers}, {n_kv_heads}, *, {head_dim})")
+
+
+def from_gguf(f) -> Gemma3:
+    """The network stored in GGUFFile `f` (general.architecture gemma3)."""
+    cfg = Gemma3Config.from_gguf(f)
+    C, F, V, D = cfg.d_model, cfg.ffn_dim, cfg.vocab_size, cfg.head_dim
+    HD, KD = cfg.n_heads * D, cfg.n_kv_heads * D
+    global_freqs = np.full(D // 2, cfg.rope_scale, np.float32) if cfg.rope_scale != 1.0 else None
+    r = WeightReader(f)
+    token_embd = r.read("token_embd.weight", (V, C))
+    output_norm = r.vector("output_norm.weight", C)
+    output = r.read("output.weight", (V, C), optional=True)
+    layers = []
+    for i in range(cfg.n_layers):
+        b = f"blk.{i}."
+        sliding = cfg.is_sliding(i)
+        layers.append(Layer(
+            attn_norm=r.vector(b + "attn_norm.weight", C),
+            wq=r.read(b + "attn_q.weight", (HD, C)),
+            wk=r.read(b + "attn_k.weight", (KD, C)),
+            wv=r.read(b + "attn_v.weight", (KD, C)),
+            q_norm=r.vector(b + "attn_q_norm.weight", D),
+            k_norm=r.vector(b + "attn_k_norm.weight", D),
+            wo=r.read(b + "attn_output.weight", (C, HD)),
+            post_attn_norm=r.vector(b + "post_attention_norm.weight", C),
+            ffn_norm=r.vector(b + "ffn_norm.weight", C),
+            w_gate=r.read(b + "ffn_gate.weight", (F, C)),
+            w_up=r.read(b + "ffn_up.weight", (F, C)),
+            w_down=r.read(b + "ffn_down.weight", (C, F)),
+            post_ffn_norm=r.vector(b + "post_ffw_norm.weight", C),
+            rope_theta=cfg.rope_theta_swa if sliding else cfg.rope_theta,
+            rope_freqs=None if sliding else global_freqs,
+            window=cfg.sliding_window if sliding else 0,
+        ))
+    weights = r.finish()
+    # no output.weight: the head is tied to the (unscaled) token embedding
+    return Gemma3(cfg, layers, token_embd, output_norm, token_embd if output is None else output, weights)

@@ -1,0 +1,45 @@
+"""Reading a family's weights out of a GGUFFile: shapes checked, every missing name reported.
+
+Shared by the GGUF families so that each model file says only which tensors it wants.
+"""
+
+from ..errors import GGUFError
+
+
+class WeightReader:
+    """`read(name, shape)` returns the tensor in place (float32 array or QTensor) after
+    checking its shape; a missing tensor is noted and None returned, so that `finish()`
+    can name every missing tensor in one error rather than the first alone."""
+
+    def __init__(self, gguf_file):
+        self.file = gguf_file
+        self.missing: list[str] = []
+        self.loaded: list[tuple[str, object]] = []
+
+    def read(self, name: str, shape: tuple, *, optional: bool = False):
+        if not self.file.has_tensor(name):
+            if not optional:
+                self.missing.append(name)
+            return None
+        tensor = self.file.tensor(name, shape)
+        self.loaded.append((name, tensor))
+        return tensor
+
+    def vector(self, name: str, n: int, *, optional: bool = False):
+        # a norm weight or bias: (n,) float32, whatever its stored type
+        return self.read(name, (n,), optional=optional)
+
+    def finish(self) -> list[tuple[str, object]]:
+        """Raise GGUFError naming the missing tensors, else return (name, tensor) of all read."""
+        if self.missing:
+            shown = ", ".join(self.missing[:6])
+            more = f" and {len(self.missing) - 6} more" if len(self.missing) > 6 else ""
+            raise GGUFError(f"{self.file.path}: {self.file.architecture} model lacks tensors {shown}{more}")
+        return self.loaded
+
+
+def check_config(arch: str, checks) -> None:
+    # checks: [(ok, message)] -> GGUFError on the first failure, naming the architecture
+    for ok, message in checks:
+        if not ok:
+            raise GGUFError(f"bad {arch} model metadata: {message}")
