@@ -27,3 +27,7 @@ class KernelInputError(SmallMindError, ValueError):
 
 class GGUFError(SmallMindError):
     """A GGUF file that is unreadable, damaged, or lacks a key or tensor the model needs."""
+
+
+class ChatTemplateError(SmallMindError):
+    """A chat template that cannot be compiled or rendered, or messages it cannot take."""
