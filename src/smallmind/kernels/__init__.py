@@ -64,26 +64,31 @@ for _name in KERNEL_NAMES:
     globals()[_name] = getattr(_impl, _name)
 _threads = None
 _f32_linear, _f32_embedding = linear, embedding  # noqa: F821 (bound by the loop above)
-_quant = quant_reference
+if _backend is not None:
+    _quant_linear, _quant_embedding, _dequantize = (_backend.quant_linear, _backend.quant_embedding,
+                                                    _backend.quant_dequantize)
+else:
+    _quant_linear, _quant_embedding, _dequantize = (quant_reference.linear, quant_reference.embedding,
+                                                    quant_reference.dequantize)
 
 
 def linear(x, w, b, out, accumulate=False):
     # x (T,K), w (N,K) float32 array or QTensor, b (N,) or None, out (T,N): out (+)= x @ w.T + b
     if w.__class__ is QTensor:
-        return _quant.linear(x, w, b, out, accumulate)
+        return _quant_linear(x, w, b, out, accumulate)
     return _f32_linear(x, w, b, out, accumulate)
 
 
 def embedding(tokens, wte, wpe, pos0, out):
     # tokens (T,) int, wte (V,C) float32 or QTensor, wpe (P,C) or None, out (T,C)
     if wte.__class__ is QTensor:
-        return _quant.embedding(tokens, wte, wpe, pos0, out)
+        return _quant_embedding(tokens, wte, wpe, pos0, out)
     return _f32_embedding(tokens, wte, wpe, pos0, out)
 
 
 def dequantize(w, out):
     # w (N,K) QTensor, out (N,K) float32: the values the block format holds
-    return _quant.dequantize(w, out)
+    return _dequantize(w, out)
 
 
 def select_isa(name: str) -> str:

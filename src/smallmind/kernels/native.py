@@ -38,6 +38,9 @@ _kv_cache_store = _native.kv_cache_store
 _attention = _native.attention
 _cross_entropy = _native.cross_entropy
 _adamw_step = _native.adamw_step
+_quant_linear = _native.quant_linear
+_quant_embedding = _native.quant_embedding
+_quant_dequantize = _native.quant_dequantize
 
 _local = threading.local()
 
@@ -155,3 +158,18 @@ def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):
 def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     # param, grad, m, v (N,) updated in place; step counts from 1
     return _adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
+
+
+def quant_linear(x, w, b, out, accumulate=False):
+    # x (T,K), w (N,K) QTensor, b (N,) or None, out (T,N): out (+)= x @ w.T + b (activations quantized once)
+    return _quant_linear(x, w, b, out, accumulate)
+
+
+def quant_embedding(tokens, w, wpe, pos0, out):
+    # tokens (T,) int, w (V,C) QTensor, wpe (P,C) or None, out (T,C): w's rows (+ wpe rows)
+    return _quant_embedding(tokens, w, wpe, pos0, out)
+
+
+def quant_dequantize(w, out):
+    # w (N,K) QTensor, out (N,K) float32
+    return _quant_dequantize(w, out)

@@ -13,12 +13,14 @@
 
 #include "kernels.h"
 #include "pool.h"
+#include "quant.h"
 
 #define SM_MAXD 8
 
 static PyObject *KernelInputError;
 static PyObject *np_shares_memory;
 static const KernelTable *K = &sm_table_generic;
+static const QuantTable *Q = &sm_qtable_generic;  /* the AVX2 build also serves AVX-512 machines */
 /* Above this many rows linear() hands over to BLAS. With more than one thread the cut-over
  * is higher: after each call OpenBLAS's idle threads spin for ~0.1 s (its default thread
  * timeout), fighting our pool for the cores, which halves decode speed after a prefill;
@@ -458,6 +460,221 @@ done:
     return finish(v, 3, ok, args[2]);
 }
 
+/* ---------------------------------------------------------------- quantized weights (QTensor) */
+
+static const char *const QNAMES[SM_NQTYPES] = {"F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+                                               "Q4_K", "Q5_K", "Q6_K"};
+static const long QBLOCK[SM_NQTYPES] = {1, 1, 32, 32, 32, 32, 32, 256, 256, 256};
+static const long QBYTES[SM_NQTYPES] = {2, 2, 18, 20, 22, 24, 34, 144, 176, 210};
+
+/* a QTensor's fields, checked: data is uint8, C-contiguous, exactly rows x row bytes */
+typedef struct {
+    int qtype;
+    long rows, cols, wrow;
+    View data;   /* only .arr is set: enough for the overlap checks */
+    PyObject *ref;
+} QView;
+
+static int qview_get(QView *q, PyObject *w, const char *name)
+{
+    memset(q, 0, sizeof *q);
+    PyObject *qt = PyObject_GetAttrString(w, "qtype");
+    if (!qt) { PyErr_Clear(); return fail("%s must be a QTensor, got %s", name, Py_TYPE(w)->tp_name); }
+    const char *s = PyUnicode_Check(qt) ? PyUnicode_AsUTF8(qt) : NULL;
+    q->qtype = -1;
+    for (int i = 0; s && i < SM_NQTYPES; i++)
+        if (!strcmp(s, QNAMES[i])) q->qtype = i;
+    if (q->qtype < 0) {
+        PyErr_Clear();
+        fail("%s: unknown block format %R", name, qt);
+        Py_DECREF(qt);
+        return -1;
+    }
+    Py_DECREF(qt);
+    PyObject *shape = PyObject_GetAttrString(w, "shape");
+    if (!shape) return -1;
+    int good = PyTuple_Check(shape) && PyTuple_GET_SIZE(shape) == 2;
+    if (good) {
+        q->rows = PyLong_AsLong(PyTuple_GET_ITEM(shape, 0));
+        q->cols = PyLong_AsLong(PyTuple_GET_ITEM(shape, 1));
+        if (PyErr_Occurred()) { PyErr_Clear(); good = 0; }
+    }
+    Py_DECREF(shape);
+    if (!good || q->rows < 1 || q->cols < 1) return fail("%s: shape must be two positive integers", name);
+    long block = QBLOCK[q->qtype];
+    if (q->cols % block) return fail("%s: %ld columns is not a whole number of %s blocks of %ld", name, q->cols,
+                                     QNAMES[q->qtype], block);
+    q->wrow = q->cols / block * QBYTES[q->qtype];
+    q->ref = PyObject_GetAttrString(w, "data");
+    if (!q->ref) return -1;
+    PyArrayObject *d = (PyArrayObject *)q->ref;
+    if (!PyArray_Check(q->ref) || PyArray_TYPE(d) != NPY_UINT8 || PyArray_NDIM(d) != 2 ||
+        !PyArray_IS_C_CONTIGUOUS(d) || PyArray_DIM(d, 0) != q->rows || PyArray_DIM(d, 1) != q->wrow)
+        return fail("%s: data must be C-contiguous uint8 of shape (%ld, %ld) for a %ld x %ld %s tensor", name,
+                    q->rows, q->wrow, q->rows, q->cols, QNAMES[q->qtype]);
+    q->data.arr = d;
+    return 0;
+}
+
+static void qview_done(QView *q) { Py_CLEAR(q->ref); }
+
+/* the activations of a product, quantized once per call: a buffer grown, never shrunk, and
+ * a private one when another Python thread's product holds it */
+static uint8_t *qscratch;
+static size_t qscratch_size;
+static int qscratch_busy;
+
+static uint8_t *scratch_take(size_t n, int *owned)
+{
+    *owned = 0;
+    if (!qscratch_busy) {
+        if (n > qscratch_size) {
+            uint8_t *p = realloc(qscratch, n);
+            if (!p) return (uint8_t *)PyErr_NoMemory();
+            qscratch = p;
+            qscratch_size = n;
+        }
+        qscratch_busy = 1;
+        return qscratch;
+    }
+    uint8_t *p = malloc(n ? n : 1);
+    if (!p) return (uint8_t *)PyErr_NoMemory();
+    *owned = 1;
+    return p;
+}
+
+static void scratch_give(uint8_t *p, int owned)
+{
+    if (owned) free(p);
+    else qscratch_busy = 0;
+}
+
+typedef struct {
+    int qtype;
+    const float *x;
+    long xs, K, xrow;
+    uint8_t *dst;
+} QuantizeCtx;
+
+static void quantize_task(void *ctx, long t0, long t1)
+{
+    const QuantizeCtx *c = ctx;
+    for (long t = t0; t < t1; t++) sm_quantize_row(c->qtype, c->x + t * c->xs, c->dst + t * c->xrow, c->K);
+}
+
+static void qlinear_task(void *ctx, long a, long b) { Q->linear_rows((const QLinearArgs *)ctx, a, b); }
+
+/* quant_linear(x, w, b, out, accumulate): out (+)= x @ w.T + b for a QTensor w */
+static PyObject *py_quant_linear(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 5, "quant_linear")) return NULL;
+    View v[3] = {0};
+    QView q = {0};
+    int ok = 0;
+    int acc = PyObject_IsTrue(args[4]);
+    if (acc < 0) return NULL;
+    int has_b = args[2] != Py_None;
+    if (qview_get(&q, args[1], "w") || view_get(&v[0], args[0], "x", KIND_F32, 2, 0, 0) ||
+        (has_b && view_get(&v[1], args[2], "b", KIND_F32, 1, 0, 0)) ||
+        view_get(&v[2], args[3], "out", KIND_F32, 2, 1, 0))
+        goto done;
+    long T = v[0].shape[0], Kd = v[0].shape[1], N = q.rows;
+    if (Kd != q.cols) { fail("x has %ld features but w takes %ld", Kd, q.cols); goto done; }
+    if ((has_b && want_dim(&v[1], "b", 0, N, "w's rows")) || want_dim(&v[2], "out", 0, T, "x's rows") ||
+        want_dim(&v[2], "out", 1, N, "w's rows"))
+        goto done;
+    if (no_overlap(&v[2], "out", &v[0], "x", 0) || no_overlap(&v[2], "out", &q.data, "w's data", 0) ||
+        (has_b && no_overlap(&v[2], "out", &v[1], "b", 0)))
+        goto done;
+    if (T > 0) {
+        long xrow = sm_act_row_bytes(q.qtype, Kd);
+        int owned;
+        uint8_t *xq = scratch_take((size_t)T * (size_t)xrow, &owned);
+        if (!xq) goto done;
+        QuantizeCtx qc = {q.qtype, F(v[0]), (long)v[0].st[0], Kd, xrow, xq};
+        run(quantize_task, &qc, T, 1, 8.0 * T * Kd);
+        QLinearArgs la = {q.qtype, PyArray_DATA(q.data.arr), q.wrow, xq, xrow, has_b ? F(v[1]) : NULL,
+                          F(v[2]), (long)v[2].st[0], T, Kd, N, acc};
+        run(qlinear_task, &la, N, 4, 2.0 * T * N * Kd);
+        scratch_give(xq, owned);
+    }
+    ok = 1;
+done:
+    qview_done(&q);
+    return finish(v, 3, ok, args[3]);
+}
+
+typedef struct {
+    int qtype;
+    const uint8_t *w;
+    long wrow, cols, os;
+    float *out;
+} DequantCtx;
+
+static void dequant_task(void *ctx, long r0, long r1)
+{
+    const DequantCtx *c = ctx;
+    for (long r = r0; r < r1; r++) Q->dequant_row(c->qtype, c->w + r * c->wrow, c->out + r * c->os, c->cols);
+}
+
+/* quant_dequantize(w, out): out (rows, cols) float32 = the values w holds */
+static PyObject *py_quant_dequantize(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 2, "quant_dequantize")) return NULL;
+    View v[1] = {0};
+    QView q = {0};
+    int ok = 0;
+    if (qview_get(&q, args[0], "w") || view_get(&v[0], args[1], "out", KIND_F32, 2, 1, 0)) goto done;
+    if (want_dim(&v[0], "out", 0, q.rows, "w's rows") || want_dim(&v[0], "out", 1, q.cols, "w's columns") ||
+        no_overlap(&v[0], "out", &q.data, "w's data", 0))
+        goto done;
+    DequantCtx c = {q.qtype, PyArray_DATA(q.data.arr), q.wrow, q.cols, (long)v[0].st[0], F(v[0])};
+    run(dequant_task, &c, q.rows, 1, 4.0 * q.rows * q.cols);
+    ok = 1;
+done:
+    qview_done(&q);
+    return finish(v, 1, ok, args[1]);
+}
+
+/* quant_embedding(tokens, w, wpe, pos0, out): out[t] = w[tok[t]] (+ wpe[pos0 + t]) */
+static PyObject *py_quant_embedding(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 5, "quant_embedding")) return NULL;
+    View v[3] = {0};
+    QView q = {0};
+    int ok = 0;
+    long pos0 = 0;
+    int has_wpe = args[2] != Py_None;
+    if (view_get(&v[0], args[0], "tokens", KIND_INT, 1, 0, 0) || qview_get(&q, args[1], "w") ||
+        (has_wpe && view_get(&v[1], args[2], "wpe", KIND_F32, 2, 0, 0)) || get_long(args[3], "pos0", &pos0) ||
+        view_get(&v[2], args[4], "out", KIND_F32, 2, 1, 0))
+        goto done;
+    long T = v[0].shape[0], C = q.cols;
+    if (want_dim(&v[2], "out", 0, T, "number of tokens") || want_dim(&v[2], "out", 1, C, "w's width") ||
+        (has_wpe && want_dim(&v[1], "wpe", 1, C, "w's width")))
+        goto done;
+    if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
+    if (no_overlap(&v[2], "out", &q.data, "w's data", 0) || no_overlap(&v[2], "out", &v[0], "tokens", 0) ||
+        (has_wpe && no_overlap(&v[2], "out", &v[1], "wpe", 0)))
+        goto done;
+    if (tokens_in_range(&v[0], q.rows)) goto done;
+    if (has_wpe && pos0 > (long)v[1].shape[0] - T) {
+        PyErr_Format(PyExc_IndexError, "%ld positions from %ld do not fit the position-embedding table (%ld)",
+                     T, pos0, (long)v[1].shape[0]);
+        goto done;
+    }
+    const uint8_t *w = PyArray_DATA(q.data.arr);
+    for (long t = 0; t < T; t++) {
+        float *o = F(v[2]) + t * v[2].st[0];
+        Q->dequant_row(q.qtype, w + token_at(&v[0], t) * q.wrow, o, C);
+        if (has_wpe) K->add_rows(o, o, F(v[1]) + (pos0 + t) * v[1].st[0], C);
+    }
+    ok = 1;
+done:
+    qview_done(&q);
+    return finish(v, 3, ok, args[4]);
+}
+
 /* ---------------------------------------------------------------- norms */
 
 static void ln_task(void *ctx, long a, long b) { K->layer_norm_rows((const NormArgs *)ctx, a, b); }
@@ -818,6 +1035,15 @@ static const KernelTable *table_for(const char *name)
     return NULL;
 }
 
+static const QuantTable *qtable_for(const KernelTable *t)
+{
+#ifdef SM_HAVE_X86
+    if (t != &sm_table_generic) return &sm_qtable_avx2;
+#endif
+    (void)t;
+    return &sm_qtable_generic;
+}
+
 static PyObject *py_select_isa(PyObject *self, PyObject *arg)
 {
     const char *name = PyUnicode_AsUTF8(arg);
@@ -825,6 +1051,7 @@ static PyObject *py_select_isa(PyObject *self, PyObject *arg)
     const KernelTable *t = table_for(name);
     if (!t) return PyErr_Format(PyExc_ValueError, "ISA %R is unknown or not supported by this CPU", arg);
     K = t;
+    Q = qtable_for(t);
     return PyUnicode_FromString(K->name);
 }
 
@@ -886,7 +1113,8 @@ static PyMethodDef methods[] = {
     FAST(linear), FAST(attention), FAST(kv_cache_store), FAST(embedding), FAST(embedding_backward),
     FAST(layer_norm), FAST(layer_norm_backward), FAST(rms_norm), FAST(gelu), FAST(gelu_backward),
     FAST(silu), FAST(swiglu), FAST(geglu), FAST(softmax), FAST(causal_softmax), FAST(softmax_backward),
-    FAST(rope), FAST(cross_entropy), FAST(adamw_step), FAST(tuning),
+    FAST(rope), FAST(cross_entropy), FAST(adamw_step), FAST(tuning), FAST(quant_linear),
+    FAST(quant_embedding), FAST(quant_dequantize),
     {"select_isa", py_select_isa, METH_O, "select_isa(name) -> name: 'avx512', 'avx2', 'generic' or 'best'"},
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features the kernels care about"},
@@ -911,6 +1139,7 @@ PyMODINIT_FUNC PyInit__native(void)
     Py_DECREF(np);
     if (!np_shares_memory) return NULL;
     K = table_for("best");
+    Q = qtable_for(K);
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
 #ifdef __VERSION__

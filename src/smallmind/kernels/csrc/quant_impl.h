@@ -1,0 +1,506 @@
+/* Quantized-weight kernel bodies, compiled once per ISA: the including file sets
+ * `#pragma GCC target`, SM_QSUFFIX and (for the AVX2 build) SM_QUANT_AVX2.
+ *
+ * A product walks its output features; for each weight row and each tile of up to
+ * SM_QTILE activation rows it unpacks every weight block once and takes its integer dot
+ * product with each activation row of the tile. Each block's exact integer sum is then
+ * scaled and added to a float32 accumulator in block order with the expressions of the NumPy
+ * twin (llama.cpp's scalar vec_dot), so the results match it bit for bit. Contraction into
+ * FMA is off here for that reason: a fused multiply-add rounds once where the twin rounds
+ * twice. */
+#pragma GCC optimize("fp-contract=off")
+#include <string.h>
+
+#include "quant.h"
+#ifdef SM_QUANT_AVX2
+#include <immintrin.h>
+#endif
+
+#define SM_QCAT2(a, b) a##_##b
+#define SM_QCAT(a, b) SM_QCAT2(a, b)
+#define QFN(name) SM_QCAT(name, SM_QSUFFIX)
+
+/* ---------------------------------------------------------------- 32 int8 values */
+
+#ifdef SM_QUANT_AVX2
+typedef __m256i VB;   /* 32 int8 */
+typedef __m256i VI;   /* 8 int32 partial sums */
+
+static inline float h2f(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
+static inline VB vb_load(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* qs (16,) -> values 0..15: low nibbles first, then high nibbles */
+static inline VB vb_nibbles(const uint8_t *qs)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)qs);
+    __m256i both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+/* 0x10 in byte j where bit j of qh is set */
+static inline VB vb_high_bits(const uint8_t *qh4)
+{
+    uint32_t qh;
+    memcpy(&qh, qh4, 4);
+    const __m256i pick = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
+                                           0x0101010101010101LL, 0x0000000000000000LL);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pick);
+    __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+static inline VB vb_or(VB a, VB b) { return _mm256_or_si256(a, b); }
+static inline VB vb_sub(VB a, int c) { return _mm256_sub_epi8(a, _mm256_set1_epi8((char)c)); }
+
+/* pairwise int16 sums of w*y: w unsigned (0..255 as uint8), y signed */
+static inline __m256i p16_us(VB w, VB y) { return _mm256_maddubs_epi16(w, y); }
+/* signed w: |w| times y with w's sign (|w| * |y| * 2 stays below 2^15 for our ranges) */
+static inline __m256i p16_ss(VB w, VB y) { return _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w)); }
+
+static inline int vi_sum(VI v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
+static inline int dot_us(VB w, VB y) { return vi_sum(_mm256_madd_epi16(p16_us(w, y), _mm256_set1_epi16(1))); }
+static inline int dot_ss(VB w, VB y) { return vi_sum(_mm256_madd_epi16(p16_ss(w, y), _mm256_set1_epi16(1))); }
+static inline VI vi_zero(void) { return _mm256_setzero_si256(); }
+/* acc + scale * dot(w, y) lane-wise (w unsigned) */
+static inline VI vi_add_us(VI acc, VB w, VB y, int scale)
+{
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p16_us(w, y), _mm256_set1_epi16((short)scale)));
+}
+/* acc + sc0 * dot(w[0:16], y[0:16]) + sc1 * dot(w[16:32], y[16:32]) (w signed) */
+static inline VI vi_add_ss2(VI acc, VB w, VB y, int sc0, int sc1)
+{
+    __m256i sc = _mm256_set_m128i(_mm_set1_epi16((short)sc1), _mm_set1_epi16((short)sc0));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p16_ss(w, y), sc));
+}
+
+/* Q6_K group: lo = (ql32 >> lshift) & 15, hi = (qh32 >> hshift) & 3, value = lo | hi << 4, minus 32 */
+static inline VB vb_q6(const uint8_t *ql32, int lshift, const uint8_t *qh32, int hshift)
+{
+    __m256i lo = _mm256_and_si256(_mm256_srli_epi16(vb_load(ql32), lshift), _mm256_set1_epi8(0x0F));
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(vb_load(qh32), hshift), _mm256_set1_epi8(0x03));
+    return vb_sub(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), 32);
+}
+
+/* Q4_K / Q5_K sub-block pair c: low and high nibbles of qs[32c .. 32c+31] */
+static inline void vb_q4_pair(const uint8_t *qs32, VB *lo, VB *hi)
+{
+    __m256i v = vb_load(qs32);
+    *lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+}
+
+/* Q5_K fifth bits of sub-blocks 2c and 2c+1: bits 2c and 2c+1 of qh[0..31], as 0x10 */
+static inline void vb_q5_high(const uint8_t *qh32, int c, VB *lo, VB *hi)
+{
+    __m256i v = vb_load(qh32);
+    const __m256i b = _mm256_set1_epi8(0x01);
+    *lo = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 2 * c), b), 4);
+    *hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 2 * c + 1), b), 4);
+}
+
+static inline int mins_dot(const int32_t *bsum32, const uint8_t *mins)
+{
+    __m256i m = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)mins));
+    return vi_sum(_mm256_mullo_epi32(m, _mm256_loadu_si256((const __m256i *)bsum32)));
+}
+
+#else
+typedef struct { int8_t v[32]; } VB;
+typedef int32_t VI;
+
+static inline float h2f(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return sm_half_to_float(h); }
+static inline VB vb_load(const void *p) { VB r; memcpy(r.v, p, 32); return r; }
+
+static inline VB vb_nibbles(const uint8_t *qs)
+{
+    VB r;
+    for (int j = 0; j < 16; j++) {
+        r.v[j] = (int8_t)(qs[j] & 0x0F);
+        r.v[j + 16] = (int8_t)(qs[j] >> 4);
+    }
+    return r;
+}
+
+static inline VB vb_high_bits(const uint8_t *qh4)
+{
+    uint32_t qh;
+    memcpy(&qh, qh4, 4);
+    VB r;
+    for (int j = 0; j < 32; j++) r.v[j] = (int8_t)(((qh >> j) & 1u) << 4);
+    return r;
+}
+
+static inline VB vb_or(VB a, VB b) { for (int j = 0; j < 32; j++) a.v[j] |= b.v[j]; return a; }
+static inline VB vb_sub(VB a, int c) { for (int j = 0; j < 32; j++) a.v[j] = (int8_t)(a.v[j] - c); return a; }
+
+static inline int dot_ss(VB w, VB y)
+{
+    int s = 0;
+    for (int j = 0; j < 32; j++) s += w.v[j] * y.v[j];
+    return s;
+}
+static inline int dot_us(VB w, VB y)
+{
+    int s = 0;
+    for (int j = 0; j < 32; j++) s += (uint8_t)w.v[j] * y.v[j];
+    return s;
+}
+static inline VI vi_zero(void) { return 0; }
+static inline int vi_sum(VI v) { return v; }
+static inline VI vi_add_us(VI acc, VB w, VB y, int scale) { return acc + scale * dot_us(w, y); }
+static inline VI vi_add_ss2(VI acc, VB w, VB y, int sc0, int sc1)
+{
+    int s0 = 0, s1 = 0;
+    for (int j = 0; j < 16; j++) {
+        s0 += w.v[j] * y.v[j];
+        s1 += w.v[j + 16] * y.v[j + 16];
+    }
+    return acc + sc0 * s0 + sc1 * s1;
+}
+
+static inline VB vb_q6(const uint8_t *ql32, int lshift, const uint8_t *qh32, int hshift)
+{
+    VB r;
+    for (int j = 0; j < 32; j++)
+        r.v[j] = (int8_t)((((ql32[j] >> lshift) & 0x0F) | (((qh32[j] >> hshift) & 0x03) << 4)) - 32);
+    return r;
+}
+
+static inline void vb_q4_pair(const uint8_t *qs32, VB *lo, VB *hi)
+{
+    for (int j = 0; j < 32; j++) {
+        lo->v[j] = (int8_t)(qs32[j] & 0x0F);
+        hi->v[j] = (int8_t)(qs32[j] >> 4);
+    }
+}
+
+static inline void vb_q5_high(const uint8_t *qh32, int c, VB *lo, VB *hi)
+{
+    for (int j = 0; j < 32; j++) {
+        lo->v[j] = (int8_t)(((qh32[j] >> (2 * c)) & 1) << 4);
+        hi->v[j] = (int8_t)(((qh32[j] >> (2 * c + 1)) & 1) << 4);
+    }
+}
+
+static inline int mins_dot(const int32_t *bsum32, const uint8_t *mins)
+{
+    int s = 0;
+    for (int j = 0; j < 8; j++) s += bsum32[j] * mins[j];
+    return s;
+}
+#endif
+
+/* ---------------------------------------------------------------- shared pieces */
+
+/* the 6-bit scales and mins of a Q4_K / Q5_K super-block */
+static inline void k_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn)
+{
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 0x3F;
+        mn[j] = s[j + 4] & 0x3F;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0F) | ((s[j] >> 2) & 0x30));
+        mn[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 2) & 0x30));
+    }
+}
+
+/* out[t, n] = (out +) acc[t] + b[n] for the tile's rows */
+static inline void store_tile(const QLinearArgs *a, long t0, long tn, long n, const float *acc)
+{
+    for (long t = 0; t < tn; t++) {
+        float s = acc[t];
+        if (a->b) s += a->b[n];
+        float *o = a->out + (t0 + t) * a->os + n;
+        *o = a->accumulate ? *o + s : s;
+    }
+}
+
+#define ACT(type, t, ib) ((const type *)(a->xq + (t) * a->xrow) + (ib))
+
+/* ---------------------------------------------------------------- 32-value blocks */
+
+/* one weight row over one tile: unpack each block once, dot with every activation row */
+#define ROWS_32(name, BYTES, UNPACK, DOT, ACTT, TERM)                                   \
+    static void QFN(name)(const QLinearArgs *a, long n0, long n1)                      \
+    {                                                                                \
+        long nb = a->K / 32;                                                         \
+        for (long n = n0; n < n1; n++) {                                             \
+            const uint8_t *wr = a->w + n * a->wrow;                                  \
+            for (long t0 = 0; t0 < a->T; t0 += SM_QTILE) {                           \
+                long tn = a->T - t0 < SM_QTILE ? a->T - t0 : SM_QTILE;               \
+                float acc[SM_QTILE] = {0};                                           \
+                for (long ib = 0; ib < nb; ib++) {                                   \
+                    const uint8_t *blk = wr + ib * (BYTES);                          \
+                    VB w = UNPACK;                                                   \
+                    for (long t = 0; t < tn; t++) {                                  \
+                        const ACTT *y = ACT(ACTT, t0 + t, ib);                       \
+                        int sumi = DOT(w, vb_load(y->qs));                           \
+                        acc[t] += TERM;                                              \
+                    }                                                                \
+                }                                                                    \
+                store_tile(a, t0, tn, n, acc);                                       \
+            }                                                                        \
+        }                                                                            \
+    }
+
+ROWS_32(rows_q4_0, 18, vb_sub(vb_nibbles(blk + 2), 8), dot_ss, sm_q8_0,
+        (float)sumi * h2f(blk) * y->d)
+ROWS_32(rows_q5_0, 22, vb_sub(vb_or(vb_nibbles(blk + 6), vb_high_bits(blk + 2)), 16), dot_ss, sm_q8_0,
+        (h2f(blk) * y->d) * (float)sumi)
+ROWS_32(rows_q8_0, 34, vb_load(blk + 2), dot_ss, sm_q8_0,
+        (float)sumi * (h2f(blk) * y->d))
+ROWS_32(rows_q4_1, 20, vb_nibbles(blk + 4), dot_us, sm_q8_1,
+        (h2f(blk) * y->d) * (float)sumi + h2f(blk + 2) * y->s)
+ROWS_32(rows_q5_1, 24, vb_or(vb_nibbles(blk + 8), vb_high_bits(blk + 4)), dot_us, sm_q8_1,
+        (h2f(blk) * y->d) * (float)sumi + h2f(blk + 2) * y->s)
+
+/* ---------------------------------------------------------------- K-quant super-blocks */
+
+static void QFN(rows_q4_k)(const QLinearArgs *a, long n0, long n1)
+{
+    long nb = a->K / 256;
+    for (long n = n0; n < n1; n++) {
+        const uint8_t *wr = a->w + n * a->wrow;
+        for (long t0 = 0; t0 < a->T; t0 += SM_QTILE) {
+            long tn = a->T - t0 < SM_QTILE ? a->T - t0 : SM_QTILE;
+            float acc[SM_QTILE] = {0};
+            for (long ib = 0; ib < nb; ib++) {
+                const uint8_t *blk = wr + ib * 144;
+                uint8_t sc[8], mn[8];
+                k_scales(blk + 4, sc, mn);
+                VB w[8];
+                for (int c = 0; c < 4; c++) vb_q4_pair(blk + 16 + 32 * c, &w[2 * c], &w[2 * c + 1]);
+                float dx = h2f(blk), dmx = h2f(blk + 2);
+                for (long t = 0; t < tn; t++) {
+                    const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
+                    VI s = vi_zero();
+                    for (int j = 0; j < 8; j++) s = vi_add_us(s, w[j], vb_load(y->qs + 32 * j), sc[j]);
+                    int isum = vi_sum(s), msum = mins_dot(y->bsum32, mn);
+                    acc[t] += (dx * y->d) * (float)isum - (dmx * y->d) * (float)msum;
+                }
+            }
+            store_tile(a, t0, tn, n, acc);
+        }
+    }
+}
+
+static void QFN(rows_q5_k)(const QLinearArgs *a, long n0, long n1)
+{
+    long nb = a->K / 256;
+    for (long n = n0; n < n1; n++) {
+        const uint8_t *wr = a->w + n * a->wrow;
+        for (long t0 = 0; t0 < a->T; t0 += SM_QTILE) {
+            long tn = a->T - t0 < SM_QTILE ? a->T - t0 : SM_QTILE;
+            float acc[SM_QTILE] = {0};
+            for (long ib = 0; ib < nb; ib++) {
+                const uint8_t *blk = wr + ib * 176;
+                uint8_t sc[8], mn[8];
+                k_scales(blk + 4, sc, mn);
+                VB w[8];
+                for (int c = 0; c < 4; c++) {
+                    VB lo, hi;
+                    vb_q4_pair(blk + 48 + 32 * c, &w[2 * c], &w[2 * c + 1]);
+                    vb_q5_high(blk + 16, c, &lo, &hi);
+                    w[2 * c] = vb_or(w[2 * c], lo);
+                    w[2 * c + 1] = vb_or(w[2 * c + 1], hi);
+                }
+                float dx = h2f(blk), dmx = h2f(blk + 2);
+                for (long t = 0; t < tn; t++) {
+                    const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
+                    VI s = vi_zero();
+                    for (int j = 0; j < 8; j++) s = vi_add_us(s, w[j], vb_load(y->qs + 32 * j), sc[j]);
+                    int isum = vi_sum(s), msum = mins_dot(y->bsum32, mn);
+                    acc[t] += (dx * y->d) * (float)isum - (dmx * y->d) * (float)msum;
+                }
+            }
+            store_tile(a, t0, tn, n, acc);
+        }
+    }
+}
+
+static void QFN(rows_q6_k)(const QLinearArgs *a, long n0, long n1)
+{
+    long nb = a->K / 256;
+    for (long n = n0; n < n1; n++) {
+        const uint8_t *wr = a->w + n * a->wrow;
+        for (long t0 = 0; t0 < a->T; t0 += SM_QTILE) {
+            long tn = a->T - t0 < SM_QTILE ? a->T - t0 : SM_QTILE;
+            float acc[SM_QTILE] = {0};
+            for (long ib = 0; ib < nb; ib++) {
+                const uint8_t *blk = wr + ib * 210;
+                const int8_t *sc = (const int8_t *)(blk + 192);
+                VB w[8];
+                for (int g = 0; g < 8; g++) {
+                    int h = g / 4, j = g % 4;
+                    w[g] = vb_q6(blk + 64 * h + 32 * (j % 2), 4 * (j / 2), blk + 128 + 32 * h, 2 * j);
+                }
+                float dx = h2f(blk + 208);
+                for (long t = 0; t < tn; t++) {
+                    const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
+                    VI s = vi_zero();
+                    for (int g = 0; g < 8; g++) s = vi_add_ss2(s, w[g], vb_load(y->qs + 32 * g), sc[2 * g], sc[2 * g + 1]);
+                    acc[t] += (dx * y->d) * (float)vi_sum(s);
+                }
+            }
+            store_tile(a, t0, tn, n, acc);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- 16-bit float weights */
+
+#define SM_FCHUNK 256
+
+static inline void half_row(int qtype, const uint8_t *src, float *dst, long n)
+{
+    if (qtype == SM_F16) {
+#ifdef SM_QUANT_AVX2
+        long i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
+        for (; i < n; i++) dst[i] = h2f(src + 2 * i);
+#else
+        for (long i = 0; i < n; i++) dst[i] = h2f(src + 2 * i);
+#endif
+    } else {
+        for (long i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            uint32_t u = (uint32_t)h << 16;
+            memcpy(dst + i, &u, 4);
+        }
+    }
+}
+
+/* the activations are already rounded to the weight's format (quant.c); sums in float32 */
+static void QFN(rows_f16)(const QLinearArgs *a, long n0, long n1)
+{
+    float wbuf[SM_FCHUNK];
+    for (long n = n0; n < n1; n++) {
+        const uint8_t *wr = a->w + n * a->wrow;
+        for (long t0 = 0; t0 < a->T; t0 += SM_QTILE) {
+            long tn = a->T - t0 < SM_QTILE ? a->T - t0 : SM_QTILE;
+            float acc[SM_QTILE] = {0};
+            for (long k0 = 0; k0 < a->K; k0 += SM_FCHUNK) {
+                long kn = a->K - k0 < SM_FCHUNK ? a->K - k0 : SM_FCHUNK;
+                half_row(a->qtype, wr + 2 * k0, wbuf, kn);
+                for (long t = 0; t < tn; t++) {
+                    const float *x = (const float *)(a->xq + (t0 + t) * a->xrow) + k0;
+                    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+                    for (long i = 0; i < kn; i++) s += wbuf[i] * x[i];
+                    acc[t] += s;
+                }
+            }
+            store_tile(a, t0, tn, n, acc);
+        }
+    }
+}
+
+static void QFN(linear_rows)(const QLinearArgs *a, long n0, long n1)
+{
+    switch (a->qtype) {
+    case SM_Q4_0: QFN(rows_q4_0)(a, n0, n1); break;
+    case SM_Q4_1: QFN(rows_q4_1)(a, n0, n1); break;
+    case SM_Q5_0: QFN(rows_q5_0)(a, n0, n1); break;
+    case SM_Q5_1: QFN(rows_q5_1)(a, n0, n1); break;
+    case SM_Q8_0: QFN(rows_q8_0)(a, n0, n1); break;
+    case SM_Q4_K: QFN(rows_q4_k)(a, n0, n1); break;
+    case SM_Q5_K: QFN(rows_q5_k)(a, n0, n1); break;
+    case SM_Q6_K: QFN(rows_q6_k)(a, n0, n1); break;
+    default: QFN(rows_f16)(a, n0, n1); break;
+    }
+}
+
+/* ---------------------------------------------------------------- dequantize */
+
+/* one row of K values, with the float operations of the reference decoder (gguf) */
+static void QFN(dequant_row)(int qtype, const uint8_t *src, float *dst, long K)
+{
+    switch (qtype) {
+    case SM_F16: case SM_BF16: half_row(qtype, src, dst, K); return;
+    case SM_Q4_K: case SM_Q5_K:
+        for (long ib = 0; ib < K / 256; ib++) {
+            const uint8_t *blk = src + ib * (qtype == SM_Q4_K ? 144 : 176);
+            const uint8_t *qs = blk + (qtype == SM_Q4_K ? 16 : 48), *qh = blk + 16;
+            uint8_t sc[8], mn[8];
+            k_scales(blk + 4, sc, mn);
+            float d = h2f(blk), dmin = h2f(blk + 2);
+            float *o = dst + 256 * ib;
+            for (int s = 0; s < 8; s++) {
+                float ds = d * (float)sc[s], dm = dmin * (float)mn[s];
+                int shift = 4 * (s % 2);
+                for (int j = 0; j < 32; j++) {
+                    int q = (qs[32 * (s / 2) + j] >> shift) & 0x0F;
+                    if (qtype == SM_Q5_K) q |= ((qh[j] >> s) & 1) << 4;
+                    o[32 * s + j] = ds * (float)q - dm;
+                }
+            }
+        }
+        return;
+    case SM_Q6_K:
+        for (long ib = 0; ib < K / 256; ib++) {
+            const uint8_t *blk = src + ib * 210;
+            const int8_t *sc = (const int8_t *)(blk + 192);
+            float d = h2f(blk + 208);
+            float *o = dst + 256 * ib;
+            for (int g = 0; g < 8; g++) {
+                int h = g / 4, j = g % 4;
+                const uint8_t *ql = blk + 64 * h + 32 * (j % 2), *qh = blk + 128 + 32 * h;
+                for (int i = 0; i < 32; i++) {
+                    int q = (((ql[i] >> (4 * (j / 2))) & 0x0F) | (((qh[i] >> (2 * j)) & 0x03) << 4)) - 32;
+                    o[32 * g + i] = (d * (float)sc[2 * g + i / 16]) * (float)q;
+                }
+            }
+        }
+        return;
+    default:
+        break;
+    }
+    static const int bytes[SM_NQTYPES] = {[SM_Q4_0] = 18, [SM_Q4_1] = 20, [SM_Q5_0] = 22, [SM_Q5_1] = 24, [SM_Q8_0] = 34};
+    for (long ib = 0; ib < K / 32; ib++) {
+        const uint8_t *blk = src + ib * bytes[qtype];
+        float *o = dst + 32 * ib;
+        float d = h2f(blk);
+        switch (qtype) {
+        case SM_Q8_0:
+            for (int j = 0; j < 32; j++) o[j] = (float)(int8_t)blk[2 + j] * d;
+            break;
+        case SM_Q4_0:
+            for (int j = 0; j < 16; j++) {
+                o[j] = d * (float)((blk[2 + j] & 0x0F) - 8);
+                o[j + 16] = d * (float)((blk[2 + j] >> 4) - 8);
+            }
+            break;
+        case SM_Q4_1: {
+            float m = h2f(blk + 2);
+            for (int j = 0; j < 16; j++) {
+                o[j] = d * (float)(blk[4 + j] & 0x0F) + m;
+                o[j + 16] = d * (float)(blk[4 + j] >> 4) + m;
+            }
+            break;
+        }
+        case SM_Q5_0: case SM_Q5_1: {
+            int one = qtype == SM_Q5_1;
+            uint32_t qh;
+            memcpy(&qh, blk + 2 + 2 * one, 4);
+            const uint8_t *qs = blk + 6 + 2 * one;
+            float m = one ? h2f(blk + 2) : 0.0f;
+            for (int j = 0; j < 32; j++) {
+                int q = ((j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4) | (int)(((qh >> j) & 1u) << 4));
+                o[j] = one ? d * (float)q + m : d * (float)(q - 16);
+            }
+            break;
+        }
+        }
+    }
+}
+
+const QuantTable SM_QCAT(sm_qtable, SM_QSUFFIX) = {SM_QISA_NAME, QFN(linear_rows), QFN(dequant_row)};
