@@ -213,11 +213,22 @@ def _from_gguf(path: Path) -> Model:
     f = GGUFFile(path)
     arch = f.architecture
     net = family(arch).from_gguf(f)
-    tokenizer = tokenizer_from_gguf(f)
-    template = ChatTemplate.from_gguf(f, arch)
+    tokenizer = tokenizer_from_gguf(_OptionalKeys(f))
+    template = ChatTemplate.from_gguf(_OptionalKeys(f), arch)
     name = f.get("general.name", None) or path.stem
     return Model(net, tokenizer, name=str(name), path=str(path), kind="gguf", architecture=arch,
                  chat_template=template, source=f)
+
+
+class _OptionalKeys:
+    """GGUF metadata as the tokenizer reads it: get(key) is None for an absent key (GGUFFile.get
+    raises without a default)."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def get(self, key, default=None):
+        return self._f.get(key, default)
 
 
 def _from_checkpoint(path: Path) -> Model:
