@@ -7,7 +7,7 @@ import sys
 
 from ..errors import SmallMindError
 
-COMMANDS = ("train", "generate", "chat", "inspect", "bench", "profile", "doctor")
+COMMANDS = ("train", "generate", "chat", "inspect", "bench", "profile", "doctor", "export", "quantize", "perplexity")
 
 
 class Parser(argparse.ArgumentParser):
