@@ -7,8 +7,8 @@ highest precision the file holds of it: its float32 values, or its 16-bit or blo
 values dequantized to float32) and quantized to the chosen format; a tensor already stored in
 the chosen format is copied byte for byte, never quantized twice. Tensors the mixture leaves
 alone (norms, biases, position embeddings) are copied as stored, vectors as float32.
-Metadata is copied except general.file_type (set to the new type) and general.alignment (the
-writer's default alignment is used).
+Metadata is copied in its order, with general.file_type set to the new type and without
+general.alignment (the writer's default alignment is used).
 """
 
 import numpy as np
@@ -19,7 +19,7 @@ from ..kernels.quantize import quantize
 from .gguf_write import TensorPlan
 from .quant_recipe import FILE_TYPES, tensor_types
 
-SKIPPED_KEYS = ("general.architecture", "general.alignment", "general.file_type", "general.quantization_version")
+SKIPPED_KEYS = ("general.architecture", "general.alignment")
 
 
 def requantize_plan(f, file_type: str):
@@ -28,8 +28,9 @@ def requantize_plan(f, file_type: str):
     n_layers = f.get_int(f"{arch}.block_count", 0)
     infos = f.tensor_infos
     choices = tensor_types([(t.name, t.shape) for t in infos], file_type, n_layers)
-    metadata = [(k, f.get(k)) for k in f.keys if k not in SKIPPED_KEYS]
-    metadata += [("general.file_type", FILE_TYPES[file_type][0]), ("general.quantization_version", 2)]
+    new = {"general.file_type": FILE_TYPES[file_type][0], "general.quantization_version": 2}
+    metadata = [(k, new.pop(k, None) if k in new else f.get(k)) for k in f.keys if k not in SKIPPED_KEYS]
+    metadata += list(new.items())
     plans, fallbacks = [], []
     for info in infos:
         choice = choices.get(info.name)
