@@ -44,7 +44,8 @@ class LlamaModel:
         import llama_cpp
 
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                                   logits_all=True, verbose=False, n_threads=2)
+                                   logits_all=True, verbose=False, n_threads=2,
+                                   type_k=0, type_v=0)  # an F32 KV cache, as SmallMind keeps
 
     def tokenize(self, text: str, add_bos: bool) -> list:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))
@@ -64,3 +65,23 @@ class LlamaModel:
             out.append(token)
             self.llm.eval([token])
         return out
+
+
+def trained_run():
+    """A seed GPT trained briefly on the stdlib source with a BPE tokenizer (the slow tests'
+    model): $SMALLMIND_TEST_TRAINED_RUN if set, else trained once into the temp directory."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from smallmind.formats.checkpoint import has_checkpoint
+    from smallmind.runtime.trainer import TrainConfig, train
+
+    given = os.environ.get("SMALLMIND_TEST_TRAINED_RUN")
+    if given:
+        return Path(given)
+    out = Path(tempfile.gettempdir()) / "smallmind-test-trained-seed-200"
+    if not has_checkpoint(out):
+        train(TrainConfig(preset="seed", tokenizer="bpe", steps=200, batch_size=8, eval_every=200, eval_batches=2,
+                          max_corpus_chars=1_000_000, out=str(out), overwrite=True), progress=False)
+    return out

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from export_fixtures import LlamaModel, corpus_text, greedy_ids, random_bpe_checkpoint
+from export_fixtures import LlamaModel, corpus_text, greedy_ids, random_bpe_checkpoint, trained_run
 
 import smallmind
 from smallmind.cli import main
@@ -184,14 +184,8 @@ PROMPTS = ["def main(argv):\n    parser = ", "import os\nimport sys\n\n", "class
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    # the seed preset trained briefly on the stdlib source with a BPE tokenizer
-    from smallmind.runtime.trainer import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("trained") / "run"
-    train(TrainConfig(preset="seed", tokenizer="bpe", steps=300, eval_every=300, eval_batches=2,
-                      max_corpus_chars=1_000_000, out=str(out)), progress=False)
-    return out
+def trained():
+    return trained_run()
 
 
 @pytest.mark.slow

@@ -7,10 +7,11 @@ import math
 
 import numpy as np
 import pytest
-from export_fixtures import LlamaModel, corpus_text, random_bpe_checkpoint
+from export_fixtures import LlamaModel, corpus_text, random_bpe_checkpoint, trained_run
 
 import smallmind
 from smallmind.cli import main
+from smallmind.cli.perplexity import held_out_text
 from smallmind.errors import SmallMindError
 from smallmind.formats.gguf_export import export_checkpoint
 from smallmind.runtime.perplexity import perplexity, text_ids
@@ -98,12 +99,8 @@ def test_command_refuses_a_missing_data_file_in_one_line(model, tmp_path, capsys
 def test_agrees_with_llama_cpp_within_one_percent(tmp_path):
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
-    from smallmind.runtime.trainer import TrainConfig, train
-
-    run = tmp_path / "run"
-    train(TrainConfig(preset="seed", tokenizer="bpe", steps=300, eval_every=300, eval_batches=2,
-                      max_corpus_chars=1_000_000, out=str(run)), progress=False)
-    text = corpus_text(400_000)[-60_000:]
+    run = trained_run()
+    text = held_out_text()[:60_000]
     for qtype in ("F32", "Q8_0"):
         path = tmp_path / f"{qtype}.gguf"
         export_checkpoint(run, path, qtype)
