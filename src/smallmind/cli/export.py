@@ -4,7 +4,7 @@ llama.cpp and `smallmind.load` run. CHECKPOINT is what `generate --model` takes.
 
 import json
 
-from .quantize import TYPE_HELP, conversion_report, tensor_progress
+from .quantize import TYPE_HELP, TensorProgress, conversion_report
 
 
 def add_parser(sub):
@@ -23,7 +23,7 @@ def add_parser(sub):
 def run(args):
     from ..formats.gguf_export import export_checkpoint
 
-    bar = tensor_progress("export")
+    bar = TensorProgress("export")
     try:
         size, plans, fallbacks = export_checkpoint(args.checkpoint, args.out, args.type, force=args.force,
                                                    progress=bar.update)

@@ -37,7 +37,7 @@ def add_parser(sub):
     p.set_defaults(run=run)
 
 
-class tensor_progress:
+class TensorProgress:
     """A tqdm bar over the tensors written (on a terminal only)."""
 
     def __init__(self, desc: str):
@@ -115,7 +115,7 @@ def run(args):
     check_output_path(args.out, args.force)
     kind = input_kind(args.input)
     convert = export_checkpoint if kind == "checkpoint" else requantize_gguf
-    bar = tensor_progress("quantize")
+    bar = TensorProgress("quantize")
     try:
         size, plans, fallbacks = convert(args.input, args.out, args.type, force=args.force, progress=bar.update)
     finally:

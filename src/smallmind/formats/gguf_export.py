@@ -21,8 +21,9 @@ import numpy as np
 
 from ..errors import SmallMindError
 from ..kernels.quantize import quantize
-from .gguf_write import TensorPlan
-from .quant_recipe import FILE_TYPES, TensorChoice, tensor_types
+from .checkpoint import load_checkpoint, resolve_checkpoint_dir
+from .gguf_write import TensorPlan, check_output_path, write_gguf
+from .quant_recipe import FILE_TYPES, TensorChoice, check_file_type, tensor_types
 
 GGUF_TOKEN_NORMAL = 1
 NUL_TOKEN = "\u0100"  # byte 0x00 in GPT-2's byte alphabet
@@ -129,17 +130,12 @@ def _llama_order(params):
 def export_checkpoint(path, out, file_type: str, *, force: bool = False, progress=None):
     """Write the checkpoint at `path` (a run's out directory or a checkpoint) to `out` as a gpt2
     GGUF file of `file_type`; returns (file size, tensor plans, fallbacks)."""
-    from pathlib import Path
-
-    from .checkpoint import load_checkpoint, resolve_checkpoint_dir
-    from .gguf_write import check_output_path, write_gguf
-    from .quant_recipe import check_file_type
-
     check_file_type(file_type)
     check_output_path(out, force)
     checkpoint = load_checkpoint(path)
-    name = resolve_checkpoint_dir(path).resolve()
-    label = name.parent.name if name.name in ("best", "last") else name.name
-    plans, metadata, fallbacks = gpt2_gguf_plan(checkpoint, file_type, name=label or Path(path).name)
+    where = resolve_checkpoint_dir(path).resolve()
+    # a run's best/ or last/ checkpoint is named after the run
+    label = where.parent.name if where.name in ("best", "last") else where.name
+    plans, metadata, fallbacks = gpt2_gguf_plan(checkpoint, file_type, name=label)
     size = write_gguf(out, "gpt2", metadata, plans, force=force, progress=progress)
     return size, plans, fallbacks

@@ -16,8 +16,9 @@ import numpy as np
 from .. import kernels
 from ..kernels.qtensor import QTensor
 from ..kernels.quantize import quantize
-from .gguf_write import TensorPlan
-from .quant_recipe import FILE_TYPES, tensor_types
+from .gguf import GGUFFile
+from .gguf_write import TensorPlan, check_output_path, write_gguf
+from .quant_recipe import FILE_TYPES, check_file_type, tensor_types
 
 SKIPPED_KEYS = ("general.architecture", "general.alignment")
 
@@ -59,10 +60,6 @@ def _producer(f, info, qtype):
 def requantize_gguf(path, out, file_type: str, *, force: bool = False, progress=None):
     """Write GGUF file `path` to `out` requantized as `file_type`; returns (file size, tensor
     plans, fallbacks)."""
-    from .gguf import GGUFFile
-    from .gguf_write import check_output_path, write_gguf
-    from .quant_recipe import check_file_type
-
     check_file_type(file_type)
     check_output_path(out, force)
     with GGUFFile(path) as f:
