@@ -189,7 +189,7 @@ def trained():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q4_0"])
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
 def test_llama_cpp_runs_the_export_with_the_same_tokens_and_greedy_continuation(trained, qtype, tmp_path):
     _need_llama()
     path = tmp_path / f"{qtype}.gguf"
@@ -197,9 +197,31 @@ def test_llama_cpp_runs_the_export_with_the_same_tokens_and_greedy_continuation(
     ours = smallmind.load(path)
     theirs = LlamaModel(path, ours.context_length)
     for prompt in PROMPTS:
-        ids = ours.tokenize(prompt, add_bos=True)
+        # llama.cpp's add_bos is "add the special tokens the file asks for"
+        ids = ours.tokenize(prompt, add_bos=ours.tokenizer.add_bos)
         assert theirs.tokenize(prompt, add_bos=True) == ids
         assert theirs.greedy_ids(ids, 24) == greedy_ids(ours, ids, 24)
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_the_q4_0_export_picking_our_tokens_except_at_near_ties(trained, tmp_path):
+    # Q4_0 products quantize the activations; ours and llama.cpp's logits differ by up to
+    # about 0.02 here, so a greedy step whose two best logits are closer may go either way:
+    # every other step of llama.cpp's continuation must be our argmax too
+    _need_llama()
+    path = tmp_path / "Q4_0.gguf"
+    export_checkpoint(trained, path, "Q4_0")
+    ours = smallmind.load(path)
+    theirs = LlamaModel(path, ours.context_length)
+    for prompt in PROMPTS:
+        ids = ours.tokenize(prompt, add_bos=ours.tokenizer.add_bos)
+        assert theirs.tokenize(prompt, add_bos=True) == ids
+        seq = ids + theirs.greedy_ids(ids, 24)
+        a, b = theirs.logits(seq), ours.logits(seq)
+        assert np.abs(a - b).max() < 0.05
+        top2 = np.sort(a, axis=1)[:, -2:]
+        decided = (top2[:, 1] - top2[:, 0] > 0.05)[len(ids) - 1:-1]
+        assert (a.argmax(1) == b.argmax(1))[len(ids) - 1:-1][decided].all()
 
 
 @pytest.mark.slow
@@ -235,6 +257,7 @@ def test_gemma_requantized_to_q8_0_runs_in_llama_cpp_with_smallminds_greedy_cont
     ours = smallmind.load(out)
     theirs = LlamaModel(out, 256)
     for prompt in ("The capital of France is", "def fibonacci(n):"):
-        ids = ours.tokenize(prompt, add_bos=True)
+        # llama.cpp's add_bos is "add the special tokens the file asks for"
+        ids = ours.tokenize(prompt, add_bos=ours.tokenizer.add_bos)
         assert theirs.tokenize(prompt, add_bos=True) == ids
         assert theirs.greedy_ids(ids, 16) == greedy_ids(ours, ids, 16)
