@@ -116,3 +116,13 @@ def test_bad_messages_are_refused(messages, match):
 def test_non_string_template_in_metadata_is_refused():
     with pytest.raises(ChatTemplateError, match=r"tokenizer\.chat_template"):
         ChatTemplate.from_gguf({"tokenizer.chat_template": 5}, "llama")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("messages", [CONVERSATION, CONVERSATION[1:], CONVERSATION[1:2] * 3, []])
+def test_smollm2_template_renders_as_llama_cpp_python_does(messages):
+    chat_format = pytest.importorskip("llama_cpp.llama_chat_format")
+    meta = read_gguf_meta(smollm2_path())
+    theirs = chat_format.Jinja2ChatFormatter(meta["tokenizer.chat_template"], eos_token="<|im_end|>",
+                                             bos_token="<|im_start|>")(messages=messages).prompt
+    assert template_of("smollm2").render(messages) == theirs

@@ -142,7 +142,10 @@ def main():
             "cases": reference_cases(ref),
         }
         out = HERE / f"tokenizer_{name}.json"
-        out.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        # one line per case keeps the file small and its diffs readable
+        cases = ",\n  ".join(json.dumps(c, ensure_ascii=False) for c in record["cases"])
+        head = json.dumps({k: v for k, v in record.items() if k != "cases"}, ensure_ascii=False)[:-1]
+        out.write_text(f'{head}, "cases": [\n  {cases}\n]}}\n', encoding="utf-8")
         print(f"wrote {out} ({len(record['cases'])} cases)")
 
 

@@ -6,6 +6,10 @@ a text is split by each regex in turn (matches and the gaps between them both be
 pieces are mapped byte by byte to GPT-2's printable alphabet, and each is merged by the rank of
 `tokenizer.ggml.merges` (lowest rank first, leftmost on ties). The `tokenizers` library does those
 three steps exactly, in Rust; this module only configures it.
+
+Known difference: the regexes' letter, number and punctuation classes use the tokenizers library's Unicode 15.0
+tables, llama.cpp's its own Unicode 16 ones; they agree on every character assigned by Unicode 15.0
+and may split text differently around the ~4,400 characters added since (Todhri, Garay, ...).
 """
 
 from dataclasses import dataclass

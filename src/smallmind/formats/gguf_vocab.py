@@ -145,6 +145,9 @@ def read_vocab(meta, model: str, default_bos: int | None, default_eos: int | Non
     for name in ("unknown", "seperator", "padding", "mask"):
         read_token_id(meta, name, None, n)  # validated only: llama.cpp keeps them, we need none
     eog_ids = find_eog_ids(meta, tokens, token_to_id, attrs, eos_id)
+    for text in ALWAYS_RENDERED_TEXTS:
+        if text in token_to_id:
+            attrs[token_to_id[text]] = ATTR_USER_DEFINED
     return GGUFVocab(
         model=model, pre=meta.get(KEY_PRE, "") or "", tokens=tokens, token_to_id=token_to_id,
         scores=scores, attrs=attrs, bos_id=bos_id, eos_id=eos_id, eog_ids=eog_ids,
@@ -175,9 +178,6 @@ def find_eog_ids(meta, tokens: list, token_to_id: dict, attrs: np.ndarray, eos_i
         if token_id is not None:
             eog.add(token_id)
             attrs[token_id] |= ATTR_CONTROL
-    for text in ALWAYS_RENDERED_TEXTS:
-        if text in token_to_id:
-            attrs[token_to_id[text]] = ATTR_USER_DEFINED
     eog.update(i for i in (eos_id, eot_id, eom_id) if i is not None)
 
     # o200k_harmony and solar-open end turns with <|end|> but keep generating: not EOG there
