@@ -419,12 +419,17 @@ static inline __m256i reduce8(const __m256i *v)
     return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
 }
 
-/* the half at byte offset `off` of block ib of rows n..n+7, as floats */
+/* the half at byte offset boff of rows n..n+7 (row r at wr + r * wrow), as floats; packed
+ * in general-purpose registers (idle here), which also avoids a failed store forward */
 static inline __m256 halves8(const QLinearArgs *a, const uint8_t *wr, long boff)
 {
-    uint16_t h[8];
-    for (int r = 0; r < 8; r++) memcpy(&h[r], wr + r * a->wrow + boff, 2);
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+    uint64_t q[2] = {0, 0};
+    for (int r = 0; r < 8; r++) {
+        uint16_t h;
+        memcpy(&h, wr + r * a->wrow + boff, 2);
+        q[r / 4] |= (uint64_t)h << (16 * (r % 4));
+    }
+    return _mm256_cvtph_ps(_mm_set_epi64x((long long)q[1], (long long)q[0]));
 }
 
 /* out[t, n..n+7] = (out +) acc[t] + b[n..n+7] */
