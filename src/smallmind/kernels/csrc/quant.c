@@ -125,7 +125,12 @@ void sm_quantize_row(int qtype, const float *x, uint8_t *dst, long K)
     }
     default: {
         sm_q8_0 *y = (sm_q8_0 *)dst;
-        for (long b = 0; b < K / 32; b++) y[b].d = round_half(q8_block(x + 32 * b, y[b].qs));
+        for (long b = 0; b < K / 32; b++) {
+            y[b].d = round_half(q8_block(x + 32 * b, y[b].qs));
+            int32_t sum = 0;
+            for (int j = 0; j < 32; j++) sum += y[b].qs[j];
+            y[b].sum = sum;
+        }
         return;
     }
     }

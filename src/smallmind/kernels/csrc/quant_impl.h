@@ -445,7 +445,7 @@ static inline void store8(const QLinearArgs *a, long t0, long tn, long n, const 
 
 static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
 
-#define X8_32(name, BYTES, UNPACK, P16, ACTT, HAS_M, TERM)                                    \
+#define X8_32(name, BYTES, UNPACK, P16, ACTT, HAS_M, OFFSET, TERM)                                    \
     static void QFN(name)(const QLinearArgs *a, long n, long t0, long tn)                    \
     {                                                                                      \
         long nb = a->K / 32;                                                               \
@@ -466,7 +466,9 @@ static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_
                 VB yv = vb_load(y->qs);                                                    \
                 __m256i s[8];                                                              \
                 for (int r = 0; r < 8; r++) s[r] = madd1(P16(w[r], yv));                   \
-                __m256 isum = _mm256_cvtepi32_ps(reduce8(s));                              \
+                __m256i is = reduce8(s);                                                   \
+                if (OFFSET) is = _mm256_sub_epi32(is, _mm256_set1_epi32((OFFSET) * SUM_OF(y))); \
+                __m256 isum = _mm256_cvtepi32_ps(is);                                      \
                 __m256 dy = _mm256_set1_ps(y->d);                                          \
                 acc[t] = _mm256_add_ps(acc[t], TERM);                                      \
             }                                                                              \
@@ -475,14 +477,20 @@ static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_
     }
 
 #define MUL _mm256_mul_ps
-X8_32(x8_q4_0, 18, vb_sub(vb_nibbles(blk + 2), 8), p16_ss, sm_q8_0, 0, MUL(MUL(isum, dx), dy))
-X8_32(x8_q5_0, 22, vb_sub(vb_or(vb_nibbles(blk + 6), vb_high_bits(blk + 2)), 16), p16_ss, sm_q8_0, 0,
+/* Q4_0 and Q5_0 take their quants unsigned (0..15, 0..31; no sign juggling in the dot) and
+ * subtract the offset times the activations' block sum: the same integer as the signed dot */
+#define SUM_OF(y) (y)->sum
+X8_32(x8_q4_0, 18, vb_nibbles(blk + 2), p16_us, sm_q8_0, 0, 8, MUL(MUL(isum, dx), dy))
+X8_32(x8_q5_0, 22, vb_or(vb_nibbles(blk + 6), vb_high_bits(blk + 2)), p16_us, sm_q8_0, 0, 16,
       MUL(MUL(dx, dy), isum))
-X8_32(x8_q8_0, 34, vb_load(blk + 2), p16_ss, sm_q8_0, 0, MUL(isum, MUL(dx, dy)))
-X8_32(x8_q4_1, 20, vb_nibbles(blk + 4), p16_us, sm_q8_1, 1,
+X8_32(x8_q8_0, 34, vb_load(blk + 2), p16_ss, sm_q8_0, 0, 0, MUL(isum, MUL(dx, dy)))
+#undef SUM_OF
+#define SUM_OF(y) 0
+X8_32(x8_q4_1, 20, vb_nibbles(blk + 4), p16_us, sm_q8_1, 1, 0,
       _mm256_add_ps(MUL(MUL(dx, dy), isum), MUL(mx, _mm256_set1_ps(y->s))))
-X8_32(x8_q5_1, 24, vb_or(vb_nibbles(blk + 8), vb_high_bits(blk + 4)), p16_us, sm_q8_1, 1,
+X8_32(x8_q5_1, 24, vb_or(vb_nibbles(blk + 8), vb_high_bits(blk + 4)), p16_us, sm_q8_1, 1, 0,
       _mm256_add_ps(MUL(MUL(dx, dy), isum), MUL(mx, _mm256_set1_ps(y->s))))
+#undef SUM_OF
 
 /* Q4_K / Q5_K: per row the 8 scaled sub-block sums and the mins term, eight rows reduced together */
 static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
