@@ -342,6 +342,11 @@ def test_native_linear_gives_the_same_bits_on_one_and_two_threads(rng, T):
     assert bits_equal(results[0], results[1])
 
 
+def test_quantized_kernels_follow_the_selected_isa(isa):
+    # AVX-512 machines run the AVX2 build of the quantized kernels
+    assert native.quant_isa() == ("generic" if isa == "generic" else "avx2")
+
+
 def test_kernels_entry_points_route_qtensors_to_the_native_kernels(rng):
     w = random_qtensor(rng, "Q5_0", 8, 64)
     x = rng.standard_normal((2, 64)).astype(np.float32)
