@@ -81,12 +81,17 @@ static inline VI vi_add_ss2(VI acc, VB w, VB y, int sc0, int sc1)
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p16_ss(w, y), sc));
 }
 
-/* Q6_K group: lo = (ql32 >> lshift) & 15, hi = (qh32 >> hshift) & 3, value = lo | hi << 4, minus 32 */
-static inline VB vb_q6(const uint8_t *ql32, int lshift, const uint8_t *qh32, int hshift)
+/* Q6_K group, unsigned: lo = (ql32 >> lshift) & 15, hi = (qh32 >> hshift) & 3, value = lo | hi << 4 */
+static inline VB vb_q6u(const uint8_t *ql32, int lshift, const uint8_t *qh32, int hshift)
 {
     __m256i lo = _mm256_and_si256(_mm256_srli_epi16(vb_load(ql32), lshift), _mm256_set1_epi8(0x0F));
     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(vb_load(qh32), hshift), _mm256_set1_epi8(0x03));
-    return vb_sub(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), 32);
+    return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+}
+/* the same minus 32: -32..31 */
+static inline VB vb_q6(const uint8_t *ql32, int lshift, const uint8_t *qh32, int hshift)
+{
+    return vb_sub(vb_q6u(ql32, lshift, qh32, hshift), 32);
 }
 
 /* Q4_K / Q5_K sub-block pair c: low and high nibbles of qs[32c .. 32c+31] */
@@ -404,8 +409,209 @@ static void QFN(rows_f16)(const QLinearArgs *a, long n0, long n1)
     }
 }
 
+#ifdef SM_QUANT_AVX2
+/* ---------------------------------------------------------------- AVX2: eight weight rows at once
+ *
+ * Eight rows' block sums are reduced together (one transposing reduction instead of eight
+ * horizontal sums) and scaled and accumulated as one vector whose lane r is row r: each lane
+ * sees exactly the scalar float operations of the single-row code, in the same order. */
+
+/* v[r] (8 partial int32 sums each) -> lane r = total of v[r] */
+static inline __m256i reduce8(const __m256i *v)
+{
+    __m256i ab = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i cd = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
+}
+
+/* the half at byte offset boff of rows n..n+7 (row r at wr + r * wrow), as floats; packed
+ * in general-purpose registers (idle here), which also avoids a failed store forward */
+static inline __m256 halves8(const QLinearArgs *a, const uint8_t *wr, long boff)
+{
+    uint64_t q[2] = {0, 0};
+    for (int r = 0; r < 8; r++) {
+        uint16_t h;
+        memcpy(&h, wr + r * a->wrow + boff, 2);
+        q[r / 4] |= (uint64_t)h << (16 * (r % 4));
+    }
+    return _mm256_cvtph_ps(_mm_set_epi64x((long long)q[1], (long long)q[0]));
+}
+
+/* out[t, n..n+7] = (out +) acc[t] + b[n..n+7] */
+static inline void store8(const QLinearArgs *a, long t0, long tn, long n, const __m256 *acc)
+{
+    for (long t = 0; t < tn; t++) {
+        __m256 s = acc[t];
+        if (a->b) s = _mm256_add_ps(s, _mm256_loadu_ps(a->b + n));
+        float *o = a->out + (t0 + t) * a->os + n;
+        _mm256_storeu_ps(o, a->accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), s) : s);
+    }
+}
+
+static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
+
+#define X8_32(name, BYTES, UNPACK, P16, ACTT, HAS_M, OFFSET, TERM)                                    \
+    static void QFN(name)(const QLinearArgs *a, long n, long t0, long tn)                    \
+    {                                                                                      \
+        long nb = a->K / 32;                                                               \
+        const uint8_t *wr = a->w + n * a->wrow;                                            \
+        __m256 acc[SM_QTILE];                                                              \
+        for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();                        \
+        for (long ib = 0; ib < nb; ib++) {                                                 \
+            VB w[8];                                                                       \
+            for (int r = 0; r < 8; r++) {                                                  \
+                const uint8_t *blk = wr + r * a->wrow + ib * (BYTES);                      \
+                w[r] = UNPACK;                                                             \
+            }                                                                              \
+            __m256 dx = halves8(a, wr, ib * (BYTES));                                      \
+            __m256 mx = HAS_M ? halves8(a, wr, ib * (BYTES) + 2) : dx;                     \
+            (void)mx;                                                                      \
+            for (long t = 0; t < tn; t++) {                                                \
+                const ACTT *y = ACT(ACTT, t0 + t, ib);                                     \
+                VB yv = vb_load(y->qs);                                                    \
+                __m256i s[8];                                                              \
+                for (int r = 0; r < 8; r++) s[r] = madd1(P16(w[r], yv));                   \
+                __m256i is = reduce8(s);                                                   \
+                if (OFFSET) is = _mm256_sub_epi32(is, _mm256_set1_epi32((OFFSET) * SUM_OF(y))); \
+                __m256 isum = _mm256_cvtepi32_ps(is);                                      \
+                __m256 dy = _mm256_set1_ps(y->d);                                          \
+                acc[t] = _mm256_add_ps(acc[t], TERM);                                      \
+            }                                                                              \
+        }                                                                                  \
+        store8(a, t0, tn, n, acc);                                                         \
+    }
+
+#define MUL _mm256_mul_ps
+/* Q4_0 and Q5_0 take their quants unsigned (0..15, 0..31; no sign juggling in the dot) and
+ * subtract the offset times the activations' block sum: the same integer as the signed dot */
+#define SUM_OF(y) (y)->sum
+X8_32(x8_q4_0, 18, vb_nibbles(blk + 2), p16_us, sm_q8_0, 0, 8, MUL(MUL(isum, dx), dy))
+X8_32(x8_q5_0, 22, vb_or(vb_nibbles(blk + 6), vb_high_bits(blk + 2)), p16_us, sm_q8_0, 0, 16,
+      MUL(MUL(dx, dy), isum))
+X8_32(x8_q8_0, 34, vb_load(blk + 2), p16_ss, sm_q8_0, 0, 0, MUL(isum, MUL(dx, dy)))
+#undef SUM_OF
+#define SUM_OF(y) 0
+X8_32(x8_q4_1, 20, vb_nibbles(blk + 4), p16_us, sm_q8_1, 1, 0,
+      _mm256_add_ps(MUL(MUL(dx, dy), isum), MUL(mx, _mm256_set1_ps(y->s))))
+X8_32(x8_q5_1, 24, vb_or(vb_nibbles(blk + 8), vb_high_bits(blk + 4)), p16_us, sm_q8_1, 1, 0,
+      _mm256_add_ps(MUL(MUL(dx, dy), isum), MUL(mx, _mm256_set1_ps(y->s))))
+#undef SUM_OF
+
+/* Q4_K / Q5_K: per row the 8 scaled sub-block sums and the mins term, eight rows reduced together */
+static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
+{
+    int five = a->qtype == SM_Q5_K;
+    long bytes = five ? 176 : 144, nb = a->K / 256;
+    const uint8_t *wr = a->w + n * a->wrow;
+    __m256 acc[SM_QTILE];
+    for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();
+    for (long ib = 0; ib < nb; ib++) {
+        VB w[8][8];
+        __m256i mnv[8], scv[8][8];
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *blk = wr + r * a->wrow + ib * bytes;
+            uint8_t sc[8], mn[8];
+            k_scales(blk + 4, sc, mn);
+            for (int j = 0; j < 8; j++) scv[r][j] = _mm256_set1_epi16(sc[j]);
+            mnv[r] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)mn));
+            for (int c = 0; c < 4; c++) {
+                vb_q4_pair(blk + (five ? 48 : 16) + 32 * c, &w[r][2 * c], &w[r][2 * c + 1]);
+                if (five) {
+                    VB lo, hi;
+                    vb_q5_high(blk + 16, c, &lo, &hi);
+                    w[r][2 * c] = vb_or(w[r][2 * c], lo);
+                    w[r][2 * c + 1] = vb_or(w[r][2 * c + 1], hi);
+                }
+            }
+        }
+        __m256 dx = halves8(a, wr, ib * bytes), dmx = halves8(a, wr, ib * bytes + 2);
+        for (long t = 0; t < tn; t++) {
+            const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
+            __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
+            __m256i s[8], m[8];
+            for (int r = 0; r < 8; r++) {
+                __m256i v = _mm256_setzero_si256();
+                for (int j = 0; j < 8; j++)
+                    v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(w[r][j], vb_load(y->qs + 32 * j)), scv[r][j]));
+                s[r] = v;
+                m[r] = _mm256_mullo_epi32(mnv[r], bs);
+            }
+            __m256 isum = _mm256_cvtepi32_ps(reduce8(s)), msum = _mm256_cvtepi32_ps(reduce8(m));
+            __m256 dy = _mm256_set1_ps(y->d);
+            acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(MUL(MUL(dx, dy), isum), MUL(MUL(dmx, dy), msum)));
+        }
+    }
+    store8(a, t0, tn, n, acc);
+}
+
+/* Q6_K: quants unsigned (0..63) against the activations, minus 32 times each group of 16's
+ * scale times that group's activation sum: the same integer as the signed dot */
+static void QFN(x8_q6_k)(const QLinearArgs *a, long n, long t0, long tn)
+{
+    long nb = a->K / 256;
+    const uint8_t *wr = a->w + n * a->wrow;
+    __m256 acc[SM_QTILE];
+    for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();
+    for (long ib = 0; ib < nb; ib++) {
+        VB w[8][8];
+        __m256i scv[8][8], sc16[8];
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *blk = wr + r * a->wrow + ib * 210;
+            const int8_t *sc = (const int8_t *)(blk + 192);
+            for (int g = 0; g < 8; g++) {
+                int h = g / 4, j = g % 4;
+                w[r][g] = vb_q6u(blk + 64 * h + 32 * (j % 2), 4 * (j / 2), blk + 128 + 32 * h, 2 * j);
+                scv[r][g] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * g + 1]), _mm_set1_epi16(sc[2 * g]));
+            }
+            sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        }
+        __m256 dx = halves8(a, wr, ib * 210 + 208);
+        for (long t = 0; t < tn; t++) {
+            const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
+            __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
+            __m256i s[8];
+            for (int r = 0; r < 8; r++) {
+                __m256i v = _mm256_setzero_si256();
+                for (int g = 0; g < 8; g++)
+                    v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(w[r][g], vb_load(y->qs + 32 * g)), scv[r][g]));
+                s[r] = _mm256_sub_epi32(v, _mm256_slli_epi32(_mm256_madd_epi16(sc16[r], ys), 5));
+            }
+            __m256 isum = _mm256_cvtepi32_ps(reduce8(s));
+            acc[t] = _mm256_add_ps(acc[t], MUL(MUL(dx, _mm256_set1_ps(y->d)), isum));
+        }
+    }
+    store8(a, t0, tn, n, acc);
+}
+#undef MUL
+
+typedef void (*x8_fn)(const QLinearArgs *, long, long, long);
+
+/* groups of eight rows here, the remaining rows (and F16/BF16) by the one-row code */
+static long QFN(linear_rows_x8)(const QLinearArgs *a, long n0, long n1)
+{
+    x8_fn f = NULL;
+    switch (a->qtype) {
+    case SM_Q4_0: f = QFN(x8_q4_0); break;
+    case SM_Q4_1: f = QFN(x8_q4_1); break;
+    case SM_Q5_0: f = QFN(x8_q5_0); break;
+    case SM_Q5_1: f = QFN(x8_q5_1); break;
+    case SM_Q8_0: f = QFN(x8_q8_0); break;
+    case SM_Q4_K: case SM_Q5_K: f = QFN(x8_q45_k); break;
+    case SM_Q6_K: f = QFN(x8_q6_k); break;
+    default: return n0;
+    }
+    long n = n0;
+    for (; n + 8 <= n1; n += 8)
+        for (long t0 = 0; t0 < a->T; t0 += SM_QTILE) f(a, n, t0, a->T - t0 < SM_QTILE ? a->T - t0 : SM_QTILE);
+    return n;
+}
+#endif
+
 static void QFN(linear_rows)(const QLinearArgs *a, long n0, long n1)
 {
+#ifdef SM_QUANT_AVX2
+    n0 = QFN(linear_rows_x8)(a, n0, n1);
+#endif
     switch (a->qtype) {
     case SM_Q4_0: QFN(rows_q4_0)(a, n0, n1); break;
     case SM_Q4_1: QFN(rows_q4_1)(a, n0, n1); break;

@@ -1,0 +1,103 @@
+"""Quantized-weight products (kernels.linear with a QTensor) per block format and shape: time
+per product, effective GB/s of weight bytes read, at 1 and 2 threads, beside the float32 kernel
+on the same shape (whose weights are 4 bytes a value).
+
+Shapes: decode (T=1) on 2048x640 (2048x768 for the K-quants) and 640x2048 (Gemma 3 270M's
+FFN), a few rows (T=8), a
+prefill (T=128), and the 262144x640 Q8_0 embedding-sized output product at T=1. Random bytes
+with finite half scales stand in for weights (the speed does not depend on the values).
+
+Run: .venv/bin/python benchmarks/quant_kernels.py [--formats Q8_0 Q4_K] [--repeats 5]
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from smallmind import kernels
+from smallmind.kernels.qtensor import QTYPES, QTensor
+
+SCALE_AT = {"Q4_0": [0], "Q5_0": [0], "Q8_0": [0], "Q4_1": [0, 2], "Q5_1": [0, 2],
+            "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
+
+
+def random_qtensor(rng, qtype, rows, cols):
+    # rows x cols of random quants with small finite half scales
+    _, block, size = QTYPES[qtype]
+    if qtype in ("F16", "BF16"):
+        data = rng.integers(0, 1 << 14, (rows, cols), dtype=np.uint16).view(np.uint8)
+        if qtype == "BF16":
+            data = (rng.integers(0x3C00, 0x3F80, (rows, cols), dtype=np.uint16)).view(np.uint8)
+        return QTensor(qtype, (rows, cols), np.ascontiguousarray(data))
+    data = rng.integers(0, 256, (rows, cols // block * size), dtype=np.uint8)
+    blocks = data.reshape(rows, cols // block, size)
+    half = np.array([0.01], np.float16).view(np.uint8)
+    for off in SCALE_AT[qtype]:
+        blocks[..., off], blocks[..., off + 1] = half[0], half[1]
+    return QTensor(qtype, (rows, cols), data)
+
+
+def per_call(fn, min_time=0.05):
+    # fn() -> (wall seconds, CPU seconds of this process) per call, over about min_time
+    fn()
+    n = 1
+    while True:
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            fn()
+        t, c = time.perf_counter() - t0, time.process_time() - c0
+        if t >= min_time:
+            return t / n, c / n
+        n = max(2 * n, int(n * min_time / max(t, 1e-9) * 1.2))
+
+
+def median_time(fn, repeats):
+    # medians of wall and CPU seconds per call
+    runs = [per_call(fn) for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--formats", nargs="*", default=list(QTYPES))
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    # the K-quants need whole super-blocks of 256: 2048x768 stands in for 2048x640
+    cases = [(q, N, K if QTYPES[q][1] <= 32 or K % 256 == 0 else 768, T)
+             for q in args.formats for (N, K) in ((2048, 640), (640, 2048)) for T in (1, 8, 128)]
+    if "Q8_0" in args.formats:
+        cases.insert(0, ("Q8_0", 262144, 640, 1))
+    print(f"kernel path: {kernels.path}")
+    # "cpu GB/s": weight bytes per CPU-second of this process on one thread, which stays
+    # meaningful when other processes share the cores (wall figures then understate)
+    print(f"{'format':6} {'N x K':>12} {'T':>4} | {'1 thread':>10} {'GB/s':>6} {'cpu GB/s':>8} | "
+          f"{'2 threads':>10} {'GB/s':>6} | {'f32 2 thr':>10} {'GB/s':>6}")
+    f32_cache = {}
+    threads = kernels.get_threads()
+    try:
+        for qtype, N, K, T in cases:
+            w = random_qtensor(rng, qtype, N, K)
+            x = rng.standard_normal((T, K)).astype(np.float32)
+            out = np.empty((T, N), np.float32)
+            kernels.set_threads(1)
+            t1, c1 = median_time(lambda: kernels.linear(x, w, None, out), args.repeats)
+            kernels.set_threads(2)
+            t2, _ = median_time(lambda: kernels.linear(x, w, None, out), args.repeats)
+            if (N, K, T) not in f32_cache:
+                wf = rng.standard_normal((N, K)).astype(np.float32)
+                f, _ = median_time(lambda: kernels.linear(x, wf, None, out), args.repeats)
+                f32_cache[(N, K, T)] = (f, wf.nbytes / f / 1e9)
+                del wf
+            f, fgb = f32_cache[(N, K, T)]
+            gb = w.nbytes / 1e9
+            print(f"{qtype:6} {f'{N}x{K}':>12} {T:>4} | {t1 * 1e6:8.1f}us {gb / t1:6.2f} {gb / c1:8.2f} | "
+                  f"{t2 * 1e6:8.1f}us {gb / t2:6.2f} | {f * 1e6:8.1f}us {fgb:6.2f}")
+    finally:
+        kernels.set_threads(threads)
+
+
+if __name__ == "__main__":
+    main()
