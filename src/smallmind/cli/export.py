@@ -3,6 +3,7 @@ GGUF file (architecture gpt2, its byte-level BPE tokenizer as the gpt2 tokenizer
 llama.cpp and `smallmind.load` run. CHECKPOINT is what `generate --model` takes."""
 
 import json
+import re
 
 from .quantize import TYPE_HELP, TensorProgress, conversion_report
 
@@ -41,5 +42,10 @@ def print_report(report: dict) -> None:
     counts = ", ".join(f"{n} {t}" for t, n in report["tensor_types"].items())
     print(f"wrote {report['out']}: {report['type']}, {report['bytes']:,} bytes, "
           f"{report['bits_per_weight']:.2f} bits per weight ({counts})")
+    groups = {}
     for name, wanted, got in report["fallbacks"]:
-        print(f"  {name}: its width is not a whole number of {wanted} blocks; stored as {got}")
+        groups.setdefault((wanted, got), []).append(name)
+    for (wanted, got), names in groups.items():
+        kinds = sorted({re.sub(r"^blk\.\d+\.", "", n) for n in names})
+        print(f"  fallback {wanted} -> {got} for {len(names)} matrices whose width is not a whole number of "
+              f"{wanted} blocks ({', '.join(kinds)})")
