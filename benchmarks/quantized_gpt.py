@@ -70,7 +70,11 @@ def main():
     args = ap.parse_args()
     if args.threads:
         kernels.set_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="smallmind-quant-bench-"))
+    with tempfile.TemporaryDirectory(prefix="smallmind-quant-bench-") as tmp:
+        run(args, Path(tmp))
+
+
+def run(args, tmp: Path):
     ckpt = Path(args.checkpoint) if args.checkpoint else train_seed(tmp / "run", args.steps)
     models = {}
     for t in TYPES:
@@ -106,7 +110,8 @@ def main():
     }
     for name, ok in targets.items():
         print(f"  {'met' if ok else 'MISSED'}: {name}")
-    print(json.dumps({"checkpoint": str(ckpt), "kernels": kernels.path, "rows": rows, "targets": targets}))
+    print(json.dumps({"checkpoint": str(ckpt) if args.checkpoint else None, "kernels": kernels.path,
+                      "rows": rows, "targets": targets}))
 
 
 if __name__ == "__main__":
