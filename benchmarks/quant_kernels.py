@@ -40,21 +40,23 @@ def random_qtensor(rng, qtype, rows, cols):
 
 
 def per_call(fn, min_time=0.05):
-    # fn() -> seconds per call, calling it enough times to last about min_time
+    # fn() -> (wall seconds, CPU seconds of this process) per call, over about min_time
     fn()
     n = 1
     while True:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             fn()
-        t = time.perf_counter() - t0
+        t, c = time.perf_counter() - t0, time.process_time() - c0
         if t >= min_time:
-            return t / n
+            return t / n, c / n
         n = max(2 * n, int(n * min_time / max(t, 1e-9) * 1.2))
 
 
 def median_time(fn, repeats):
-    return statistics.median(per_call(fn) for _ in range(repeats))
+    # medians of wall and CPU seconds per call
+    runs = [per_call(fn) for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
 def main():
@@ -69,8 +71,10 @@ def main():
     if "Q8_0" in args.formats:
         cases.insert(0, ("Q8_0", 262144, 640, 1))
     print(f"kernel path: {kernels.path}")
-    print(f"{'format':6} {'N x K':>12} {'T':>4} | {'1 thread':>10} {'GB/s':>6} | {'2 threads':>10} {'GB/s':>6} | "
-          f"{'f32 2 thr':>10} {'GB/s':>6}")
+    # "cpu GB/s": weight bytes per CPU-second of this process on one thread, which stays
+    # meaningful when other processes share the cores (wall figures then understate)
+    print(f"{'format':6} {'N x K':>12} {'T':>4} | {'1 thread':>10} {'GB/s':>6} {'cpu GB/s':>8} | "
+          f"{'2 threads':>10} {'GB/s':>6} | {'f32 2 thr':>10} {'GB/s':>6}")
     f32_cache = {}
     threads = kernels.get_threads()
     try:
@@ -78,19 +82,19 @@ def main():
             w = random_qtensor(rng, qtype, N, K)
             x = rng.standard_normal((T, K)).astype(np.float32)
             out = np.empty((T, N), np.float32)
-            row = []
-            for n in (1, 2):
-                kernels.set_threads(n)
-                t = median_time(lambda: kernels.linear(x, w, None, out), args.repeats)
-                row += [t, w.nbytes / t / 1e9]
+            kernels.set_threads(1)
+            t1, c1 = median_time(lambda: kernels.linear(x, w, None, out), args.repeats)
+            kernels.set_threads(2)
+            t2, _ = median_time(lambda: kernels.linear(x, w, None, out), args.repeats)
             if (N, K, T) not in f32_cache:
                 wf = rng.standard_normal((N, K)).astype(np.float32)
-                f = median_time(lambda: kernels.linear(x, wf, None, out), args.repeats)
+                f, _ = median_time(lambda: kernels.linear(x, wf, None, out), args.repeats)
                 f32_cache[(N, K, T)] = (f, wf.nbytes / f / 1e9)
                 del wf
-            row += list(f32_cache[(N, K, T)])
-            print(f"{qtype:6} {f'{N}x{K}':>12} {T:>4} | {row[0] * 1e6:8.1f}us {row[1]:6.2f} | "
-                  f"{row[2] * 1e6:8.1f}us {row[3]:6.2f} | {row[4] * 1e6:8.1f}us {row[5]:6.2f}")
+            f, fgb = f32_cache[(N, K, T)]
+            gb = w.nbytes / 1e9
+            print(f"{qtype:6} {f'{N}x{K}':>12} {T:>4} | {t1 * 1e6:8.1f}us {gb / t1:6.2f} {gb / c1:8.2f} | "
+                  f"{t2 * 1e6:8.1f}us {gb / t2:6.2f} | {f * 1e6:8.1f}us {fgb:6.2f}")
     finally:
         kernels.set_threads(threads)
 

@@ -92,14 +92,14 @@ def write_tiny(path, arch: str, *, qtype: str = "F32", tied: bool = True, seed: 
         else:
             w.add_string(key, value)
     for name, shape in _shapes(arch, tied):
-        if name in drop:
-            continue
         if name == "rope_freqs.weight":
             data = rng.uniform(1.0, 4.0, shape).astype(np.float32)
         elif len(shape) == 1 and "norm" in name:
             data = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:
             data = (0.3 * rng.standard_normal(shape)).astype(np.float32)
+        if name in drop:  # after drawing its values, so that the other tensors stay the same
+            continue
         if len(shape) == 2 and qtype != "F32":
             gtype = GGMLQuantizationType[qtype]
             w.add_tensor(name, quantize(data, gtype), raw_dtype=gtype)  # shape from the bytes

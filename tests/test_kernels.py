@@ -520,8 +520,9 @@ def test_select_isa_refuses_unknown_names():
 def test_kernels_path_names_the_native_isa():
     assert kernels.path in ("numpy",) + tuple(f"native-{i}" for i in kernels.ISAS)
     if kernels.path != "numpy":
-        # float32 weights go straight to the native kernel; kernels.linear only routes QTensors
+        # float32 weights go straight to the native kernels, QTensors to the quantized ones
         assert kernels._f32_linear is native.linear and kernels._f32_embedding is native.embedding
+        assert kernels._quant_linear is native.quant_linear
 
 
 def _clean_env(**env):

@@ -295,6 +295,16 @@ def test_native_linear_matches_twin(isa, rng, qtype, T):
     _check_native_linear(w, x, None, False, rng)
 
 
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q6_K", "F16"])
+@pytest.mark.parametrize("linear", [qr.linear, native.quant_linear])
+def test_linear_takes_no_rows_and_gives_zero_for_zero_activations(rng, qtype, linear):
+    w = random_qtensor(rng, qtype, 9, 256)
+    linear(np.zeros((0, 256), np.float32), w, None, np.zeros((0, 9), np.float32), False)
+    out = np.full((2, 9), np.nan, np.float32)
+    linear(np.zeros((2, 256), np.float32), w, None, out, False)
+    assert not out.any()
+
+
 @pytest.mark.parametrize("qtype", FORMATS)
 @pytest.mark.parametrize("blocks,N", [(1, 1), (1, 193), (9, 50)])
 def test_native_linear_matches_twin_on_block_counts_bias_and_accumulate(isa, rng, qtype, blocks, N):
@@ -340,6 +350,11 @@ def test_native_linear_gives_the_same_bits_on_one_and_two_threads(rng, T):
     finally:
         native.set_threads(threads)
     assert bits_equal(results[0], results[1])
+
+
+def test_quantized_kernels_follow_the_selected_isa(isa):
+    # AVX-512 machines run the AVX2 build of the quantized kernels
+    assert native.quant_isa() == ("generic" if isa == "generic" else "avx2")
 
 
 def test_kernels_entry_points_route_qtensors_to_the_native_kernels(rng):

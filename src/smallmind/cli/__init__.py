@@ -8,7 +8,8 @@ import sys
 
 from ..errors import SmallMindError
 
-COMMANDS = ("train", "generate", "chat", "serve", "inspect", "bench", "profile", "doctor")
+COMMANDS = ("train", "generate", "chat", "serve", "inspect", "bench", "profile", "doctor", "export",
+            "quantize", "perplexity")
 
 
 class Parser(argparse.ArgumentParser):

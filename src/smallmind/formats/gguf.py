@@ -34,7 +34,11 @@ _NUMERIC = {
     GGUFValueType.UINT64: np.dtype("<u8"), GGUFValueType.INT64: np.dtype("<i8"),
     GGUFValueType.FLOAT64: np.dtype("<f8"),
 }
-_SCALAR_FORMAT = {t: "<" + d.char for t, d in _NUMERIC.items()}
+_SCALAR_FORMAT = {  # struct formats (numpy's type chars differ in size: 'L' is 8 bytes there, 4 here)
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<B",
+    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 

@@ -15,6 +15,7 @@ compiler = getattr(_native, "compiler", "unknown")
 cpu_features = _native.cpu_features
 select_isa = _native.select_isa
 isa = _native.isa
+quant_isa = _native.quant_isa
 set_threads = _native.set_threads
 get_threads = _native.get_threads
 tuning = _native.tuning

@@ -200,7 +200,7 @@ def _to_bf16(v):
 
 def quantize_q8_0(x):
     # x (T,K) float32 -> d (T, K/32) float32 (half values), q (T, K/32, 32) int8
-    xb = x.reshape(x.shape[0], -1, QK)
+    xb = x.reshape(x.shape[0], x.shape[1] // QK, QK)
     amax = np.abs(xb).max(axis=-1)
     d = amax / np.float32(127)
     with np.errstate(divide="ignore"):
@@ -211,7 +211,7 @@ def quantize_q8_0(x):
 
 def quantize_q8_1(x):
     # x (T,K) float32 -> d, s (T, K/32) float32 (half values; s = d * sum q), q (T, K/32, 32) int8
-    xb = x.reshape(x.shape[0], -1, QK)
+    xb = x.reshape(x.shape[0], x.shape[1] // QK, QK)
     amax = np.abs(xb).max(axis=-1)
     d = amax / np.float32(127)
     with np.errstate(divide="ignore"):
@@ -223,7 +223,7 @@ def quantize_q8_1(x):
 
 def quantize_q8_k(x):
     # x (T,K) float32 -> d (T, K/256) float32, q (T, K/256, 256) int8, bsums (T, K/256, 16) int32
-    xb = x.reshape(x.shape[0], -1, QK_K)
+    xb = x.reshape(x.shape[0], x.shape[1] // QK_K, QK_K)
     at = np.abs(xb).argmax(axis=-1)[..., None]
     peak = np.take_along_axis(xb, at, axis=-1)[..., 0]   # the value of largest magnitude, first of ties
     zero = peak == 0

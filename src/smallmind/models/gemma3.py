@@ -66,7 +66,7 @@ class Gemma3Config:
         p = "gemma3."
         d_model = f.get_int(p + "embedding_length", min=1)
         n_heads = f.get_int(p + "attention.head_count", min=1)
-        n_layers = f.get_int(p + "block_count", min=1)
+        n_layers = f.get_int(p + "block_count", min=1, max=len(f.tensor_infos))
         head_dim = f.get_int(p + "attention.key_length", d_model // n_heads, min=1)
         check_config("gemma3", [
             (f.get_int(p + "attention.value_length", head_dim) == head_dim,

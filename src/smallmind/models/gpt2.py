@@ -48,7 +48,7 @@ class GPT2Config:
         return cls(
             vocab_size=f.tensor_info("token_embd.weight").shape[0],
             context_length=f.get_int(p + "context_length", min=1),
-            n_layers=f.get_int(p + "block_count", min=1),
+            n_layers=f.get_int(p + "block_count", min=1, max=len(f.tensor_infos)),
             d_model=f.get_int(p + "embedding_length", min=1),
             n_heads=n_heads,
             ffn_dim=f.get_int(p + "feed_forward_length", min=1),

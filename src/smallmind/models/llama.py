@@ -69,7 +69,7 @@ class LlamaConfig:
             arch=arch,
             vocab_size=f.tensor_info("token_embd.weight").shape[0],
             context_length=f.get_int(p + "context_length", min=1),
-            n_layers=f.get_int(p + "block_count", min=1),
+            n_layers=f.get_int(p + "block_count", min=1, max=len(f.tensor_infos)),
             d_model=d_model,
             n_heads=n_heads,
             n_kv_heads=f.get_int(p + "attention.head_count_kv", n_heads, min=1),

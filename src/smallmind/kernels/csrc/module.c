@@ -1059,10 +1059,12 @@ static const KernelTable *table_for(const char *name)
     return NULL;
 }
 
+/* the quantized kernels of the float kernels' ISA: AVX-512 machines run the AVX2 build (no
+ * AVX-512 path yet), which also needs F16C (absent on no AVX2 CPU we know, but a VM may mask it) */
 static const QuantTable *qtable_for(const KernelTable *t)
 {
 #ifdef SM_HAVE_X86
-    if (t != &sm_table_generic) return &sm_qtable_avx2;
+    if (t != &sm_table_generic && __builtin_cpu_supports("f16c")) return &sm_qtable_avx2;
 #endif
     (void)t;
     return &sm_qtable_generic;
@@ -1080,6 +1082,7 @@ static PyObject *py_select_isa(PyObject *self, PyObject *arg)
 }
 
 static PyObject *py_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(K->name); }
+static PyObject *py_quant_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(Q->name); }
 
 static PyObject *py_cpu_features(PyObject *self, PyObject *unused)
 {
@@ -1141,6 +1144,7 @@ static PyMethodDef methods[] = {
     FAST(quant_embedding), FAST(quant_dequantize),
     {"select_isa", py_select_isa, METH_O, "select_isa(name) -> name: 'avx512', 'avx2', 'generic' or 'best'"},
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
+    {"quant_isa", py_quant_isa, METH_NOARGS, "the ISA whose quantized-weight kernels run"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features the kernels care about"},
     {"set_threads", py_set_threads, METH_O, "native kernel threads, counting the caller"},
     {"get_threads", py_get_threads, METH_NOARGS, "native kernel threads"},

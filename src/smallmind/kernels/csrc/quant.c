@@ -82,11 +82,12 @@ static void q8_k_block(const float *x, sm_q8_k *y)
         float r = round_even(iscale * x[j]);
         y->qs[j] = (int8_t)(r > 127.0f ? 127.0f : r);
     }
-    for (int g = 0; g < 8; g++) {
+    for (int g = 0; g < 16; g++) {
         int32_t s = 0;
-        for (int j = 0; j < 32; j++) s += y->qs[32 * g + j];
-        y->bsum32[g] = s;
+        for (int j = 0; j < 16; j++) s += y->qs[16 * g + j];
+        y->bsum16[g] = (int16_t)s;
     }
+    for (int g = 0; g < 8; g++) y->bsum32[g] = y->bsum16[2 * g] + y->bsum16[2 * g + 1];
     y->d = 1.0f / iscale;
 }
 
@@ -125,7 +126,12 @@ void sm_quantize_row(int qtype, const float *x, uint8_t *dst, long K)
     }
     default: {
         sm_q8_0 *y = (sm_q8_0 *)dst;
-        for (long b = 0; b < K / 32; b++) y[b].d = round_half(q8_block(x + 32 * b, y[b].qs));
+        for (long b = 0; b < K / 32; b++) {
+            y[b].d = round_half(q8_block(x + 32 * b, y[b].qs));
+            int32_t sum = 0;
+            for (int j = 0; j < 32; j++) sum += y[b].qs[j];
+            y[b].sum = sum;
+        }
         return;
     }
     }

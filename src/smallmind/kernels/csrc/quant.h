@@ -11,9 +11,14 @@ enum { SM_F16, SM_BF16, SM_Q4_0, SM_Q4_1, SM_Q5_0, SM_Q5_1, SM_Q8_0, SM_Q4_K, SM
 /* activations quantized for the products (our layout, not GGUF's: the half scales are
  * kept as the float32 values they hold, and Q8_K keeps the 32-value sums the K-quant
  * mins need) */
-typedef struct { float d; int8_t qs[32]; } sm_q8_0;               /* Q4_0, Q5_0, Q8_0 */
+typedef struct { float d; int32_t sum; int8_t qs[32]; } sm_q8_0;  /* Q4_0, Q5_0, Q8_0; sum = sum qs */
 typedef struct { float d, s; int8_t qs[32]; } sm_q8_1;            /* Q4_1, Q5_1: s = half(d * sum qs) */
-typedef struct { float d; int32_t bsum32[8]; int8_t qs[256]; } sm_q8_k;  /* Q4_K, Q5_K, Q6_K */
+typedef struct {                                                  /* Q4_K, Q5_K, Q6_K */
+    float d;
+    int32_t bsum32[8];   /* sums of qs over each 32 */
+    int16_t bsum16[16];  /* and over each 16 */
+    int8_t qs[256];
+} sm_q8_k;
 
 #define SM_QTILE 16   /* activation rows sharing one unpacked weight block */
 

@@ -81,12 +81,17 @@ static inline VI vi_add_ss2(VI acc, VB w, VB y, int sc0, int sc1)
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p16_ss(w, y), sc));
 }
 
-/* Q6_K group: lo = (ql32 >> lshift) & 15, hi = (qh32 >> hshift) & 3, value = lo | hi << 4, minus 32 */
-static inline VB vb_q6(const uint8_t *ql32, int lshift, const uint8_t *qh32, int hshift)
+/* Q6_K group, unsigned: lo = (ql32 >> lshift) & 15, hi = (qh32 >> hshift) & 3, value = lo | hi << 4 */
+static inline VB vb_q6u(const uint8_t *ql32, int lshift, const uint8_t *qh32, int hshift)
 {
     __m256i lo = _mm256_and_si256(_mm256_srli_epi16(vb_load(ql32), lshift), _mm256_set1_epi8(0x0F));
     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(vb_load(qh32), hshift), _mm256_set1_epi8(0x03));
-    return vb_sub(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), 32);
+    return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+}
+/* the same minus 32: -32..31 */
+static inline VB vb_q6(const uint8_t *ql32, int lshift, const uint8_t *qh32, int hshift)
+{
+    return vb_sub(vb_q6u(ql32, lshift, qh32, hshift), 32);
 }
 
 /* Q4_K / Q5_K sub-block pair c: low and high nibbles of qs[32c .. 32c+31] */
@@ -419,12 +424,17 @@ static inline __m256i reduce8(const __m256i *v)
     return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
 }
 
-/* the half at byte offset `off` of block ib of rows n..n+7, as floats */
+/* the half at byte offset boff of rows n..n+7 (row r at wr + r * wrow), as floats; packed
+ * in general-purpose registers (idle here), which also avoids a failed store forward */
 static inline __m256 halves8(const QLinearArgs *a, const uint8_t *wr, long boff)
 {
-    uint16_t h[8];
-    for (int r = 0; r < 8; r++) memcpy(&h[r], wr + r * a->wrow + boff, 2);
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+    uint64_t q[2] = {0, 0};
+    for (int r = 0; r < 8; r++) {
+        uint16_t h;
+        memcpy(&h, wr + r * a->wrow + boff, 2);
+        q[r / 4] |= (uint64_t)h << (16 * (r % 4));
+    }
+    return _mm256_cvtph_ps(_mm_set_epi64x((long long)q[1], (long long)q[0]));
 }
 
 /* out[t, n..n+7] = (out +) acc[t] + b[n..n+7] */
@@ -440,7 +450,7 @@ static inline void store8(const QLinearArgs *a, long t0, long tn, long n, const 
 
 static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
 
-#define X8_32(name, BYTES, UNPACK, P16, ACTT, HAS_M, TERM)                                    \
+#define X8_32(name, BYTES, UNPACK, P16, ACTT, HAS_M, OFFSET, TERM)                                    \
     static void QFN(name)(const QLinearArgs *a, long n, long t0, long tn)                    \
     {                                                                                      \
         long nb = a->K / 32;                                                               \
@@ -461,7 +471,9 @@ static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_
                 VB yv = vb_load(y->qs);                                                    \
                 __m256i s[8];                                                              \
                 for (int r = 0; r < 8; r++) s[r] = madd1(P16(w[r], yv));                   \
-                __m256 isum = _mm256_cvtepi32_ps(reduce8(s));                              \
+                __m256i is = reduce8(s);                                                   \
+                if (OFFSET) is = _mm256_sub_epi32(is, _mm256_set1_epi32((OFFSET) * SUM_OF(y))); \
+                __m256 isum = _mm256_cvtepi32_ps(is);                                      \
                 __m256 dy = _mm256_set1_ps(y->d);                                          \
                 acc[t] = _mm256_add_ps(acc[t], TERM);                                      \
             }                                                                              \
@@ -470,14 +482,20 @@ static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_
     }
 
 #define MUL _mm256_mul_ps
-X8_32(x8_q4_0, 18, vb_sub(vb_nibbles(blk + 2), 8), p16_ss, sm_q8_0, 0, MUL(MUL(isum, dx), dy))
-X8_32(x8_q5_0, 22, vb_sub(vb_or(vb_nibbles(blk + 6), vb_high_bits(blk + 2)), 16), p16_ss, sm_q8_0, 0,
+/* Q4_0 and Q5_0 take their quants unsigned (0..15, 0..31; no sign juggling in the dot) and
+ * subtract the offset times the activations' block sum: the same integer as the signed dot */
+#define SUM_OF(y) (y)->sum
+X8_32(x8_q4_0, 18, vb_nibbles(blk + 2), p16_us, sm_q8_0, 0, 8, MUL(MUL(isum, dx), dy))
+X8_32(x8_q5_0, 22, vb_or(vb_nibbles(blk + 6), vb_high_bits(blk + 2)), p16_us, sm_q8_0, 0, 16,
       MUL(MUL(dx, dy), isum))
-X8_32(x8_q8_0, 34, vb_load(blk + 2), p16_ss, sm_q8_0, 0, MUL(isum, MUL(dx, dy)))
-X8_32(x8_q4_1, 20, vb_nibbles(blk + 4), p16_us, sm_q8_1, 1,
+X8_32(x8_q8_0, 34, vb_load(blk + 2), p16_ss, sm_q8_0, 0, 0, MUL(isum, MUL(dx, dy)))
+#undef SUM_OF
+#define SUM_OF(y) 0
+X8_32(x8_q4_1, 20, vb_nibbles(blk + 4), p16_us, sm_q8_1, 1, 0,
       _mm256_add_ps(MUL(MUL(dx, dy), isum), MUL(mx, _mm256_set1_ps(y->s))))
-X8_32(x8_q5_1, 24, vb_or(vb_nibbles(blk + 8), vb_high_bits(blk + 4)), p16_us, sm_q8_1, 1,
+X8_32(x8_q5_1, 24, vb_or(vb_nibbles(blk + 8), vb_high_bits(blk + 4)), p16_us, sm_q8_1, 1, 0,
       _mm256_add_ps(MUL(MUL(dx, dy), isum), MUL(mx, _mm256_set1_ps(y->s))))
+#undef SUM_OF
 
 /* Q4_K / Q5_K: per row the 8 scaled sub-block sums and the mins term, eight rows reduced together */
 static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
@@ -489,13 +507,12 @@ static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
     for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();
     for (long ib = 0; ib < nb; ib++) {
         VB w[8][8];
-        __m256i mnv[8];
-        int16_t scs[8][8];
+        __m256i mnv[8], scv[8][8];
         for (int r = 0; r < 8; r++) {
             const uint8_t *blk = wr + r * a->wrow + ib * bytes;
             uint8_t sc[8], mn[8];
             k_scales(blk + 4, sc, mn);
-            for (int j = 0; j < 8; j++) scs[r][j] = sc[j];
+            for (int j = 0; j < 8; j++) scv[r][j] = _mm256_set1_epi16(sc[j]);
             mnv[r] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)mn));
             for (int c = 0; c < 4; c++) {
                 vb_q4_pair(blk + (five ? 48 : 16) + 32 * c, &w[r][2 * c], &w[r][2 * c + 1]);
@@ -513,8 +530,9 @@ static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
             __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
             __m256i s[8], m[8];
             for (int r = 0; r < 8; r++) {
-                VI v = vi_zero();
-                for (int j = 0; j < 8; j++) v = vi_add_us(v, w[r][j], vb_load(y->qs + 32 * j), scs[r][j]);
+                __m256i v = _mm256_setzero_si256();
+                for (int j = 0; j < 8; j++)
+                    v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(w[r][j], vb_load(y->qs + 32 * j)), scv[r][j]));
                 s[r] = v;
                 m[r] = _mm256_mullo_epi32(mnv[r], bs);
             }
@@ -526,6 +544,8 @@ static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
     store8(a, t0, tn, n, acc);
 }
 
+/* Q6_K: quants unsigned (0..63) against the activations, minus 32 times each group of 16's
+ * scale times that group's activation sum: the same integer as the signed dot */
 static void QFN(x8_q6_k)(const QLinearArgs *a, long n, long t0, long tn)
 {
     long nb = a->K / 256;
@@ -534,25 +554,27 @@ static void QFN(x8_q6_k)(const QLinearArgs *a, long n, long t0, long tn)
     for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();
     for (long ib = 0; ib < nb; ib++) {
         VB w[8][8];
-        __m256i scv[8][8];
+        __m256i scv[8][8], sc16[8];
         for (int r = 0; r < 8; r++) {
             const uint8_t *blk = wr + r * a->wrow + ib * 210;
             const int8_t *sc = (const int8_t *)(blk + 192);
             for (int g = 0; g < 8; g++) {
                 int h = g / 4, j = g % 4;
-                w[r][g] = vb_q6(blk + 64 * h + 32 * (j % 2), 4 * (j / 2), blk + 128 + 32 * h, 2 * j);
+                w[r][g] = vb_q6u(blk + 64 * h + 32 * (j % 2), 4 * (j / 2), blk + 128 + 32 * h, 2 * j);
                 scv[r][g] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * g + 1]), _mm_set1_epi16(sc[2 * g]));
             }
+            sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
         }
         __m256 dx = halves8(a, wr, ib * 210 + 208);
         for (long t = 0; t < tn; t++) {
             const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
+            __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
             __m256i s[8];
             for (int r = 0; r < 8; r++) {
                 __m256i v = _mm256_setzero_si256();
                 for (int g = 0; g < 8; g++)
-                    v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_ss(w[r][g], vb_load(y->qs + 32 * g)), scv[r][g]));
-                s[r] = v;
+                    v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(w[r][g], vb_load(y->qs + 32 * g)), scv[r][g]));
+                s[r] = _mm256_sub_epi32(v, _mm256_slli_epi32(_mm256_madd_epi16(sc16[r], ys), 5));
             }
             __m256 isum = _mm256_cvtepi32_ps(reduce8(s));
             acc[t] = _mm256_add_ps(acc[t], MUL(MUL(dx, _mm256_set1_ps(y->d)), isum));
