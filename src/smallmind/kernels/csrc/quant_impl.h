@@ -632,6 +632,42 @@ static void QFN(x8_q6_k)(const QLinearArgs *a, long n, long t0, long tn)
     }
     store8(a, t0, tn, n, acc);
 }
+
+/* Q6_K decode (one activation row): like x8_q45_k_one, straight from the bytes; the scales
+ * of groups 2g (low 16 values) and 2g+1 (high 16) reach the two 128-bit lanes by a shuffle */
+static void QFN(x8_q6_k_one)(const QLinearArgs *a, long n, long t0)
+{
+    long nb = a->K / 256;
+    const uint8_t *wr = a->w + n * a->wrow;
+    __m256 acc = _mm256_setzero_ps();
+    for (long ib = 0; ib < nb; ib++) {
+        const sm_q8_k *y = ACT(sm_q8_k, t0, ib);
+        __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
+        __m256i s[8];
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *blk = wr + r * a->wrow + ib * 210;
+            __m128i sc8 = _mm_loadu_si128((const __m128i *)(blk + 192));
+            __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+            __m256i sca = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));      /* scales 0..7 */
+            __m256i scb = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1)); /* scales 8..15 */
+            __m256i v = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, ys), 5));
+            for (int g = 0; g < 8; g++) {
+                int h = g / 4, j = g % 4, k = 2 * (g % 4);
+                __m256i q = vb_q6u(blk + 64 * h + 32 * (j % 2), 4 * (j / 2), blk + 128 + 32 * h, 2 * j);
+                __m256i ctrl = _mm256_set_m128i(_mm_set1_epi16((short)((2 * k + 2) | (2 * k + 3) << 8)),
+                                                _mm_set1_epi16((short)((2 * k) | (2 * k + 1) << 8)));
+                __m256i scv = _mm256_shuffle_epi8(g < 4 ? sca : scb, ctrl);
+                v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(q, vb_load(y->qs + 32 * g)), scv));
+            }
+            s[r] = v;
+        }
+        __m256 dx = halves8(a, wr, ib * 210 + 208);
+        __m256 isum = _mm256_cvtepi32_ps(reduce8(s));
+        acc = _mm256_add_ps(acc, MUL(MUL(dx, _mm256_set1_ps(y->d)), isum));
+    }
+    store8(a, t0, 1, n, &acc);
+}
+
 #undef MUL
 
 typedef void (*x8_fn)(const QLinearArgs *, long, long, long);
@@ -651,8 +687,11 @@ static long QFN(linear_rows_x8)(const QLinearArgs *a, long n0, long n1)
     default: return n0;
     }
     long n = n0;
-    if (a->T == 1 && (a->qtype == SM_Q4_K || a->qtype == SM_Q5_K)) {
-        for (; n + 8 <= n1; n += 8) QFN(x8_q45_k_one)(a, n, 0);
+    if (a->T == 1 && (a->qtype == SM_Q4_K || a->qtype == SM_Q5_K || a->qtype == SM_Q6_K)) {
+        for (; n + 8 <= n1; n += 8) {
+            if (a->qtype == SM_Q6_K) QFN(x8_q6_k_one)(a, n, 0);
+            else QFN(x8_q45_k_one)(a, n, 0);
+        }
         return n;
     }
     for (; n + 8 <= n1; n += 8)
