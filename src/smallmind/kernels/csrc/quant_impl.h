@@ -448,6 +448,15 @@ static inline void store8(const QLinearArgs *a, long t0, long tn, long n, const 
     }
 }
 
+/* Decode reads each weight once, from memory: the eight rows of a group are one span of
+ * 8 * wrow bytes walked as eight interleaved short streams, which the hardware prefetcher
+ * follows late; so ask for the next group's span while this one is worked on. */
+static inline void prefetch_next_group(const QLinearArgs *a, const uint8_t *wr)
+{
+    const uint8_t *next = wr + 8 * a->wrow, *end = a->w + a->N * a->wrow;
+    for (const uint8_t *p = next; p < next + 8 * a->wrow && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+}
+
 static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
 
 #define X8_32(name, BYTES, UNPACK, P16, ACTT, HAS_M, OFFSET, TERM)                                    \
@@ -457,6 +466,7 @@ static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_
         const uint8_t *wr = a->w + n * a->wrow;                                            \
         __m256 acc[SM_QTILE];                                                              \
         for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();                        \
+        if (t0 == 0) prefetch_next_group(a, wr);                                           \
         for (long ib = 0; ib < nb; ib++) {                                                 \
             VB w[8];                                                                       \
             for (int r = 0; r < 8; r++) {                                                  \
@@ -554,6 +564,7 @@ static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n, long t0)
     const uint8_t *wr = a->w + n * a->wrow;
     const __m256i nib = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(0x01);
     __m256 acc = _mm256_setzero_ps();
+    prefetch_next_group(a, wr);
     for (long ib = 0; ib < nb; ib++) {
         const sm_q8_k *y = ACT(sm_q8_k, t0, ib);
         __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
@@ -640,6 +651,7 @@ static void QFN(x8_q6_k_one)(const QLinearArgs *a, long n, long t0)
     long nb = a->K / 256;
     const uint8_t *wr = a->w + n * a->wrow;
     __m256 acc = _mm256_setzero_ps();
+    prefetch_next_group(a, wr);
     for (long ib = 0; ib < nb; ib++) {
         const sm_q8_k *y = ACT(sm_q8_k, t0, ib);
         __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
