@@ -7,8 +7,15 @@
  * scaled and added to a float32 accumulator in block order with the expressions of the NumPy
  * twin (llama.cpp's scalar vec_dot), so the results match it bit for bit. Contraction into
  * FMA is off here for that reason: a fused multiply-add rounds once where the twin rounds
- * twice. */
+ * twice.
+ *
+ * The AVX2 build works on groups of eight rows (one float lane per row, see "eight weight
+ * rows at once"), with decode (one activation row) variants of the K-quants that skip the
+ * unpacked copy; leftover rows and F16/BF16 weights take the one-row code. */
 #pragma GCC optimize("fp-contract=off")
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
 #include <string.h>
 
 #include "quant.h"
