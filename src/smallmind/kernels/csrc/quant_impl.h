@@ -7,8 +7,15 @@
  * scaled and added to a float32 accumulator in block order with the expressions of the NumPy
  * twin (llama.cpp's scalar vec_dot), so the results match it bit for bit. Contraction into
  * FMA is off here for that reason: a fused multiply-add rounds once where the twin rounds
- * twice. */
+ * twice.
+ *
+ * The AVX2 build works on groups of eight rows (one float lane per row, see "eight weight
+ * rows at once"), with decode (one activation row) variants of the K-quants that skip the
+ * unpacked copy; leftover rows and F16/BF16 weights take the one-row code. */
 #pragma GCC optimize("fp-contract=off")
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
 #include <string.h>
 
 #include "quant.h"
@@ -448,6 +455,15 @@ static inline void store8(const QLinearArgs *a, long t0, long tn, long n, const 
     }
 }
 
+/* Decode reads each weight once, from memory: the eight rows of a group are one span of
+ * 8 * wrow bytes walked as eight interleaved short streams, which the hardware prefetcher
+ * follows late; so ask for the next group's span while this one is worked on. */
+static inline void prefetch_next_group(const QLinearArgs *a, const uint8_t *wr)
+{
+    const uint8_t *next = wr + 8 * a->wrow, *end = a->w + a->N * a->wrow;
+    for (const uint8_t *p = next; p < next + 8 * a->wrow && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+}
+
 static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
 
 #define X8_32(name, BYTES, UNPACK, P16, ACTT, HAS_M, OFFSET, TERM)                                    \
@@ -457,6 +473,7 @@ static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_
         const uint8_t *wr = a->w + n * a->wrow;                                            \
         __m256 acc[SM_QTILE];                                                              \
         for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();                        \
+        if (t0 == 0) prefetch_next_group(a, wr);                                           \
         for (long ib = 0; ib < nb; ib++) {                                                 \
             VB w[8];                                                                       \
             for (int r = 0; r < 8; r++) {                                                  \
@@ -544,6 +561,57 @@ static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
     store8(a, t0, tn, n, acc);
 }
 
+/* Q4_K / Q5_K decode (one activation row): each row's super-block straight from its bytes
+ * (no unpacked copy), its 6-bit scales unpacked a 32-bit word at a time and broadcast by
+ * byte shuffles; the same integers and float steps as x8_q45_k */
+static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n, long t0)
+{
+    int five = a->qtype == SM_Q5_K;
+    long bytes = five ? 176 : 144, nb = a->K / 256;
+    const uint8_t *wr = a->w + n * a->wrow;
+    const __m256i nib = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(0x01);
+    __m256 acc = _mm256_setzero_ps();
+    prefetch_next_group(a, wr);
+    for (long ib = 0; ib < nb; ib++) {
+        const sm_q8_k *y = ACT(sm_q8_k, t0, ib);
+        __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
+        __m256i s[8], m[8];
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *blk = wr + r * a->wrow + ib * bytes;
+            uint32_t k[3], sm[4];
+            memcpy(k, blk + 4, 12);
+            sm[0] = k[0] & 0x3F3F3F3Fu;                                        /* scales 0..3 */
+            sm[1] = (k[2] & 0x0F0F0F0Fu) | ((k[0] >> 2) & 0x30303030u);       /* scales 4..7 */
+            sm[2] = k[1] & 0x3F3F3F3Fu;                                        /* mins 0..3 */
+            sm[3] = ((k[2] >> 4) & 0x0F0F0F0Fu) | ((k[1] >> 2) & 0x30303030u); /* mins 4..7 */
+            __m128i scm = _mm_loadu_si128((const __m128i *)sm);
+            __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
+            m[r] = _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8)), bs);
+            const uint8_t *qs = blk + (five ? 48 : 16);
+            __m256i hb = five ? vb_load(blk + 16) : _mm256_setzero_si256();
+            __m256i v = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                __m256i q = vb_load(qs + 32 * c);
+                __m256i lo = _mm256_and_si256(q, nib), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nib);
+                if (five) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), one), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one), 4));
+                }
+                __m256i s_lo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(4 * c | (4 * c + 1) << 8)));
+                __m256i s_hi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((4 * c + 2) | (4 * c + 3) << 8)));
+                v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(lo, vb_load(y->qs + 64 * c)), s_lo));
+                v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(hi, vb_load(y->qs + 64 * c + 32)), s_hi));
+            }
+            s[r] = v;
+        }
+        __m256 dx = halves8(a, wr, ib * bytes), dmx = halves8(a, wr, ib * bytes + 2);
+        __m256 isum = _mm256_cvtepi32_ps(reduce8(s)), msum = _mm256_cvtepi32_ps(reduce8(m));
+        __m256 dy = _mm256_set1_ps(y->d);
+        acc = _mm256_add_ps(acc, _mm256_sub_ps(MUL(MUL(dx, dy), isum), MUL(MUL(dmx, dy), msum)));
+    }
+    store8(a, t0, 1, n, &acc);
+}
+
 /* Q6_K: quants unsigned (0..63) against the activations, minus 32 times each group of 16's
  * scale times that group's activation sum: the same integer as the signed dot */
 static void QFN(x8_q6_k)(const QLinearArgs *a, long n, long t0, long tn)
@@ -582,6 +650,43 @@ static void QFN(x8_q6_k)(const QLinearArgs *a, long n, long t0, long tn)
     }
     store8(a, t0, tn, n, acc);
 }
+
+/* Q6_K decode (one activation row): like x8_q45_k_one, straight from the bytes; the scales
+ * of groups 2g (low 16 values) and 2g+1 (high 16) reach the two 128-bit lanes by a shuffle */
+static void QFN(x8_q6_k_one)(const QLinearArgs *a, long n, long t0)
+{
+    long nb = a->K / 256;
+    const uint8_t *wr = a->w + n * a->wrow;
+    __m256 acc = _mm256_setzero_ps();
+    prefetch_next_group(a, wr);
+    for (long ib = 0; ib < nb; ib++) {
+        const sm_q8_k *y = ACT(sm_q8_k, t0, ib);
+        __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
+        __m256i s[8];
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *blk = wr + r * a->wrow + ib * 210;
+            __m128i sc8 = _mm_loadu_si128((const __m128i *)(blk + 192));
+            __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+            __m256i sca = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));      /* scales 0..7 */
+            __m256i scb = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1)); /* scales 8..15 */
+            __m256i v = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, ys), 5));
+            for (int g = 0; g < 8; g++) {
+                int h = g / 4, j = g % 4, k = 2 * (g % 4);
+                __m256i q = vb_q6u(blk + 64 * h + 32 * (j % 2), 4 * (j / 2), blk + 128 + 32 * h, 2 * j);
+                __m256i ctrl = _mm256_set_m128i(_mm_set1_epi16((short)((2 * k + 2) | (2 * k + 3) << 8)),
+                                                _mm_set1_epi16((short)((2 * k) | (2 * k + 1) << 8)));
+                __m256i scv = _mm256_shuffle_epi8(g < 4 ? sca : scb, ctrl);
+                v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(q, vb_load(y->qs + 32 * g)), scv));
+            }
+            s[r] = v;
+        }
+        __m256 dx = halves8(a, wr, ib * 210 + 208);
+        __m256 isum = _mm256_cvtepi32_ps(reduce8(s));
+        acc = _mm256_add_ps(acc, MUL(MUL(dx, _mm256_set1_ps(y->d)), isum));
+    }
+    store8(a, t0, 1, n, &acc);
+}
+
 #undef MUL
 
 typedef void (*x8_fn)(const QLinearArgs *, long, long, long);
@@ -601,6 +706,13 @@ static long QFN(linear_rows_x8)(const QLinearArgs *a, long n0, long n1)
     default: return n0;
     }
     long n = n0;
+    if (a->T == 1 && (a->qtype == SM_Q4_K || a->qtype == SM_Q5_K || a->qtype == SM_Q6_K)) {
+        for (; n + 8 <= n1; n += 8) {
+            if (a->qtype == SM_Q6_K) QFN(x8_q6_k_one)(a, n, 0);
+            else QFN(x8_q45_k_one)(a, n, 0);
+        }
+        return n;
+    }
     for (; n + 8 <= n1; n += 8)
         for (long t0 = 0; t0 < a->T; t0 += SM_QTILE) f(a, n, t0, a->T - t0 < SM_QTILE ? a->T - t0 : SM_QTILE);
     return n;
