@@ -125,3 +125,21 @@ def test_real_model_argmax_agrees_with_llama_cpp_along_a_text(name):
         logits = _run(family(f.architecture).from_gguf(f), ref["ids"])
     agreement = (logits.argmax(-1) == np.array(ref["argmax"])).mean()
     assert agreement >= 0.9, f"{name}: argmax agrees with llama.cpp at {agreement:.1%} of positions"
+
+
+@pytest.mark.slow
+def test_tiny_model_matches_llama_cpp(tiny, tmp_path):
+    # llama.cpp on the same F32 file with an F32 KV cache: only its GELU (an f16 table) differs
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, ids, _ = tiny
+    path = write_gguf(model, tmp_path / "m.gguf", dtype="F32")
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, n_threads=2, type_k=0, type_v=0,
+                          verbose=False)
+    llm.eval([int(i) for i in ids])
+    expect = np.asarray(llm.scores[:len(ids)], dtype=np.float32)
+    llm.close()
+    with GGUFFile(path) as f:
+        got = _run(family(f.architecture).from_gguf(f), ids)
+    error = np.abs(got - expect).max() / np.abs(expect).max()
+    assert error < (1e-3 if model.tiny_arch in ("gpt2", "gemma3") else 1e-5), f"{model.tiny_arch}: {error:.2e}"
+    np.testing.assert_array_equal(got.argmax(-1), expect.argmax(-1))
