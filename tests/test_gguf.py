@@ -135,6 +135,16 @@ def test_tensor_shape_mismatch_and_missing_tensor_are_named(sample):
         assert info["q8"].type_name == "Q8_0" and info["q8"].nbytes == 4 * 2 * 34
 
 
+def test_tensors_handed_out_outlive_close_and_new_reads_are_refused(sample):
+    path, arrays, _ = sample
+    f = GGUFFile(path)
+    mat = f.tensor("mat")
+    f.close()
+    np.testing.assert_array_equal(mat, arrays["mat"])  # the map lives while a view does
+    with pytest.raises(GGUFError, match="closed"):
+        f.tensor("mat")
+
+
 # ------------------------------------------------------------------ the real files against gguf's reader
 
 def _compare_with_gguf_reader(path):
@@ -198,6 +208,14 @@ def test_refuses_version_1(sample, tmp_path):
     (tmp_path / "v1.gguf").write_bytes(bytes(data))
     with pytest.raises(GGUFError, match="version 1"):
         GGUFFile(tmp_path / "v1.gguf")
+
+
+def test_refuses_big_endian_files(sample, tmp_path):
+    data = bytearray(sample[0].read_bytes())
+    data[4:8] = struct.pack(">I", 3)
+    (tmp_path / "be.gguf").write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match="big-endian"):
+        GGUFFile(tmp_path / "be.gguf")
 
 
 def test_refuses_overlapping_tensors(tmp_path):

@@ -108,6 +108,8 @@ class GGUFFile:
         if magic != GGUF_MAGIC:
             raise GGUFError(f"not a GGUF file (magic {magic:#010x})")
         self.version = cur.u32("version")
+        if self.version not in (2, 3) and int.from_bytes(self.version.to_bytes(4, "little"), "big") in (2, 3):
+            raise GGUFError("big-endian GGUF files are not supported")
         if self.version not in (2, 3):
             raise GGUFError(f"GGUF version {self.version} is not supported (only 2 and 3)")
         n_tensors = cur.u64("tensor count")
@@ -272,6 +274,8 @@ class GGUFFile:
         for a 16-bit or block-quantized matrix. A 1-D tensor stored in F16/BF16 comes back as a
         float32 vector (norms and biases are a few KB; the kernels take them as float32)."""
         info = self.tensor_info(name)
+        if self._map is None:
+            raise GGUFError(f"{self.path}: the file is closed")
         if shape is not None and tuple(shape) != info.shape:
             raise GGUFError(f"{self.path}: tensor {name!r} has shape {info.shape}, expected {tuple(shape)}")
         start = self._data_start + info.offset

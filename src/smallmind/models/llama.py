@@ -64,7 +64,6 @@ class LlamaConfig:
             (f.get_int(p + "rope.dimension_count", head_dim) == head_dim,
              "rope.dimension_count differs from the head width (partial RoPE is not supported)"),
         ])
-        scale = f.get_float(p + "attention.scale", 0.0, min=0.0)
         return cls(
             arch=arch,
             vocab_size=f.tensor_info("token_embd.weight").shape[0],
@@ -78,7 +77,7 @@ class LlamaConfig:
             rope_theta=f.get_float(p + "rope.freq_base", 10000.0),
             rope_neox=ROPE_NEOX[arch],
             norm_eps=f.get_float(p + "attention.layer_norm_rms_epsilon"),
-            attn_scale=scale or 1.0 / float(np.sqrt(head_dim)),
+            attn_scale=1.0 / float(np.sqrt(head_dim)),
             qk_norm=arch == "qwen3",
         )
 
