@@ -431,8 +431,23 @@ static inline __m256i reduce8(const __m256i *v)
     return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
 }
 
-/* the half at byte offset boff of rows n..n+7 (row r at wr + r * wrow), as floats; packed
- * in general-purpose registers (idle here), which also avoids a failed store forward */
+/* the two halves at byte offset boff of rows n..n+7 (row r at wr + r * wrow; d and m, or
+ * d and dmin), as floats: one 32-bit load a row, sorted by a byte shuffle */
+static inline void halves8x2(const QLinearArgs *a, const uint8_t *wr, long boff, __m256 *first, __m256 *second)
+{
+    uint32_t v[8];
+    for (int r = 0; r < 8; r++) memcpy(&v[r], wr + r * a->wrow + boff, 4);
+    __m256i words = _mm256_set_m128i(_mm_setr_epi32((int)v[4], (int)v[5], (int)v[6], (int)v[7]),
+                                     _mm_setr_epi32((int)v[0], (int)v[1], (int)v[2], (int)v[3]));
+    const __m256i sort = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                          0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    __m256i halves = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(words, sort), 0xD8);
+    *first = _mm256_cvtph_ps(_mm256_castsi256_si128(halves));
+    *second = _mm256_cvtph_ps(_mm256_extracti128_si256(halves, 1));
+}
+
+/* one half at byte offset boff of rows n..n+7, as floats; packed in general-purpose
+ * registers (idle here), which also avoids a failed store forward */
 static inline __m256 halves8(const QLinearArgs *a, const uint8_t *wr, long boff)
 {
     uint64_t q[2] = {0, 0};
@@ -480,8 +495,9 @@ static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_
                 const uint8_t *blk = wr + r * a->wrow + ib * (BYTES);                      \
                 w[r] = UNPACK;                                                             \
             }                                                                              \
-            __m256 dx = halves8(a, wr, ib * (BYTES));                                      \
-            __m256 mx = HAS_M ? halves8(a, wr, ib * (BYTES) + 2) : dx;                     \
+            __m256 dx, mx;                                                                 \
+            if (HAS_M) halves8x2(a, wr, ib * (BYTES), &dx, &mx);                           \
+            else dx = mx = halves8(a, wr, ib * (BYTES));                                   \
             (void)mx;                                                                      \
             for (long t = 0; t < tn; t++) {                                                \
                 const ACTT *y = ACT(ACTT, t0 + t, ib);                                     \
@@ -541,7 +557,8 @@ static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
                 }
             }
         }
-        __m256 dx = halves8(a, wr, ib * bytes), dmx = halves8(a, wr, ib * bytes + 2);
+        __m256 dx, dmx;
+        halves8x2(a, wr, ib * bytes, &dx, &dmx);
         for (long t = 0; t < tn; t++) {
             const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
             __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
@@ -604,7 +621,8 @@ static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n, long t0)
             }
             s[r] = v;
         }
-        __m256 dx = halves8(a, wr, ib * bytes), dmx = halves8(a, wr, ib * bytes + 2);
+        __m256 dx, dmx;
+        halves8x2(a, wr, ib * bytes, &dx, &dmx);
         __m256 isum = _mm256_cvtepi32_ps(reduce8(s)), msum = _mm256_cvtepi32_ps(reduce8(m));
         __m256 dy = _mm256_set1_ps(y->d);
         acc = _mm256_add_ps(acc, _mm256_sub_ps(MUL(MUL(dx, dy), isum), MUL(MUL(dmx, dy), msum)));
