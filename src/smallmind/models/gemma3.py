@@ -21,6 +21,7 @@ import numpy as np
 from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..scope import scope
+from .batch import batch_views, check_step
 from .gguf_weights import WeightReader, check_config
 
 SWA_PATTERN = 6            # llama.cpp: set_swa_pattern(6) for gemma3
@@ -269,6 +270,66 @@ class Gemma3:
                 kernels.linear(out.xn, self.output, None, out.logits if all_logits else ws.logits_row)
             return out.logits if all_logits else ws.logits_last
 
+
+    def forward_batch(self, ws: Workspace, kvs, tokens: np.ndarray, positions):
+        # tokens (B,) int32, token b at positions[b] of the sequence in kvs[b] -> (B,V) logits
+        """One decode step of B sequences (models/batch.py): the products run once over the B
+        rows, RoPE, the KV store and attention row by row against each row's own cache."""
+        B = check_step(ws, kvs, tokens, positions)
+        if ws.config is not self.config:
+            raise SmallMindError("this workspace was made for another model")
+        for kv in kvs:
+            _check_kv(kv, self.kv_spec)
+        views = batch_views(ws, StepViews)
+        act, rows = views.first[B], views.rows
+        eps, scale = self.config.norm_eps, self.config.attn_scale
+        with scope("decode"):
+            with scope("embedding"):
+                kernels.embedding(tokens, self.token_embd, None, 0, act.x)
+                np.multiply(act.x, self.embed_scale, out=act.x)
+            for i, layer in enumerate(self.layers):
+                with scope("norm"):
+                    kernels.rms_norm(act.x, layer.attn_norm, act.xn, eps)
+                with scope("matmul.qkv"):
+                    kernels.linear(act.xn, layer.wq, None, act.q)
+                    kernels.linear(act.xn, layer.wk, None, act.k)
+                    kernels.linear(act.xn, layer.wv, None, act.v)
+                with scope("norm"):
+                    kernels.rms_norm(act.q_rows, layer.q_norm, act.q_rows, eps)
+                    kernels.rms_norm(act.k_rows, layer.k_norm, act.k_rows, eps)
+                for b in range(B):
+                    row, kv, pos = rows[b], kvs[b], int(positions[b])
+                    with scope("rope"):
+                        kernels.rope(row.q_heads, pos, layer.rope_theta, row.q_heads, True, layer.rope_freqs)
+                        kernels.rope(row.k_heads, pos, layer.rope_theta, row.k_heads, True, layer.rope_freqs)
+                    with scope("kv_cache"):
+                        kernels.kv_cache_store(row.k_heads, row.v_heads, kv.k_layers[i], kv.v_layers[i], pos)
+                    with scope("attention"):
+                        kernels.attention(row.q_heads, kv.k_layers[i], kv.v_layers[i], pos, row.att_heads, scale,
+                                          layer.window)
+                with scope("matmul.attn_out"):
+                    kernels.linear(act.att, layer.wo, None, act.y)
+                with scope("norm"):
+                    kernels.rms_norm(act.y, layer.post_attn_norm, act.y, eps)
+                    np.add(act.x, act.y, out=act.x)
+                    kernels.rms_norm(act.x, layer.ffn_norm, act.xn, eps)
+                with scope("matmul.mlp_up"):
+                    kernels.linear(act.xn, layer.w_gate, None, act.gate)
+                    kernels.linear(act.xn, layer.w_up, None, act.up)
+                with scope("activation"):
+                    kernels.geglu(act.gate, act.up, act.hidden)
+                with scope("matmul.mlp_down"):
+                    kernels.linear(act.hidden, layer.w_down, None, act.y)
+                with scope("norm"):
+                    kernels.rms_norm(act.y, layer.post_ffn_norm, act.y, eps)
+                    np.add(act.x, act.y, out=act.x)
+            for kv, pos in zip(kvs, positions):
+                kv.length = int(pos) + 1
+            with scope("norm"):
+                kernels.rms_norm(act.x, self.output_norm, act.xn, eps)
+            with scope("matmul.lm_head"):
+                kernels.linear(act.xn, self.output, None, act.logits)
+            return act.logits
 
 def _check_kv(kv, spec) -> None:
     n_layers, n_kv_heads, head_dim = spec

@@ -17,6 +17,7 @@ import numpy as np
 from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..scope import scope
+from .batch import batch_views, check_step
 from .gguf_weights import WeightReader, check_config
 
 ROPE_NEOX = {"llama": False, "qwen2": True, "qwen3": True}
@@ -248,6 +249,61 @@ class Llama:
                 kernels.linear(out.xn, self.output, None, out.logits if all_logits else ws.logits_row)
             return out.logits if all_logits else ws.logits_last
 
+
+    def forward_batch(self, ws: Workspace, kvs, tokens: np.ndarray, positions):
+        # tokens (B,) int32, token b at positions[b] of the sequence in kvs[b] -> (B,V) logits
+        """One decode step of B sequences (models/batch.py): the products run once over the B
+        rows, RoPE, the KV store and attention row by row against each row's own cache."""
+        B = check_step(ws, kvs, tokens, positions)
+        if ws.config is not self.config:
+            raise SmallMindError("this workspace was made for another model")
+        for kv in kvs:
+            _check_kv(kv, self.kv_spec)
+        views = batch_views(ws, StepViews)
+        act, rows = views.first[B], views.rows
+        cfg = self.config
+        eps, theta, neox, freqs, scale = cfg.norm_eps, cfg.rope_theta, cfg.rope_neox, self.rope_freqs, cfg.attn_scale
+        with scope("decode"):
+            with scope("embedding"):
+                kernels.embedding(tokens, self.token_embd, None, 0, act.x)
+            for i, layer in enumerate(self.layers):
+                with scope("norm"):
+                    kernels.rms_norm(act.x, layer.attn_norm, act.xn, eps)
+                with scope("matmul.qkv"):
+                    kernels.linear(act.xn, layer.wq, layer.bq, act.q)
+                    kernels.linear(act.xn, layer.wk, layer.bk, act.k)
+                    kernels.linear(act.xn, layer.wv, layer.bv, act.v)
+                if cfg.qk_norm:
+                    with scope("norm"):
+                        kernels.rms_norm(act.q_rows, layer.q_norm, act.q_rows, eps)
+                        kernels.rms_norm(act.k_rows, layer.k_norm, act.k_rows, eps)
+                for b in range(B):
+                    row, kv, pos = rows[b], kvs[b], int(positions[b])
+                    with scope("rope"):
+                        kernels.rope(row.q_heads, pos, theta, row.q_heads, neox, freqs)
+                        kernels.rope(row.k_heads, pos, theta, row.k_heads, neox, freqs)
+                    with scope("kv_cache"):
+                        kernels.kv_cache_store(row.k_heads, row.v_heads, kv.k_layers[i], kv.v_layers[i], pos)
+                    with scope("attention"):
+                        kernels.attention(row.q_heads, kv.k_layers[i], kv.v_layers[i], pos, row.att_heads, scale)
+                with scope("matmul.attn_out"):
+                    kernels.linear(act.att, layer.wo, None, act.x, accumulate=True)  # x += attn(x)
+                with scope("norm"):
+                    kernels.rms_norm(act.x, layer.ffn_norm, act.xn, eps)
+                with scope("matmul.mlp_up"):
+                    kernels.linear(act.xn, layer.w_gate, None, act.gate)
+                    kernels.linear(act.xn, layer.w_up, None, act.up)
+                with scope("activation"):
+                    kernels.swiglu(act.gate, act.up, act.hidden)
+                with scope("matmul.mlp_down"):
+                    kernels.linear(act.hidden, layer.w_down, None, act.x, accumulate=True)  # x += mlp(x)
+            for kv, pos in zip(kvs, positions):
+                kv.length = int(pos) + 1
+            with scope("norm"):
+                kernels.rms_norm(act.x, self.output_norm, act.xn, eps)
+            with scope("matmul.lm_head"):
+                kernels.linear(act.xn, self.output, None, act.logits)
+            return act.logits
 
 def _check_kv(kv, spec) -> None:
     n_layers, n_kv_heads, head_dim = spec
