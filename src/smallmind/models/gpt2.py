@@ -13,7 +13,7 @@ from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..kernels.qtensor import QTensor
 from ..scope import scope
-from .gguf_weights import WeightReader, check_config
+from .gguf_family import WeightReader, check_config, check_kv_cache
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class GPT2:
         if ws.config is not self.config:
             raise SmallMindError("this workspace was made for another model")
         if ws.kv is not kv:
-            _check_kv(kv, self.kv_spec)
+            check_kv_cache(kv, self.kv_spec)
             ws.bind(kv, self.layers)
         if not 0 <= pos0 <= kv.length or pos0 + T > min(kv.capacity, self.config.context_length):
             raise ContextLengthError(f"positions {pos0}..{pos0 + T - 1} do not follow the {kv.length} cached "
@@ -200,13 +200,6 @@ class GPT2:
             with scope("matmul.lm_head"):
                 kernels.linear(out.xn, self.output, None, out.logits if all_logits else ws.logits_row)
             return out.logits if all_logits else ws.logits_last
-
-
-def _check_kv(kv, spec) -> None:
-    n_layers, n_kv_heads, head_dim = spec
-    if kv.k.shape[0] != n_layers or kv.k.shape[1] != n_kv_heads or kv.k.shape[3] != head_dim:
-        raise SmallMindError(f"the KV cache has shape {kv.k.shape}, but this model needs "
-                             f"(layers, kv heads, positions, head dim) = ({n_layers}, {n_kv_heads}, *, {head_dim})")
 
 
 def from_gguf(f) -> GPT2:

@@ -18,7 +18,7 @@ from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..scope import scope
 from .batch import batch_views, check_step
-from .gguf_weights import WeightReader, check_config
+from .gguf_family import WeightReader, check_config, check_kv_cache
 
 ROPE_NEOX = {"llama": False, "qwen2": True, "qwen3": True}
 
@@ -202,7 +202,7 @@ class Llama:
         if ws.config is not self.config:
             raise SmallMindError("this workspace was made for another model")
         if ws.kv is not kv:
-            _check_kv(kv, self.kv_spec)
+            check_kv_cache(kv, self.kv_spec)
             ws.bind(kv, self.layers)
         if not 0 <= pos0 <= kv.length or pos0 + T > kv.capacity:
             raise ContextLengthError(f"positions {pos0}..{pos0 + T - 1} do not follow the {kv.length} cached "
@@ -258,7 +258,7 @@ class Llama:
         if ws.config is not self.config:
             raise SmallMindError("this workspace was made for another model")
         for kv in kvs:
-            _check_kv(kv, self.kv_spec)
+            check_kv_cache(kv, self.kv_spec)
         views = batch_views(ws, StepViews)
         act, rows = views.first[B], views.rows
         cfg = self.config
@@ -304,12 +304,6 @@ class Llama:
             with scope("matmul.lm_head"):
                 kernels.linear(act.xn, self.output, None, act.logits)
             return act.logits
-
-def _check_kv(kv, spec) -> None:
-    n_layers, n_kv_heads, head_dim = spec
-    if kv.k.shape[0] != n_layers or kv.k.shape[1] != n_kv_heads or kv.k.shape[3] != head_dim:
-        raise SmallMindError(f"the KV cache has shape {kv.k.shape}, but this model needs "
-                             f"(layers, kv heads, positions, head dim) = ({n_layers}, {n_kv_heads}, *, {head_dim})")
 
 
 def from_gguf(f) -> Llama:

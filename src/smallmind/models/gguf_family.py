@@ -1,9 +1,10 @@
-"""Reading a family's weights out of a GGUFFile: shapes checked, every missing name reported.
+"""What every GGUF family shares: reading its weights (shapes checked, every missing name
+reported), refusing bad metadata, and checking the KV cache it is handed.
 
-Shared by the GGUF families so that each model file says only which tensors it wants.
+Each model file then says only which tensors and keys it wants.
 """
 
-from ..errors import GGUFError
+from ..errors import GGUFError, SmallMindError
 
 
 class WeightReader:
@@ -43,3 +44,11 @@ def check_config(arch: str, checks) -> None:
     for ok, message in checks:
         if not ok:
             raise GGUFError(f"bad {arch} model metadata: {message}")
+
+
+def check_kv_cache(kv, spec) -> None:
+    # kv: runtime.kv_cache.KVCache, spec: the network's kv_spec (n_layers, n_kv_heads, head_dim)
+    n_layers, n_kv_heads, head_dim = spec
+    if kv.k.shape[0] != n_layers or kv.k.shape[1] != n_kv_heads or kv.k.shape[3] != head_dim:
+        raise SmallMindError(f"the KV cache has shape {kv.k.shape}, but this model needs "
+                             f"(layers, kv heads, positions, head dim) = ({n_layers}, {n_kv_heads}, *, {head_dim})")
