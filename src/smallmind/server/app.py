@@ -98,7 +98,6 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
     model = engine.model
     metrics = Metrics(lambda: (engine.queue_depth, engine.active_sequences, engine.generated_total))
     created = int(time.time())
-    ids = itertools.count()
     app = FastAPI(title="SmallMind", version="0.1.0",
                   description="An OpenAI-compatible API for a SmallMind model, with continuous batching "
                               "and prompt-prefix reuse.")
