@@ -16,6 +16,7 @@ from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..memory import require
 from ..scope import scope
+from .batch import check_step
 
 
 @dataclass(frozen=True)
@@ -345,18 +346,7 @@ def forward_batch(params: Params, ws: Workspace, kvs, tokens, positions):
     sequence whose cache is kvs[b]. The linear layers run once over the B rows (the weights are
     read once for all of them); embedding, the KV store and attention run per row against the
     row's own cache. Each row's result equals forward() of that token alone."""
-    B = len(tokens)
-    if not 1 <= B <= ws.max_tokens or len(kvs) != B or len(positions) != B:
-        raise ContextLengthError(
-            f"a batched step takes 1..{ws.max_tokens} rows with this workspace and one cache and "
-            f"position per token, not {B} tokens, {len(kvs)} caches and {len(positions)} positions")
-    if len(set(map(id, kvs))) != B:
-        raise SmallMindError("each row of a batched step needs its own KV cache")
-    for kv, pos in zip(kvs, positions):
-        if not 0 <= pos <= kv.length or pos >= kv.capacity:
-            raise ContextLengthError(
-                f"position {pos} does not follow the {kv.length} cached positions within the "
-                f"context length {kv.capacity} of its KV cache")
+    B = check_step(ws, kvs, tokens, positions)
     if ws.params is not params:
         ws.bind(params)
     if ws.batch is None:
