@@ -2,7 +2,9 @@
 format's error, bad input refused."""
 
 import ctypes
+import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,18 @@ def _ggml():
     return lib
 
 
+LLAMA_CPP_BYTES = json.loads((Path(__file__).parent / "reference" / "quant_llamacpp.json").read_text())
+
+
+@pytest.mark.parametrize("qtype", K_FORMATS + GGUF_HAS)
+def test_equals_the_committed_bytes_of_llama_cpps_quantizer(qtype):
+    # made by tests/reference/make_quant_refs.py with ggml's own quantizers
+    w = weights(seed=1)
+    assert hashlib.sha256(w.tobytes()).hexdigest() == LLAMA_CPP_BYTES["matrix_sha256"]
+    assert quantize(w, qtype).data.tobytes().hex() == LLAMA_CPP_BYTES["bytes"][qtype]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("qtype", K_FORMATS + GGUF_HAS)
 def test_equals_llama_cpp_reference_quantizer(qtype):
     lib = _ggml()
