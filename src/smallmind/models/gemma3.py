@@ -230,15 +230,7 @@ class Gemma3:
                 kernels.embedding(tokens, self.token_embd, None, 0, act.x)
                 np.multiply(act.x, self.embed_scale, out=act.x)
             for layer, k_cache, v_cache in ws.layers:
-                with scope("norm"):
-                    kernels.rms_norm(act.x, layer.attn_norm, act.xn, eps)
-                with scope("matmul.qkv"):
-                    kernels.linear(act.xn, layer.wq, None, act.q)
-                    kernels.linear(act.xn, layer.wk, None, act.k)
-                    kernels.linear(act.xn, layer.wv, None, act.v)
-                with scope("norm"):
-                    kernels.rms_norm(act.q_rows, layer.q_norm, act.q_rows, eps)
-                    kernels.rms_norm(act.k_rows, layer.k_norm, act.k_rows, eps)
+                self._attention_inputs(act, layer)
                 with scope("rope"):
                     kernels.rope(act.q_heads, pos0, layer.rope_theta, act.q_heads, True, layer.rope_freqs)
                     kernels.rope(act.k_heads, pos0, layer.rope_theta, act.k_heads, True, layer.rope_freqs)
@@ -246,22 +238,7 @@ class Gemma3:
                     kernels.kv_cache_store(act.k_heads, act.v_heads, k_cache, v_cache, pos0)
                 with scope("attention"):
                     kernels.attention(act.q_heads, k_cache, v_cache, pos0, act.att_heads, scale, layer.window)
-                with scope("matmul.attn_out"):
-                    kernels.linear(act.att, layer.wo, None, act.y)
-                with scope("norm"):
-                    kernels.rms_norm(act.y, layer.post_attn_norm, act.y, eps)
-                    np.add(act.x, act.y, out=act.x)
-                    kernels.rms_norm(act.x, layer.ffn_norm, act.xn, eps)
-                with scope("matmul.mlp_up"):
-                    kernels.linear(act.xn, layer.w_gate, None, act.gate)
-                    kernels.linear(act.xn, layer.w_up, None, act.up)
-                with scope("activation"):
-                    kernels.geglu(act.gate, act.up, act.hidden)
-                with scope("matmul.mlp_down"):
-                    kernels.linear(act.hidden, layer.w_down, None, act.y)
-                with scope("norm"):
-                    kernels.rms_norm(act.y, layer.post_ffn_norm, act.y, eps)
-                    np.add(act.x, act.y, out=act.x)
+                self._attention_output_and_mlp(act, layer)
             kv.length = pos0 + T
             out = act if all_logits else act.tail  # only the rows whose logits are wanted
             with scope("norm"):
@@ -288,15 +265,7 @@ class Gemma3:
                 kernels.embedding(tokens, self.token_embd, None, 0, act.x)
                 np.multiply(act.x, self.embed_scale, out=act.x)
             for i, layer in enumerate(self.layers):
-                with scope("norm"):
-                    kernels.rms_norm(act.x, layer.attn_norm, act.xn, eps)
-                with scope("matmul.qkv"):
-                    kernels.linear(act.xn, layer.wq, None, act.q)
-                    kernels.linear(act.xn, layer.wk, None, act.k)
-                    kernels.linear(act.xn, layer.wv, None, act.v)
-                with scope("norm"):
-                    kernels.rms_norm(act.q_rows, layer.q_norm, act.q_rows, eps)
-                    kernels.rms_norm(act.k_rows, layer.k_norm, act.k_rows, eps)
+                self._attention_inputs(act, layer)
                 for b in range(B):
                     row, kv, pos = rows[b], kvs[b], int(positions[b])
                     with scope("rope"):
@@ -307,22 +276,7 @@ class Gemma3:
                     with scope("attention"):
                         kernels.attention(row.q_heads, kv.k_layers[i], kv.v_layers[i], pos, row.att_heads, scale,
                                           layer.window)
-                with scope("matmul.attn_out"):
-                    kernels.linear(act.att, layer.wo, None, act.y)
-                with scope("norm"):
-                    kernels.rms_norm(act.y, layer.post_attn_norm, act.y, eps)
-                    np.add(act.x, act.y, out=act.x)
-                    kernels.rms_norm(act.x, layer.ffn_norm, act.xn, eps)
-                with scope("matmul.mlp_up"):
-                    kernels.linear(act.xn, layer.w_gate, None, act.gate)
-                    kernels.linear(act.xn, layer.w_up, None, act.up)
-                with scope("activation"):
-                    kernels.geglu(act.gate, act.up, act.hidden)
-                with scope("matmul.mlp_down"):
-                    kernels.linear(act.hidden, layer.w_down, None, act.y)
-                with scope("norm"):
-                    kernels.rms_norm(act.y, layer.post_ffn_norm, act.y, eps)
-                    np.add(act.x, act.y, out=act.x)
+                self._attention_output_and_mlp(act, layer)
             for kv, pos in zip(kvs, positions):
                 kv.length = int(pos) + 1
             with scope("norm"):
@@ -330,6 +284,39 @@ class Gemma3:
             with scope("matmul.lm_head"):
                 kernels.linear(act.xn, self.output, None, act.logits)
             return act.logits
+
+    def _attention_inputs(self, act, layer) -> None:
+        # act's rows: x -> q, k, v with their heads RMS-normed, before RoPE
+        eps = self.config.norm_eps
+        with scope("norm"):
+            kernels.rms_norm(act.x, layer.attn_norm, act.xn, eps)
+        with scope("matmul.qkv"):
+            kernels.linear(act.xn, layer.wq, None, act.q)
+            kernels.linear(act.xn, layer.wk, None, act.k)
+            kernels.linear(act.xn, layer.wv, None, act.v)
+        with scope("norm"):
+            kernels.rms_norm(act.q_rows, layer.q_norm, act.q_rows, eps)
+            kernels.rms_norm(act.k_rows, layer.k_norm, act.k_rows, eps)
+
+    def _attention_output_and_mlp(self, act, layer) -> None:
+        # act's rows: x += post_norm(wo(att)); x += post_norm(mlp(norm(x)))
+        eps = self.config.norm_eps
+        with scope("matmul.attn_out"):
+            kernels.linear(act.att, layer.wo, None, act.y)
+        with scope("norm"):
+            kernels.rms_norm(act.y, layer.post_attn_norm, act.y, eps)
+            np.add(act.x, act.y, out=act.x)
+            kernels.rms_norm(act.x, layer.ffn_norm, act.xn, eps)
+        with scope("matmul.mlp_up"):
+            kernels.linear(act.xn, layer.w_gate, None, act.gate)
+            kernels.linear(act.xn, layer.w_up, None, act.up)
+        with scope("activation"):
+            kernels.geglu(act.gate, act.up, act.hidden)
+        with scope("matmul.mlp_down"):
+            kernels.linear(act.hidden, layer.w_down, None, act.y)
+        with scope("norm"):
+            kernels.rms_norm(act.y, layer.post_ffn_norm, act.y, eps)
+            np.add(act.x, act.y, out=act.x)
 
 
 def from_gguf(f) -> Gemma3:

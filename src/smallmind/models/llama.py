@@ -213,16 +213,7 @@ class Llama:
             with scope("embedding"):
                 kernels.embedding(tokens, self.token_embd, None, 0, act.x)
             for layer, k_cache, v_cache in ws.layers:
-                with scope("norm"):
-                    kernels.rms_norm(act.x, layer.attn_norm, act.xn, eps)
-                with scope("matmul.qkv"):
-                    kernels.linear(act.xn, layer.wq, layer.bq, act.q)
-                    kernels.linear(act.xn, layer.wk, layer.bk, act.k)
-                    kernels.linear(act.xn, layer.wv, layer.bv, act.v)
-                if cfg.qk_norm:
-                    with scope("norm"):
-                        kernels.rms_norm(act.q_rows, layer.q_norm, act.q_rows, eps)
-                        kernels.rms_norm(act.k_rows, layer.k_norm, act.k_rows, eps)
+                self._attention_inputs(act, layer)
                 with scope("rope"):
                     kernels.rope(act.q_heads, pos0, theta, act.q_heads, neox, freqs)
                     kernels.rope(act.k_heads, pos0, theta, act.k_heads, neox, freqs)
@@ -230,17 +221,7 @@ class Llama:
                     kernels.kv_cache_store(act.k_heads, act.v_heads, k_cache, v_cache, pos0)
                 with scope("attention"):
                     kernels.attention(act.q_heads, k_cache, v_cache, pos0, act.att_heads, scale)
-                with scope("matmul.attn_out"):
-                    kernels.linear(act.att, layer.wo, None, act.x, accumulate=True)  # x += attn(x)
-                with scope("norm"):
-                    kernels.rms_norm(act.x, layer.ffn_norm, act.xn, eps)
-                with scope("matmul.mlp_up"):
-                    kernels.linear(act.xn, layer.w_gate, None, act.gate)
-                    kernels.linear(act.xn, layer.w_up, None, act.up)
-                with scope("activation"):
-                    kernels.swiglu(act.gate, act.up, act.hidden)
-                with scope("matmul.mlp_down"):
-                    kernels.linear(act.hidden, layer.w_down, None, act.x, accumulate=True)  # x += mlp(x)
+                self._attention_output_and_mlp(act, layer)
             kv.length = pos0 + T
             out = act if all_logits else act.tail  # only the rows whose logits are wanted
             with scope("norm"):
@@ -267,16 +248,7 @@ class Llama:
             with scope("embedding"):
                 kernels.embedding(tokens, self.token_embd, None, 0, act.x)
             for i, layer in enumerate(self.layers):
-                with scope("norm"):
-                    kernels.rms_norm(act.x, layer.attn_norm, act.xn, eps)
-                with scope("matmul.qkv"):
-                    kernels.linear(act.xn, layer.wq, layer.bq, act.q)
-                    kernels.linear(act.xn, layer.wk, layer.bk, act.k)
-                    kernels.linear(act.xn, layer.wv, layer.bv, act.v)
-                if cfg.qk_norm:
-                    with scope("norm"):
-                        kernels.rms_norm(act.q_rows, layer.q_norm, act.q_rows, eps)
-                        kernels.rms_norm(act.k_rows, layer.k_norm, act.k_rows, eps)
+                self._attention_inputs(act, layer)
                 for b in range(B):
                     row, kv, pos = rows[b], kvs[b], int(positions[b])
                     with scope("rope"):
@@ -286,17 +258,7 @@ class Llama:
                         kernels.kv_cache_store(row.k_heads, row.v_heads, kv.k_layers[i], kv.v_layers[i], pos)
                     with scope("attention"):
                         kernels.attention(row.q_heads, kv.k_layers[i], kv.v_layers[i], pos, row.att_heads, scale)
-                with scope("matmul.attn_out"):
-                    kernels.linear(act.att, layer.wo, None, act.x, accumulate=True)  # x += attn(x)
-                with scope("norm"):
-                    kernels.rms_norm(act.x, layer.ffn_norm, act.xn, eps)
-                with scope("matmul.mlp_up"):
-                    kernels.linear(act.xn, layer.w_gate, None, act.gate)
-                    kernels.linear(act.xn, layer.w_up, None, act.up)
-                with scope("activation"):
-                    kernels.swiglu(act.gate, act.up, act.hidden)
-                with scope("matmul.mlp_down"):
-                    kernels.linear(act.hidden, layer.w_down, None, act.x, accumulate=True)  # x += mlp(x)
+                self._attention_output_and_mlp(act, layer)
             for kv, pos in zip(kvs, positions):
                 kv.length = int(pos) + 1
             with scope("norm"):
@@ -304,6 +266,34 @@ class Llama:
             with scope("matmul.lm_head"):
                 kernels.linear(act.xn, self.output, None, act.logits)
             return act.logits
+
+    def _attention_inputs(self, act, layer) -> None:
+        # act's rows: x -> q, k, v (heads normed for qwen3), before RoPE
+        eps = self.config.norm_eps
+        with scope("norm"):
+            kernels.rms_norm(act.x, layer.attn_norm, act.xn, eps)
+        with scope("matmul.qkv"):
+            kernels.linear(act.xn, layer.wq, layer.bq, act.q)
+            kernels.linear(act.xn, layer.wk, layer.bk, act.k)
+            kernels.linear(act.xn, layer.wv, layer.bv, act.v)
+        if self.config.qk_norm:
+            with scope("norm"):
+                kernels.rms_norm(act.q_rows, layer.q_norm, act.q_rows, eps)
+                kernels.rms_norm(act.k_rows, layer.k_norm, act.k_rows, eps)
+
+    def _attention_output_and_mlp(self, act, layer) -> None:
+        # act's rows: x += wo(att); x += mlp(norm(x))
+        with scope("matmul.attn_out"):
+            kernels.linear(act.att, layer.wo, None, act.x, accumulate=True)
+        with scope("norm"):
+            kernels.rms_norm(act.x, layer.ffn_norm, act.xn, self.config.norm_eps)
+        with scope("matmul.mlp_up"):
+            kernels.linear(act.xn, layer.w_gate, None, act.gate)
+            kernels.linear(act.xn, layer.w_up, None, act.up)
+        with scope("activation"):
+            kernels.swiglu(act.gate, act.up, act.hidden)
+        with scope("matmul.mlp_down"):
+            kernels.linear(act.hidden, layer.w_down, None, act.x, accumulate=True)
 
 
 def from_gguf(f) -> Llama:
