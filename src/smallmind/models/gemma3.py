@@ -22,7 +22,7 @@ from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..scope import scope
 from .batch import batch_views, check_step
-from .gguf_family import WeightReader, check_config, check_kv_cache
+from .gguf_family import WeightReader, check_config, check_forward, check_kv_cache, step_views
 
 SWA_PATTERN = 6            # llama.cpp: set_swa_pattern(6) for gemma3
 SWA_ROPE_THETA = 10000.0   # llama.cpp: rope_freq_base_train_swa for gemma3
@@ -210,20 +210,8 @@ class Gemma3:
     def forward(self, ws: Workspace, kv, tokens: np.ndarray, pos0: int, all_logits: bool = False):
         # tokens (T,) int32 at positions pos0..pos0+T-1 -> logits (V,) of the last one, or (T,V)
         T = len(tokens)
-        if T == 1:
-            act = ws.step
-        elif 1 < T <= ws.max_tokens:
-            act = StepViews(ws, T)
-        else:
-            raise ContextLengthError(f"a forward takes 1..{ws.max_tokens} tokens with this workspace, not {T}")
-        if ws.config is not self.config:
-            raise SmallMindError("this workspace was made for another model")
-        if ws.kv is not kv:
-            check_kv_cache(kv, self.kv_spec)
-            ws.bind(kv, self.layers)
-        if not 0 <= pos0 <= kv.length or pos0 + T > kv.capacity:
-            raise ContextLengthError(f"positions {pos0}..{pos0 + T - 1} do not follow the {kv.length} cached "
-                                     f"positions within the cache's {kv.capacity}")
+        act = step_views(ws, T, StepViews)
+        check_forward(self, ws, kv, pos0, T)
         eps, scale = self.config.norm_eps, self.config.attn_scale
         with scope("decode" if T == 1 else "prefill"):
             with scope("embedding"):

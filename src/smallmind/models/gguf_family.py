@@ -4,7 +4,7 @@ reported), refusing bad metadata, and checking the KV cache it is handed.
 Each model file then says only which tensors and keys it wants.
 """
 
-from ..errors import GGUFError, SmallMindError
+from ..errors import ContextLengthError, GGUFError, SmallMindError
 
 
 class WeightReader:
@@ -52,3 +52,25 @@ def check_kv_cache(kv, spec) -> None:
     if kv.k.shape[0] != n_layers or kv.k.shape[1] != n_kv_heads or kv.k.shape[3] != head_dim:
         raise SmallMindError(f"the KV cache has shape {kv.k.shape}, but this model needs "
                              f"(layers, kv heads, positions, head dim) = ({n_layers}, {n_kv_heads}, *, {head_dim})")
+
+
+def step_views(ws, T: int, views):
+    # the workspace's views for a forward of T tokens: the decode set (T = 1) is made once
+    if T == 1:
+        return ws.step
+    if 1 < T <= ws.max_tokens:
+        return views(ws, T)
+    raise ContextLengthError(f"a forward takes 1..{ws.max_tokens} tokens with this workspace, not {T}")
+
+
+def check_forward(net, ws, kv, pos0: int, T: int) -> None:
+    """The workspace is this network's, the cache has its shape (bound to the workspace's layers
+    once per cache) and positions pos0..pos0+T-1 follow the cached ones within its capacity."""
+    if ws.config is not net.config:
+        raise SmallMindError("this workspace was made for another model")
+    if ws.kv is not kv:
+        check_kv_cache(kv, net.kv_spec)
+        ws.bind(kv, net.layers)
+    if not 0 <= pos0 <= kv.length or pos0 + T > kv.capacity:
+        raise ContextLengthError(f"positions {pos0}..{pos0 + T - 1} do not follow the {kv.length} cached "
+                                 f"positions within the cache's {kv.capacity}")
