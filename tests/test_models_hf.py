@@ -31,9 +31,11 @@ REAL = {
 TOLERANCE = {"F32": 1e-4, "F16": 5e-3, "Q8_0": 5e-2}
 
 
-def _run(net, ids):
+def _run(net, ids, kv_dtype=np.float32):
+    # the tiny models run with a float32 cache, so that only the recipe and float32 arithmetic
+    # are compared with transformers; the real files with the network's own (float16)
     n_layers, n_kv_heads, head_dim = net.kv_spec
-    kv = KVCache(n_layers, n_kv_heads, len(ids), head_dim)
+    kv = KVCache(n_layers, n_kv_heads, len(ids), head_dim, dtype=kv_dtype)
     return net.forward(net.workspace(len(ids)), kv, np.asarray(ids, np.int32), 0, all_logits=True).copy()
 
 
@@ -126,7 +128,7 @@ def test_real_model_top_logits_match_llama_cpp(name):
     with GGUFFile(REAL[name]) as f:
         net = family(f.architecture).from_gguf(f)
         for prompt in ref["prompts"]:
-            logits = _run(net, prompt["ids"])[-1]
+            logits = _run(net, prompt["ids"], net.kv_dtype)[-1]
             top_ids = [i for i, _ in prompt["top_logits"]]
             top_values = np.array([v for _, v in prompt["top_logits"]])
             assert int(logits.argmax()) in top_ids[:3], prompt["name"]
@@ -140,7 +142,8 @@ def test_real_model_argmax_agrees_with_llama_cpp_along_a_text(name):
     # such positions: its 8-bit activations and f16 attention make near-ties fall either way
     ref = _reference(name)["long_text"]
     with GGUFFile(REAL[name]) as f:
-        logits = _run(family(f.architecture).from_gguf(f), ref["ids"])
+        net = family(f.architecture).from_gguf(f)
+        logits = _run(net, ref["ids"], net.kv_dtype)
     agreement = (logits.argmax(-1) == np.array(ref["argmax"])).mean()
     assert agreement >= 0.9, f"{name}: argmax agrees with llama.cpp at {agreement:.1%} of positions"
 

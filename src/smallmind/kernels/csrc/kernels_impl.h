@@ -299,6 +299,99 @@ static void FN(attention_blocked)(const AttnArgs *a, long i0, long i1)
     }
 }
 
+#if defined(__F16C__) && defined(__FMA__)
+#include <immintrin.h>
+/* dot of float q with a half row (F16C widens 8 halves a load) */
+static inline float sm_dot_half(const float *q, const uint16_t *k, long D)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    long d = 0;
+    for (; d + 16 <= D; d += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d))), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d + 8))), s1);
+    }
+    for (; d + 8 <= D; d += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d))), s0);
+    s0 = _mm256_add_ps(s0, s1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float s = _mm_cvtss_f32(h);
+    for (; d < D; d++) s += q[d] * sm_f16_to_f32(k[d]);
+    return s;
+}
+
+/* acc += p * v for a half row v */
+static inline void sm_axpy_half(float *acc, float p, const uint16_t *v, long D)
+{
+    const __m256 pv = _mm256_set1_ps(p);
+    long d = 0;
+    for (; d + 8 <= D; d += 8)
+        _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(pv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + d))),
+                                                  _mm256_loadu_ps(acc + d)));
+    for (; d < D; d++) acc[d] += p * sm_f16_to_f32(v[d]);
+}
+#else
+static inline float sm_dot_half(const float *q, const uint16_t *k, long D)
+{
+    float s = 0.0f;
+    for (long d = 0; d < D; d++) s += q[d] * sm_f16_to_f32(k[d]);
+    return s;
+}
+
+static inline void sm_axpy_half(float *acc, float p, const uint16_t *v, long D)
+{
+    for (long d = 0; d < D; d++) acc[d] += p * sm_f16_to_f32(v[d]);
+}
+#endif
+
+/* Attention over a half (f16) cache as llama.cpp's CPU backend computes it without flash
+ * attention: KQ = mul_mat(K f16, Q) rounds Q to f16 and sums in f32; the softmax is exact
+ * (max first, sum of exp in double, times 1/sum); KQV = mul_mat(V f16, P) rounds the
+ * probabilities to f16. One (head, query) per i = h*T + t; the scores stay on the stack when
+ * the span fits SM_ATTN_SCORES, else each pass recomputes them. */
+static void FN(attention_half)(const AttnArgs *a, long i0, long i1)
+{
+    float sc[SM_ATTN_SCORES];
+    float qh[SM_ATTN_MAX_D];
+    float acc[SM_ATTN_MAX_D];
+    const long D = a->D;
+    const float scale = a->scale;
+    for (long i = i0; i < i1; i++) {
+        long h = i / a->T, t = i % a->T, kvh = h / a->group;
+        const float *q = a->q + t * a->qs_t + h * a->qs_h;
+        const uint16_t *kbase = a->kh + kvh * a->ks_h, *vbase = a->vh + kvh * a->vs_h;
+        long S = a->pos0 + t + 1;
+        long first = a->window > 0 && S > a->window ? S - a->window : 0;
+        long n = S - first;
+        int keep = n <= SM_ATTN_SCORES;
+        for (long d = 0; d < D; d++) qh[d] = sm_f16_to_f32(sm_f32_to_f16(q[d]));
+        float m = -INFINITY;
+        for (long j = 0; j < n; j++) {
+            float s = sm_dot_half(qh, kbase + (first + j) * a->ks_s, D) * scale;
+            if (keep) sc[j] = s;
+            m = s > m ? s : m;
+        }
+        double sum = 0.0;
+        for (long j = 0; j < n; j++) {
+            float s = keep ? sc[j] : sm_dot_half(qh, kbase + (first + j) * a->ks_s, D) * scale;
+            float e = sm_exp(s - m);
+            if (keep) sc[j] = e;
+            sum += (double)e;
+        }
+        float inv = (float)(1.0 / sum);
+        for (long d = 0; d < D; d++) acc[d] = 0.0f;
+        for (long j = 0; j < n; j++) {
+            float e = keep ? sc[j] : sm_exp(sm_dot_half(qh, kbase + (first + j) * a->ks_s, D) * scale - m);
+            float p = sm_f16_to_f32(sm_f32_to_f16(e * inv));
+            if (p != 0.0f) sm_axpy_half(acc, p, vbase + (first + j) * a->vs_s, D);
+        }
+        float *o = a->out + t * a->os_t + h * a->os_h;
+        for (long d = 0; d < D; d++) o[d] = acc[d];
+    }
+}
+
 /* rows r0..r1 of x, out (T,C); mean, rstd (T,) when given: two-pass mean and variance */
 static void FN(layer_norm_rows)(const NormArgs *a, long r0, long r1)
 {
@@ -321,17 +414,20 @@ static void FN(layer_norm_rows)(const NormArgs *a, long r0, long r1)
     }
 }
 
-/* rows r0..r1 of x, out (T,C): out = x / sqrt(mean(x^2) + eps) * w */
+/* rows r0..r1 of x, out (T,C): out = x / sqrt(mean(x^2) + eps) * w, as ggml computes it: the
+ * float squares summed in double, the mean rounded to float, then (x * rstd) * w in float.
+ * A last-bit difference here flips the 8-bit rounding of the next quantized product. */
 static void FN(rms_norm_rows)(const NormArgs *a, long r0, long r1)
 {
     const long C = a->C;
     for (long r = r0; r < r1; r++) {
         const float *x = a->x + r * a->xs;
         float *o = a->out + r * a->os;
-        float s = 0.0f;
+        double s = 0.0;
 #pragma omp simd reduction(+ : s)
-        for (long c = 0; c < C; c++) s += x[c] * x[c];
-        float rstd = 1.0f / sqrtf(s / (float)C + a->eps);
+        for (long c = 0; c < C; c++) s += (double)(x[c] * x[c]);
+        float mean = (float)(s / (double)C);
+        float rstd = 1.0f / sqrtf(mean + a->eps);
 #pragma omp simd
         for (long c = 0; c < C; c++) o[c] = x[c] * rstd * a->w[c];
     }
@@ -547,6 +643,7 @@ const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
     .linear_cols = FN(linear_cols),
     .attention = FN(attention),
     .attention_blocked = FN(attention_blocked),
+    .attention_half = FN(attention_half),
     .layer_norm_rows = FN(layer_norm_rows),
     .rms_norm_rows = FN(rms_norm_rows),
     .layer_norm_bwd_rows = FN(layer_norm_bwd_rows),
