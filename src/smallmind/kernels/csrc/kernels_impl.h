@@ -346,17 +346,55 @@ static inline void sm_axpy_half(float *acc, float p, const uint16_t *v, long D)
 }
 #endif
 
+/* x[j] = f16(x[j] * mul), back in float: ggml's rounding of the probabilities to f16 */
+static inline void sm_round_half(float *x, long n, float mul)
+{
+    long j = 0;
+#if defined(__F16C__)
+    const __m256 mv = _mm256_set1_ps(mul);
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(x + j, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(x + j), mv),
+                                                                _MM_FROUND_TO_NEAREST_INT)));
+#endif
+    for (; j < n; j++) x[j] = sm_f16_to_f32(sm_f32_to_f16(x[j] * mul));
+}
+
+/* sc[j] = scale * (q . k_{j0+j}) for n keys of a half cache; returns their max */
+static inline float sm_scores_half(float *sc, const float *q, const uint16_t *k, long ks, long j0, long n, long D,
+                                   float scale)
+{
+    float m = -INFINITY;
+    for (long j = 0; j < n; j++) {
+        float s = sm_dot_half(q, k + (j0 + j) * ks, D) * scale;
+        sc[j] = s;
+        m = s > m ? s : m;
+    }
+    return m;
+}
+
+/* sc[j] = exp(sc[j] - m) for n scores; returns their sum in double, as ggml's softmax */
+static inline double sm_exp_sum(float *sc, long n, float m)
+{
+#pragma omp simd
+    for (long j = 0; j < n; j++) sc[j] = sm_exp(sc[j] - m);
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (long j = 0; j < n; j++) sum += (double)sc[j];
+    return sum;
+}
+
 /* Attention over a half (f16) cache as llama.cpp's CPU backend computes it without flash
  * attention: KQ = mul_mat(K f16, Q) rounds Q to f16 and sums in f32; the softmax is exact
  * (max first, sum of exp in double, times 1/sum); KQV = mul_mat(V f16, P) rounds the
- * probabilities to f16. One (head, query) per i = h*T + t; the scores stay on the stack when
- * the span fits SM_ATTN_SCORES, else each pass recomputes them. */
+ * probabilities to f16. One (head, query) per i = h*T + t. The scores of up to
+ * SM_ATTN_SCORES keys stay on the stack; a longer span is taken in chunks of that many,
+ * recomputing each chunk's scores in the sum and output passes. */
 static void FN(attention_half)(const AttnArgs *a, long i0, long i1)
 {
     float sc[SM_ATTN_SCORES];
     float qh[SM_ATTN_MAX_D];
     float acc[SM_ATTN_MAX_D];
-    const long D = a->D;
+    const long D = a->D, CH = SM_ATTN_SCORES;
     const float scale = a->scale;
     for (long i = i0; i < i1; i++) {
         long h = i / a->T, t = i % a->T, kvh = h / a->group;
@@ -365,27 +403,34 @@ static void FN(attention_half)(const AttnArgs *a, long i0, long i1)
         long S = a->pos0 + t + 1;
         long first = a->window > 0 && S > a->window ? S - a->window : 0;
         long n = S - first;
-        int keep = n <= SM_ATTN_SCORES;
         for (long d = 0; d < D; d++) qh[d] = sm_f16_to_f32(sm_f32_to_f16(q[d]));
+        for (long d = 0; d < D; d++) acc[d] = 0.0f;
         float m = -INFINITY;
-        for (long j = 0; j < n; j++) {
-            float s = sm_dot_half(qh, kbase + (first + j) * a->ks_s, D) * scale;
-            if (keep) sc[j] = s;
-            m = s > m ? s : m;
+        for (long c0 = 0; c0 < n; c0 += CH) {
+            long cn = n - c0 < CH ? n - c0 : CH;
+            float cm = sm_scores_half(sc, qh, kbase, a->ks_s, first + c0, cn, D, scale);
+            m = cm > m ? cm : m;
         }
         double sum = 0.0;
-        for (long j = 0; j < n; j++) {
-            float s = keep ? sc[j] : sm_dot_half(qh, kbase + (first + j) * a->ks_s, D) * scale;
-            float e = sm_exp(s - m);
-            if (keep) sc[j] = e;
-            sum += (double)e;
+        if (n <= CH) {
+            sum = sm_exp_sum(sc, n, m);
+        } else {
+            for (long c0 = 0; c0 < n; c0 += CH) {
+                long cn = n - c0 < CH ? n - c0 : CH;
+                sm_scores_half(sc, qh, kbase, a->ks_s, first + c0, cn, D, scale);
+                sum += sm_exp_sum(sc, cn, m);
+            }
         }
         float inv = (float)(1.0 / sum);
-        for (long d = 0; d < D; d++) acc[d] = 0.0f;
-        for (long j = 0; j < n; j++) {
-            float e = keep ? sc[j] : sm_exp(sm_dot_half(qh, kbase + (first + j) * a->ks_s, D) * scale - m);
-            float p = sm_f16_to_f32(sm_f32_to_f16(e * inv));
-            if (p != 0.0f) sm_axpy_half(acc, p, vbase + (first + j) * a->vs_s, D);
+        for (long c0 = 0; c0 < n; c0 += CH) {
+            long cn = n - c0 < CH ? n - c0 : CH;
+            if (n > CH) {
+                sm_scores_half(sc, qh, kbase, a->ks_s, first + c0, cn, D, scale);
+                sm_exp_sum(sc, cn, m);
+            }
+            sm_round_half(sc, cn, inv);
+            for (long j = 0; j < cn; j++)
+                if (sc[j] != 0.0f) sm_axpy_half(acc, sc[j], vbase + (first + c0 + j) * a->vs_s, D);
         }
         float *o = a->out + t * a->os_t + h * a->os_h;
         for (long d = 0; d < D; d++) o[d] = acc[d];
