@@ -210,9 +210,11 @@ TEXT = ("The old lighthouse keeper climbed the spiral stairs every evening at du
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_model_agrees_with_llama_cpp(name):
-    # llama.cpp quantizes activations to 8 bits, keeps K/V in f16 and takes GELU from an f16
-    # table; run against itself with only the KV cache in f32 it agrees on 92-97% of these
-    # positions (max logit difference 1.7-2.9), which bounds what any other arithmetic can reach.
+    # llama.cpp quantizes activations to 8 bits, keeps K/V in f16 (as we do) and takes GELU
+    # from an f16 table; run against itself with only the KV cache in f32 it agrees on 92-97%
+    # of these positions (max logit difference 1.7-2.9): a last-bit change anywhere flips 8-bit
+    # roundings, so that bounds what any arithmetic not bit-identical can reach. Measured here:
+    # gemma3 0.930, smollm2 0.971 (max logit difference 2.4 and 1.3).
     llama_cpp = pytest.importorskip("llama_cpp")
     llm = llama_cpp.Llama(str(REAL[name]), n_ctx=512, logits_all=True, n_threads=2, verbose=False)
     toks = llm.tokenize(TEXT.encode(), add_bos=True)
@@ -223,7 +225,7 @@ def test_real_model_agrees_with_llama_cpp(name):
     agreement = (ours.argmax(-1) == ref.argmax(-1)).mean()
     print(f"{name}: {len(toks)} positions, argmax agreement {agreement:.3f}, "
           f"max |logit diff| {np.abs(ours - ref).max():.3f} (logits up to {np.abs(ref).max():.1f})")
-    assert agreement >= 0.9
+    assert agreement >= {"gemma3": 0.9, "smollm2": 0.95}[name]
     assert np.abs(ours - ref).max() < 0.1 * np.abs(ref).max()
 
 

@@ -350,7 +350,7 @@ static inline void sm_axpy_half(float *acc, float p, const uint16_t *v, long D)
 static inline void sm_round_half(float *x, long n, float mul)
 {
     long j = 0;
-#if defined(__F16C__)
+#if defined(__F16C__) && defined(__FMA__)
     const __m256 mv = _mm256_set1_ps(mul);
     for (; j + 8 <= n; j += 8)
         _mm256_storeu_ps(x + j, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(x + j), mv),
