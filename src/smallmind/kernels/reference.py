@@ -248,7 +248,7 @@ def _attention_half(q, k_cache, v_cache, pos0, out, scale, window):
     # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) float16. ggml's mul_mat with an f16 matrix
     # rounds the other operand to f16 and sums in f32: KQ = K16 . f16(q); the softmax is exact
     # in f32 with the sum of exponentials in double, times 1/sum; KQV = V16 . f16(probs).
-    T, H, D = q.shape
+    T, H = q.shape[:2]
     S = pos0 + T
     group = H // k_cache.shape[0]
     k = np.repeat(k_cache[:, :S].astype(np.float32), group, axis=0)  # (H,S,D)
