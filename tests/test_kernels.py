@@ -147,6 +147,89 @@ def test_attention_refuses_a_negative_window(rng):
         native.attention(q, k, k.copy(), 0, np.empty((1, 1, 4), np.float32), 1.0, -1)
 
 
+def _mostly_equal(got, expect, share=0.99):
+    # a half cache's attention rounds q and the probabilities to f16: where native and
+    # reference exponentials differ in the last bit a probability may round the other way
+    # (one f16 step), so nearly all values agree to float precision and the rest closely
+    exact = np.abs(got - expect) <= 1e-5 + 1e-5 * np.abs(expect)
+    assert exact.mean() >= share, f"only {exact.mean():.1%} agree to float precision"
+    close(got, expect, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("T,pos0,window", [(1, 0, 0), (1, 130, 0), (1, 40, 7), (7, 0, 0), (33, 10, 0),
+                                           (20, 5, 6), (130, 0, 64)])
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (6, 2)])
+@pytest.mark.parametrize("D", [8, 33, 64])
+def test_attention_over_a_half_cache_matches_reference(isa, rng, T, pos0, window, H, Hkv, D):
+    smax = pos0 + T + 3
+    q = view(rng, (T, 3, H, D))[:, 0]
+    k_cache = view(rng, (Hkv, smax, D), pad=2, dtype=np.float16)
+    v_cache = view(rng, (Hkv, smax, D), dtype=np.float16)
+    out, expect = view(rng, (T, H, D)), np.empty((T, H, D), np.float32)
+    ref.attention(q, k_cache, v_cache, pos0, expect, 0.3, window)
+    native.attention(q, k_cache, v_cache, pos0, out, 0.3, window)
+    _mostly_equal(out, expect)
+
+
+def test_half_cache_attention_rounds_q_and_probabilities_to_f16(rng):
+    # the reference, against llama.cpp's recipe written out: K16 . f16(q), exact softmax,
+    # f16(probabilities) . V16 (a float32 cache of the same values would skip both roundings)
+    q, k, v = view(rng, (3, 2, 16)), view(rng, (1, 9, 16), dtype=np.float16), view(rng, (1, 9, 16), dtype=np.float16)
+    got = np.empty((3, 2, 16), np.float32)
+    ref.attention(q, k, v, 6, got, 0.25)
+    qh = q.astype(np.float16).astype(np.float64)
+    for t in range(3):
+        for h in range(2):
+            s = (k[0, :7 + t].astype(np.float64) @ qh[t, h]).astype(np.float32) * np.float32(0.25)
+            e = np.exp(s - s.max())
+            p = (e * np.float32(1.0 / e.sum(dtype=np.float64))).astype(np.float16).astype(np.float64)
+            close(got[t, h], p @ v[0, :7 + t].astype(np.float64))
+    unrounded = np.empty_like(got)
+    ref.attention(q, k.astype(np.float32), v.astype(np.float32), 6, unrounded, 0.25)
+    assert np.abs(unrounded - got).max() > 1e-5  # the roundings are there to see
+
+
+def test_half_cache_attention_beyond_the_stacked_scores_matches_reference(isa, rng):
+    # a span longer than SM_ATTN_SCORES (8192): the native kernel recomputes scores per pass
+    pos0 = 8300
+    q = view(rng, (1, 2, 8))
+    k, v = view(rng, (1, pos0 + 1, 8), dtype=np.float16), view(rng, (1, pos0 + 1, 8), dtype=np.float16)
+    out, expect = np.empty((1, 2, 8), np.float32), np.empty((1, 2, 8), np.float32)
+    ref.attention(q, k, v, pos0, expect, 2.0)
+    native.attention(q, k, v, pos0, out, 2.0)
+    _mostly_equal(out, expect, share=0.9)
+
+
+def test_attention_refuses_caches_of_different_dtypes(rng):
+    q, k = view(rng, (1, 1, 4)), view(rng, (1, 3, 4))
+    with pytest.raises(KernelInputError, match="same dtype"):
+        native.attention(q, k, k.astype(np.float16), 0, np.empty((1, 1, 4), np.float32), 1.0, 0)
+    with pytest.raises(KernelInputError, match="float32 or float16"):
+        native.attention(q, k.astype(np.float64), k.astype(np.float64), 0, np.empty((1, 1, 4), np.float32), 1.0, 0)
+
+
+def test_kv_cache_store_rounds_to_nearest_even_half(rng):
+    # ties, subnormals, the largest half and overflow, infinities, NaN: as numpy's astype
+    tiny = 2.0 ** -24
+    special = np.array([1 + 2 ** -11, 1 + 3 * 2 ** -11, 65504, 65519.99, 65520, 1e6, -1e6, np.inf, -np.inf, 0.0,
+                        -0.0, tiny, tiny / 2, tiny * 0.5001, tiny * 1.5, tiny * 2.5, 2 ** -14 * (1 - 2 ** -11),
+                        2 ** -14, 1e-30, 3.14159, -2.71828, np.nan], np.float32)
+    values = np.concatenate([special, (rng.standard_normal(1024 - special.size) * 10).astype(np.float32)])
+    k = values.reshape(16, 2, 32)
+    caches = [np.zeros((2, 20, 32), np.float16) for _ in range(2)]
+    native.kv_cache_store(k, -k, *caches, 3)
+    with np.errstate(over="ignore"):
+        expect = k.transpose(1, 0, 2).astype(np.float16)
+    nan = np.isnan(expect)
+    np.testing.assert_array_equal(caches[0][:, 3:19].view(np.uint16)[~nan], expect.view(np.uint16)[~nan])
+    np.testing.assert_array_equal(caches[1][:, 3:19].view(np.uint16)[~nan], (-expect).view(np.uint16)[~nan])
+    assert np.isnan(caches[0][:, 3:19][nan]).all()
+    assert not caches[0][:, :3].any() and not caches[0][:, 19:].any()
+    twin = [np.zeros((2, 20, 32), np.float16) for _ in range(2)]
+    ref.kv_cache_store(k, -k, *twin, 3)
+    np.testing.assert_array_equal(twin[0][:, 3:19].view(np.uint16)[~nan], expect.view(np.uint16)[~nan])
+
+
 @pytest.mark.parametrize("T,Hkv,D,pos0", [(1, 3, 8, 0), (5, 2, 33, 7)])
 def test_kv_cache_store_matches_reference(rng, T, Hkv, D, pos0):
     k, v = view(rng, (T, Hkv, D)), view(rng, (T, Hkv, D), pad=2)
@@ -206,7 +289,8 @@ def test_rms_norm_matches_reference(isa, rng, T, C):
     expect = np.empty_like(out)
     ref.rms_norm(x, w, expect, 1e-6)
     native.rms_norm(x, w, out, 1e-6)
-    close(out, expect)
+    # both sum the squares in double and round the mean to float, as ggml does: equal bits
+    np.testing.assert_array_equal(out, expect)
 
 
 UNARY = ["gelu", "silu"]

@@ -12,7 +12,7 @@ from model_files import gemma3_path, smollm2_path
 from smallmind.errors import ContextLengthError, GGUFError, SmallMindError
 from smallmind.formats.gguf import GGUFFile
 from smallmind.models import FAMILIES, family
-from smallmind.runtime.kv_cache import KVCache
+from smallmind.runtime.kv_cache import KVCache, kv_dtype
 
 ARCHS = list(SIZES)
 GEMMA = gemma3_path()
@@ -26,8 +26,9 @@ def load(path):
 
 
 def cache(net, max_len=32):
+    # in the dtype the network runs with (float16 for the GGUF families)
     n_layers, n_kv_heads, head_dim = net.kv_spec
-    return KVCache(n_layers, n_kv_heads, max_len, head_dim)
+    return KVCache(n_layers, n_kv_heads, max_len, head_dim, dtype=kv_dtype(net))
 
 
 def tokens(n, vocab, seed=0):
@@ -208,9 +209,11 @@ TEXT = ("The old lighthouse keeper climbed the spiral stairs every evening at du
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_model_agrees_with_llama_cpp(name):
-    # llama.cpp quantizes activations to 8 bits, keeps K/V in f16 and takes GELU from an f16
-    # table; run against itself with only the KV cache in f32 it agrees on 92-97% of these
-    # positions (max logit difference 1.7-2.9), which bounds what any other arithmetic can reach.
+    # llama.cpp quantizes activations to 8 bits, keeps K/V in f16 (as we do) and takes GELU
+    # from an f16 table; run against itself with only the KV cache in f32 it agrees on 92-97%
+    # of these positions (max logit difference 1.7-2.9): a last-bit change anywhere flips 8-bit
+    # roundings, so that bounds what any arithmetic not bit-identical can reach. Measured here:
+    # gemma3 0.930, smollm2 0.971 (max logit difference 2.4 and 1.3).
     llama_cpp = pytest.importorskip("llama_cpp")
     llm = llama_cpp.Llama(str(REAL[name]), n_ctx=512, logits_all=True, n_threads=2, verbose=False)
     toks = llm.tokenize(TEXT.encode(), add_bos=True)
@@ -221,7 +224,7 @@ def test_real_model_agrees_with_llama_cpp(name):
     agreement = (ours.argmax(-1) == ref.argmax(-1)).mean()
     print(f"{name}: {len(toks)} positions, argmax agreement {agreement:.3f}, "
           f"max |logit diff| {np.abs(ours - ref).max():.3f} (logits up to {np.abs(ref).max():.1f})")
-    assert agreement >= 0.9
+    assert agreement >= {"gemma3": 0.9, "smollm2": 0.95}[name]
     assert np.abs(ours - ref).max() < 0.1 * np.abs(ref).max()
 
 
@@ -279,7 +282,9 @@ def test_gemma3_matches_transformers_on_the_dequantized_weights():
     toks = tokens(40, 20000, seed=11)
     with torch.no_grad():
         expect = model(torch.from_numpy(toks.astype(np.int64))[None]).logits[0].numpy()
-    got = full_logits_in(float_net, toks)
+    n_layers, n_kv_heads, head_dim = float_net.kv_spec  # float32 K/V: float arithmetic on both sides
+    kv = KVCache(n_layers, n_kv_heads, len(toks), head_dim)
+    got = float_net.forward(float_net.workspace(len(toks)), kv, toks, 0, all_logits=True)
     np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-3)
 
 

@@ -31,9 +31,11 @@ REAL = {
 TOLERANCE = {"F32": 1e-4, "F16": 5e-3, "Q8_0": 5e-2}
 
 
-def _run(net, ids):
+def _run(net, ids, kv_dtype=np.float32):
+    # the tiny models run with a float32 cache, so that only the recipe and float32 arithmetic
+    # are compared with transformers; the real files with the network's own (float16)
     n_layers, n_kv_heads, head_dim = net.kv_spec
-    kv = KVCache(n_layers, n_kv_heads, len(ids), head_dim)
+    kv = KVCache(n_layers, n_kv_heads, len(ids), head_dim, dtype=kv_dtype)
     return net.forward(net.workspace(len(ids)), kv, np.asarray(ids, np.int32), 0, all_logits=True).copy()
 
 
@@ -126,7 +128,7 @@ def test_real_model_top_logits_match_llama_cpp(name):
     with GGUFFile(REAL[name]) as f:
         net = family(f.architecture).from_gguf(f)
         for prompt in ref["prompts"]:
-            logits = _run(net, prompt["ids"])[-1]
+            logits = _run(net, prompt["ids"], net.kv_dtype)[-1]
             top_ids = [i for i, _ in prompt["top_logits"]]
             top_values = np.array([v for _, v in prompt["top_logits"]])
             assert int(logits.argmax()) in top_ids[:3], prompt["name"]
@@ -134,15 +136,24 @@ def test_real_model_top_logits_match_llama_cpp(name):
             np.testing.assert_allclose(logits[top_ids], top_values, atol=1.5, err_msg=prompt["name"])
 
 
+# Argmax agreement along the long text that each file reaches at least. The floor is chaos, not
+# a recipe difference: a last-bit change in any float sum flips some 8-bit activation roundings,
+# and the flips grow through the layers. llama.cpp against itself with only its KV cache in f32
+# agrees on 92-97% of such positions, and so do our own AVX2 and generic builds (95.1% on
+# gemma3, 96.8% on smollm2), whose quantized products sum their blocks in another order. With
+# llama.cpp's f16 cache, attention and RMSNorm arithmetic we measure 92.1-93.4% (gemma3) and
+# 96.2-97.3% (smollm2) over the generic, AVX2 and NumPy paths (tests/reference/agreement.py).
+ARGMAX_AGREEMENT = {"gemma3": 0.9, "smollm2": 0.95}
+
+
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_model_argmax_agrees_with_llama_cpp_along_a_text(name):
-    # llama.cpp run against itself with only its KV cache switched to f32 agrees on 92-97% of
-    # such positions: its 8-bit activations and f16 attention make near-ties fall either way
     ref = _reference(name)["long_text"]
     with GGUFFile(REAL[name]) as f:
-        logits = _run(family(f.architecture).from_gguf(f), ref["ids"])
+        net = family(f.architecture).from_gguf(f)
+        logits = _run(net, ref["ids"], net.kv_dtype)
     agreement = (logits.argmax(-1) == np.array(ref["argmax"])).mean()
-    assert agreement >= 0.9, f"{name}: argmax agrees with llama.cpp at {agreement:.1%} of positions"
+    assert agreement >= ARGMAX_AGREEMENT[name], f"{name}: argmax agrees with llama.cpp at {agreement:.1%} of positions"
 
 
 @pytest.mark.slow

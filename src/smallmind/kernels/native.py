@@ -142,12 +142,13 @@ def rope(x, pos0, theta, out, neox=False, freq_factors=None):
 
 
 def kv_cache_store(k, v, k_cache, v_cache, pos0):
-    # k, v (T,Hkv,D); k_cache, v_cache (Hkv,S_max,D): cache[:, pos0+t] = k[t]
+    # k, v (T,Hkv,D); k_cache, v_cache (Hkv,S_max,D) float32 or float16: cache[:, pos0+t] = k[t]
     _kv_cache_store(k, v, k_cache, v_cache, pos0)
 
 
 def attention(q, k_cache, v_cache, pos0, out, scale, window=0):
     # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) holding positions 0..pos0+T-1; window 0: none
+    # a float16 cache: llama.cpp's arithmetic (reference._attention_half)
     return _attention(q, k_cache, v_cache, pos0, out, scale, window)
 
 

@@ -110,8 +110,10 @@ def layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias):
 
 def rms_norm(x, weight, out, eps=1e-6):
     # x (T,C), weight (C,), out (T,C): out = x / sqrt(mean(x^2) + eps) * weight
+    # as ggml: float squares summed in double, the mean rounded to float, (x * r) * weight
     _apart({"x": x, "weight": weight, "out": out}, ("out",), {"out": ("x",)})
-    r = 1.0 / np.sqrt((x * x).mean(axis=-1) + eps)
+    mean = ((x * x).sum(axis=-1, dtype=np.float64) / x.shape[-1]).astype(np.float32)
+    r = np.float32(1.0) / np.sqrt(mean + np.float32(eps))
     out[...] = x * r[:, None] * weight
     return out
 
@@ -207,20 +209,25 @@ def rope(x, pos0, theta, out, neox=False, freq_factors=None):
 
 
 def kv_cache_store(k, v, k_cache, v_cache, pos0):
-    # k, v (T,Hkv,D); k_cache, v_cache (Hkv,S_max,D): cache[:, pos0+t] = k[t]
+    # k, v (T,Hkv,D); k_cache, v_cache (Hkv,S_max,D) float32 or float16: cache[:, pos0+t] = k[t]
+    # (a float16 cache holds k rounded to nearest even)
     _apart({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache}, ("k_cache", "v_cache"))
     T = k.shape[0]
     if pos0 + T > k_cache.shape[1]:
         raise IndexError("KV cache is full")
-    k_cache[:, pos0:pos0 + T] = k.transpose(1, 0, 2)
-    v_cache[:, pos0:pos0 + T] = v.transpose(1, 0, 2)
+    with np.errstate(over="ignore"):  # beyond the largest half is inf, as ggml's conversion gives
+        k_cache[:, pos0:pos0 + T] = k.transpose(1, 0, 2)
+        v_cache[:, pos0:pos0 + T] = v.transpose(1, 0, 2)
 
 
 def attention(q, k_cache, v_cache, pos0, out, scale, window=0):
     # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) holding positions 0..pos0+T-1.
     # Causal: query t (at position p = pos0+t) attends keys j <= p, and with a sliding window
     # (window > 0) only those with p - j < window. H is a multiple of Hkv (GQA).
+    # A float16 cache is attended as llama.cpp's CPU backend does (attention_half).
     _apart({"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out}, ("out",))
+    if k_cache.dtype == np.float16:
+        return _attention_half(q, k_cache, v_cache, pos0, out, scale, window)
     T, H, D = q.shape
     Hkv = k_cache.shape[0]
     S = pos0 + T
@@ -233,6 +240,27 @@ def attention(q, k_cache, v_cache, pos0, out, scale, window=0):
     s = np.where(allowed, scores * scale, -np.inf)
     e = np.where(allowed, np.exp(s - s.max(axis=-1, keepdims=True)), 0.0)
     probs = e / e.sum(axis=-1, keepdims=True)
+    out[...] = np.einsum("hts,hsd->thd", probs, v)
+    return out
+
+
+def _attention_half(q, k_cache, v_cache, pos0, out, scale, window):
+    # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) float16. ggml's mul_mat with an f16 matrix
+    # rounds the other operand to f16 and sums in f32: KQ = K16 . f16(q); the softmax is exact
+    # in f32 with the sum of exponentials in double, times 1/sum; KQV = V16 . f16(probs).
+    T, H = q.shape[:2]
+    S = pos0 + T
+    group = H // k_cache.shape[0]
+    k = np.repeat(k_cache[:, :S].astype(np.float32), group, axis=0)  # (H,S,D)
+    v = np.repeat(v_cache[:, :S].astype(np.float32), group, axis=0)
+    qh = q.astype(np.float16).astype(np.float32)
+    scores = np.einsum("thd,hsd->hts", qh, k) * np.float32(scale)
+    p, j = pos0 + np.arange(T)[:, None], np.arange(S)[None, :]
+    allowed = (j <= p) & ((window <= 0) | (p - j < window))
+    s = np.where(allowed, scores, np.float32(-np.inf))
+    e = np.where(allowed, np.exp(s - s.max(axis=-1, keepdims=True)), np.float32(0.0))
+    inv = (1.0 / e.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    probs = (e * inv).astype(np.float16).astype(np.float32)
     out[...] = np.einsum("hts,hsd->thd", probs, v)
     return out
 

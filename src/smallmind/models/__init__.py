@@ -7,6 +7,11 @@ nothing else assumes more of:
                       n_layers, d_model, and whatever else the family needs
     net.kv_spec       (n_layers, n_kv_heads, head_dim): what runtime.kv_cache.KVCache allocates
                       (the runtime owns the cache and hands it to every forward)
+    net.kv_dtype      np.float16 or np.float32 (optional, default float32): the dtype the runtime
+                      allocates the KV cache in. The GGUF families take float16, llama.cpp's
+                      default: K/V rounded to IEEE half, and attention over a half cache computed
+                      as ggml does (kernels.attention); the trainable GPT keeps float32. A
+                      forward accepts a cache of either dtype
     net.workspace(max_tokens) -> ws
                       every activation buffer of a forward of up to max_tokens tokens, made once
                       per session, so that a decode step allocates nothing

@@ -180,6 +180,7 @@ class Gemma3:
     def __init__(self, config: Gemma3Config, layers, token_embd, output_norm, output, weights):
         self.config = config
         self.kv_spec = (config.n_layers, config.n_kv_heads, config.head_dim)
+        self.kv_dtype = np.float16  # K/V as llama.cpp stores them by default (IEEE half)
         self.layers = tuple(layers)
         self.token_embd = token_embd
         self.embed_scale = np.float32(np.sqrt(np.float32(config.d_model)))

@@ -398,6 +398,7 @@ class GPT:
         self.params = params
         self.config = params.cfg
         self.kv_spec = (params.cfg.n_layers, params.cfg.n_heads, params.cfg.head_dim)
+        self.kv_dtype = np.float32  # the cache PyTorch's results are matched with
 
     def workspace(self, max_tokens: int) -> Workspace:
         return Workspace(self.config, max_tokens)

@@ -127,6 +127,7 @@ class GPT2:
                  output, weights):
         self.config = config
         self.kv_spec = (config.n_layers, config.n_heads, config.head_dim)
+        self.kv_dtype = np.float16  # K/V as llama.cpp stores them by default (IEEE half)
         self.layers = tuple(layers)
         self.token_embd = token_embd
         self.position_embd = position_embd

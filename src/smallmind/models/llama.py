@@ -163,6 +163,7 @@ class Llama:
     def __init__(self, config: LlamaConfig, layers, token_embd, output_norm, output, rope_freqs, weights):
         self.config = config
         self.kv_spec = (config.n_layers, config.n_kv_heads, config.head_dim)
+        self.kv_dtype = np.float16  # K/V as llama.cpp stores them by default (IEEE half)
         self.layers = tuple(layers)
         self.token_embd = token_embd
         self.output_norm = output_norm

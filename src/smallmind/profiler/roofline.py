@@ -31,6 +31,8 @@ is attainable / measured time (equal to achieved GFLOPS / min(peak, intensity * 
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..models.gpt import GPTConfig, param_shapes
 
 F32 = 4
@@ -245,6 +247,7 @@ class NetworkCost:
         self.vocab_size = getattr(cfg, "vocab_size", None)
         self.n_heads = getattr(cfg, "n_heads", None)
         _, self.n_kv_heads, self.head_dim = net.kv_spec
+        self.kv_bytes = np.dtype(getattr(net, "kv_dtype", np.float32)).itemsize  # per cached K or V value
         is_gpt = isinstance(cfg, GPTConfig)
         # the GPT's embedding adds a position row; other families' tables (quantized, with or
         # without positions) are not described by their configs
@@ -288,10 +291,10 @@ class NetworkCost:
         if name == "norm" and C:
             return 8.0 * n * C, (2 * n * C + 2 * C) * F32
         if name == "kv_cache":
-            return 0.0, 4 * n * Hkv * D * F32
+            return 0.0, 2 * n * Hkv * D * (F32 + self.kv_bytes)  # read k, v; write them cached
         if name == "attention" and H:
             flops = w.pairs * H * (4.0 * D + 5.0)
-            return flops, (2 * n * H * D + 2 * w.kv_rows * Hkv * D) * F32
+            return flops, 2 * n * H * D * F32 + 2 * w.kv_rows * Hkv * D * self.kv_bytes
         return None
 
     def scope_cost(self, path: str, calls: int, forwards: int, workloads: dict):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import SmallMindError
 from ..memory import require
-from .kv_cache import KVCache
+from .kv_cache import KVCache, kv_dtype
 from .session import Session
 
 
@@ -28,11 +28,12 @@ class KVPool:
         if slots < 1:
             raise SmallMindError(f"a KV pool needs at least one slot, not {slots}")
         shape = (slots, n_layers, n_kv_heads, ctx, head_dim)
-        require(2 * 4 * math.prod(shape), f"a KV pool of {slots} slots x {ctx} positions")
-        self.k = np.zeros(shape, np.float32)
-        self.v = np.zeros(shape, np.float32)
+        dtype = kv_dtype(net)
+        require(2 * dtype.itemsize * math.prod(shape), f"a KV pool of {slots} slots x {ctx} positions")
+        self.k = np.zeros(shape, dtype)
+        self.v = np.zeros(shape, dtype)
         self.sessions = tuple(
-            Session(net, ctx, kv=KVCache(n_layers, n_kv_heads, ctx, head_dim, k=self.k[i], v=self.v[i]),
+            Session(net, ctx, kv=KVCache(n_layers, n_kv_heads, ctx, head_dim, k=self.k[i], v=self.v[i], dtype=dtype),
                     ws=workspace)
             for i in range(slots))
         self.busy = [False] * slots

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SmallMindError
+from .kv_cache import kv_dtype
 from .session import DEFAULT_PREFILL_CHUNK
 
 
@@ -40,7 +41,7 @@ def describe(path, ctx: int | None = None) -> dict:
         raise SmallMindError(f"--ctx {ctx} exceeds the model's context of {cfg.context_length}")
     types, weights_bytes, parameters = _tensor_types(net)
     n_layers, n_kv_heads, head_dim = net.kv_spec
-    kv_bytes = 2 * n_layers * n_kv_heads * ctx * head_dim * 4
+    kv_bytes = 2 * n_layers * n_kv_heads * ctx * head_dim * kv_dtype(net).itemsize
     ws_bytes = _owned_bytes(net.workspace(min(DEFAULT_PREFILL_CHUNK, ctx)))
     return {
         "name": name,

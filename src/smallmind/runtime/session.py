@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ContextLengthError, SmallMindError
 from ..scope import scope
-from .kv_cache import KVCache
+from .kv_cache import KVCache, kv_dtype
 
 DEFAULT_PREFILL_CHUNK = 512
 # all_logits runs forwards of at most this many rows: a (rows, vocab) block of a 262k vocabulary
@@ -38,7 +38,7 @@ class Session:
             raise ContextLengthError(f"the context must be 1..{limit} positions (the model's), got {ctx!r}")
         n_layers, n_kv_heads, head_dim = net.kv_spec
         self.net = net
-        self.kv = KVCache(n_layers, n_kv_heads, int(ctx), head_dim) if kv is None else kv
+        self.kv = KVCache(n_layers, n_kv_heads, int(ctx), head_dim, dtype=kv_dtype(net)) if kv is None else kv
         if self.kv.capacity != ctx:
             raise ContextLengthError(f"the KV cache holds {self.kv.capacity} positions, not the context's {ctx}")
         self.ws = net.workspace(max(1, min(prefill_chunk, int(ctx)))) if ws is None else ws

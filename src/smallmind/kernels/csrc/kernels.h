@@ -9,6 +9,47 @@
 #define SM_ATTN_TILE 64
 #define SM_ATTN_QBLOCK 16     /* queries sharing one transposed key tile in prefill */
 #define SM_ATTN_BLOCKED_MAX_D 128
+#define SM_ATTN_SCORES 8192   /* f16-cache attention keeps this many scores on the stack; longer
+                                 spans recompute them per pass instead */
+
+#include <stdint.h>
+#include <string.h>
+
+/* IEEE half <-> float, round to nearest even (what F16C and numpy's astype do), NaN kept */
+static inline uint16_t sm_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds past the largest half */
+    if (ax < 0x38800000u) { /* below the smallest normal half: a subnormal or zero */
+        if (ax < 0x33000000u) return (uint16_t)sign;            /* below half the smallest subnormal */
+        uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(ax >> 23); /* 14..24: the subnormal's bits are m >> shift */
+        uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+        h += rem > halfway || (rem == halfway && (h & 1u));
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((ax >> 13) - (112u << 10)), rem = ax & 0x1fffu;
+    h += rem > 0x1000u || (rem == 0x1000u && (h & 1u));
+    return (uint16_t)(sign | h);
+}
+
+static inline float sm_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    if (e == 0x1fu) x = sign | 0x7f800000u | (m << 13);
+    else if (e) x = sign | ((e + 112u) << 23) | (m << 13);
+    else {
+        float f = (float)m * 5.9604644775390625e-8f; /* m * 2^-24 is exact */
+        memcpy(&x, &f, 4);
+        x |= sign;
+    }
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
 
 typedef struct {
     const float *x, *w, *b;
@@ -24,6 +65,7 @@ typedef struct {
     long qs_t, qs_h, ks_h, ks_s, vs_h, vs_s, os_t, os_h;
     float scale;
     long window;  /* > 0: query at position p sees keys j with p - j < window (sliding window) */
+    const uint16_t *kh, *vh;  /* the cache as IEEE half (kc, vc unused), for attention_half */
 } AttnArgs;
 
 /* layer_norm / rms_norm over rows of C features */
@@ -80,6 +122,7 @@ typedef struct {
     void (*linear_cols)(const LinearArgs *, long n0, long n1);
     void (*attention)(const AttnArgs *, long i0, long i1);
     void (*attention_blocked)(const AttnArgs *, long i0, long i1);
+    void (*attention_half)(const AttnArgs *, long i0, long i1);
     void (*layer_norm_rows)(const NormArgs *, long r0, long r1);
     void (*rms_norm_rows)(const NormArgs *, long r0, long r1);
     void (*layer_norm_bwd_rows)(const NormBwdArgs *, long r0, long r1);

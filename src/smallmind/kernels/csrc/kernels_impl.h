@@ -299,6 +299,144 @@ static void FN(attention_blocked)(const AttnArgs *a, long i0, long i1)
     }
 }
 
+#if defined(__F16C__) && defined(__FMA__)
+#include <immintrin.h>
+/* dot of float q with a half row (F16C widens 8 halves a load) */
+static inline float sm_dot_half(const float *q, const uint16_t *k, long D)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    long d = 0;
+    for (; d + 16 <= D; d += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d))), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d + 8))), s1);
+    }
+    for (; d + 8 <= D; d += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d))), s0);
+    s0 = _mm256_add_ps(s0, s1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float s = _mm_cvtss_f32(h);
+    for (; d < D; d++) s += q[d] * sm_f16_to_f32(k[d]);
+    return s;
+}
+
+/* acc += p * v for a half row v */
+static inline void sm_axpy_half(float *acc, float p, const uint16_t *v, long D)
+{
+    const __m256 pv = _mm256_set1_ps(p);
+    long d = 0;
+    for (; d + 8 <= D; d += 8)
+        _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(pv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + d))),
+                                                  _mm256_loadu_ps(acc + d)));
+    for (; d < D; d++) acc[d] += p * sm_f16_to_f32(v[d]);
+}
+#else
+static inline float sm_dot_half(const float *q, const uint16_t *k, long D)
+{
+    float s = 0.0f;
+    for (long d = 0; d < D; d++) s += q[d] * sm_f16_to_f32(k[d]);
+    return s;
+}
+
+static inline void sm_axpy_half(float *acc, float p, const uint16_t *v, long D)
+{
+    for (long d = 0; d < D; d++) acc[d] += p * sm_f16_to_f32(v[d]);
+}
+#endif
+
+/* x[j] = f16(x[j] * mul), back in float: ggml's rounding of the probabilities to f16 */
+static inline void sm_round_half(float *x, long n, float mul)
+{
+    long j = 0;
+#if defined(__F16C__) && defined(__FMA__)
+    const __m256 mv = _mm256_set1_ps(mul);
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(x + j, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(x + j), mv),
+                                                                _MM_FROUND_TO_NEAREST_INT)));
+#endif
+    for (; j < n; j++) x[j] = sm_f16_to_f32(sm_f32_to_f16(x[j] * mul));
+}
+
+/* sc[j] = scale * (q . k_{j0+j}) for n keys of a half cache; returns their max */
+static inline float sm_scores_half(float *sc, const float *q, const uint16_t *k, long ks, long j0, long n, long D,
+                                   float scale)
+{
+    float m = -INFINITY;
+    for (long j = 0; j < n; j++) {
+        float s = sm_dot_half(q, k + (j0 + j) * ks, D) * scale;
+        sc[j] = s;
+        m = s > m ? s : m;
+    }
+    return m;
+}
+
+/* sc[j] = exp(sc[j] - m) for n scores; returns their sum in double, as ggml's softmax */
+static inline double sm_exp_sum(float *sc, long n, float m)
+{
+#pragma omp simd
+    for (long j = 0; j < n; j++) sc[j] = sm_exp(sc[j] - m);
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (long j = 0; j < n; j++) sum += (double)sc[j];
+    return sum;
+}
+
+/* Attention over a half (f16) cache as llama.cpp's CPU backend computes it without flash
+ * attention: KQ = mul_mat(K f16, Q) rounds Q to f16 and sums in f32; the softmax is exact
+ * (max first, sum of exp in double, times 1/sum); KQV = mul_mat(V f16, P) rounds the
+ * probabilities to f16. One (head, query) per i = h*T + t. The scores of up to
+ * SM_ATTN_SCORES keys stay on the stack; a longer span is taken in chunks of that many,
+ * recomputing each chunk's scores in the sum and output passes. */
+static void FN(attention_half)(const AttnArgs *a, long i0, long i1)
+{
+    float sc[SM_ATTN_SCORES];
+    float qh[SM_ATTN_MAX_D];
+    float acc[SM_ATTN_MAX_D];
+    const long D = a->D, CH = SM_ATTN_SCORES;
+    const float scale = a->scale;
+    for (long i = i0; i < i1; i++) {
+        long h = i / a->T, t = i % a->T, kvh = h / a->group;
+        const float *q = a->q + t * a->qs_t + h * a->qs_h;
+        const uint16_t *kbase = a->kh + kvh * a->ks_h, *vbase = a->vh + kvh * a->vs_h;
+        long S = a->pos0 + t + 1;
+        long first = a->window > 0 && S > a->window ? S - a->window : 0;
+        long n = S - first;
+        for (long d = 0; d < D; d++) qh[d] = sm_f16_to_f32(sm_f32_to_f16(q[d]));
+        for (long d = 0; d < D; d++) acc[d] = 0.0f;
+        float m = -INFINITY;
+        for (long c0 = 0; c0 < n; c0 += CH) {
+            long cn = n - c0 < CH ? n - c0 : CH;
+            float cm = sm_scores_half(sc, qh, kbase, a->ks_s, first + c0, cn, D, scale);
+            m = cm > m ? cm : m;
+        }
+        double sum = 0.0;
+        if (n <= CH) {
+            sum = sm_exp_sum(sc, n, m);
+        } else {
+            for (long c0 = 0; c0 < n; c0 += CH) {
+                long cn = n - c0 < CH ? n - c0 : CH;
+                sm_scores_half(sc, qh, kbase, a->ks_s, first + c0, cn, D, scale);
+                sum += sm_exp_sum(sc, cn, m);
+            }
+        }
+        float inv = (float)(1.0 / sum);
+        for (long c0 = 0; c0 < n; c0 += CH) {
+            long cn = n - c0 < CH ? n - c0 : CH;
+            if (n > CH) {
+                sm_scores_half(sc, qh, kbase, a->ks_s, first + c0, cn, D, scale);
+                sm_exp_sum(sc, cn, m);
+            }
+            sm_round_half(sc, cn, inv);
+            for (long j = 0; j < cn; j++)
+                if (sc[j] != 0.0f) sm_axpy_half(acc, sc[j], vbase + (first + c0 + j) * a->vs_s, D);
+        }
+        float *o = a->out + t * a->os_t + h * a->os_h;
+        for (long d = 0; d < D; d++) o[d] = acc[d];
+    }
+}
+
 /* rows r0..r1 of x, out (T,C); mean, rstd (T,) when given: two-pass mean and variance */
 static void FN(layer_norm_rows)(const NormArgs *a, long r0, long r1)
 {
@@ -321,17 +459,20 @@ static void FN(layer_norm_rows)(const NormArgs *a, long r0, long r1)
     }
 }
 
-/* rows r0..r1 of x, out (T,C): out = x / sqrt(mean(x^2) + eps) * w */
+/* rows r0..r1 of x, out (T,C): out = x / sqrt(mean(x^2) + eps) * w, as ggml computes it: the
+ * float squares summed in double, the mean rounded to float, then (x * rstd) * w in float.
+ * A last-bit difference here flips the 8-bit rounding of the next quantized product. */
 static void FN(rms_norm_rows)(const NormArgs *a, long r0, long r1)
 {
     const long C = a->C;
     for (long r = r0; r < r1; r++) {
         const float *x = a->x + r * a->xs;
         float *o = a->out + r * a->os;
-        float s = 0.0f;
+        double s = 0.0;
 #pragma omp simd reduction(+ : s)
-        for (long c = 0; c < C; c++) s += x[c] * x[c];
-        float rstd = 1.0f / sqrtf(s / (float)C + a->eps);
+        for (long c = 0; c < C; c++) s += (double)(x[c] * x[c]);
+        float mean = (float)(s / (double)C);
+        float rstd = 1.0f / sqrtf(mean + a->eps);
 #pragma omp simd
         for (long c = 0; c < C; c++) o[c] = x[c] * rstd * a->w[c];
     }
@@ -547,6 +688,7 @@ const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
     .linear_cols = FN(linear_cols),
     .attention = FN(attention),
     .attention_blocked = FN(attention_blocked),
+    .attention_half = FN(attention_half),
     .layer_norm_rows = FN(layer_norm_rows),
     .rms_norm_rows = FN(rms_norm_rows),
     .layer_norm_bwd_rows = FN(layer_norm_bwd_rows),

@@ -32,7 +32,7 @@ static long parallel_min_work = 32768;  /* below this many flops-ish, stay on on
 
 /* ---------------------------------------------------------------- array views */
 
-enum { KIND_F32, KIND_INT };
+enum { KIND_F32, KIND_INT, KIND_CACHE };  /* KIND_CACHE: a KV cache, float32 or float16 */
 
 typedef struct {
     PyArrayObject *arr;  /* the caller's array (borrowed) */
@@ -115,6 +115,8 @@ static int view_get(View *v, PyObject *o, const char *name, int kind, int nd, in
     int t = PyArray_TYPE(a);
     if (kind == KIND_F32 && (t != NPY_FLOAT32 || !PyArray_ISNOTSWAPPED(a)))
         return fail("%s must be float32, got %s", name, PyArray_DESCR(a)->typeobj->tp_name);
+    if (kind == KIND_CACHE && ((t != NPY_FLOAT32 && t != NPY_FLOAT16) || !PyArray_ISNOTSWAPPED(a)))
+        return fail("%s must be float32 or float16, got %s", name, PyArray_DESCR(a)->typeobj->tp_name);
     if (kind == KIND_INT && ((t != NPY_INT32 && t != NPY_INT64) || !PyArray_ISNOTSWAPPED(a)))
         return fail("%s must be int32 or int64 token ids, got %s", name,
                     PyArray_DESCR(a)->typeobj->tp_name);
@@ -337,6 +339,7 @@ done:
 
 static void attn_task(void *ctx, long a, long b) { K->attention((const AttnArgs *)ctx, a, b); }
 static void attn_blocked_task(void *ctx, long a, long b) { K->attention_blocked((const AttnArgs *)ctx, a, b); }
+static void attn_half_task(void *ctx, long a, long b) { K->attention_half((const AttnArgs *)ctx, a, b); }
 
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
@@ -346,8 +349,8 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     int ok = 0;
     long pos0 = 0, window = 0;
     double scale = 0.0;
-    if (view_get(&v[0], args[0], "q", KIND_F32, 3, 0, 0) || view_get(&v[1], args[1], "k_cache", KIND_F32, 3, 0, 0) ||
-        view_get(&v[2], args[2], "v_cache", KIND_F32, 3, 0, 0) || get_long(args[3], "pos0", &pos0) ||
+    if (view_get(&v[0], args[0], "q", KIND_F32, 3, 0, 0) || view_get(&v[1], args[1], "k_cache", KIND_CACHE, 3, 0, 0) ||
+        view_get(&v[2], args[2], "v_cache", KIND_CACHE, 3, 0, 0) || get_long(args[3], "pos0", &pos0) ||
         view_get(&v[3], args[4], "out", KIND_F32, 3, 1, 0) || get_float(args[5], "scale", &scale) ||
         get_long(args[6], "window", &window))
         goto done;
@@ -357,16 +360,21 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (same_shape(&v[1], "k_cache", &v[2], "v_cache") || same_shape(&v[0], "q", &v[3], "out") ||
         want_dim(&v[1], "k_cache", 2, D, "q's head dim"))
         goto done;
+    if (v[1].type != v[2].type) { fail("k_cache and v_cache must have the same dtype"); goto done; }
     if (Hkv < 1 || H % Hkv) { fail("q heads (%ld) must be a multiple of the cache's KV heads (%ld)", H, Hkv); goto done; }
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
     if (pos0 > Smax - T) { fail("pos0 + T = %ld + %ld exceeds the cache length %ld", pos0, T, Smax); goto done; }
     if (D > SM_ATTN_MAX_D) { fail("head dim %ld is above the supported %d", D, SM_ATTN_MAX_D); goto done; }
     if (views_apart(v, names, 4, 1u << 3, NULL)) goto done;
-    AttnArgs aa = {F(v[0]), F(v[1]), F(v[2]), F(v[3]), T, H, D, Hkv ? H / Hkv : 1, pos0,
+    int half = v[1].type == NPY_FLOAT16;
+    AttnArgs aa = {F(v[0]), half ? NULL : F(v[1]), half ? NULL : F(v[2]), F(v[3]), T, H, D,
+                   Hkv ? H / Hkv : 1, pos0,
                    (long)v[0].st[0], (long)v[0].st[1], (long)v[1].st[0], (long)v[1].st[1],
                    (long)v[2].st[0], (long)v[2].st[1], (long)v[3].st[0], (long)v[3].st[1], (float)scale,
-                   window};
-    if (T >= 4 && D <= SM_ATTN_BLOCKED_MAX_D) {
+                   window, half ? (const uint16_t *)v[1].data : NULL, half ? (const uint16_t *)v[2].data : NULL};
+    if (half) {
+        run(attn_half_task, &aa, H * T, 1, 4.0 * H * T * (pos0 + T) * D);
+    } else if (T >= 4 && D <= SM_ATTN_BLOCKED_MAX_D) {
         long nblocks = (T + SM_ATTN_QBLOCK - 1) / SM_ATTN_QBLOCK;
         run(attn_blocked_task, &aa, H * nblocks, 1, 4.0 * H * T * (pos0 + T) * D);
     } else {
@@ -385,18 +393,36 @@ static PyObject *py_kv_cache_store(PyObject *self, PyObject *const *args, Py_ssi
     int ok = 0;
     long pos0 = 0;
     if (view_get(&v[0], args[0], "k", KIND_F32, 3, 0, 0) || view_get(&v[1], args[1], "v", KIND_F32, 3, 0, 0) ||
-        view_get(&v[2], args[2], "k_cache", KIND_F32, 3, 1, 0) || view_get(&v[3], args[3], "v_cache", KIND_F32, 3, 1, 0) ||
+        view_get(&v[2], args[2], "k_cache", KIND_CACHE, 3, 1, 0) ||
+        view_get(&v[3], args[3], "v_cache", KIND_CACHE, 3, 1, 0) ||
         get_long(args[4], "pos0", &pos0))
         goto done;
     long T = v[0].shape[0], Hkv = v[0].shape[1], D = v[0].shape[2], Smax = v[2].shape[1];
     if (same_shape(&v[0], "k", &v[1], "v") || same_shape(&v[2], "k_cache", &v[3], "v_cache") ||
         want_dim(&v[2], "k_cache", 0, Hkv, "k's heads") || want_dim(&v[2], "k_cache", 2, D, "k's head dim"))
         goto done;
+    if (v[2].type != v[3].type) { fail("k_cache and v_cache must have the same dtype"); goto done; }
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
     if (views_apart(v, names, 4, 1u << 2 | 1u << 3, NULL)) goto done;
     if (pos0 > Smax - T) {
         PyErr_Format(PyExc_IndexError, "KV cache is full: %ld positions from %ld do not fit its length %ld",
                      T, pos0, Smax);
+        goto done;
+    }
+    if (v[2].type == NPY_FLOAT16) { /* rounded to nearest even, as ggml's f32 -> f16 copy */
+        uint16_t *kc = (uint16_t *)v[2].data, *vc = (uint16_t *)v[3].data;
+        for (long t = 0; t < T; t++)
+            for (long h = 0; h < Hkv; h++) {
+                const float *ks = F(v[0]) + t * v[0].st[0] + h * v[0].st[1];
+                const float *vs = F(v[1]) + t * v[1].st[0] + h * v[1].st[1];
+                uint16_t *kd = kc + h * v[2].st[0] + (pos0 + t) * v[2].st[1];
+                uint16_t *vd = vc + h * v[3].st[0] + (pos0 + t) * v[3].st[1];
+                for (long d = 0; d < D; d++) {
+                    kd[d] = sm_f32_to_f16(ks[d]);
+                    vd[d] = sm_f32_to_f16(vs[d]);
+                }
+            }
+        ok = 1;
         goto done;
     }
     for (long t = 0; t < T; t++)
