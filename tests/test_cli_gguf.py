@@ -24,5 +24,5 @@ def test_inspect_counts_what_the_file_holds(capsys):
     assert info["architecture"] == "llama" and info["tokenizer"] == "gpt2" and info["chat_template"] is True
     assert info["parameters"] == elements and info["memory"]["weights_bytes"] == stored
     assert {t["type"] for t in info["tensor_types"]} == {"Q4_1", "Q8_0", "F32"}
-    # 30 layers x 3 KV heads x 64 wide x 1,024 positions, keys and values, float32
-    assert info["memory"]["kv_cache_bytes"] == 2 * 30 * 3 * 1024 * 64 * 4
+    # 30 layers x 3 KV heads x 64 wide x 1,024 positions, keys and values, float16 as llama.cpp's
+    assert info["memory"]["kv_cache_bytes"] == 2 * 30 * 3 * 1024 * 64 * 2
