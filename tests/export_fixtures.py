@@ -44,8 +44,7 @@ class LlamaModel:
         import llama_cpp
 
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                                   logits_all=True, verbose=False, n_threads=2,
-                                   type_k=0, type_v=0)  # an F32 KV cache, as SmallMind keeps
+                                   logits_all=True, verbose=False, n_threads=2)  # its default f16 KV cache, as SmallMind's
 
     def tokenize(self, text: str, add_bos: bool) -> list:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))
