@@ -40,11 +40,14 @@ def greedy_ids(model, prompt_ids, n) -> list:
 class LlamaModel:
     """A GGUF file in llama.cpp: tokenize, greedy continuation, logits of a sequence."""
 
-    def __init__(self, path, n_ctx):
+    def __init__(self, path, n_ctx, kv_dtype=np.float16):
         import llama_cpp
 
+        # the KV cache in SmallMind's dtype for the file (ggml type 0: F32, 1: F16)
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                                   logits_all=True, verbose=False, n_threads=2)  # its default f16 KV cache, as SmallMind's
+                                   logits_all=True, verbose=False, n_threads=2,
+                                   type_k=0 if kv_dtype == np.float32 else 1,
+                                   type_v=0 if kv_dtype == np.float32 else 1)
 
     def tokenize(self, text: str, add_bos: bool) -> list:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))

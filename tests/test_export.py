@@ -195,7 +195,7 @@ def test_llama_cpp_runs_the_export_with_the_same_tokens_and_greedy_continuation(
     path = tmp_path / f"{qtype}.gguf"
     export_checkpoint(trained, path, qtype)
     ours = smallmind.load(path)
-    theirs = LlamaModel(path, ours.context_length)
+    theirs = LlamaModel(path, ours.context_length, ours.net.kv_dtype)
     for prompt in PROMPTS:
         # llama.cpp's add_bos is "add the special tokens the file asks for"
         ids = ours.tokenize(prompt, add_bos=ours.tokenizer.add_bos)
@@ -212,7 +212,7 @@ def test_llama_cpp_runs_the_q4_0_export_picking_our_tokens_except_at_near_ties(t
     path = tmp_path / "Q4_0.gguf"
     export_checkpoint(trained, path, "Q4_0")
     ours = smallmind.load(path)
-    theirs = LlamaModel(path, ours.context_length)
+    theirs = LlamaModel(path, ours.context_length, ours.net.kv_dtype)
     same_continuations = 0
     for prompt in PROMPTS:
         ids = ours.tokenize(prompt, add_bos=ours.tokenizer.add_bos)

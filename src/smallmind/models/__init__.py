@@ -10,8 +10,9 @@ nothing else assumes more of:
     net.kv_dtype      np.float16 or np.float32 (optional, default float32): the dtype the runtime
                       allocates the KV cache in. The GGUF families take float16, llama.cpp's
                       default: K/V rounded to IEEE half, and attention over a half cache computed
-                      as ggml does (kernels.attention); the trainable GPT keeps float32. A
-                      forward accepts a cache of either dtype
+                      as ggml does (kernels.attention), unless every matrix of the file is
+                      float32 (then float32); the trainable GPT keeps float32. A forward accepts
+                      a cache of either dtype
     net.workspace(max_tokens) -> ws
                       every activation buffer of a forward of up to max_tokens tokens, made once
                       per session, so that a decode step allocates nothing

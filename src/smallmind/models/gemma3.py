@@ -22,7 +22,7 @@ from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..scope import scope
 from .batch import batch_views, check_step
-from .gguf_family import WeightReader, check_config, check_forward, check_kv_cache, step_views
+from .gguf_family import WeightReader, check_config, check_forward, check_kv_cache, kv_dtype_for, step_views
 
 SWA_PATTERN = 6            # llama.cpp: set_swa_pattern(6) for gemma3
 SWA_ROPE_THETA = 10000.0   # llama.cpp: rope_freq_base_train_swa for gemma3
@@ -180,7 +180,7 @@ class Gemma3:
     def __init__(self, config: Gemma3Config, layers, token_embd, output_norm, output, weights):
         self.config = config
         self.kv_spec = (config.n_layers, config.n_kv_heads, config.head_dim)
-        self.kv_dtype = np.float16  # K/V as llama.cpp stores them by default (IEEE half)
+        self.kv_dtype = kv_dtype_for(weights)  # half, as llama.cpp, unless the file is all float32
         self.layers = tuple(layers)
         self.token_embd = token_embd
         self.embed_scale = np.float32(np.sqrt(np.float32(config.d_model)))

@@ -4,6 +4,8 @@ reported), refusing bad metadata, and checking the KV cache it is handed.
 Each model file then says only which tensors and keys it wants.
 """
 
+import numpy as np
+
 from ..errors import ContextLengthError, GGUFError, SmallMindError
 
 
@@ -74,3 +76,11 @@ def check_forward(net, ws, kv, pos0: int, T: int) -> None:
     if not 0 <= pos0 <= kv.length or pos0 + T > kv.capacity:
         raise ContextLengthError(f"positions {pos0}..{pos0 + T - 1} do not follow the {kv.length} cached "
                                  f"positions within the cache's {kv.capacity}")
+
+
+def kv_dtype_for(weights) -> type:
+    """The KV cache's dtype for a network of these (name, tensor) weights: float16, llama.cpp's
+    default, unless every matrix is stored in float32; a full-precision file keeps a float32
+    cache, so that its results are those of the arithmetic it was written for."""
+    full = all(isinstance(t, np.ndarray) and t.dtype == np.float32 for _, t in weights)
+    return np.float32 if full else np.float16

@@ -13,7 +13,7 @@ from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..kernels.qtensor import QTensor
 from ..scope import scope
-from .gguf_family import WeightReader, check_config, check_kv_cache
+from .gguf_family import WeightReader, check_config, check_kv_cache, kv_dtype_for
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class GPT2:
                  output, weights):
         self.config = config
         self.kv_spec = (config.n_layers, config.n_heads, config.head_dim)
-        self.kv_dtype = np.float16  # K/V as llama.cpp stores them by default (IEEE half)
+        self.kv_dtype = kv_dtype_for(weights)  # half, as llama.cpp, unless the file is all float32
         self.layers = tuple(layers)
         self.token_embd = token_embd
         self.position_embd = position_embd

@@ -18,7 +18,7 @@ from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..scope import scope
 from .batch import batch_views, check_step
-from .gguf_family import WeightReader, check_config, check_forward, check_kv_cache, step_views
+from .gguf_family import WeightReader, check_config, check_forward, check_kv_cache, kv_dtype_for, step_views
 
 ROPE_NEOX = {"llama": False, "qwen2": True, "qwen3": True}
 
@@ -163,7 +163,7 @@ class Llama:
     def __init__(self, config: LlamaConfig, layers, token_embd, output_norm, output, rope_freqs, weights):
         self.config = config
         self.kv_spec = (config.n_layers, config.n_kv_heads, config.head_dim)
-        self.kv_dtype = np.float16  # K/V as llama.cpp stores them by default (IEEE half)
+        self.kv_dtype = kv_dtype_for(weights)  # half, as llama.cpp, unless the file is all float32
         self.layers = tuple(layers)
         self.token_embd = token_embd
         self.output_norm = output_norm
