@@ -25,7 +25,8 @@ KERNEL_NAMES = (
     "linear", "embedding", "embedding_backward", "layer_norm", "layer_norm_backward",
     "rms_norm", "gelu", "gelu_backward", "silu", "swiglu", "geglu", "softmax",
     "causal_softmax", "softmax_backward", "rope", "kv_cache_store", "attention",
-    "cross_entropy", "adamw_step",
+    "cross_entropy", "adamw_step", "linear_gelu", "linear_residual", "linear_backward_input",
+    "linear_backward_weight", "round_bf16",
 )
 ISAS = ("avx512", "avx2", "generic")
 MAX_THREADS = 64  # the native pool's size (csrc/pool.c SM_MAX_THREADS)
@@ -90,6 +91,17 @@ def embedding(tokens, wte, wpe, pos0, out):
 def dequantize(w, out):
     # w (N,K) QTensor, out (N,K) float32: the values the block format holds
     return _dequantize(w, out)
+
+
+def bf16_support() -> dict:
+    """{"avx512_bf16": bool, "amx_bf16": bool}: BF16 instructions this process may use (the CPU
+    has them and the OS saves their registers; AMX also needs Linux's per-process grant)."""
+    if _backend is not None:
+        return dict(_backend.bf16_support())
+    from .info import cpuinfo
+
+    flags = cpuinfo()[1]  # Linux lists a feature only when it enables its register state
+    return {"avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags and "amx_tile" in flags}
 
 
 def select_isa(name: str) -> str:
