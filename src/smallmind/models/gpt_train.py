@@ -123,6 +123,15 @@ class TrainWorkspace:
         return 4 * (floats + 2 * N)  # + the int32 tokens and targets
 
 
+def train_flops_per_token(cfg: GPTConfig, seq: int) -> float:
+    """Floating-point operations of one trained token (forward + backward), PaLM's count:
+    6 per weight of every product (the LM head included) + 12 L T C for the attention scores
+    and their weighted sums, which this model computes over the full (T, T) square."""
+    C, L, V = cfg.d_model, cfg.n_layers, cfg.vocab_size
+    product_weights = L * 12 * C * C + V * C
+    return 6.0 * product_weights + 12.0 * L * seq * C
+
+
 # ---- layer pairs ------------------------------------------------------------------------
 
 def embedding_forward(tokens, wte, wpe, out):
