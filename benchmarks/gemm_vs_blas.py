@@ -50,14 +50,15 @@ def main():
         d, out = rng.standard_normal((T, N), dtype=np.float32), np.empty((T, N), np.float32)
         dx, dw = np.empty((T, K), np.float32), np.zeros((N, K), np.float32)
         flop = 2e-6 * T * K * N
-        row = [
-            best_ms(lambda: native._gemm_linear(x, w, None, None, out, None, False), args.repeats),
-            best_ms(lambda: np.matmul(x, w.T, out=out), args.repeats),
-            best_ms(lambda: native._gemm_dx(d, w, dx, 1.0, None), args.repeats),
-            best_ms(lambda: np.matmul(d, w, out=dx), args.repeats),
-            best_ms(lambda: native._gemm_dw(d, x, dw, None, 1.0), args.repeats),
-            best_ms(lambda: np.matmul(d.T, x, out=dw), args.repeats),
-        ]
+        calls = (
+            lambda: native._gemm_linear(x, w, None, None, out, None, False),  # noqa: B023 (called at once)
+            lambda: np.matmul(x, w.T, out=out),  # noqa: B023
+            lambda: native._gemm_dx(d, w, dx, 1.0, None),  # noqa: B023
+            lambda: np.matmul(d, w, out=dx),  # noqa: B023
+            lambda: native._gemm_dw(d, x, dw, None, 1.0),  # noqa: B023
+            lambda: np.matmul(d.T, x, out=dw),  # noqa: B023
+        )
+        row = [best_ms(call, args.repeats) for call in calls]
         print(f"{f'{name} ({K} -> {N})':22s} " + " ".join(f"{flop / ms:{9 if i % 2 == 0 else 7}.1f}"
                                                         for i, ms in enumerate(row)))
 

@@ -6,8 +6,8 @@ import time
 import numpy as np
 
 from .. import kernels
-from ..models.gpt import init_params, preset
 from ..errors import SmallMindError
+from ..models.gpt import init_params, preset
 from ..models.gpt_train import TrainWorkspace, backward, forward, train_flops_per_token
 from ..runtime.optim import AdamW
 from ..runtime.trainer import bf16_refusal, mfu

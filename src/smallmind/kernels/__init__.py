@@ -8,6 +8,12 @@ Environment: SMALLMIND_KERNELS=numpy forces the references; SMALLMIND_ISA=avx512
 generic forces a (lower) native path. `path` says which runs: "native-avx512",
 "native-avx2", "native-generic" or "numpy"; select_isa(name) switches at run time.
 
+Products: `linear` and its fused forms (linear_gelu, linear_residual, linear_backward_input,
+linear_backward_weight) run a few rows on a kernel that reads each weight row once for all of
+them, and many rows on the native GEMM (packed panels, the element-wise work fused into its
+store) or on BLAS, per ISA as measured (kernels/csrc/module.c gemm_min_rows). bf16_support()
+says whether this process may use BF16 instructions.
+
 set_threads(n) is the one thread budget (BLAS through threadpoolctl and the native pool
 together; default: the CPUs this process may use); get_info() describes the machine, the
 kernel path and the libraries, as `smallmind doctor` prints it.
