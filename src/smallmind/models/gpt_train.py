@@ -12,8 +12,8 @@ Everything goes through smallmind.kernels (NumPy references or native C, chosen 
 The linear layers use its fused products: the MLP's up projection writes the GELU beside
 its output, the projections add the residual as they store, and the backward products
 apply the GELU's gradient and sum the bias gradient in the same pass. Attention runs batched
-over all (batch, head) pairs at once, on strided (B,H,T,D) views of the qkv rows (no
-copies), with BLAS on one thread (kernels.one_blas_thread).
+over (batch, head) pairs, on strided (B,H,T,D) views of the qkv rows (no copies), with BLAS
+on one thread (kernels.one_blas_thread) and the batch's sequences split over the thread budget.
 
 Mixed precision (precision="bf16"): the weights stay float32 (the optimizer's master copy);
 each forward rounds them once into a BF16 copy, and every linear layer's product, forward
@@ -184,32 +184,71 @@ def _heads(x, B, T, H, D):
 def attention_forward(qkv, scores, probs, out, mask=None):
     # qkv (B,T,3C) flat as (B*T,3C); scores, probs (B,H,T,T); out (B*T,C): heads merged
     B, H, T, _ = probs.shape
-    q, k, v = _heads(qkv, B, T, H, qkv.shape[1] // (3 * H))
-    np.matmul(q, k.transpose(0, 1, 3, 2), out=scores)
-    kernels.causal_softmax(scores, probs, 1.0 / np.sqrt(q.shape[-1]))
-    if mask is not None:
-        # scores is free again: it holds the dropped-out probabilities
-        probs = np.multiply(probs, mask, out=scores)
-    np.matmul(probs, v, out=_heads(out, B, T, H, q.shape[-1])[0])
+    D = qkv.shape[1] // (3 * H)
+
+    def sequences(b0, b1):
+        rows = slice(b0 * T, b1 * T)
+        q, k, v = _heads(qkv[rows], b1 - b0, T, H, D)
+        s, p = scores[b0:b1], probs[b0:b1]
+        np.matmul(q, k.transpose(0, 1, 3, 2), out=s)
+        kernels.causal_softmax(s, p, 1.0 / np.sqrt(D))
+        if mask is not None:
+            # scores is free again: it holds the dropped-out probabilities
+            p = np.multiply(p, mask[b0:b1], out=s)
+        np.matmul(p, v, out=_heads(out[rows], b1 - b0, T, H, D)[0])
+
+    _over_sequences(sequences, B)
 
 
 def attention_backward(dout, qkv, probs, dprobs, dscores, dqkv, mask=None):
     # dout (B*T,C), qkv (B*T,3C), probs (B,H,T,T) -> dqkv (B*T,3C); dprobs, dscores (B,H,T,T) scratch
     B, H, T, _ = probs.shape
     D = qkv.shape[1] // (3 * H)
-    q, k, v = _heads(qkv, B, T, H, D)
-    dq, dk, dv = _heads(dqkv, B, T, H, D)
-    datt = _heads(dout, B, T, H, D)[0]
-    np.matmul(datt, v.transpose(0, 1, 3, 2), out=dprobs)
-    if mask is None:
-        np.matmul(probs.transpose(0, 1, 3, 2), datt, out=dv)
-    else:
-        np.multiply(probs, mask, out=dscores)
-        np.matmul(dscores.transpose(0, 1, 3, 2), datt, out=dv)
-        dprobs *= mask
-    kernels.softmax_backward(probs, dprobs, dscores, 1.0 / np.sqrt(D))
-    np.matmul(dscores, k, out=dq)
-    np.matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)
+
+    def sequences(b0, b1):
+        rows, n = slice(b0 * T, b1 * T), b1 - b0
+        q, k, v = _heads(qkv[rows], n, T, H, D)
+        dq, dk, dv = _heads(dqkv[rows], n, T, H, D)
+        datt = _heads(dout[rows], n, T, H, D)[0]
+        p, dp, ds = probs[b0:b1], dprobs[b0:b1], dscores[b0:b1]
+        np.matmul(datt, v.transpose(0, 1, 3, 2), out=dp)
+        if mask is None:
+            np.matmul(p.transpose(0, 1, 3, 2), datt, out=dv)
+        else:
+            np.multiply(p, mask[b0:b1], out=ds)
+            np.matmul(ds.transpose(0, 1, 3, 2), datt, out=dv)
+            dp *= mask[b0:b1]
+        kernels.softmax_backward(p, dp, ds, 1.0 / np.sqrt(D))
+        np.matmul(ds, k, out=dq)
+        np.matmul(ds.transpose(0, 1, 3, 2), q, out=dk)
+
+    _over_sequences(sequences, B)
+
+
+_sequence_threads = {"n": 0, "pool": None}
+
+
+def _over_sequences(fn, B):
+    # fn(b0, b1) for the batch's sequences split over the thread budget: the attention products
+    # are many tiny matrices that BLAS runs on one thread (kernels.one_blas_thread), so the split
+    # happens here; each sequence's math is the same whichever thread runs it
+    n = min(kernels.get_threads(), B)
+    if n <= 1:
+        fn(0, B)
+        return
+    if _sequence_threads["n"] != n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _sequence_threads["pool"] is not None:
+            _sequence_threads["pool"].shutdown()
+        _sequence_threads.update(n=n, pool=ThreadPoolExecutor(n - 1, thread_name_prefix="smallmind-attention"))
+    bounds = [B * i // n for i in range(n + 1)]
+    others = [_sequence_threads["pool"].submit(fn, bounds[i], bounds[i + 1]) for i in range(1, n)]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for future in others:
+            future.result()
 
 
 def loss_forward(logits, targets, losses, dlogits):
