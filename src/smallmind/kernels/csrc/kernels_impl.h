@@ -170,6 +170,10 @@ static void FN(linear_cols)(const LinearArgs *a, long n0, long n1)
     for (; n + 4 <= n1; n += 4) {
         long t = 0;
 #ifdef SM_LINEAR_AVX2
+        /* the next four weight rows are on their way from L3/memory while these are used */
+        if (n + 8 <= n1)
+            for (long r = 4; r < 8; r++)
+                for (long k = 0; k < a->K; k += 16) __builtin_prefetch(a->w + (n + r) * a->ws + k);
         for (; t + 3 <= a->T; t += 3) sm_linear_4xR(a, n, t, 3);
         if (a->T - t == 2) sm_linear_4xR(a, n, t, 2);
         else if (a->T - t == 1) sm_linear_4xR(a, n, t, 1);
