@@ -50,8 +50,9 @@ def add_parser(sub):
 
 # flags whose dest is a TrainConfig field; left out, they take TrainConfig's default (or, with
 # --resume, the value the run was started with)
-CONFIG_FLAGS = ("data", "preset", "steps", "tokenizer", "precision", "seed", "batch_size", "seq", "dropout", "grad_accum",
-                "max_lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "eval_every", "eval_batches")
+CONFIG_FLAGS = ("data", "preset", "steps", "tokenizer", "precision", "seed", "batch_size", "seq", "dropout",
+                "grad_accum", "max_lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "eval_every",
+                "eval_batches")
 
 
 def run(args):

@@ -12,7 +12,9 @@ Out directory (when `out` is set):
   loss_curve.png   per-step training loss and the evaluated train/validation losses
 
 precision="bf16" runs the products in BF16 with float32 master weights and optimizer state
-(models/gpt_train.py); it is refused on CPUs without AVX512-BF16 or AMX-BF16. Given the
+(models/gpt_train.py); it is refused on CPUs without AVX512-BF16 or AMX-BF16. Where the CPU
+has them, the products still run the float32 kernels on BF16-rounded inputs (the numerics of
+BF16 hardware, not its speed): no hardware BF16 kernel is built yet. Given the
 machine's measured peak (peak_gflops), each evaluation's log line and the result report the
 model FLOPs utilisation: achieved training FLOPs / that peak.
 """
