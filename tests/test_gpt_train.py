@@ -498,3 +498,24 @@ def test_bf16_training_tracks_the_float32_run():
 def test_workspace_refuses_an_unknown_precision():
     with pytest.raises(SmallMindError, match="unknown precision 'fp16'"):
         TrainWorkspace(preset("tiny"), 1, 8, precision="fp16")
+
+
+def test_splitting_the_sequences_over_threads_changes_no_bit():
+    from smallmind import kernels
+
+    cfg, B, T = CONFIGS[2]
+    params = random_params(cfg, 9)
+    tokens, targets = batch(cfg, B, T, 9)
+    before = kernels.get_threads()
+    try:
+        results = []
+        for threads in (1, 3):  # one thread; sequences 4 split 1 + 1 + 2
+            kernels.set_threads(threads)
+            loss, logits, grads = ours_step(params, tokens, targets)
+            results.append((loss, logits, grads.flat.copy()))
+    finally:
+        kernels.set_threads(before)
+    (loss1, logits1, grads1), (loss3, logits3, grads3) = results
+    assert loss1 == loss3
+    np.testing.assert_array_equal(logits1, logits3)
+    np.testing.assert_array_equal(grads1, grads3)
