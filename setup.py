@@ -28,8 +28,10 @@ else:
 native = Extension(
     "smallmind.kernels._native",
     sources=[f"{CSRC}/{name}.c" for name in ("module", "pool", "isa_generic", "isa_avx2", "isa_avx512",
-                                                      "quant", "isa_quant_generic", "isa_quant_avx2")],
-    depends=[f"{CSRC}/{name}.h" for name in ("kernels", "kernels_impl", "pool", "quant", "quant_impl")],
+                                                      "quant", "isa_quant_generic", "isa_quant_avx2",
+                                                      "gemm", "isa_gemm_generic", "isa_gemm_avx2")],
+    depends=[f"{CSRC}/{name}.h" for name in ("kernels", "kernels_impl", "pool", "quant", "quant_impl", "gemm",
+                                                          "gemm_impl", "sm_math")],
     include_dirs=[numpy.get_include(), CSRC],
     extra_compile_args=extra_compile_args,
     extra_link_args=extra_link_args,

@@ -1,75 +1,119 @@
-"""Decode and prefill speed, SmallMind vs PyTorch eager, same weights, same threads.
+"""Decode and prefill speed, SmallMind vs PyTorch eager, same weights, same threads, each in
+its own process.
 
     .venv/bin/python benchmarks/decode_vs_torch.py [--preset seed] [--threads 2] [--repeats 7]
 
 Decode: a 32-token prompt is prefilled, then 50 new tokens are decoded greedily; the time
 counts the 50 decode steps (sampling included). PyTorch runs torch_gpt.TorchGPT's KV-cache
 path (prefill + decode_step under inference_mode). Prefill: one forward over 128 tokens into
-an empty cache. Repetitions alternate ours / torch, each after a short idle pause (--pause);
-each timed sample is --rounds runs back to back, so that a thread pool waking from idle
-(either side's) weighs little; medians, ranges and the ratio are printed, and whether both
-sides picked the same tokens.
+an empty cache. Each side is a worker process of its own (side_by_side.py); the parent asks
+them in turn, each sample after a short idle pause (--pause) and made of --rounds runs back
+to back, so that a thread pool waking from idle weighs little. Medians, ranges, the ratio,
+the CPU model and whether both sides picked the same tokens are printed.
 """
 
 import argparse
 import os
-
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as `import smallmind` sets it, before NumPy loads
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch_gpt  # noqa: E402
 
-from smallmind import kernels  # noqa: E402
-from smallmind.models.gpt import Workspace, forward, init_params, preset  # noqa: E402
-from smallmind.runtime.sampler import Sampler  # noqa: E402
+from side_by_side import Worker, cpu_model, load_average, serve  # noqa: E402
 
 
-def ours_decode(params, ws, sampler, prompt, new_tokens):
-    # prompt (P,) int32 -> (seconds of the decode steps, generated ids)
-    ws.reset()
-    logits = forward(params, ws, prompt, 0)
-    pos, token, ids = prompt.shape[0], ws.token, []
-    t0 = time.perf_counter()
-    for _ in range(new_tokens):
-        next_id = sampler.sample(logits)
-        ids.append(next_id)
-        token[0] = next_id
-        logits = forward(params, ws, token, pos)
-        pos += 1
-    return time.perf_counter() - t0, ids
+class SmallMindSide:
+    def __init__(self, params, threads, prefill_tokens):
+        import numpy as np
 
+        from smallmind import kernels
+        from smallmind.models.gpt import Workspace
+        from smallmind.runtime.kv_cache import KVCache
+        from smallmind.runtime.sampler import Sampler
 
-def torch_decode(model, prompt, new_tokens):
-    # prompt (P,) int32 -> (seconds of the decode steps, generated ids)
-    logits = model.prefill(prompt)
-    ids = []
-    t0 = time.perf_counter()
-    with torch.inference_mode():
+        kernels.set_threads(threads)
+        cfg = params.cfg
+        self.params = params
+        self.ws = Workspace(cfg, max(prefill_tokens, 1))
+        self.kv = KVCache(cfg.n_layers, cfg.n_heads, cfg.context_length, cfg.head_dim)
+        self.sampler = Sampler(params.cfg.vocab_size, temperature=0.0)
+        self.token = np.zeros(1, np.int32)  # the decode step's input, reused
+        self.about = {"kernels": kernels.path}
+
+    def decode(self, prompt, new_tokens):
+        # prompt (P,) int32 -> (seconds of the decode steps, generated ids)
+        from smallmind.models.gpt import forward
+
+        self.kv.reset()
+        logits = forward(self.params, self.ws, self.kv, prompt, 0)
+        pos, token, ids = prompt.shape[0], self.token, []
+        t0 = time.perf_counter()
         for _ in range(new_tokens):
-            next_id = int(logits.argmax())
+            next_id = self.sampler.sample(logits)
             ids.append(next_id)
-            logits = model.decode_step(next_id)
-    return time.perf_counter() - t0, ids
+            token[0] = next_id
+            logits = forward(self.params, self.ws, self.kv, token, pos)
+            pos += 1
+        return time.perf_counter() - t0, ids
+
+    def prefill(self, prompt):
+        from smallmind.models.gpt import forward
+
+        self.kv.reset()
+        t0 = time.perf_counter()
+        forward(self.params, self.ws, self.kv, prompt, 0)
+        return time.perf_counter() - t0
 
 
-def ours_prefill(params, ws, prompt):
-    ws.reset()
-    t0 = time.perf_counter()
-    forward(params, ws, prompt, 0)
-    return time.perf_counter() - t0
+class TorchSide:
+    def __init__(self, params, threads, prefill_tokens):
+        import torch
+        import torch_gpt
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = torch_gpt.TorchGPT.from_params(params).eval()
+        self.about = {"torch": torch.__version__}
+
+    def decode(self, prompt, new_tokens):
+        logits = self.model.prefill(prompt)
+        ids = []
+        t0 = time.perf_counter()
+        with self.torch.inference_mode():
+            for _ in range(new_tokens):
+                next_id = int(logits.argmax())
+                ids.append(next_id)
+                logits = self.model.decode_step(next_id)
+        return time.perf_counter() - t0, ids
+
+    def prefill(self, prompt):
+        t0 = time.perf_counter()
+        self.model.prefill(prompt)
+        return time.perf_counter() - t0
 
 
-def torch_prefill(model, prompt):
-    t0 = time.perf_counter()
-    model.prefill(prompt)
-    return time.perf_counter() - t0
+def worker(side, args):
+    import numpy as np
+
+    from smallmind.models.gpt import init_params, preset
+
+    cfg = preset(args.preset)
+    params = init_params(cfg, seed=0)
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(0, cfg.vocab_size, args.prompt_tokens, dtype=np.int32)
+    long_prompt = rng.integers(0, cfg.vocab_size, args.prefill_tokens, dtype=np.int32)
+    impl = (SmallMindSide if side == "smallmind" else TorchSide)(params, args.threads, args.prefill_tokens)
+
+    def handle(request):
+        if request["task"] == "decode":
+            runs = [impl.decode(prompt, args.new_tokens) for _ in range(args.rounds)]
+            return {"tok_s": args.rounds * args.new_tokens / sum(r[0] for r in runs), "ids": runs[0][1]}
+        seconds = sum(impl.prefill(long_prompt) for _ in range(args.rounds))
+        return {"tok_s": args.rounds * args.prefill_tokens / seconds}
+
+    serve(handle, {**impl.about, "params": params.count})
 
 
 def main():
@@ -82,52 +126,43 @@ def main():
     parser.add_argument("--prefill-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5, help="runs back to back in one timed sample")
     parser.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed sample")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args)
 
-    kernels.set_threads(args.threads)
-    torch.set_num_threads(args.threads)
-    cfg = preset(args.preset)
-    params = init_params(cfg, seed=0)
-    model = torch_gpt.TorchGPT.from_params(params).eval()
-    rng = np.random.default_rng(1)
-    prompt = rng.integers(0, cfg.vocab_size, args.prompt_tokens, dtype=np.int32)
-    long_prompt = rng.integers(0, cfg.vocab_size, args.prefill_tokens, dtype=np.int32)
-    sampler = Sampler(cfg.vocab_size, temperature=0.0)
-    ws = Workspace(cfg, args.prefill_tokens)
-
-    print(f"preset {args.preset} ({params.count / 1e6:.2f}M params), threads {args.threads}, "
-          f"kernels {kernels.path}, torch {torch.__version__}, repeats {args.repeats} (+1 warm-up) "
-          f"of {args.rounds} runs each")
-
-    decode = {"smallmind": [], "torch": []}
-    prefill = {"smallmind": [], "torch": []}
+    passed = ["--preset", args.preset, "--threads", args.threads, "--prompt-tokens", args.prompt_tokens,
+              "--new-tokens", args.new_tokens, "--prefill-tokens", args.prefill_tokens, "--rounds", args.rounds]
+    workers = [Worker(__file__, side, passed) for side in ("smallmind", "torch")]
+    decode = {w.side: [] for w in workers}
+    prefill = {w.side: [] for w in workers}
     same_tokens = True
-    def settled(run, *run_args):
-        # A pause first: thread pools that spin-wait after their last task (torch's OpenMP,
-        # our pool) would otherwise still hold the cores when the other side starts. Each
-        # sample is `rounds` runs, so the first tokens after idle (a pool waking) weigh little.
-        time.sleep(args.pause)
-        results = [run(*run_args) for _ in range(args.rounds)]
-        if isinstance(results[0], tuple):
-            return sum(r[0] for r in results), results[0][1]
-        return sum(results)
+    try:
+        for rep in range(args.repeats + 1):  # the first round warms both up and is not counted
+            picked = {}
+            for task, runs in (("decode", decode), ("prefill", prefill)):
+                for w in workers:
+                    # a pause first: a pool that spins after its last task would still hold the cores
+                    time.sleep(args.pause)
+                    result = w.ask(task=task)
+                    if rep:
+                        runs[w.side].append(result["tok_s"])
+                    if task == "decode":
+                        picked[w.side] = result["ids"]
+            same_tokens &= picked["smallmind"] == picked["torch"]
+    finally:
+        for w in workers:
+            w.close()
 
-    for rep in range(args.repeats + 1):
-        t_ours, ids_ours = settled(ours_decode, params, ws, sampler, prompt, args.new_tokens)
-        t_torch, ids_torch = settled(torch_decode, model, prompt, args.new_tokens)
-        p_ours = settled(ours_prefill, params, ws, long_prompt)
-        p_torch = settled(torch_prefill, model, long_prompt)
-        same_tokens &= ids_ours == ids_torch
-        if rep:
-            decode["smallmind"].append(args.rounds * args.new_tokens / t_ours)
-            decode["torch"].append(args.rounds * args.new_tokens / t_torch)
-            prefill["smallmind"].append(args.rounds * args.prefill_tokens / p_ours)
-            prefill["torch"].append(args.rounds * args.prefill_tokens / p_torch)
+    ours, theirs = workers[0].ready, workers[1].ready
+    print(f"CPU {cpu_model()}; load average at the end {load_average()}")
+    print(f"preset {args.preset} ({ours['params'] / 1e6:.2f}M params), threads {args.threads}, kernels {ours['kernels']}, "
+          f"torch {theirs['torch']}; each side in its own process, repeats {args.repeats} (+1 warm-up) of "
+          f"{args.rounds} runs each")
 
     def report(title, runs):
-        ours, theirs = statistics.median(runs["smallmind"]), statistics.median(runs["torch"])
-        print(f"{title}\n  median  smallmind {ours:9.1f} tok/s   torch {theirs:9.1f} tok/s   "
-              f"ratio {ours / theirs:5.2f}x")
+        a, b = statistics.median(runs["smallmind"]), statistics.median(runs["torch"])
+        print(f"{title}\n  median  smallmind {a:9.1f} tok/s   torch {b:9.1f} tok/s   ratio {a / b:5.2f}x")
         print(f"  range   smallmind {min(runs['smallmind']):.0f}..{max(runs['smallmind']):.0f}   "
               f"torch {min(runs['torch']):.0f}..{max(runs['torch']):.0f}")
 

@@ -228,3 +228,22 @@ def test_sigkill_during_saves_always_leaves_a_checkpoint_that_loads_and_resumes(
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == steps
     state = load_checkpoint(out_dir / "last").trainer_state
     assert state["step"] == steps and len(state["train_losses"]) == steps
+
+
+def test_bf16_on_a_cpu_without_it_is_one_line_naming_the_features(tmp_path, capsys, data, monkeypatch):
+    from smallmind import kernels
+
+    monkeypatch.setattr(kernels, "bf16_support", lambda: {"avx512_bf16": False, "amx_bf16": False})
+    code, out, err = train_cli(capsys, "--data", data, *QUICK, "--steps", "1", "--out", str(tmp_path / "o"),
+                               "--precision", "bf16")
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and "AVX512-BF16 or AMX-BF16" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_json_reports_the_model_flops_utilisation(tmp_path, capsys, data):
+    code, out, _ = train_cli(capsys, "--data", data, *QUICK, "--steps", "2", "--eval-every", "2",
+                             "--out", str(tmp_path / "o"), "--json")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and result["precision"] == "fp32" and result["peak_gflops"] > 0
+    assert result["mfu"] == pytest.approx(result["tok_s"] * result["flops_per_token"] / (result["peak_gflops"] * 1e9))

@@ -10,6 +10,7 @@ def test_preset_sizes_match_their_descriptions():
     assert 3.0e6 < counts["seed"] < 3.6e6
     assert 0.4e6 < counts["tiny"] < 0.6e6
     assert 27e6 < counts["small"] < 33e6
+    assert 90e6 < counts["base"] < 110e6
 
 
 def test_params_views_share_one_buffer_and_decayed_matrices_lead():

@@ -886,3 +886,156 @@ def test_one_blas_thread_restores_the_thread_budget():
             assert [lib.get_num_threads() for lib in blas] == [1] * len(blas)
             raise RuntimeError("an error inside still restores the budget")
     assert [lib.get_num_threads() for lib in blas] == before
+
+
+# ------------------------------------------------------------------ GEMM with fused epilogues
+
+@pytest.fixture(params=["gemm", "blas"])
+def products(request):
+    # the native GEMM (forced on every ISA, the portable build included) or the BLAS hand-over
+    previous = native.gemm_min_rows(0 if request.param == "gemm" else 1 << 62)
+    yield request.param
+    native.gemm_min_rows(previous)
+
+
+# (T, K, N): one micro-tile and less, ragged edges on every side, several k blocks (K > 256)
+# and column blocks (N > 1024), and training's shapes
+GEMM_SHAPES = [(1, 1, 1), (5, 3, 17), (7, 33, 31), (50, 300, 70), (13, 520, 1100), (256, 64, 192)]
+
+
+@pytest.mark.parametrize("T,K,N", GEMM_SHAPES)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_linear_on_many_rows_matches_reference(isa, products, rng, T, K, N, accumulate):
+    x, w, b = view(rng, (T, K), pad=3), view(rng, (N, K), pad=1), view(rng, (N,))
+    out = view(rng, (T, N), pad=2)
+    expect = out.copy()
+    ref.linear(x, w, b, expect, accumulate)
+    previous = native.tuning(0, 0, -1, -1)  # past the few-row kernel at once
+    try:
+        native.linear(x, w, b, out, accumulate)
+    finally:
+        native.tuning(*previous[:2], -1, -1)
+    close(out, expect, atol=1e-4 * np.sqrt(K))
+
+
+@pytest.mark.parametrize("T,K,N", GEMM_SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gelu_matches_reference(isa, products, rng, T, K, N, bias):
+    x, w = view(rng, (T, K), pad=3), view(rng, (N, K), pad=1)
+    b = view(rng, (N,)) if bias else None
+    pre, out = view(rng, (T, N), pad=2), view(rng, (T, N))
+    pre_ref, out_ref = np.empty_like(pre), np.empty_like(out)
+    ref.linear_gelu(x, w, b, pre_ref, out_ref)
+    assert native.linear_gelu(x, w, b, pre, out) is out
+    close(pre, pre_ref, atol=1e-4 * np.sqrt(K))
+    close(out, out_ref, atol=1e-4 * np.sqrt(K))
+
+
+@pytest.mark.parametrize("T,K,N", GEMM_SHAPES)
+def test_linear_residual_matches_reference(isa, products, rng, T, K, N):
+    x, w, b = view(rng, (T, K), pad=3), view(rng, (N, K), pad=1), view(rng, (N,))
+    resid, out = view(rng, (T, N), pad=5), view(rng, (T, N), pad=2)
+    expect = np.empty_like(out)
+    ref.linear_residual(x, w, b, resid, expect)
+    assert native.linear_residual(x, w, b, resid, out) is out
+    close(out, expect, atol=1e-4 * np.sqrt(K))
+
+
+@pytest.mark.parametrize("T,K,N", GEMM_SHAPES)
+@pytest.mark.parametrize("scale,with_gelu", [(1.0, False), (0.25, True)])
+def test_linear_backward_input_matches_reference(isa, products, rng, T, K, N, scale, with_gelu):
+    dout, w = view(rng, (T, N), pad=3), view(rng, (N, K), pad=1)
+    gelu_x = view(rng, (T, K), pad=2) if with_gelu else None
+    dx, expect = view(rng, (T, K), pad=4), np.empty((T, K), np.float32)
+    ref.linear_backward_input(dout, w, expect, scale, gelu_x)
+    assert native.linear_backward_input(dout, w, dx, scale, gelu_x) is dx
+    close(dx, expect, atol=1e-4 * np.sqrt(N))
+
+
+@pytest.mark.parametrize("T,K,N", GEMM_SHAPES)
+@pytest.mark.parametrize("scale,with_bias", [(1.0, True), (0.5, True), (1.0, False)])
+def test_linear_backward_weight_accumulates_like_reference(isa, products, rng, T, K, N, scale, with_bias):
+    dout, x = view(rng, (T, N), pad=3), view(rng, (T, K), pad=1)
+    dw, db = view(rng, (N, K), pad=2), view(rng, (N,)) if with_bias else None
+    dw_ref, db_ref = dw.copy(), None if db is None else db.copy()
+    ref.linear_backward_weight(dout, x, dw_ref, db_ref, scale)
+    assert native.linear_backward_weight(dout, x, dw, db, scale) is dw
+    close(dw, dw_ref, atol=1e-4 * np.sqrt(T))
+    if with_bias:
+        close(db, db_ref, atol=1e-4 * np.sqrt(T))
+
+
+def test_fused_products_refuse_an_output_overlapping_an_input(rng):
+    x, w = rng.standard_normal((8, 16), dtype=np.float32), rng.standard_normal((16, 16), dtype=np.float32)
+    buf = np.zeros((8, 16), np.float32)
+    for impl in (native, ref):
+        with pytest.raises(KernelInputError, match="out must not overlap resid"):
+            impl.linear_residual(x, w, None, buf, buf)
+        with pytest.raises(KernelInputError, match="must not overlap"):
+            impl.linear_gelu(x, w, None, buf, buf)
+        with pytest.raises(KernelInputError, match="dx must not overlap gelu_x"):
+            impl.linear_backward_input(x, w, buf, 1.0, buf)
+
+
+@pytest.mark.parametrize("call", [
+    lambda z: native.linear_gelu(z((4, 8)), z((5, 9)), None, z((4, 5)), z((4, 5))),
+    lambda z: native.linear_residual(z((4, 8)), z((5, 8)), None, z((4, 6)), z((4, 5))),
+    lambda z: native.linear_backward_input(z((4, 5)), z((6, 8)), z((4, 8))),
+    lambda z: native.linear_backward_weight(z((4, 5)), z((3, 8)), z((5, 8)), None),
+    lambda z: native.linear_backward_weight(z((4, 5)), z((4, 8)), z((5, 8)), z((4,))),
+    lambda z: native.round_bf16(z((4, 5)), z((5, 4))),
+    lambda z: native.linear_gelu(z((4, 8)).astype(np.float64), z((5, 8)), None, z((4, 5)), z((4, 5))),
+])
+def test_fused_products_refuse_mismatched_shapes_and_dtypes(call):
+    with pytest.raises(KernelInputError):
+        call(lambda shape: np.zeros(shape, np.float32))
+
+
+def test_few_row_products_cost_one_weight_pass_and_match_reference(isa, rng):
+    # 1..16 rows (the server's batched decode) through the few-row kernel, every remainder of 3
+    w, b = view(rng, (37, 259), pad=1), view(rng, (37,))
+    for T in range(1, 17):
+        x, out = view(rng, (T, 259), pad=2), view(rng, (T, 37))
+        expect = np.empty_like(out)
+        ref.linear(x, w, b, expect)
+        native.linear(x, w, b, out)
+        close(out, expect, atol=1e-4 * np.sqrt(259))
+
+
+# ------------------------------------------------------------------ BF16 rounding
+
+def test_round_bf16_rounds_to_nearest_with_ties_to_even(isa):
+    one = np.float32(1.0)
+    ulp = np.float32(2.0 ** -7)  # BF16's spacing just above 1
+    x = np.array([one + ulp / 2, one + ulp + ulp / 2, one + ulp / 4, one + 3 * ulp / 4, -(one + ulp / 2),
+                  np.float32(3.4e38), np.inf, -np.inf, 0.0, -0.0], np.float32)
+    expect = np.array([one, one + 2 * ulp, one, one + ulp, -one, np.inf, np.inf, -np.inf, 0.0, -0.0], np.float32)
+    for impl in (native, ref):
+        out = impl.round_bf16(x, np.empty_like(x))
+        np.testing.assert_array_equal(out, expect)
+        assert np.signbit(out[-1])
+
+
+def test_round_bf16_keeps_nan_and_matches_reference_bit_for_bit(isa, rng):
+    x = view(rng, (9, 1027), pad=3, scale=100.0)
+    x[0, :3] = [np.nan, -np.nan, 1e-40]
+    out, expect = view(rng, (9, 1027), pad=1), np.empty((9, 1027), np.float32)
+    ref.round_bf16(x, expect)
+    native.round_bf16(x, out)
+    assert np.isnan(out[0, 0]) and np.isnan(out[0, 1])
+    np.testing.assert_array_equal(out.view(np.uint32)[:, 2:], expect.view(np.uint32)[:, 2:])
+    assert not (out.view(np.uint32) & 0xFFFF).any()
+    native.round_bf16(x, x)  # in place
+    np.testing.assert_array_equal(x[:, 2:], expect[:, 2:])
+
+
+def test_bf16_support_reports_both_instruction_sets():
+    support = kernels.bf16_support()
+    assert set(support) == {"avx512_bf16", "amx_bf16"} and all(isinstance(v, bool) for v in support.values())
+    from smallmind.kernels.info import cpuinfo
+
+    flags = cpuinfo()[1]  # Linux lists only what the CPU has and the OS enables
+    if "avx512_bf16" not in flags:
+        assert not support["avx512_bf16"]
+    if "amx_bf16" not in flags:
+        assert not support["amx_bf16"]

@@ -279,3 +279,52 @@ def test_a_corrupt_optimizer_step_is_refused(tmp_path, finished_run):
     path.write_bytes(_optimizer_bytes({**arrays, "step": "x"}))
     with pytest.raises(CheckpointError, match="optimizer state's step must be a non-negative integer"):
         run(tmp_path, steps=4, eval_every=1, resume=True)
+
+
+def test_bf16_is_refused_with_the_missing_features_on_a_cpu_without_them(monkeypatch):
+    monkeypatch.setattr(trainer_mod.kernels, "bf16_support", lambda: {"avx512_bf16": False, "amx_bf16": False})
+    with pytest.raises(SmallMindError, match="needs a CPU with AVX512-BF16 or AMX-BF16 enabled by the OS"):
+        run(steps=1, eval_every=1, precision="bf16")
+
+
+def test_bf16_trains_close_to_float32_where_the_cpu_has_it(monkeypatch):
+    monkeypatch.setattr(trainer_mod.kernels, "bf16_support", lambda: {"avx512_bf16": True, "amx_bf16": False})
+    fp32 = run(steps=20, eval_every=20)
+    bf16 = run(steps=20, eval_every=20, precision="bf16")
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    assert bf16["val_loss"] != fp32["val_loss"]
+    assert abs(bf16["val_loss"] - fp32["val_loss"]) / fp32["val_loss"] < 0.01
+
+
+def test_mfu_is_achieved_flops_over_the_given_peak_in_the_result_and_log():
+    from smallmind.models.gpt_train import train_flops_per_token
+
+    lines = []
+    result = train(TrainConfig(**{**QUICK, "steps": 2, "eval_every": 2}), progress=False, log=lines.append,
+                   peak_gflops=50.0)
+    assert result["flops_per_token"] == train_flops_per_token(preset("tiny", vocab_size=result["vocab_size"]), 32)
+    assert result["mfu"] == pytest.approx(result["tok_s"] * result["flops_per_token"] / 50e9)
+    assert f"MFU {100 * result['mfu']:.1f}%" in lines[-1]
+    assert run(steps=1, eval_every=1)["mfu"] is None  # no peak given, no utilisation
+
+
+def test_train_flops_per_token_counts_six_per_product_weight_and_the_attention_square():
+    from smallmind.models.gpt import GPTConfig
+    from smallmind.models.gpt_train import train_flops_per_token
+
+    cfg = GPTConfig(vocab_size=10, context_length=8, d_model=4, n_layers=2, n_heads=2)
+    weights = 2 * (3 * 16 + 16 + 4 * 16 + 4 * 16) + 10 * 4  # qkv, proj, up, down per layer; the tied head
+    assert train_flops_per_token(cfg, 8) == 6 * weights + 12 * 2 * 8 * 4
+
+
+def test_a_checkpoint_from_before_the_precision_setting_resumes_as_fp32(tmp_path):
+    from smallmind.formats.checkpoint import save_checkpoint
+
+    run(tmp_path, steps=2, eval_every=2)
+    ckpt = load_checkpoint(tmp_path / "out" / "last")
+    state = ckpt.trainer_state
+    del state["train_config"]["precision"]
+    save_checkpoint(tmp_path / "out" / "last", config=ckpt.params.cfg, params=ckpt.params, tokenizer=ckpt.tokenizer,
+                    optimizer_state=ckpt.optimizer_state, trainer_state=state)
+    result = run(tmp_path, steps=4, eval_every=2, resume=True)
+    assert (result["steps"], result["precision"]) == (4, "fp32")

@@ -15,6 +15,8 @@ def add_parser(sub):
                    help="decode: prompt length before decoding (default 32); prefill: tokens (default 128)")
     p.add_argument("--new-tokens", type=positive_int, default=50, metavar="N",
                    help="decode: tokens decoded (default 50)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="train: products in float32, or BF16 with float32 master weights (AVX512-BF16/AMX-BF16 CPUs)")
     p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
     p.add_argument("--repeats", type=positive_int, default=3, help="measured repetitions (median reported)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -29,12 +31,15 @@ def run(args):
         raise SmallMindError("give --model or --preset, not both")
     if args.model is not None and args.what == "train":
         raise SmallMindError("bench train measures a preset (--preset), not a model file")
+    if args.precision != "fp32" and args.what != "train":
+        raise SmallMindError("--precision applies to bench train only")
     name = args.preset or "seed"
     preset(name)  # a clear error for an unknown preset before anything heavy loads
     if args.what == "train":
         from ..bench.train import bench_train
 
-        result = bench_train(name, threads=thread_budget(args.threads, "bench"), repeats=args.repeats)
+        result = bench_train(name, threads=thread_budget(args.threads, "bench"), repeats=args.repeats,
+                             precision=args.precision)
     else:
         from ..bench.inference import bench_decode, bench_prefill
         from ..runtime.model import load

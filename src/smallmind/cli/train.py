@@ -15,6 +15,7 @@ from . import THREADS_HELP, bounded_float, nonneg_int, positive_int, set_thread_
 def add_parser(sub):
     from ..formats.tokenizer import KINDS
     from ..models.gpt import PRESETS
+    from ..models.gpt_train import PRECISIONS
 
     p = sub.add_parser("train", help="train a GPT from scratch on text")
     p.add_argument("--data", help="UTF-8 text file or directory (default: this Python's stdlib source)")
@@ -22,6 +23,9 @@ def add_parser(sub):
     p.add_argument("--steps", type=positive_int, help="optimizer steps in the whole run (default: 1000)")
     p.add_argument("--out", required=True, help="directory for the best/ and last/ checkpoints and the loss curve")
     p.add_argument("--tokenizer", choices=list(KINDS), help="tokenizer kind (default: bpe)")
+    p.add_argument("--precision", choices=list(PRECISIONS),
+                   help="fp32, or bf16: products in BF16 with float32 master weights, on CPUs with AVX512-BF16 "
+                        "or AMX-BF16 (default: fp32)")
     p.add_argument("--seed", type=nonneg_int, help="seed for weights, batches and dropout (default: 0)")
     p.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch (default: 16)")
     p.add_argument("--seq", type=positive_int, help="tokens per sequence (default: the preset's context)")
@@ -46,22 +50,29 @@ def add_parser(sub):
 
 # flags whose dest is a TrainConfig field; left out, they take TrainConfig's default (or, with
 # --resume, the value the run was started with)
-CONFIG_FLAGS = ("data", "preset", "steps", "tokenizer", "seed", "batch_size", "seq", "dropout", "grad_accum",
-                "max_lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "eval_every", "eval_batches")
+CONFIG_FLAGS = ("data", "preset", "steps", "tokenizer", "precision", "seed", "batch_size", "seq", "dropout",
+                "grad_accum", "max_lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "eval_every",
+                "eval_batches")
 
 
 def run(args):
+    from ..errors import SmallMindError
     from ..formats.checkpoint import LAST
-    from ..runtime.trainer import TrainConfig, train
+    from ..profiler.machine import gemm_gflops
+    from ..runtime.trainer import TrainConfig, bf16_refusal, train
 
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
     base = _saved_config(args.out) if args.resume else {}
     cfg = TrainConfig(**{**base, **given, "out": args.out, "resume": args.resume, "overwrite": args.overwrite})
     set_thread_budget(args.threads, "train")
+    if cfg.precision == "bf16" and bf16_refusal():  # before the peak is measured or any data loads
+        raise SmallMindError(bf16_refusal())
+    peak = gemm_gflops()  # at this thread budget, as the profiler's roofline measures it
 
     on_terminal = sys.stderr.isatty()
     result = train(cfg, progress=on_terminal,
-                   log=None if on_terminal else lambda line: print(line, file=sys.stderr, flush=True))
+                   log=None if on_terminal else lambda line: print(line, file=sys.stderr, flush=True),
+                   peak_gflops=peak)
     if result["interrupted"]:
         print(f"smallmind train: interrupted ({result['signal']}) at step {result['steps']}; {args.out}/{LAST} "
               f"is saved, continue with --resume", file=sys.stderr)
@@ -70,7 +81,8 @@ def run(args):
     else:
         print(f"steps {result['steps']}  train loss {result['train_loss']:.4f}  val loss {result['val_loss']:.4f}  "
               f"best val {result['best_val_loss']:.4f} (step {result['best_step']})")
-        print(f"{result['params']:,} parameters  {result['tok_s']:,.0f} tok/s  checkpoints in {result['out']}")
+        print(f"{result['params']:,} parameters  {result['tok_s']:,.0f} tok/s  MFU {100 * (result['mfu'] or 0):.1f}% "
+              f"of {result['peak_gflops']:,.0f} GFLOPS ({result['precision']})  checkpoints in {result['out']}")
     # the shell's convention for a process ended by a signal: 128 + its number
     return 128 + signal.Signals[result["signal"]] if result["interrupted"] else 0
 

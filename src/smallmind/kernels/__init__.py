@@ -8,6 +8,12 @@ Environment: SMALLMIND_KERNELS=numpy forces the references; SMALLMIND_ISA=avx512
 generic forces a (lower) native path. `path` says which runs: "native-avx512",
 "native-avx2", "native-generic" or "numpy"; select_isa(name) switches at run time.
 
+Products: `linear` and its fused forms (linear_gelu, linear_residual, linear_backward_input,
+linear_backward_weight) run a few rows on a kernel that reads each weight row once for all of
+them, and many rows on the native GEMM (packed panels, the element-wise work fused into its
+store) or on BLAS, per ISA as measured (kernels/csrc/module.c gemm_min_rows). bf16_support()
+says whether this process may use BF16 instructions.
+
 set_threads(n) is the one thread budget (BLAS through threadpoolctl and the native pool
 together; default: the CPUs this process may use); get_info() describes the machine, the
 kernel path and the libraries, as `smallmind doctor` prints it.
@@ -25,7 +31,8 @@ KERNEL_NAMES = (
     "linear", "embedding", "embedding_backward", "layer_norm", "layer_norm_backward",
     "rms_norm", "gelu", "gelu_backward", "silu", "swiglu", "geglu", "softmax",
     "causal_softmax", "softmax_backward", "rope", "kv_cache_store", "attention",
-    "cross_entropy", "adamw_step",
+    "cross_entropy", "adamw_step", "linear_gelu", "linear_residual", "linear_backward_input",
+    "linear_backward_weight", "round_bf16",
 )
 ISAS = ("avx512", "avx2", "generic")
 MAX_THREADS = 64  # the native pool's size (csrc/pool.c SM_MAX_THREADS)
@@ -90,6 +97,17 @@ def embedding(tokens, wte, wpe, pos0, out):
 def dequantize(w, out):
     # w (N,K) QTensor, out (N,K) float32: the values the block format holds
     return _dequantize(w, out)
+
+
+def bf16_support() -> dict:
+    """{"avx512_bf16": bool, "amx_bf16": bool}: BF16 instructions this process may use (the CPU
+    has them and the OS saves their registers; AMX also needs Linux's per-process grant)."""
+    if _backend is not None:
+        return dict(_backend.bf16_support())
+    from .info import cpuinfo
+
+    flags = cpuinfo()[1]  # Linux lists a feature only when it enables its register state
+    return {"avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags and "amx_tile" in flags}
 
 
 def select_isa(name: str) -> str:

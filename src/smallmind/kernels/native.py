@@ -19,6 +19,8 @@ quant_isa = _native.quant_isa
 set_threads = _native.set_threads
 get_threads = _native.get_threads
 tuning = _native.tuning
+gemm_min_rows = _native.gemm_min_rows
+bf16_support = _native.bf16_support
 
 _linear = _native.linear
 _embedding = _native.embedding
@@ -42,6 +44,10 @@ _adamw_step = _native.adamw_step
 _quant_linear = _native.quant_linear
 _quant_embedding = _native.quant_embedding
 _quant_dequantize = _native.quant_dequantize
+_gemm_linear = _native.gemm_linear
+_gemm_dx = _native.gemm_dx
+_gemm_dw = _native.gemm_dw
+_round_bf16 = _native.round_bf16
 
 _local = threading.local()
 
@@ -59,7 +65,8 @@ def linear(x, w, b, out, accumulate=False):
     # x (T,K), w (N,K), b (N,) or None, out (T,N): out = x @ w.T + b, or out += that
     if _linear(x, w, b, out, accumulate):
         return out
-    # many rows: BLAS is faster; the bias and residual are added in place afterwards
+    # many rows where the native GEMM does not run (see gemm_min_rows): BLAS, then the bias
+    # and residual in place
     if accumulate:
         y = _scratch(out.shape)
         np.matmul(x, w.T, out=y)
@@ -69,6 +76,51 @@ def linear(x, w, b, out, accumulate=False):
     if b is not None:
         np.add(out, b, out=out)
     return out
+
+
+def linear_gelu(x, w, b, pre, out):
+    # x (T,K), w (N,K), b (N,) or None, pre, out (T,N): pre = x @ w.T + b, out = gelu(pre)
+    if not _gemm_linear(x, w, b, None, pre, out, False):
+        linear(x, w, b, pre)
+        _gelu(pre, out)
+    return out
+
+
+def linear_residual(x, w, b, resid, out):
+    # x (T,K), w (N,K), b (N,) or None, resid, out (T,N): out = resid + x @ w.T + b
+    if not _gemm_linear(x, w, b, resid, out, None, False):
+        linear(x, w, b, out)
+        np.add(out, resid, out=out)
+    return out
+
+
+def linear_backward_input(dout, w, dx, scale=1.0, gelu_x=None):
+    # dout (T,M), w (M,K), dx (T,K), gelu_x (T,K) or None: dx = scale * dout @ w [* gelu'(gelu_x)]
+    if not _gemm_dx(dout, w, dx, scale, gelu_x):
+        np.matmul(dout, w, out=dx)
+        if scale != 1.0:
+            np.multiply(dx, np.float32(scale), out=dx)
+        if gelu_x is not None:
+            _gelu_backward(gelu_x, dx, dx)
+    return dx
+
+
+def linear_backward_weight(dout, x, dw, db, scale=1.0):
+    # dout (T,M), x (T,K), dw (M,K), db (M,) or None: dw += scale * dout.T @ x, db += scale * sum over rows
+    if not _gemm_dw(dout, x, dw, db, scale):
+        y = _scratch(dw.shape)
+        np.matmul(dout.T, x, out=y)
+        if scale != 1.0:
+            np.multiply(y, np.float32(scale), out=y)
+        np.add(dw, y, out=dw)
+        if db is not None:
+            db += np.float32(scale) * dout.sum(axis=0)
+    return dw
+
+
+def round_bf16(x, out):
+    # x, out (...): nearest BF16 value (ties to even) as float32; out may be x
+    return _round_bf16(x, out)
 
 
 def embedding(tokens, wte, wpe, pos0, out):

@@ -293,3 +293,51 @@ def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     vhat = v / (1.0 - beta2 ** step)
     param -= lr * (mhat / (np.sqrt(vhat) + eps) + weight_decay * param)
     return param
+
+
+def linear_gelu(x, w, b, pre, out):
+    # x (T,K), w (N,K), b (N,) or None, pre, out (T,N): pre = x @ w.T + b, out = gelu(pre)
+    _apart({"x": x, "w": w, "b": b, "pre": pre, "out": out}, ("pre", "out"))
+    linear(x, w, b, pre)
+    return gelu(pre, out)
+
+
+def linear_residual(x, w, b, resid, out):
+    # x (T,K), w (N,K), b (N,) or None, resid, out (T,N): out = resid + x @ w.T + b
+    _apart({"x": x, "w": w, "b": b, "resid": resid, "out": out}, ("out",))
+    linear(x, w, b, out)
+    out += resid
+    return out
+
+
+def linear_backward_input(dout, w, dx, scale=1.0, gelu_x=None):
+    # dout (T,M), w (M,K), dx (T,K), gelu_x (T,K) or None: dx = scale * dout @ w, times
+    # gelu'(gelu_x) when given (the gradient reaching a GELU's input through the layer after it)
+    _apart({"dout": dout, "w": w, "dx": dx, "gelu_x": gelu_x}, ("dx",))
+    np.matmul(dout, w, out=dx)
+    if scale != 1.0:
+        dx *= np.float32(scale)
+    if gelu_x is not None:
+        gelu_backward(gelu_x, dx, dx)
+    return dx
+
+
+def linear_backward_weight(dout, x, dw, db, scale=1.0):
+    # dout (T,M), x (T,K), dw (M,K), db (M,) or None: dw += scale * dout.T @ x and
+    # db += scale * dout summed over rows (accumulated, as gradients are)
+    _apart({"dout": dout, "x": x, "dw": dw, "db": db}, ("dw", "db"))
+    dw += np.float32(scale) * (dout.T @ x)
+    if db is not None:
+        db += np.float32(scale) * dout.sum(axis=0)
+    return dw
+
+
+def round_bf16(x, out):
+    # x, out (...): the nearest BF16 value (ties to even) kept as float32, the low 16 bits zero;
+    # NaN stays NaN and values beyond BF16's range round to inf, as the hardware conversion does
+    _apart({"x": x, "out": out}, ("out",), {"out": ("x",)})
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    quiet = (u | np.uint32(0x00400000)) & np.uint32(0xFFFF0000)
+    out[...] = np.where(np.isnan(x), quiet, rounded).view(np.float32)
+    return out

@@ -85,6 +85,8 @@ PRESETS = {
     "tiny": GPTConfig(vocab_size=512, context_length=64, d_model=128, n_layers=2, n_heads=4),
     # about 30M parameters
     "small": GPTConfig(vocab_size=8192, context_length=256, d_model=512, n_layers=8, n_heads=8),
+    # about 98M parameters (GPT-2 small's body with a 16K vocabulary)
+    "base": GPTConfig(vocab_size=16384, context_length=256, d_model=768, n_layers=12, n_heads=12),
 }
 
 

@@ -8,10 +8,18 @@ recipe in reverse and ACCUMULATES every parameter gradient into a Params laid ou
 weights, so the optimizer sees one flat gradient buffer.
 
 Each layer type is a forward/backward pair of small functions over (N, C) rows (N = B*T).
-Element-wise, norm, softmax, loss and embedding math goes through smallmind.kernels (NumPy
-references or native C, chosen at import); matrix products go through NumPy's BLAS with
-out= buffers. Attention runs batched over all (batch, head) pairs at once, on strided
-(B,H,T,D) views of the qkv rows (no copies), with BLAS on one thread (kernels.one_blas_thread).
+Everything goes through smallmind.kernels (NumPy references or native C, chosen at import).
+The linear layers use its fused products: the MLP's up projection writes the GELU beside
+its output, the projections add the residual as they store, and the backward products
+apply the GELU's gradient and sum the bias gradient in the same pass. Attention runs batched
+over (batch, head) pairs, on strided (B,H,T,D) views of the qkv rows (no copies), with BLAS
+on one thread (kernels.one_blas_thread) and the batch's sequences split over the thread budget.
+
+Mixed precision (precision="bf16"): the weights stay float32 (the optimizer's master copy);
+each forward rounds them once into a BF16 copy, and every linear layer's product, forward
+and backward, takes BF16-rounded inputs (weights, the activations it reads, the gradient it
+receives) with float32 sums and outputs, as BF16 hardware products do. Norms, softmax, loss,
+attention and the optimizer stay float32.
 
 Dropout (cfg.dropout > 0) is active only when forward is given a `dropout_rng`: on the
 embeddings, on the attention probabilities and on the outputs of the attention projection
@@ -19,28 +27,34 @@ and the MLP down projection, as in nanoGPT. Masks are drawn from that Generator,
 fixes them.
 """
 
+import math
+
 import numpy as np
 
 from .. import kernels
 from ..errors import SmallMindError
 from ..memory import require
 from ..scope import scope
-from .gpt import GPTConfig, Params
+from .gpt import GPTConfig, Params, param_shapes
+
+PRECISIONS = ("fp32", "bf16")
 
 
 class TrainWorkspace:
     """Every buffer forward and backward need for batches of shape (batch, seq)."""
 
-    def __init__(self, cfg: GPTConfig, batch: int, seq: int):
+    def __init__(self, cfg: GPTConfig, batch: int, seq: int, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise SmallMindError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if batch < 1 or seq < 1:
             raise SmallMindError("batch and seq must be at least 1")
         if seq > cfg.context_length:
             raise SmallMindError(f"seq {seq} exceeds the model's context length {cfg.context_length}")
         B, T, C, H, D, L = batch, seq, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.n_layers
         V, N = cfg.vocab_size, batch * seq
-        require(self.nbytes_for(cfg, batch, seq), f"a training batch of {batch} x {seq} tokens",
+        require(self.nbytes_for(cfg, batch, seq, precision), f"a training batch of {batch} x {seq} tokens",
                 "use a smaller batch size or sequence length")
-        self.cfg, self.batch, self.seq = cfg, batch, seq
+        self.cfg, self.batch, self.seq, self.precision = cfg, batch, seq, precision
 
         def f32(*shape):
             return np.zeros(shape, dtype=np.float32)
@@ -55,7 +69,7 @@ class TrainWorkspace:
         self.qkv = f32(L, N, 3 * C)             # q, k, v; attention reads them as (B,H,T,D) views
         self.probs = f32(L, B, H, T, T)         # causal softmax of the scores
         self.att = f32(L, N, C)                 # heads merged back: the output projection's input
-        self.mlp_pre = f32(L, N, 4 * C)         # MLP up-projection (GELU input)
+        self.mlp_pre = f32(L, N, 4 * C)         # MLP up-projection (GELU input, float32 in every precision)
         self.mlp_act = f32(L, N, 4 * C)         # GELU output
         self.ln_f = f32(N, C)
         self.ln_f_mean, self.ln_f_rstd = f32(N), f32(N)
@@ -69,13 +83,15 @@ class TrainWorkspace:
         self.dresid = f32(N, C)
         self.dln = f32(N, C)
         self.datt = f32(N, C)
-        self.dmlp_act = f32(N, 4 * C)
-        self.dmlp_pre = f32(N, 4 * C)
+        self.dmlp_pre = f32(N, 4 * C)           # made by the down projection's backward, through the GELU
         self.dqkv = f32(N, 3 * C)
         self.dprobs = f32(B, H, T, T)
-        self.dweight = f32(max(V, 4 * C) * C)   # scratch: one weight gradient before it is accumulated
-        self.dbias = f32(4 * C)
-        self.ones = np.ones(N, dtype=np.float32)  # bias gradients as a BLAS product: ones @ dout
+
+        # bf16: the rounded weights (laid out as Params) and a rounded copy of each product's dout
+        self.weights_bf16 = self.dout_bf16 = None
+        if precision == "bf16":
+            self.weights_bf16 = Params(cfg)
+            self.dout_bf16 = f32(N * max(V, 4 * C))
 
         p = cfg.dropout
         # the workspace only needs masks for a model that has dropout
@@ -93,16 +109,27 @@ class TrainWorkspace:
         self.has_targets = False
 
     @staticmethod
-    def nbytes_for(cfg: GPTConfig, batch: int, seq: int) -> int:
+    def nbytes_for(cfg: GPTConfig, batch: int, seq: int, precision: str = "fp32") -> int:
         """The bytes a workspace for (batch, seq) allocates: the buffers above, counted before any is made."""
         B, T, C, H, L, V = batch, seq, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.vocab_size
         N = B * T
         per_layer = N * C * 5 + N * 4 + N * 3 * C + B * H * T * T + N * 4 * C * 2
         floats = (L * per_layer + N * C * 2 + N * 2 + N * V * 2 + N + B * H * T * T * 2
-                  + N * C * 4 + N * 4 * C * 2 + N * 3 * C + max(V, 4 * C) * C + 4 * C + N)
+                  + N * C * 4 + N * 4 * C + N * 3 * C)
         if cfg.dropout > 0:
             floats += N * C + L * (B * H * T * T + 2 * N * C)
+        if precision == "bf16":
+            floats += sum(math.prod(shape) for _, shape, _ in param_shapes(cfg)) + N * max(V, 4 * C)
         return 4 * (floats + 2 * N)  # + the int32 tokens and targets
+
+
+def train_flops_per_token(cfg: GPTConfig, seq: int) -> float:
+    """Floating-point operations of one trained token (forward + backward), PaLM's count:
+    6 per weight of every product (the LM head included) + 12 L T C for the attention scores
+    and their weighted sums, which this model computes over the full (T, T) square."""
+    C, L, V = cfg.d_model, cfg.n_layers, cfg.vocab_size
+    product_weights = L * 12 * C * C + V * C
+    return 6.0 * product_weights + 12.0 * L * seq * C
 
 
 # ---- layer pairs ------------------------------------------------------------------------
@@ -131,28 +158,22 @@ def layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias):
     kernels.layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias)
 
 
-def linear_forward(x, weight, bias, out, accumulate=False):
-    # x (N,K), weight (M,K), bias (M,) or None, out (N,M): out (+)= x @ weight.T + bias
-    kernels.linear(x, weight, bias, out, accumulate)
+def linear_forward(x, weight, bias, out):
+    # x (N,K), weight (M,K), bias (M,) or None, out (N,M): out = x @ weight.T + bias
+    kernels.linear(x, weight, bias, out)
 
 
-def linear_backward(dout, x, weight, dx, dweight, dbias, ws, scale=1.0):
-    # dout (N,M), x (N,K), weight (M,K), dx (N,K); dweight (M,K), dbias (M,) or None accumulate
-    # dx = scale * dout @ weight; dweight += scale * dout.T @ x; dbias += scale * sum over rows of dout
-    np.matmul(dout, weight, out=dx)
-    scratch = ws.dweight[:weight.size].reshape(weight.shape)
-    np.matmul(dout.T, x, out=scratch)
-    if scale != 1.0:
-        # scaling the (N,K) and (M,K) products is cheaper than scaling dout
-        dx *= np.float32(scale)
-        scratch *= np.float32(scale)
-    dweight += scratch
-    if dbias is not None:
-        db = ws.dbias[:dout.shape[1]]
-        np.matmul(ws.ones, dout, out=db)
-        if scale != 1.0:
-            db *= np.float32(scale)
-        dbias += db
+def linear_gelu_forward(x, weight, bias, pre, out):
+    # x (N,K), weight (M,K), bias (M,), pre, out (N,M): pre = x @ weight.T + bias, out = gelu(pre)
+    kernels.linear_gelu(x, weight, bias, pre, out)
+
+
+def linear_backward(dout, x, weight, dx, dweight, dbias, scale=1.0, gelu_x=None):
+    # dout (N,M), x (N,K), weight (M,K), dx (N,K); dweight (M,K), dbias (M,) or None accumulate;
+    # dx = scale * dout @ weight, times gelu'(gelu_x) when given (gelu_x (N,K): the GELU's input
+    # whose output was x); dweight += scale * dout.T @ x; dbias += scale * sum over rows of dout
+    kernels.linear_backward_input(dout, weight, dx, scale, gelu_x)
+    kernels.linear_backward_weight(dout, x, dweight, dbias, scale)
 
 
 def _heads(x, B, T, H, D):
@@ -163,42 +184,71 @@ def _heads(x, B, T, H, D):
 def attention_forward(qkv, scores, probs, out, mask=None):
     # qkv (B,T,3C) flat as (B*T,3C); scores, probs (B,H,T,T); out (B*T,C): heads merged
     B, H, T, _ = probs.shape
-    q, k, v = _heads(qkv, B, T, H, qkv.shape[1] // (3 * H))
-    np.matmul(q, k.transpose(0, 1, 3, 2), out=scores)
-    kernels.causal_softmax(scores, probs, 1.0 / np.sqrt(q.shape[-1]))
-    if mask is not None:
-        # scores is free again: it holds the dropped-out probabilities
-        probs = np.multiply(probs, mask, out=scores)
-    np.matmul(probs, v, out=_heads(out, B, T, H, q.shape[-1])[0])
+    D = qkv.shape[1] // (3 * H)
+
+    def sequences(b0, b1):
+        rows = slice(b0 * T, b1 * T)
+        q, k, v = _heads(qkv[rows], b1 - b0, T, H, D)
+        s, p = scores[b0:b1], probs[b0:b1]
+        np.matmul(q, k.transpose(0, 1, 3, 2), out=s)
+        kernels.causal_softmax(s, p, 1.0 / np.sqrt(D))
+        if mask is not None:
+            # scores is free again: it holds the dropped-out probabilities
+            p = np.multiply(p, mask[b0:b1], out=s)
+        np.matmul(p, v, out=_heads(out[rows], b1 - b0, T, H, D)[0])
+
+    _over_sequences(sequences, B)
 
 
 def attention_backward(dout, qkv, probs, dprobs, dscores, dqkv, mask=None):
     # dout (B*T,C), qkv (B*T,3C), probs (B,H,T,T) -> dqkv (B*T,3C); dprobs, dscores (B,H,T,T) scratch
     B, H, T, _ = probs.shape
     D = qkv.shape[1] // (3 * H)
-    q, k, v = _heads(qkv, B, T, H, D)
-    dq, dk, dv = _heads(dqkv, B, T, H, D)
-    datt = _heads(dout, B, T, H, D)[0]
-    np.matmul(datt, v.transpose(0, 1, 3, 2), out=dprobs)
-    if mask is None:
-        np.matmul(probs.transpose(0, 1, 3, 2), datt, out=dv)
-    else:
-        np.multiply(probs, mask, out=dscores)
-        np.matmul(dscores.transpose(0, 1, 3, 2), datt, out=dv)
-        dprobs *= mask
-    kernels.softmax_backward(probs, dprobs, dscores, 1.0 / np.sqrt(D))
-    np.matmul(dscores, k, out=dq)
-    np.matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)
+
+    def sequences(b0, b1):
+        rows, n = slice(b0 * T, b1 * T), b1 - b0
+        q, k, v = _heads(qkv[rows], n, T, H, D)
+        dq, dk, dv = _heads(dqkv[rows], n, T, H, D)
+        datt = _heads(dout[rows], n, T, H, D)[0]
+        p, dp, ds = probs[b0:b1], dprobs[b0:b1], dscores[b0:b1]
+        np.matmul(datt, v.transpose(0, 1, 3, 2), out=dp)
+        if mask is None:
+            np.matmul(p.transpose(0, 1, 3, 2), datt, out=dv)
+        else:
+            np.multiply(p, mask[b0:b1], out=ds)
+            np.matmul(ds.transpose(0, 1, 3, 2), datt, out=dv)
+            dp *= mask[b0:b1]
+        kernels.softmax_backward(p, dp, ds, 1.0 / np.sqrt(D))
+        np.matmul(ds, k, out=dq)
+        np.matmul(ds.transpose(0, 1, 3, 2), q, out=dk)
+
+    _over_sequences(sequences, B)
 
 
-def gelu_forward(x, out):
-    # x, out (N,4C)
-    kernels.gelu(x, out)
+_sequence_threads = {"n": 0, "pool": None}
 
 
-def gelu_backward(x, dout, dx):
-    # x, dout, dx (N,4C): dx = dout * gelu'(x)
-    kernels.gelu_backward(x, dout, dx)
+def _over_sequences(fn, B):
+    # fn(b0, b1) for the batch's sequences split over the thread budget: the attention products
+    # are many tiny matrices that BLAS runs on one thread (kernels.one_blas_thread), so the split
+    # happens here; each sequence's math is the same whichever thread runs it
+    n = min(kernels.get_threads(), B)
+    if n <= 1:
+        fn(0, B)
+        return
+    if _sequence_threads["n"] != n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _sequence_threads["pool"] is not None:
+            _sequence_threads["pool"].shutdown()
+        _sequence_threads.update(n=n, pool=ThreadPoolExecutor(n - 1, thread_name_prefix="smallmind-attention"))
+    bounds = [B * i // n for i in range(n + 1)]
+    others = [_sequence_threads["pool"].submit(fn, bounds[i], bounds[i + 1]) for i in range(1, n)]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for future in others:
+            future.result()
 
 
 def loss_forward(logits, targets, losses, dlogits):
@@ -244,6 +294,12 @@ def forward(params: Params, ws: TrainWorkspace, tokens, targets=None, *, dropout
         for mask in masks.values():
             _draw_mask(dropout_rng, mask, p)
     eps = cfg.layer_norm_eps
+    bf16 = ws.precision == "bf16"
+    w = params
+    if bf16:
+        # the products read the weights rounded once per step; biases and norms stay float32
+        w = ws.weights_bf16
+        kernels.round_bf16(params.flat, w.flat)
 
     with scope("forward"):
         with scope("embedding"):
@@ -256,43 +312,65 @@ def forward(params: Params, ws: TrainWorkspace, tokens, targets=None, *, dropout
             with scope("norm"):
                 layer_norm_forward(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], ws.ln_1[l],
                                    ws.ln_1_mean[l], ws.ln_1_rstd[l], eps)
+                _product_input(bf16, ws.ln_1[l])
             with scope("matmul.qkv"):
-                linear_forward(ws.ln_1[l], params[h + "attn.qkv.weight"], params[h + "attn.qkv.bias"], ws.qkv[l])
+                linear_forward(ws.ln_1[l], w[h + "attn.qkv.weight"], params[h + "attn.qkv.bias"], ws.qkv[l])
             with scope("attention"), kernels.one_blas_thread:
                 attention_forward(ws.qkv[l], ws.scores, ws.probs[l], ws.att[l],
                                   None if masks is None else masks["probs"][l])
+                _product_input(bf16, ws.att[l])
             with scope("matmul.attn_out"):
-                _residual_linear(x, ws.att[l], params[h + "attn.proj.weight"], params[h + "attn.proj.bias"],
+                _residual_linear(x, ws.att[l], w[h + "attn.proj.weight"], params[h + "attn.proj.bias"],
                                  ws.resid_mid[l], None if masks is None else masks["attn_out"][l])
             x = ws.resid_mid[l]
             with scope("norm"):
                 layer_norm_forward(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], ws.ln_2[l],
                                    ws.ln_2_mean[l], ws.ln_2_rstd[l], eps)
+                _product_input(bf16, ws.ln_2[l])
             with scope("matmul.mlp_up"):
-                linear_forward(ws.ln_2[l], params[h + "mlp.up.weight"], params[h + "mlp.up.bias"], ws.mlp_pre[l])
-            with scope("activation"):
-                gelu_forward(ws.mlp_pre[l], ws.mlp_act[l])
+                linear_gelu_forward(ws.ln_2[l], w[h + "mlp.up.weight"], params[h + "mlp.up.bias"], ws.mlp_pre[l],
+                                    ws.mlp_act[l])
+                _product_input(bf16, ws.mlp_act[l])
             with scope("matmul.mlp_down"):
-                _residual_linear(x, ws.mlp_act[l], params[h + "mlp.down.weight"], params[h + "mlp.down.bias"],
+                _residual_linear(x, ws.mlp_act[l], w[h + "mlp.down.weight"], params[h + "mlp.down.bias"],
                                  ws.resid_out[l], None if masks is None else masks["mlp_out"][l])
             x = ws.resid_out[l]
         with scope("norm"):
             layer_norm_forward(x, params["ln_f.weight"], params["ln_f.bias"], ws.ln_f, ws.ln_f_mean, ws.ln_f_rstd,
                                eps)
+            _product_input(bf16, ws.ln_f)
         logits = ws.logits.reshape(-1, cfg.vocab_size)
         with scope("matmul.lm_head"):
-            linear_forward(ws.ln_f, params.lm_head, None, logits)
+            linear_forward(ws.ln_f, w.lm_head, None, logits)
         if not ws.has_targets:
             return float("nan")
         with scope("loss"):
             return loss_forward(logits, ws.targets.reshape(-1), ws.losses, ws.dlogits)
 
 
+def _product_input(bf16, x):
+    # x (N,K): an activation read only by products, rounded in place to what a BF16 product reads
+    if bf16:
+        kernels.round_bf16(x, x)
+
+
+def _product_grad(ws, dout):
+    # dout (N,M) -> the gradient a product reads: dout itself, or its BF16 rounding in ws.dout_bf16
+    # (dout itself stays float32: the residual stream's gradient keeps accumulating in it)
+    if ws.precision != "bf16":
+        return dout
+    rounded = ws.dout_bf16[:dout.size].reshape(dout.shape)
+    kernels.round_bf16(dout, rounded)
+    return rounded
+
+
 def _residual_linear(x, inp, weight, bias, out, mask):
     # x, out (N,C); inp (N,K); weight (C,K): out = x + dropout(inp @ weight.T + bias)
+    if mask is None:
+        kernels.linear_residual(inp, weight, bias, x, out)
+        return
     linear_forward(inp, weight, bias, out)
-    if mask is not None:
-        out *= mask
+    out *= mask
     out += x
 
 
@@ -305,10 +383,11 @@ def backward(params: Params, grads: Params, ws: TrainWorkspace, loss_scale: floa
         raise SmallMindError("backward needs a forward with targets first")
     masks = ws.dropout_masks if ws.dropout_active else None
     dresid, dln = ws.dresid, ws.dln
+    w = ws.weights_bf16 if ws.precision == "bf16" else params  # rounded by the forward
 
     with scope("backward"):
         with scope("matmul.lm_head"):
-            linear_backward(ws.dlogits, ws.ln_f, params.lm_head, dln, grads.lm_head, None, ws, loss_scale)
+            linear_backward(_product_grad(ws, ws.dlogits), ws.ln_f, w.lm_head, dln, grads.lm_head, None, loss_scale)
         with scope("norm"):
             dresid.fill(0.0)
             x_last = ws.resid_out[cfg.n_layers - 1]
@@ -318,27 +397,26 @@ def backward(params: Params, grads: Params, ws: TrainWorkspace, loss_scale: floa
             h = f"h.{l}."
             x_in = ws.resid_out[l - 1] if l > 0 else ws.embedded
             with scope("matmul.mlp_down"):
+                # straight through the GELU to the up projection's output gradient
                 dproj = _residual_linear_grad(dresid, ws.dproj, None if masks is None else masks["mlp_out"][l])
-                linear_backward(dproj, ws.mlp_act[l], params[h + "mlp.down.weight"], ws.dmlp_act,
-                                grads[h + "mlp.down.weight"], grads[h + "mlp.down.bias"], ws)
-            with scope("activation"):
-                gelu_backward(ws.mlp_pre[l], ws.dmlp_act, ws.dmlp_pre)
+                linear_backward(_product_grad(ws, dproj), ws.mlp_act[l], w[h + "mlp.down.weight"], ws.dmlp_pre,
+                                grads[h + "mlp.down.weight"], grads[h + "mlp.down.bias"], gelu_x=ws.mlp_pre[l])
             with scope("matmul.mlp_up"):
-                linear_backward(ws.dmlp_pre, ws.ln_2[l], params[h + "mlp.up.weight"], dln,
-                                grads[h + "mlp.up.weight"], grads[h + "mlp.up.bias"], ws)
+                linear_backward(_product_grad(ws, ws.dmlp_pre), ws.ln_2[l], w[h + "mlp.up.weight"], dln,
+                                grads[h + "mlp.up.weight"], grads[h + "mlp.up.bias"])
             with scope("norm"):
                 layer_norm_backward(dln, ws.resid_mid[l], params[h + "ln_2.weight"], ws.ln_2_mean[l],
                                     ws.ln_2_rstd[l], dresid, grads[h + "ln_2.weight"], grads[h + "ln_2.bias"])
             with scope("matmul.attn_out"):
                 dproj = _residual_linear_grad(dresid, ws.dproj, None if masks is None else masks["attn_out"][l])
-                linear_backward(dproj, ws.att[l], params[h + "attn.proj.weight"], ws.datt,
-                                grads[h + "attn.proj.weight"], grads[h + "attn.proj.bias"], ws)
+                linear_backward(_product_grad(ws, dproj), ws.att[l], w[h + "attn.proj.weight"], ws.datt,
+                                grads[h + "attn.proj.weight"], grads[h + "attn.proj.bias"])
             with scope("attention"), kernels.one_blas_thread:
                 attention_backward(ws.datt, ws.qkv[l], ws.probs[l], ws.dprobs, ws.scores, ws.dqkv,
                                    None if masks is None else masks["probs"][l])
             with scope("matmul.qkv"):
-                linear_backward(ws.dqkv, ws.ln_1[l], params[h + "attn.qkv.weight"], dln,
-                                grads[h + "attn.qkv.weight"], grads[h + "attn.qkv.bias"], ws)
+                linear_backward(_product_grad(ws, ws.dqkv), ws.ln_1[l], w[h + "attn.qkv.weight"], dln,
+                                grads[h + "attn.qkv.weight"], grads[h + "attn.qkv.bias"])
             with scope("norm"):
                 layer_norm_backward(dln, x_in, params[h + "ln_1.weight"], ws.ln_1_mean[l], ws.ln_1_rstd[l],
                                     dresid, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"])

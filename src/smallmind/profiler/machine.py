@@ -56,21 +56,26 @@ def measure_peaks(gemm_n: int = 2048, copy_mb: int = 128, cache_copy_mb: int = 4
     cost model uses for every scope. The same copy of `cache_copy_mb` MB, which stays in cache,
     is reported beside it as cache_gbps: a scope whose data lives in cache can beat the roof.
     """
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((gemm_n, gemm_n), dtype=np.float32)
-    b = rng.standard_normal((gemm_n, gemm_n), dtype=np.float32)
-    c = np.empty((gemm_n, gemm_n), dtype=np.float32)
-    np.matmul(a, b, out=c)  # warm: BLAS threads up, pages touched
-    gemm_s = min(_timed(lambda: np.matmul(a, b, out=c)) for _ in range(repeats))
-    del a, b, c
     return {
-        "gflops": 2.0 * gemm_n ** 3 / gemm_s / 1e9,
+        "gflops": gemm_gflops(gemm_n, repeats),
         "gbps": _copy_gbps(copy_mb, repeats),
         "cache_gbps": _copy_gbps(cache_copy_mb, repeats * 10),
         "gemm_n": gemm_n,
         "copy_mb": copy_mb,
         "cache_copy_mb": cache_copy_mb,
     }
+
+
+def gemm_gflops(gemm_n: int = 2048, repeats: int = 3) -> float:
+    """Best-of-`repeats` float32 GEMM GFLOPS of an n x n product (np.matmul, all BLAS threads):
+    the compute peak the roofline and training's model FLOPs utilisation are measured against."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((gemm_n, gemm_n), dtype=np.float32)
+    b = rng.standard_normal((gemm_n, gemm_n), dtype=np.float32)
+    c = np.empty((gemm_n, gemm_n), dtype=np.float32)
+    np.matmul(a, b, out=c)  # warm: BLAS threads up, pages touched
+    gemm_s = min(_timed(lambda: np.matmul(a, b, out=c)) for _ in range(repeats))
+    return 2.0 * gemm_n ** 3 / gemm_s / 1e9
 
 
 def _copy_gbps(mb: int, repeats: int) -> float:

@@ -10,6 +10,13 @@ Out directory (when `out` is set):
   best/            checkpoint with the lowest validation loss (weights, tokenizer, config)
   last/            checkpoint at the latest evaluation, with optimizer and trainer state
   loss_curve.png   per-step training loss and the evaluated train/validation losses
+
+precision="bf16" runs the products in BF16 with float32 master weights and optimizer state
+(models/gpt_train.py); it is refused on CPUs without AVX512-BF16 or AMX-BF16. Where the CPU
+has them, the products still run the float32 kernels on BF16-rounded inputs (the numerics of
+BF16 hardware, not its speed): no hardware BF16 kernel is built yet. Given the
+machine's measured peak (peak_gflops), each evaluation's log line and the result report the
+model FLOPs utilisation: achieved training FLOPs / that peak.
 """
 
 import math
@@ -23,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import kernels
 from ..errors import CheckpointError, SmallMindError
 from ..formats import text_data
 from ..formats.checkpoint import BEST, LAST, has_checkpoint, load_checkpoint, save_checkpoint
@@ -39,6 +47,8 @@ LOSS_CURVE = "loss_curve.png"
 RESUMABLE_CHANGES = {"steps", "out", "resume", "overwrite", "data", "max_corpus_chars"}
 # Fields whose None default is resolved from others (see TrainConfig.resolved).
 DERIVED_DEFAULTS = ("seq", "dropout", "min_lr", "warmup_steps")
+# Settings added after checkpoints were first written, with the value those runs used.
+ADDED_SETTINGS = {"precision": "fp32"}
 
 
 # (field, accepted types (None: may be None), what to say) for TrainConfig.__post_init__
@@ -51,6 +61,7 @@ _FIELD_TYPES = (
     *((name, (*_NUMBER, None), "a finite number or None") for name in ("dropout", "min_lr")),
     ("preset", (str,), "a preset name"),
     ("tokenizer", (str,), "a tokenizer kind"),
+    ("precision", (str,), "a precision name"),
     *((name, (*_PATH, None), "a path or None") for name in ("data", "out")),
     *((name, (bool,), "True or False") for name in ("resume", "overwrite")),
 )
@@ -61,6 +72,7 @@ class TrainConfig:
     data: str | None = None          # file or directory of UTF-8 text; None = stdlib source
     preset: str = "seed"
     tokenizer: str = "bpe"           # "char" or "bpe"
+    precision: str = "fp32"          # "fp32" or "bf16" (products in BF16, float32 master weights)
     steps: int = 1000                # optimizer steps in the whole run (the LR schedule's length)
     batch_size: int = 16
     seq: int | None = None           # None = the preset's context length
@@ -108,6 +120,8 @@ class TrainConfig:
         )
         checks = [
             (cfg.tokenizer in KINDS, f"unknown tokenizer {cfg.tokenizer!r}; choose one of {', '.join(KINDS)}"),
+            (cfg.precision in gpt_train.PRECISIONS,
+             f"unknown precision {cfg.precision!r}; choose one of {', '.join(gpt_train.PRECISIONS)}"),
             (cfg.steps >= 1, f"steps must be at least 1, got {cfg.steps}"),
             (cfg.batch_size >= 1, f"batch size must be at least 1, got {cfg.batch_size}"),
             (1 <= cfg.seq <= model.context_length,
@@ -134,11 +148,28 @@ class TrainConfig:
         return cfg
 
 
-def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
+def bf16_refusal() -> str | None:
+    """Why --precision bf16 cannot run on this CPU, or None when it can."""
+    support = kernels.bf16_support()
+    if support["avx512_bf16"] or support["amx_bf16"]:
+        return None
+    return ("--precision bf16 needs a CPU with AVX512-BF16 or AMX-BF16 enabled by the OS; this one has neither "
+            "(use --precision fp32)")
+
+
+def mfu(tok_s: float, flops_per_token: float, peak_gflops: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved training FLOPs per second over the measured peak."""
+    if not peak_gflops or tok_s <= 0:
+        return None
+    return tok_s * flops_per_token / (peak_gflops * 1e9)
+
+
+def train(cfg: TrainConfig, progress: bool = True, log=None, peak_gflops: float | None = None) -> dict:
     """Run (or resume) training; returns the figures of the run (see the end of this function).
 
     progress: show a progress bar on stderr. log: a callable given one line of text per
-    evaluation (for logs, where a progress bar is noise)."""
+    evaluation (for logs, where a progress bar is noise). peak_gflops: the machine's measured
+    float32 peak (profiler.machine), for the model FLOPs utilisation; None leaves it out."""
     if not isinstance(cfg, TrainConfig):
         raise SmallMindError(f"train needs a TrainConfig, got {type(cfg).__name__}")
     out = Path(cfg.out) if cfg.out is not None else None
@@ -148,6 +179,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
         saved = resumed.trainer_state.get("train_config") or {}
         cfg = replace(cfg, **{k: saved[k] for k in DERIVED_DEFAULTS if getattr(cfg, k) is None and k in saved})
     cfg = cfg.resolved()
+    if cfg.precision == "bf16" and bf16_refusal():
+        raise SmallMindError(bf16_refusal())
     # the tokenizer's vocabulary is at most the preset's, so this bounds a new model too
     _check_memory(cfg, resumed.params.cfg if resumed is not None else preset(cfg.preset, dropout=cfg.dropout))
 
@@ -174,7 +207,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
     val_batches = text_data.evenly_spaced_batches(val_tokens, B, T, cfg.eval_batches, what="validation")
     train_eval_batches = text_data.evenly_spaced_batches(train_tokens, B, T, cfg.eval_batches, what="training")
     dropout_rng = np.random.default_rng(cfg.seed + 2)
-    ws = gpt_train.TrainWorkspace(model_cfg, B, T)
+    ws = gpt_train.TrainWorkspace(model_cfg, B, T, cfg.precision)
     grads = params.zeros_like()
     optimizer = AdamW(params, weight_decay=cfg.weight_decay)
 
@@ -201,6 +234,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
                         trainer_state=trainer_state())
 
     tokens_per_step = B * T * cfg.grad_accum
+    flops_per_token = gpt_train.train_flops_per_token(model_cfg, T)
     start_step, train_seconds = step, 0.0
 
     def evaluate() -> None:
@@ -209,8 +243,13 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
         train_loss = _mean_loss(params, ws, train_eval_batches)
         evals.append({"step": step, "train": train_loss, "val": val_loss})
         if log is not None:
-            speed = (f"  {(step - start_step) * tokens_per_step / train_seconds:,.0f} tok/s"
-                     if train_seconds > 0 else "")
+            speed = ""
+            if train_seconds > 0:
+                tok_s = (step - start_step) * tokens_per_step / train_seconds
+                speed = f"  {tok_s:,.0f} tok/s"
+                utilisation = mfu(tok_s, flops_per_token, peak_gflops)
+                if utilisation is not None:
+                    speed += f"  MFU {100 * utilisation:.1f}%"
             log(f"step {step}/{cfg.steps}  train loss {train_loss:.4f}  val loss {val_loss:.4f}{speed}")
         improved = val_loss < best_val
         if improved:
@@ -245,6 +284,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
 
     last = evals[-1]
     trained = step - start_step
+    tok_s = trained * tokens_per_step / train_seconds if trained else 0.0
     # train_loss and val_loss are the last evaluation's, over fixed batches without dropout;
     # tok_s counts training steps only (not evaluation or saving)
     return {
@@ -255,7 +295,11 @@ def train(cfg: TrainConfig, progress: bool = True, log=None) -> dict:
         "best_val_loss": best_val,
         "best_step": best_step,
         "last_step_loss": train_losses[-1] if train_losses else None,
-        "tok_s": trained * tokens_per_step / train_seconds if trained else 0.0,
+        "tok_s": tok_s,
+        "mfu": mfu(tok_s, flops_per_token, peak_gflops),
+        "peak_gflops": peak_gflops,
+        "flops_per_token": flops_per_token,
+        "precision": cfg.precision,
         "train_seconds": train_seconds,
         "tokens": trained * tokens_per_step,
         "params": params.count,
@@ -275,7 +319,7 @@ def _check_memory(cfg: TrainConfig, model_cfg) -> None:
     weights = 4 * 4 * sum(math.prod(shape) for _, shape, _ in param_shapes(model_cfg))  # params, grads, m, v
     sampler = B * (T + 1) * 12 + 2 * B * T * 4
     evals = 2 * n * B * (8 + (T + 1) * 4 + 2 * T * 4)  # train and validation: starts, windows, x and y
-    workspace = gpt_train.TrainWorkspace.nbytes_for(model_cfg, B, T)
+    workspace = gpt_train.TrainWorkspace.nbytes_for(model_cfg, B, T, cfg.precision)
     require(weights + sampler + evals + workspace,
             f"training with batch size {B}, sequence length {T} and {n} evaluation batches",
             "use a smaller --batch-size, --seq or --eval-batches")
@@ -359,6 +403,8 @@ def check_trainer_state(state: dict, where) -> None:
         raise bad("evals", "must be a list of {step, train, val} records up to the saved step")
     if not isinstance(state["train_config"], dict):
         raise bad("train_config", "must be an object of settings")
+    for name, value in ADDED_SETTINGS.items():
+        state["train_config"].setdefault(name, value)
     lacking = [f.name for f in fields(TrainConfig) if f.name not in state["train_config"]]
     if lacking:
         raise bad("train_config", f"lacks the setting {lacking[0]!r}")

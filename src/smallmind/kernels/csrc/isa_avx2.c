@@ -3,5 +3,6 @@
 #pragma GCC target("avx2,fma,f16c,bmi2")
 #define SM_SUFFIX avx2
 #define SM_ISA_NAME "avx2"
+#define SM_LINEAR_AVX2 1
 #include "kernels_impl.h"
 #endif

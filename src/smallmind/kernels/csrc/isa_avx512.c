@@ -4,5 +4,6 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2,prefer-vector-width=512")
 #define SM_SUFFIX avx512
 #define SM_ISA_NAME "avx512"
+#define SM_LINEAR_AVX2 1
 #include "kernels_impl.h"
 #endif

@@ -10,54 +10,7 @@
 #define SM_CAT(a, b) SM_CAT2(a, b)
 #define FN(name) SM_CAT(name, SM_SUFFIX)
 
-static inline float sm_bits_to_float(uint32_t i) { float f; memcpy(&f, &i, 4); return f; }
-static inline uint32_t sm_float_bits(float f) { uint32_t i; memcpy(&i, &f, 4); return i; }
-
-/* exp with about 1 ulp error (Cephes expf polynomial). Range reduction x = n ln2 + r with
- * round-to-nearest through the 1.5*2^23 trick, reading n from the float's low bits (no libm
- * call and no float-to-int conversion, so loops stay vectorized and NaN is well defined);
- * 2^n is applied as two factors so n from -150 to 128 neither wraps nor flushes early. */
-static inline float sm_exp(float x)
-{
-    float xc = x < -104.0f ? -104.0f : x;
-    xc = xc > 89.0f ? 89.0f : xc;
-    float nm = xc * 1.44269504088896341f + 12582912.0f;
-    float n = nm - 12582912.0f;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    int32_t ni = (int32_t)(sm_float_bits(nm) - 0x4B400000u);
-    int32_t n1 = ni >> 1, n2 = ni - n1;
-    float y = p * sm_bits_to_float((uint32_t)(n1 + 127) << 23) * sm_bits_to_float((uint32_t)(n2 + 127) << 23);
-    return x != x ? x : y;
-}
-
-#define SM_GELU_C 0.7978845608028654f
-
-/* GELU through 0.5 (1 + tanh u) = sigmoid(2u): no 1 + tanh cancellation, so the tails
- * keep their relative accuracy (the float32 tanh formula loses it near tanh = -1). */
-static inline float sm_gelu(float x)
-{
-    float u = SM_GELU_C * (x + 0.044715f * x * x * x);
-    return x / (1.0f + sm_exp(-2.0f * u));
-}
-
-/* d/dx: s + 2 x u' s (1 - s) with s = sigmoid(2u), s (1 - s) = e / (1 + e)^2, e = exp(-2|u|) */
-static inline float sm_gelu_grad(float x)
-{
-    float u = SM_GELU_C * (x + 0.044715f * x * x * x);
-    float du = SM_GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
-    float e = sm_exp(-2.0f * fabsf(u));
-    float inv = 1.0f / (1.0f + e);
-    float s = u >= 0.0f ? inv : e * inv;
-    return s + 2.0f * x * du * e * inv * inv;
-}
+#include "sm_math.h"
 
 /* a, b (n,) -> sum a*b */
 static inline float sm_dot(const float *a, const float *b, long n)
@@ -76,6 +29,7 @@ static inline void sm_linear_store(const LinearArgs *a, long t, long n, float s)
     *o = a->accumulate ? *o + s : s;
 }
 
+#ifndef SM_LINEAR_AVX2
 /* 4 weight rows x 4 tokens: 8 vector loads feed 16 FMAs (the single-token loop is load bound) */
 static inline void sm_linear_4x4(const LinearArgs *a, long n, long t)
 {
@@ -103,6 +57,8 @@ static inline void sm_linear_4x4(const LinearArgs *a, long n, long t)
     sm_linear_store(a, t + 3, n + 2, s32); sm_linear_store(a, t + 3, n + 3, s33);
 }
 
+#endif
+
 /* 8 weight rows x 1 token (decode): eight independent row streams keep enough loads in
  * flight when the weights come from L3, and the next block's rows are prefetched. */
 static inline void sm_linear_8x1(const LinearArgs *a, long n, long t, long n_end)
@@ -128,6 +84,7 @@ static inline void sm_linear_8x1(const LinearArgs *a, long n, long t, long n_end
     sm_linear_store(a, t, n + 6, s6); sm_linear_store(a, t, n + 7, s7);
 }
 
+#ifndef SM_LINEAR_AVX2
 /* 4 weight rows x 1 token */
 static inline void sm_linear_4x1(const LinearArgs *a, long n, long t)
 {
@@ -149,6 +106,60 @@ static inline void sm_linear_4x1(const LinearArgs *a, long n, long t)
     sm_linear_store(a, t, n + 3, s3);
 }
 
+#endif
+
+#ifdef SM_LINEAR_AVX2
+#include <immintrin.h>
+
+/* [sum a, sum b, sum c, sum d] of four 8-lane vectors */
+static inline __m128 sm_hsum4(__m256 a, __m256 b, __m256 c, __m256 d)
+{
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* 4 weight rows x R tokens (R <= 3): each weight vector, loaded once, feeds R FMAs, so a
+ * batch of decode rows costs little more than one (12 accumulators + 4 weights fit the 16
+ * registers; the token vectors are FMA memory operands). */
+static inline __attribute__((always_inline)) void sm_linear_4xR(const LinearArgs *a, long n, long t, int R)
+{
+    const long K = a->K, ws = a->ws, xs = a->xs;
+    const float *w = a->w + n * ws, *x = a->x + t * xs;
+    __m256 acc[3][4];
+    for (int r = 0; r < 3; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm256_setzero_ps();
+    long k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + ws + k);
+        __m256 w2 = _mm256_loadu_ps(w + 2 * ws + k), w3 = _mm256_loadu_ps(w + 3 * ws + k);
+        for (int r = 0; r < R; r++) {
+            __m256 xv = _mm256_loadu_ps(x + r * xs + k);
+            acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+            acc[r][2] = _mm256_fmadd_ps(xv, w2, acc[r][2]);
+            acc[r][3] = _mm256_fmadd_ps(xv, w3, acc[r][3]);
+        }
+    }
+    if (k < K) { /* the last K % 8 features through masked loads (nothing read past a row) */
+        __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(K - k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256 w0 = _mm256_maskload_ps(w + k, m), w1 = _mm256_maskload_ps(w + ws + k, m);
+        __m256 w2 = _mm256_maskload_ps(w + 2 * ws + k, m), w3 = _mm256_maskload_ps(w + 3 * ws + k, m);
+        for (int r = 0; r < R; r++) {
+            __m256 xv = _mm256_maskload_ps(x + r * xs + k, m);
+            acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+            acc[r][2] = _mm256_fmadd_ps(xv, w2, acc[r][2]);
+            acc[r][3] = _mm256_fmadd_ps(xv, w3, acc[r][3]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float s[4];
+        _mm_storeu_ps(s, sm_hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+        for (int j = 0; j < 4; j++) sm_linear_store(a, t + r, n + j, s[j]);
+    }
+}
+#endif
+
 /* out columns n0..n1 of out (T,N) = x (T,K) @ w (N,K).T + b: weight rows are streamed
  * once from memory in groups of four and reused from L1 for every token. */
 static void FN(linear_cols)(const LinearArgs *a, long n0, long n1)
@@ -158,8 +169,18 @@ static void FN(linear_cols)(const LinearArgs *a, long n0, long n1)
         for (; n + 8 <= n1; n += 8) sm_linear_8x1(a, n, 0, n1);
     for (; n + 4 <= n1; n += 4) {
         long t = 0;
+#ifdef SM_LINEAR_AVX2
+        /* the next four weight rows are on their way from L3/memory while these are used */
+        if (n + 8 <= n1)
+            for (long r = 4; r < 8; r++)
+                for (long k = 0; k < a->K; k += 16) __builtin_prefetch(a->w + (n + r) * a->ws + k);
+        for (; t + 3 <= a->T; t += 3) sm_linear_4xR(a, n, t, 3);
+        if (a->T - t == 2) sm_linear_4xR(a, n, t, 2);
+        else if (a->T - t == 1) sm_linear_4xR(a, n, t, 1);
+#else
         for (; t + 4 <= a->T; t += 4) sm_linear_4x4(a, n, t);
         for (; t < a->T; t++) sm_linear_4x1(a, n, t);
+#endif
     }
     for (; n < n1; n++)
         for (long t = 0; t < a->T; t++)

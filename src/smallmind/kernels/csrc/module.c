@@ -7,19 +7,30 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "kernels.h"
 #include "pool.h"
 #include "quant.h"
+
+#ifdef SM_HAVE_X86
+#include <cpuid.h>
+#endif
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #define SM_MAXD 8
 
 static PyObject *KernelInputError;
 static PyObject *np_shares_memory, *np_too_hard;
 static const KernelTable *K = &sm_table_generic;
+static const GemmTable *G = &sm_gtable_generic;
 static const QuantTable *Q = &sm_qtable_generic;  /* the AVX2 build also serves AVX-512 machines */
 /* Above this many rows linear() hands over to BLAS. With more than one thread the cut-over
  * is higher: after each call OpenBLAS's idle threads spin for ~0.1 s (its default thread
@@ -29,6 +40,13 @@ static const QuantTable *Q = &sm_qtable_generic;  /* the AVX2 build also serves 
 static long linear_max_t = 32;
 static long linear_max_t_threaded = 128;
 static long parallel_min_work = 32768;  /* below this many flops-ish, stay on one thread */
+/* From this many rows on, the products (plain and fused) run on the native GEMM instead of
+ * handing over to BLAS. Set per ISA from measurements (benchmarks/gemm_vs_blas.py): the AVX2
+ * micro-kernel reaches 90-95% of OpenBLAS's single-thread speed on our shapes and the fused
+ * epilogues save whole passes, so it runs everything there; on AVX-512 machines BLAS keeps
+ * the products until an AVX-512 micro-kernel is measured on one; the portable build's
+ * kernel is for tests (forced through gemm_min_rows). */
+static long gemm_min_rows = LONG_MAX;
 
 /* ---------------------------------------------------------------- array views */
 
@@ -301,6 +319,18 @@ static PyObject *finish(View *views, int n, int ok, PyObject *ret)
 
 /* ---------------------------------------------------------------- linear */
 
+/* run the GEMM without the GIL; MemoryError when its packing buffer cannot be had */
+static int gemm_run(const GemmArgs *g)
+{
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sm_gemm(G, g);
+    Py_END_ALLOW_THREADS
+    if (rc) PyErr_NoMemory();
+    return rc;
+}
+
+
 static void linear_task(void *ctx, long a, long b) { K->linear_cols((const LinearArgs *)ctx, a, b); }
 
 /* linear(x, w, b, out, accumulate) -> True when computed here, False when the caller
@@ -324,8 +354,16 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t n)
         goto done;
     if (views_apart(v, names, 4, 1u << 3, NULL)) goto done;
     if (T > (sm_pool_threads() > 1 ? linear_max_t_threaded : linear_max_t)) {
+        if (T < gemm_min_rows) {
+            for (int i = 0; i < 4; i++) view_done(&v[i], 0);
+            Py_RETURN_FALSE;
+        }
+        GemmArgs g = {F(v[0]), (long)v[0].st[0], 1, F(v[1]), 1, (long)v[1].st[0], F(v[3]), (long)v[3].st[0],
+                      T, N, Kd, 1.0f, acc, has_b ? F(v[2]) : NULL, NULL, 0, NULL, 0, NULL, 0};
+        ok = Kd > 0 && gemm_run(&g) == 0;
+        if (Kd > 0) goto done;
         for (int i = 0; i < 4; i++) view_done(&v[i], 0);
-        Py_RETURN_FALSE;
+        Py_RETURN_FALSE;  /* no features: BLAS's empty sum and the bias */
     }
     LinearArgs la = {F(v[0]), F(v[1]), has_b ? F(v[2]) : NULL, F(v[3]), T, Kd, N,
                      (long)v[0].st[0], (long)v[1].st[0], (long)v[3].st[0], acc};
@@ -333,6 +371,151 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t n)
     ok = 1;
 done:
     return finish(v, 4, ok, Py_True);
+}
+
+/* ---------------------------------------------------------------- GEMM with fused epilogues */
+
+/* The fused products return True when computed here and False, with every argument
+ * validated, when the caller should use BLAS and the separate element-wise kernels (fewer
+ * rows than gemm_min_rows, or an empty sum). */
+
+/* gemm_linear(x, w, b, resid, out, act, accumulate): out (+)= x @ w.T + b + resid, and
+ * act = gelu(out) when act is given. x (T,K), w (N,K), b (N,), resid, out, act (T,N). */
+static PyObject *py_gemm_linear(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 7, "gemm_linear")) return NULL;
+    static const char *const names[6] = {"x", "w", "b", "resid", "out", "act"};
+    View v[6] = {0};
+    int ok = 0;
+    int acc = PyObject_IsTrue(args[6]);
+    if (acc < 0) return NULL;
+    int has_b = args[2] != Py_None, has_r = args[3] != Py_None, has_a = args[5] != Py_None;
+    if (view_get(&v[0], args[0], "x", KIND_F32, 2, 0, 0) || view_get(&v[1], args[1], "w", KIND_F32, 2, 0, 0) ||
+        (has_b && view_get(&v[2], args[2], "b", KIND_F32, 1, 0, 0)) ||
+        (has_r && view_get(&v[3], args[3], "resid", KIND_F32, 2, 0, 0)) ||
+        view_get(&v[4], args[4], "out", KIND_F32, 2, 1, 0) ||
+        (has_a && view_get(&v[5], args[5], "act", KIND_F32, 2, 1, 0)))
+        goto done;
+    long T = v[0].shape[0], Kd = v[0].shape[1], N = v[1].shape[0];
+    if (want_dim(&v[1], "w", 1, Kd, "x's features") || (has_b && want_dim(&v[2], "b", 0, N, "w's rows")) ||
+        want_dim(&v[4], "out", 0, T, "x's rows") || want_dim(&v[4], "out", 1, N, "w's rows") ||
+        (has_r && same_shape(&v[4], "out", &v[3], "resid")) || (has_a && same_shape(&v[4], "out", &v[5], "act")))
+        goto done;
+    if (views_apart(v, names, 6, 1u << 4 | 1u << 5, NULL)) goto done;
+    if (T < gemm_min_rows || Kd == 0) {
+        for (int i = 0; i < 6; i++) view_done(&v[i], 0);
+        Py_RETURN_FALSE;
+    }
+    GemmArgs g = {F(v[0]), (long)v[0].st[0], 1, F(v[1]), 1, (long)v[1].st[0], F(v[4]), (long)v[4].st[0],
+                  T, N, Kd, 1.0f, acc, has_b ? F(v[2]) : NULL, has_r ? F(v[3]) : NULL, has_r ? (long)v[3].st[0] : 0,
+                  has_a ? F(v[5]) : NULL, has_a ? (long)v[5].st[0] : 0, NULL, 0};
+    ok = gemm_run(&g) == 0;
+done:
+    return finish(v, 6, ok, Py_True);
+}
+
+/* gemm_dx(dout, w, dx, scale, gelu_x): dx = scale * dout @ w, times gelu'(gelu_x) when given.
+ * dout (T,M), w (M,K), dx, gelu_x (T,K). */
+static PyObject *py_gemm_dx(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 5, "gemm_dx")) return NULL;
+    static const char *const names[4] = {"dout", "w", "dx", "gelu_x"};
+    View v[4] = {0};
+    int ok = 0;
+    double scale = 1.0;
+    int has_g = args[4] != Py_None;
+    if (view_get(&v[0], args[0], "dout", KIND_F32, 2, 0, 0) || view_get(&v[1], args[1], "w", KIND_F32, 2, 0, 0) ||
+        view_get(&v[2], args[2], "dx", KIND_F32, 2, 1, 0) || get_float(args[3], "scale", &scale) ||
+        (has_g && view_get(&v[3], args[4], "gelu_x", KIND_F32, 2, 0, 0)))
+        goto done;
+    long T = v[0].shape[0], M = v[0].shape[1], Kd = v[1].shape[1];
+    if (want_dim(&v[1], "w", 0, M, "dout's features") || want_dim(&v[2], "dx", 0, T, "dout's rows") ||
+        want_dim(&v[2], "dx", 1, Kd, "w's columns") || (has_g && same_shape(&v[2], "dx", &v[3], "gelu_x")))
+        goto done;
+    if (views_apart(v, names, 4, 1u << 2, NULL)) goto done;
+    if (T < gemm_min_rows || M == 0) {
+        for (int i = 0; i < 4; i++) view_done(&v[i], 0);
+        Py_RETURN_FALSE;
+    }
+    GemmArgs g = {F(v[0]), (long)v[0].st[0], 1, F(v[1]), (long)v[1].st[0], 1, F(v[2]), (long)v[2].st[0],
+                  T, Kd, M, (float)scale, 0, NULL, NULL, 0, NULL, 0, has_g ? F(v[3]) : NULL,
+                  has_g ? (long)v[3].st[0] : 0};
+    ok = gemm_run(&g) == 0;
+done:
+    return finish(v, 4, ok, Py_True);
+}
+
+/* gemm_dw(dout, x, dw, db, scale): dw += scale * dout.T @ x, db += scale * dout summed over
+ * rows. dout (T,M), x (T,K), dw (M,K), db (M,) or None. */
+static PyObject *py_gemm_dw(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 5, "gemm_dw")) return NULL;
+    static const char *const names[4] = {"dout", "x", "dw", "db"};
+    View v[4] = {0};
+    int ok = 0;
+    double scale = 1.0;
+    int has_b = args[3] != Py_None;
+    if (view_get(&v[0], args[0], "dout", KIND_F32, 2, 0, 0) || view_get(&v[1], args[1], "x", KIND_F32, 2, 0, 0) ||
+        view_get(&v[2], args[2], "dw", KIND_F32, 2, 1, 0) ||
+        (has_b && view_get(&v[3], args[3], "db", KIND_F32, 1, 1, 0)) || get_float(args[4], "scale", &scale))
+        goto done;
+    long T = v[0].shape[0], M = v[0].shape[1], Kd = v[1].shape[1];
+    if (want_dim(&v[1], "x", 0, T, "dout's rows") || want_dim(&v[2], "dw", 0, M, "dout's features") ||
+        want_dim(&v[2], "dw", 1, Kd, "x's features") || (has_b && want_dim(&v[3], "db", 0, M, "dout's features")))
+        goto done;
+    if (views_apart(v, names, 4, 1u << 2 | 1u << 3, NULL)) goto done;
+    if (T < gemm_min_rows) {
+        for (int i = 0; i < 4; i++) view_done(&v[i], 0);
+        Py_RETURN_FALSE;
+    }
+    GemmArgs g = {F(v[0]), 1, (long)v[0].st[0], F(v[1]), (long)v[1].st[0], 1, F(v[2]), (long)v[2].st[0],
+                  M, Kd, T, (float)scale, 1, NULL, NULL, 0, NULL, 0, NULL, 0};
+    if (gemm_run(&g)) goto done;
+    if (has_b) {
+        Py_BEGIN_ALLOW_THREADS
+        sm_colsum(F(v[0]), (long)v[0].st[0], T, M, (float)scale, F(v[3]));
+        Py_END_ALLOW_THREADS
+    }
+    ok = 1;
+done:
+    return finish(v, 4, ok, Py_True);
+}
+
+typedef struct {
+    const float *x;
+    float *out;
+    long cols, xs, os;
+    int flat;
+} RoundCtx;
+
+static void round_task(void *ctx, long a, long b)
+{
+    const RoundCtx *c = ctx;
+    if (c->flat) {
+        G->round_bf16(c->x + a, c->out + a, b - a);
+        return;
+    }
+    for (long r = a; r < b; r++) G->round_bf16(c->x + r * c->xs, c->out + r * c->os, c->cols);
+}
+
+/* round_bf16(x, out): out = x rounded to BF16 (as float32); out may be x */
+static PyObject *py_round_bf16(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 2, "round_bf16")) return NULL;
+    static const char *const names[2] = {"x", "out"};
+    static const unsigned same_ok[2] = {[1] = 1u << 0};
+    View v[2] = {0};
+    int ok = 0;
+    if (view_get(&v[0], args[0], "x", KIND_F32, -1, 0, 1) || view_get(&v[1], args[1], "out", KIND_F32, -1, 1, 1))
+        goto done;
+    if (same_shape(&v[0], "x", &v[1], "out") || views_apart(v, names, 2, 1u << 1, same_ok)) goto done;
+    long rows = v[1].rows, cols = v[1].cols;
+    RoundCtx c = {F(v[0]), F(v[1]), cols, v[0].rs, v[1].rs, v[0].rs == cols && v[1].rs == cols};
+    if (c.flat) run(round_task, &c, rows * cols, 4096, 2.0 * rows * cols);
+    else run(round_task, &c, rows, 1, 2.0 * rows * cols);
+    ok = 1;
+done:
+    return finish(v, 2, ok, args[1]);
 }
 
 /* ---------------------------------------------------------------- attention, KV cache */
@@ -1096,6 +1279,25 @@ static const QuantTable *qtable_for(const KernelTable *t)
     return &sm_qtable_generic;
 }
 
+static const GemmTable *gtable_for(const KernelTable *t)
+{
+#ifdef SM_HAVE_X86
+    if (t != &sm_table_generic) return &sm_gtable_avx2;
+#endif
+    (void)t;
+    return &sm_gtable_generic;
+}
+
+/* the measured table behind gemm_min_rows (see its definition) */
+static long gemm_min_rows_for(const KernelTable *t)
+{
+#ifdef SM_HAVE_X86
+    if (t == &sm_table_avx2) return 1;
+#endif
+    (void)t;
+    return LONG_MAX;
+}
+
 static PyObject *py_select_isa(PyObject *self, PyObject *arg)
 {
     const char *name = PyUnicode_AsUTF8(arg);
@@ -1103,6 +1305,8 @@ static PyObject *py_select_isa(PyObject *self, PyObject *arg)
     const KernelTable *t = table_for(name);
     if (!t) return PyErr_Format(PyExc_ValueError, "ISA %R is unknown or not supported by this CPU", arg);
     K = t;
+    G = gtable_for(t);
+    gemm_min_rows = gemm_min_rows_for(t);
     Q = qtable_for(t);
     return PyUnicode_FromString(K->name);
 }
@@ -1126,6 +1330,41 @@ static PyObject *py_cpu_features(PyObject *self, PyObject *unused)
 #undef FEAT
 #endif
     return d;
+}
+
+#ifdef SM_HAVE_X86
+static unsigned long long xcr0(void)
+{
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (unsigned long long)hi << 32 | lo;
+}
+#endif
+
+/* {"avx512_bf16", "amx_bf16"}: True where the CPU has the instructions AND the OS saves their
+ * registers (XCR0), and for AMX where Linux granted this process the tile data
+ * (ARCH_REQ_XCOMP_PERM), without which the first tile instruction would kill it. */
+static PyObject *py_bf16_support(PyObject *self, PyObject *unused)
+{
+    int avx512_bf16 = 0, amx_bf16 = 0;
+#ifdef SM_HAVE_X86
+    unsigned a, b, c, d;
+    if (__get_cpuid(1, &a, &b, &c, &d) && (c >> 27 & 1) && __get_cpuid_max(0, NULL) >= 7) { /* OSXSAVE */
+        unsigned long long x = xcr0();
+        __cpuid_count(7, 0, a, b, c, d);
+        int avx512f = b >> 16 & 1, amx_bf16_cpu = d >> 22 & 1, amx_tile = d >> 24 & 1;
+        __cpuid_count(7, 1, a, b, c, d);
+        int avx512_bf16_cpu = a >> 5 & 1;
+        int zmm_saved = (x & 0xE6) == 0xE6;                    /* SSE, AVX, opmask, both ZMM halves */
+        int tiles_saved = (x & (3ull << 17)) == (3ull << 17);  /* XTILECFG, XTILEDATA */
+        avx512_bf16 = avx512f && avx512_bf16_cpu && zmm_saved;
+#ifdef __linux__
+        if (amx_bf16_cpu && amx_tile && tiles_saved) amx_bf16 = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#endif
+    }
+#endif
+    return Py_BuildValue("{s:O,s:O}", "avx512_bf16", avx512_bf16 ? Py_True : Py_False, "amx_bf16",
+                         amx_bf16 ? Py_True : Py_False);
 }
 
 static PyObject *py_set_threads(PyObject *self, PyObject *arg)
@@ -1160,6 +1399,17 @@ static PyObject *py_tuning(PyObject *self, PyObject *const *args, Py_ssize_t n)
     return old;
 }
 
+/* gemm_min_rows(n) -> the old value; n < 0 leaves it (tests force the native GEMM with 0,
+ * benchmarks compare it with BLAS) */
+static PyObject *py_gemm_min_rows(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    long old = gemm_min_rows;
+    if (n >= 0) gemm_min_rows = n;
+    return PyLong_FromLong(old);
+}
+
 #define FAST(name) {#name, (PyCFunction)(void (*)(void))py_##name, METH_FASTCALL, NULL}
 
 static PyMethodDef methods[] = {
@@ -1167,11 +1417,14 @@ static PyMethodDef methods[] = {
     FAST(layer_norm), FAST(layer_norm_backward), FAST(rms_norm), FAST(gelu), FAST(gelu_backward),
     FAST(silu), FAST(swiglu), FAST(geglu), FAST(softmax), FAST(causal_softmax), FAST(softmax_backward),
     FAST(rope), FAST(cross_entropy), FAST(adamw_step), FAST(tuning), FAST(quant_linear),
-    FAST(quant_embedding), FAST(quant_dequantize),
+    FAST(quant_embedding), FAST(quant_dequantize), FAST(gemm_linear), FAST(gemm_dx), FAST(gemm_dw),
+    FAST(round_bf16),
     {"select_isa", py_select_isa, METH_O, "select_isa(name) -> name: 'avx512', 'avx2', 'generic' or 'best'"},
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
     {"quant_isa", py_quant_isa, METH_NOARGS, "the ISA whose quantized-weight kernels run"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features the kernels care about"},
+    {"gemm_min_rows", py_gemm_min_rows, METH_O, "rows from which products run on the native GEMM"},
+    {"bf16_support", py_bf16_support, METH_NOARGS, "BF16 instructions usable here: avx512_bf16, amx_bf16"},
     {"set_threads", py_set_threads, METH_O, "native kernel threads, counting the caller"},
     {"get_threads", py_get_threads, METH_NOARGS, "native kernel threads"},
     {NULL, NULL, 0, NULL},
@@ -1196,6 +1449,8 @@ PyMODINIT_FUNC PyInit__native(void)
     Py_DECREF(np);
     if (!np_shares_memory || !np_too_hard) return NULL;
     K = table_for("best");
+    G = gtable_for(K);
+    gemm_min_rows = gemm_min_rows_for(K);
     Q = qtable_for(K);
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;

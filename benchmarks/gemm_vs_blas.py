@@ -1,0 +1,67 @@
+"""The native GEMM against NumPy's BLAS on training's product shapes, per direction.
+
+    .venv/bin/python benchmarks/gemm_vs_blas.py [--preset seed] [--threads 2] [--repeats 15]
+
+For each linear layer of the preset at bench.train's batch (16 x min(128, context) rows):
+the forward (x @ w.T), the input gradient (dout @ w) and the weight gradient (dout.T @ x),
+bare products only (no fused work), best of --repeats, in GFLOPS. This is the measurement
+behind the kernels' gemm_min_rows table (kernels/csrc/module.c): where the native GEMM is
+about as fast as BLAS bare, its fused epilogues make it the faster choice.
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+from smallmind import kernels
+from smallmind.bench.train import BATCH, SEQ
+from smallmind.kernels import native
+from smallmind.models.gpt import preset
+
+
+def best_ms(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times) * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="seed")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    kernels.set_threads(args.threads)
+    cfg = preset(args.preset)
+    T, C = BATCH * min(SEQ, cfg.context_length), cfg.d_model
+    rng = np.random.default_rng(0)
+    native.gemm_min_rows(0)
+    print(f"preset {args.preset}, {T} rows, threads {args.threads}, kernels {kernels.path}; GFLOPS, best of "
+          f"{args.repeats}")
+    print(f"{'layer (K -> N)':22s} {'fwd gemm':>9s} {'blas':>7s} {'dx gemm':>9s} {'blas':>7s} {'dw gemm':>9s} {'blas':>7s}")
+    for name, K, N in (("qkv", C, 3 * C), ("proj", C, C), ("mlp up", C, 4 * C), ("mlp down", 4 * C, C),
+                       ("lm head", C, cfg.vocab_size)):
+        x, w = rng.standard_normal((T, K), dtype=np.float32), rng.standard_normal((N, K), dtype=np.float32)
+        d, out = rng.standard_normal((T, N), dtype=np.float32), np.empty((T, N), np.float32)
+        dx, dw = np.empty((T, K), np.float32), np.zeros((N, K), np.float32)
+        flop = 2e-6 * T * K * N
+        calls = (
+            lambda: native._gemm_linear(x, w, None, None, out, None, False),  # noqa: B023 (called at once)
+            lambda: np.matmul(x, w.T, out=out),  # noqa: B023
+            lambda: native._gemm_dx(d, w, dx, 1.0, None),  # noqa: B023
+            lambda: np.matmul(d, w, out=dx),  # noqa: B023
+            lambda: native._gemm_dw(d, x, dw, None, 1.0),  # noqa: B023
+            lambda: np.matmul(d.T, x, out=dw),  # noqa: B023
+        )
+        row = [best_ms(call, args.repeats) for call in calls]
+        print(f"{f'{name} ({K} -> {N})':22s} " + " ".join(f"{flop / ms:{9 if i % 2 == 0 else 7}.1f}"
+                                                        for i, ms in enumerate(row)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Each side of a comparison in its own long-lived worker process, asked in turn.
+
+Two libraries' thread pools in one process slow each other (PyTorch's OpenMP threads and
+OpenBLAS's, or our pool, spin after their work and hold the cores the other side wants), so a
+benchmark runs each side in a worker process of its own: the parent sends one JSON request
+per line on the worker's stdin and reads one JSON line back, so repetitions interleave.
+"""
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+
+class Worker:
+    """A worker process: `script --worker SIDE *args`, answering a {"ready": ...} line first."""
+
+    def __init__(self, script, side, args):
+        self.side = side
+        self.proc = subprocess.Popen([sys.executable, str(script), "--worker", side, *map(str, args)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=60)
+            raise RuntimeError(f"the {side} worker did not start (see its error above)")
+        self.ready = json.loads(line)
+
+    def ask(self, **request) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.side} worker died")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def serve(handler, ready: dict) -> None:
+    """The worker's loop: announce `ready`, then answer each request line with handler(request)."""
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        print(json.dumps(handler(json.loads(line))), flush=True)
+
+
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers (a VM may name it vaguely:
+    "AMD EPYC" family 25 model 1 is Zen 3) and its widest float32 vector ISA."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    flags = fields.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2+FMA" if "avx2" in flags else "no AVX2"
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        isa += " with BF16"
+    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')}, {isa})")
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"

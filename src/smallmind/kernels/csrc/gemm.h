@@ -1,0 +1,56 @@
+/* The float32 GEMM behind training and prefill: C (M,N) = alpha * A (M,K) @ B (K,N), with the
+ * element-wise work around a linear layer fused into the store of each output tile.
+ *
+ * A is read in place through any two strides (x, dout or dout.T); B is packed once per
+ * (KC x NC) block into panels of SM_GEMM_NR columns, each row of a panel one aligned vector
+ * load. Every stride is in elements; module.c validates every shape and overlap first. */
+#ifndef SMALLMIND_GEMM_H
+#define SMALLMIND_GEMM_H
+
+#define SM_GEMM_NR 16    /* columns of a packed B panel (two AVX2 vectors) */
+#define SM_GEMM_MAX_MR 6 /* the largest micro-tile's rows */
+#define SM_GEMM_KC 256   /* depth of one packed block: a panel is 16 KB, an L1's worth */
+#define SM_GEMM_NC 1024  /* columns of one packed block: 1 MB of B, shared by the threads */
+#define SM_GEMM_MC 72    /* rows of A one task walks per panel (reused from L2) */
+
+typedef struct {
+    const float *a;
+    long ars, acs;           /* A (M,K): element (i,k) at a[i*ars + k*acs] */
+    const float *b;
+    long brs, bcs;           /* B (K,N): element (k,j) at b[k*brs + j*bcs] */
+    float *c;
+    long crs;                /* C (M,N): rows crs apart, unit columns */
+    long M, N, K;
+    float alpha;
+    int beta;                /* 1: C += ..., 0: C = ... */
+    const float *bias;       /* (N,) added once, or NULL */
+    const float *resid;      /* (M,N) added once (rows rrs apart), or NULL */
+    long rrs;
+    float *act;              /* (M,N) gelu(C) written beside C (rows acts apart), or NULL */
+    long acts;
+    const float *gx;         /* (M,N): C *= gelu'(gx) at the end (rows gxs apart), or NULL */
+    long gxs;
+} GemmArgs;
+
+typedef struct {
+    const char *name;
+    int mr;                  /* micro-tile rows */
+    /* rows i..i+mr-1 (mr <= the table's), columns j..j+nr-1 of C from kc columns of A (a: row i's
+     * first, element (r,k) at a[r*ars + k*acs]) and the packed panel bp (kc x SM_GEMM_NR);
+     * first/last: this is the first/last k block */
+    void (*tile)(const GemmArgs *g, const float *a, long ars, long acs, const float *bp, long i, long j, long kc,
+                 long mr, long nr, int first, int last);
+    void (*round_bf16)(const float *x, float *out, long n);
+} GemmTable;
+
+extern const GemmTable sm_gtable_generic;
+#if defined(__x86_64__) && defined(__GNUC__)
+extern const GemmTable sm_gtable_avx2;
+#endif
+
+/* C as described by g, on the native pool (call without the GIL): 0, or -1 when the packing buffer cannot be allocated */
+int sm_gemm(const GemmTable *t, const GemmArgs *g);
+/* db (N,) += alpha * the column sums of x (M,N) (rows xs apart), on the native pool */
+void sm_colsum(const float *x, long xs, long M, long N, float alpha, float *db);
+
+#endif

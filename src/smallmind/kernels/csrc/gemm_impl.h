@@ -1,0 +1,139 @@
+/* GEMM micro-kernel and fused store, compiled once per ISA: the including file sets
+ * `#pragma GCC target` and defines SM_GSUFFIX (and SM_GEMM_AVX2 for the intrinsics build). */
+#include <stdint.h>
+#include <string.h>
+#include "gemm.h"
+#include "sm_math.h"
+
+#define SM_GCAT2(a, b) a##_##b
+#define SM_GCAT(a, b) SM_GCAT2(a, b)
+#define GFN(name) SM_GCAT(name, SM_GSUFFIX)
+#define NR SM_GEMM_NR
+
+#ifdef SM_GEMM_AVX2
+#include <immintrin.h>
+#define SM_GMR 6
+#else
+#define SM_GMR 4
+#endif
+
+/* acc (mr x NR, rows NR apart) -> rows i.., columns j..j+nr-1 of C. Before the last k block
+ * C holds the partial sum; the last one adds bias and residual and applies the GELU (or its
+ * gradient) while the tile is still in L1, which saves the separate passes over C. */
+static inline void GFN(store)(const GemmArgs *g, const float *acc, long i, long j, long mr, long nr, int first,
+                              int last)
+{
+    const float alpha = g->alpha;
+    for (long r = 0; r < mr; r++) {
+        const float *s = acc + r * NR;
+        float *c = g->c + (i + r) * g->crs + j;
+        float v[NR];
+        if (first && !g->beta) {
+#pragma omp simd
+            for (long q = 0; q < nr; q++) v[q] = alpha * s[q];
+        } else {
+#pragma omp simd
+            for (long q = 0; q < nr; q++) v[q] = alpha * s[q] + c[q];
+        }
+        if (last) {
+            if (g->bias) {
+                const float *b = g->bias + j;
+#pragma omp simd
+                for (long q = 0; q < nr; q++) v[q] += b[q];
+            }
+            if (g->resid) {
+                const float *x = g->resid + (i + r) * g->rrs + j;
+#pragma omp simd
+                for (long q = 0; q < nr; q++) v[q] += x[q];
+            }
+            if (g->gx) {
+                const float *x = g->gx + (i + r) * g->gxs + j;
+#pragma omp simd
+                for (long q = 0; q < nr; q++) v[q] *= sm_gelu_grad(x[q]);
+            }
+            if (g->act) {
+                float *o = g->act + (i + r) * g->acts + j;
+#pragma omp simd
+                for (long q = 0; q < nr; q++) o[q] = sm_gelu(v[q]);
+            }
+        }
+        memcpy(c, v, (size_t)nr * sizeof(float));
+    }
+}
+
+#ifdef SM_GEMM_AVX2
+/* 6 x 16 tile: per k, two panel loads and six broadcasts of A feed twelve FMAs into twelve
+ * accumulators (15 of the 16 registers). Rows past mr repeat the last row and are dropped. */
+static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, const float *bp, long i, long j,
+                      long kc, long mr, long nr, int first, int last)
+{
+    const float *ak = a;
+    long o1 = (mr > 1 ? 1 : mr - 1) * ars, o2 = (mr > 2 ? 2 : mr - 1) * ars;
+    long o3 = (mr > 3 ? 3 : mr - 1) * ars, o4 = (mr > 4 ? 4 : mr - 1) * ars;
+    long o5 = (mr > 5 ? 5 : mr - 1) * ars;
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (long k = 0; k < kc; k++, ak += acs, bp += NR) {
+        __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8), x;
+        x = _mm256_broadcast_ss(ak);
+        c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(ak + o1);
+        c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(ak + o2);
+        c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(ak + o3);
+        c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+        x = _mm256_broadcast_ss(ak + o4);
+        c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
+        x = _mm256_broadcast_ss(ak + o5);
+        c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
+    }
+    float acc[SM_GMR * NR] __attribute__((aligned(32)));
+    _mm256_store_ps(acc, c00); _mm256_store_ps(acc + 8, c01);
+    _mm256_store_ps(acc + 16, c10); _mm256_store_ps(acc + 24, c11);
+    _mm256_store_ps(acc + 32, c20); _mm256_store_ps(acc + 40, c21);
+    _mm256_store_ps(acc + 48, c30); _mm256_store_ps(acc + 56, c31);
+    _mm256_store_ps(acc + 64, c40); _mm256_store_ps(acc + 72, c41);
+    _mm256_store_ps(acc + 80, c50); _mm256_store_ps(acc + 88, c51);
+    GFN(store)(g, acc, i, j, mr, nr, first, last);
+}
+#else
+/* 4 x 16 tile in plain C (the compiler vectorizes the 16 columns with what the baseline has) */
+static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, const float *bp, long i, long j,
+                      long kc, long mr, long nr, int first, int last)
+{
+    float acc[SM_GMR * NR];
+    const float *ar[SM_GMR];
+    for (long r = 0; r < SM_GMR; r++) ar[r] = a + (r < mr ? r : mr - 1) * ars;
+    memset(acc, 0, sizeof acc);
+    for (long k = 0; k < kc; k++) {
+        const float *bk = bp + k * NR;
+        for (long r = 0; r < SM_GMR; r++) {
+            const float x = ar[r][k * acs];
+            float *ac = acc + r * NR;
+#pragma omp simd
+            for (long q = 0; q < NR; q++) ac[q] += x * bk[q];
+        }
+    }
+    GFN(store)(g, acc, i, j, mr, nr, first, last);
+}
+#endif
+
+/* x, out (n,): round to the nearest BF16 (ties to even), kept as float32 with the low 16 bits
+ * zero; NaN stays NaN (quietened) and overflow rounds to inf, as hardware conversion does */
+static void GFN(round_bf16)(const float *x, float *out, long n)
+{
+#pragma omp simd
+    for (long i = 0; i < n; i++) {
+        uint32_t u = sm_float_bits(x[i]);
+        uint32_t r = x[i] != x[i] ? (u | 0x00400000u) : u + 0x7FFFu + ((u >> 16) & 1u);
+        out[i] = sm_bits_to_float(r & 0xFFFF0000u);
+    }
+}
+
+const GemmTable SM_GCAT(sm_gtable, SM_GSUFFIX) = {
+    .name = SM_GISA_NAME,
+    .mr = SM_GMR,
+    .tile = GFN(tile),
+    .round_bf16 = GFN(round_bf16),
+};

@@ -1,0 +1,9 @@
+/* AVX2 + FMA build of the GEMM micro-kernel (AVX-512 machines run it too: no AVX-512
+ * variant is dispatched until one is tested on such a machine). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC target("avx2,fma,f16c,bmi2")
+#define SM_GEMM_AVX2 1
+#define SM_GSUFFIX avx2
+#define SM_GISA_NAME "avx2"
+#include "gemm_impl.h"
+#endif

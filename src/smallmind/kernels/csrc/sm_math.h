@@ -1,0 +1,58 @@
+/* Scalar math shared by the per-ISA kernel builds (included after `#pragma GCC target`, so
+ * each build vectorizes these with its own instructions). */
+#ifndef SM_MATH_H_GUARD
+#define SM_MATH_H_GUARD
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline float sm_bits_to_float(uint32_t i) { float f; memcpy(&f, &i, 4); return f; }
+static inline uint32_t sm_float_bits(float f) { uint32_t i; memcpy(&i, &f, 4); return i; }
+
+/* exp with about 1 ulp error (Cephes expf polynomial). Range reduction x = n ln2 + r with
+ * round-to-nearest through the 1.5*2^23 trick, reading n from the float's low bits (no libm
+ * call and no float-to-int conversion, so loops stay vectorized and NaN is well defined);
+ * 2^n is applied as two factors so n from -150 to 128 neither wraps nor flushes early. */
+static inline float sm_exp(float x)
+{
+    float xc = x < -104.0f ? -104.0f : x;
+    xc = xc > 89.0f ? 89.0f : xc;
+    float nm = xc * 1.44269504088896341f + 12582912.0f;
+    float n = nm - 12582912.0f;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t ni = (int32_t)(sm_float_bits(nm) - 0x4B400000u);
+    int32_t n1 = ni >> 1, n2 = ni - n1;
+    float y = p * sm_bits_to_float((uint32_t)(n1 + 127) << 23) * sm_bits_to_float((uint32_t)(n2 + 127) << 23);
+    return x != x ? x : y;
+}
+
+#define SM_GELU_C 0.7978845608028654f
+
+/* GELU through 0.5 (1 + tanh u) = sigmoid(2u): no 1 + tanh cancellation, so the tails
+ * keep their relative accuracy (the float32 tanh formula loses it near tanh = -1). */
+static inline float sm_gelu(float x)
+{
+    float u = SM_GELU_C * (x + 0.044715f * x * x * x);
+    return x / (1.0f + sm_exp(-2.0f * u));
+}
+
+/* d/dx: s + 2 x u' s (1 - s) with s = sigmoid(2u), s (1 - s) = e / (1 + e)^2, e = exp(-2|u|) */
+static inline float sm_gelu_grad(float x)
+{
+    float u = SM_GELU_C * (x + 0.044715f * x * x * x);
+    float du = SM_GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
+    float e = sm_exp(-2.0f * fabsf(u));
+    float inv = 1.0f / (1.0f + e);
+    float s = u >= 0.0f ? inv : e * inv;
+    return s + 2.0f * x * du * e * inv * inv;
+}
+
+#endif
