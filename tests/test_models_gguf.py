@@ -322,7 +322,10 @@ def test_a_batched_decode_step_equals_decoding_each_sequence_alone(batched):
         net.forward(net.workspace(8), kv2, p, 0)
         caches.append(kv2)
     batched = net.forward_batch(net.workspace(4), caches, nxt, [len(p) for p in prompts])
-    np.testing.assert_array_equal(batched, np.array(alone))
+    # float32 products of 3 rows and of 1 row take different tiles: equal to rounding
+    alone = np.array(alone)
+    assert np.abs(batched - alone).max() <= 1e-5 * np.abs(alone).max()
+    np.testing.assert_array_equal(batched.argmax(-1), alone.argmax(-1))
     assert [kv.length for kv in caches] == [len(p) + 1 for p in prompts]
 
 
