@@ -50,7 +50,7 @@ class TrainWorkspace:
             raise SmallMindError("batch and seq must be at least 1")
         if seq > cfg.context_length:
             raise SmallMindError(f"seq {seq} exceeds the model's context length {cfg.context_length}")
-        B, T, C, H, D, L = batch, seq, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.n_layers
+        B, T, C, H, L = batch, seq, cfg.d_model, cfg.n_heads, cfg.n_layers
         V, N = cfg.vocab_size, batch * seq
         require(self.nbytes_for(cfg, batch, seq, precision), f"a training batch of {batch} x {seq} tokens",
                 "use a smaller batch size or sequence length")
