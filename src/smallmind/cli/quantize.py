@@ -71,25 +71,6 @@ def _count(shape) -> int:
     return n
 
 
-def input_kind(path) -> str:
-    """"checkpoint" or "gguf", or a one-line error for anything else."""
-    from ..errors import SmallMindError
-
-    p = Path(path)
-    if p.is_dir():
-        return "checkpoint"
-    if not p.exists():
-        raise SmallMindError(f"no model at {p}: give a GGUF file or a checkpoint directory")
-    try:
-        with open(p, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise SmallMindError(f"cannot read {p}: {e.strerror or e}") from None
-    if magic != b"GGUF":
-        raise SmallMindError(f"{p} is not a model: give a GGUF file or a SmallMind checkpoint directory")
-    return "gguf"
-
-
 def input_stats(path, kind: str) -> tuple[int, float]:
     """(bytes, bits per weight) of the input model's weights."""
     if kind == "checkpoint":
@@ -113,7 +94,9 @@ def run(args):
     if args.threads is not None:
         kernels.set_threads(args.threads)
     check_output_path(args.out, args.force)
-    kind = input_kind(args.input)
+    from ..runtime.model import model_kind
+
+    kind = model_kind(args.input)
     convert = export_checkpoint if kind == "checkpoint" else requantize_gguf
     bar = TensorProgress("quantize")
     try:

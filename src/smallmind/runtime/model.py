@@ -192,8 +192,15 @@ def load(path=None) -> Model:
     if path is None:
         path = default_model_path()
     p = Path(path)
+    return _from_checkpoint(p) if model_kind(p) == "checkpoint" else _from_gguf(p)
+
+
+def model_kind(path) -> str:
+    """"checkpoint" (a directory) or "gguf" (a file that starts with GGUF's magic), else a
+    one-line SmallMindError saying what `path` is not."""
+    p = Path(path)
     if p.is_dir():
-        return _from_checkpoint(p)
+        return "checkpoint"
     if not p.exists():
         raise SmallMindError(f"no model at {p}: give a .gguf file or a checkpoint directory")
     if not p.is_file():
@@ -205,7 +212,7 @@ def load(path=None) -> Model:
         raise SmallMindError(f"cannot read {p}: {e.strerror or e}") from None
     if magic != b"GGUF":
         raise SmallMindError(f"{p} is not a GGUF file (it does not start with 'GGUF') nor a checkpoint directory")
-    return _from_gguf(p)
+    return "gguf"
 
 
 def _from_gguf(path: Path) -> Model:
