@@ -61,6 +61,18 @@ def torch_step(params, tokens, targets):
     return loss.item(), logits.detach().numpy(), grads
 
 
+def assert_step_matches_torch(cfg, B, T, seed):
+    # one training step's loss, logits and every gradient against PyTorch's, within TOL
+    params = random_params(cfg, seed)
+    tokens, targets = batch(cfg, B, T, seed)
+    loss, logits, grads = ours_step(params, tokens, targets)
+    ref_loss, ref_logits, ref = torch_step(params, tokens, targets)
+    assert rel_err(logits, ref_logits) < TOL
+    assert abs(loss - ref_loss) / ref_loss < TOL
+    errors = {name: rel_err(grads[name], ref[name]) for name in ref}
+    assert max(errors.values()) < TOL, errors
+
+
 @pytest.mark.parametrize("case", range(len(CONFIGS)))
 def test_forward_logits_and_loss_match_torch(case):
     cfg, B, T = CONFIGS[case]
@@ -91,14 +103,7 @@ def test_gradients_match_torch_on_the_numpy_reference_kernels(monkeypatch):
 
     for name in kernels.KERNEL_NAMES:
         monkeypatch.setattr(kernels, name, getattr(reference, name))
-    cfg, B, T = CONFIGS[2]
-    params = random_params(cfg, 2)
-    tokens, targets = batch(cfg, B, T, 2)
-    loss, logits, grads = ours_step(params, tokens, targets)
-    ref_loss, ref_logits, ref = torch_step(params, tokens, targets)
-    assert rel_err(logits, ref_logits) < TOL
-    assert abs(loss - ref_loss) / ref_loss < TOL
-    assert max(rel_err(grads[name], ref[name]) for name in ref) < TOL
+    assert_step_matches_torch(*CONFIGS[2], 2)
 
 
 def test_gradient_check_catches_a_wrong_gradient():
@@ -301,15 +306,7 @@ def test_torch_twin_kv_cache_path_matches_its_full_forward(tied):
 @pytest.mark.slow
 @pytest.mark.parametrize("tied", [True, False])
 def test_seed_preset_gradients_match_torch(tied):
-    cfg = preset("seed", tied_head=tied)
-    params = random_params(cfg, 9)
-    tokens, targets = batch(cfg, 4, 128, 9)
-    loss, logits, grads = ours_step(params, tokens, targets)
-    ref_loss, ref_logits, ref = torch_step(params, tokens, targets)
-    assert rel_err(logits, ref_logits) < TOL
-    assert abs(loss - ref_loss) / ref_loss < TOL
-    errors = {name: rel_err(grads[name], ref[name]) for name in ref}
-    assert max(errors.values()) < TOL, errors
+    assert_step_matches_torch(preset("seed", tied_head=tied), 4, 128, 9)
 
 
 # ---- training as a whole -----------------------------------------------------------------------
@@ -413,14 +410,7 @@ def test_losses_and_gradients_match_torch_on_every_kernel_path(kernel_path, case
         cfg, B, T = preset("seed", tied_head=False), 2, 128
     else:
         cfg, B, T = CONFIGS[case]
-    params = random_params(cfg, 5)
-    tokens, targets = batch(cfg, B, T, 5)
-    loss, logits, grads = ours_step(params, tokens, targets)
-    ref_loss, ref_logits, ref = torch_step(params, tokens, targets)
-    assert rel_err(logits, ref_logits) < TOL
-    assert abs(loss - ref_loss) / ref_loss < TOL
-    errors = {name: rel_err(grads[name], ref[name]) for name in ref}
-    assert max(errors.values()) < TOL, errors
+    assert_step_matches_torch(cfg, B, T, 5)
 
 
 def bf16_step(params, tokens, targets):
