@@ -14,19 +14,7 @@ from smallmind.kernels import reference as ref
 native = pytest.importorskip("smallmind.kernels.native")
 
 
-def _supported_isas():
-    found = []
-    for isa in kernels.ISAS:
-        try:
-            native.select_isa(isa)
-            found.append(isa)
-        except ValueError:
-            pass
-    native.select_isa("best")
-    return found
-
-
-ISA_LIST = _supported_isas()
+ISA_LIST = native.supported_isas()
 
 
 @pytest.fixture(params=ISA_LIST)

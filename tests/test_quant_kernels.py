@@ -36,19 +36,7 @@ HALVES = {"Q4_0": [(0, -3, -1)], "Q5_0": [(0, -3, -1)], "Q8_0": [(0, -3, -1)],
           "Q4_K": [(0, -4, -2), (2, -4, -2)], "Q5_K": [(0, -4, -2), (2, -4, -2)], "Q6_K": [(208, -4, -2)]}
 
 
-def _isas():
-    found = []
-    for isa in kernels.ISAS:
-        try:
-            native.select_isa(isa)
-            found.append(isa)
-        except ValueError:
-            pass
-    native.select_isa("best")
-    return found
-
-
-@pytest.fixture(params=_isas())
+@pytest.fixture(params=native.supported_isas())
 def isa(request):
     previous = native.isa()
     native.select_isa(request.param)

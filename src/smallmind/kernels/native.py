@@ -22,6 +22,24 @@ tuning = _native.tuning
 gemm_min_rows = _native.gemm_min_rows
 bf16_support = _native.bf16_support
 
+
+
+def supported_isas() -> list[str]:
+    """The ISAs (kernels.ISAS) this CPU runs, best first; the selection in force is kept."""
+    from . import ISAS
+
+    current = isa()
+    found = []
+    for name in ISAS:
+        try:
+            select_isa(name)
+            found.append(name)
+        except ValueError:
+            pass
+    select_isa(current)
+    return found
+
+
 _linear = _native.linear
 _embedding = _native.embedding
 _embedding_backward = _native.embedding_backward
