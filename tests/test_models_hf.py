@@ -136,24 +136,54 @@ def test_real_model_top_logits_match_llama_cpp(name):
             np.testing.assert_allclose(logits[top_ids], top_values, atol=1.5, err_msg=prompt["name"])
 
 
-# Argmax agreement along the long text that each file reaches at least. The floor is chaos, not
-# a recipe difference: a last-bit change in any float sum flips some 8-bit activation roundings,
-# and the flips grow through the layers. llama.cpp against itself with only its KV cache in f32
-# agrees on 92-97% of such positions, and so do our own AVX2 and generic builds (95.1% on
-# gemma3, 96.8% on smollm2), whose quantized products sum their blocks in another order. With
-# llama.cpp's f16 cache, attention and RMSNorm arithmetic we measure 92.1-93.4% (gemma3) and
-# 96.2-97.3% (smollm2) over the generic, AVX2 and NumPy paths (tests/reference/agreement.py).
-ARGMAX_AGREEMENT = {"gemma3": 0.9, "smollm2": 0.95}
+# The floor of argmax agreement is chaos, not a recipe difference: a last-bit change in any float
+# sum flips some 8-bit activation roundings, and the flips grow through the layers. llama.cpp is
+# no steadier: the same build fed the long text one token at a time instead of in one batch
+# agrees with its own batch argmax at only 94.5% (gemma3) and 97.0% (smollm2) of positions (both
+# lists are in the references). SmallMind must agree with llama.cpp's batch at least about as
+# well as llama.cpp's two paths agree with each other (measured 93.4% and 96.2%, and 94.5% and
+# 97.0% against the token-by-token path: tests/reference/agreement.py).
+AGREEMENT_BELOW_LLAMA_CPP_ITSELF = 0.02
 
 
 @pytest.mark.parametrize("name", list(REAL))
-def test_real_model_argmax_agrees_with_llama_cpp_along_a_text(name):
+def test_real_model_argmax_agrees_with_llama_cpp_as_well_as_llama_cpp_agrees_with_itself(name):
     ref = _reference(name)["long_text"]
+    batch, steps = np.array(ref["argmax"]), np.array(ref["argmax_token_by_token"])
     with GGUFFile(REAL[name]) as f:
         net = family(f.architecture).from_gguf(f)
-        logits = _run(net, ref["ids"], net.kv_dtype)
-    agreement = (logits.argmax(-1) == np.array(ref["argmax"])).mean()
-    assert agreement >= ARGMAX_AGREEMENT[name], f"{name}: argmax agrees with llama.cpp at {agreement:.1%} of positions"
+        ours = _run(net, ref["ids"], net.kv_dtype).argmax(-1)
+    floor = (batch == steps).mean() - AGREEMENT_BELOW_LLAMA_CPP_ITSELF
+    for theirs, path in ((batch, "batch"), (steps, "token-by-token")):
+        agreement = (ours == theirs).mean()
+        assert agreement >= floor, f"{name}: argmax agrees with llama.cpp's {path} path at {agreement:.1%} of positions"
+
+
+# A greedy continuation can only depart from llama.cpp's where two tokens are a near tie, as
+# llama.cpp's own departs from itself when the prompt is fed token by token (gemma3 "code" at
+# token 10, smollm2 "sentence" at 2 and "code" at 31). Logits of the two paths of llama.cpp
+# differ by about 0.6-0.9 at the median position's worst token; the departures measured here
+# are ties within 0.004-0.17.
+NEAR_TIE = 0.3
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_model_greedy_continuation_follows_llama_cpp_up_to_a_near_tie(name):
+    with GGUFFile(REAL[name]) as f:
+        net = family(f.architecture).from_gguf(f)
+        for prompt in _reference(name)["prompts"]:
+            ids, expect = prompt["ids"], prompt["greedy"]
+            n_layers, n_kv_heads, head_dim = net.kv_spec
+            kv = KVCache(n_layers, n_kv_heads, len(ids) + len(expect), head_dim, dtype=net.kv_dtype)
+            ws = net.workspace(len(ids))
+            logits = net.forward(ws, kv, np.asarray(ids, np.int32), 0)
+            for i, token in enumerate(expect):
+                ours = int(logits.argmax())
+                if ours != token:
+                    gap = float(logits[ours] - logits[token])
+                    assert gap < NEAR_TIE, f"{name} {prompt['name']}: token {i} is {ours}, llama.cpp's {token} trails by {gap:.3f}"
+                    break
+                logits = net.forward(ws, kv, np.array([token], np.int32), len(ids) + i)
 
 
 @pytest.mark.slow

@@ -7,7 +7,10 @@ Each model runs in its own process (llama-cpp-python, 2 threads, llama-cpp-pytho
 context: no flash attention, F16 KV cache). Per prompt: llama.cpp's token ids (BOS as llama.cpp
 adds it), the 10 largest logits at the last prompt position, and the greedy continuation (argmax
 at every step; 48 tokens, or fewer when an end-of-generation token comes, which is then the last
-id). For one longer text: its ids and llama.cpp's argmax at every position, from one batch.
+id), and the greedy continuation again after feeding the prompt one token at a time. For one
+longer text: its ids and llama.cpp's argmax at every position, from one batch, and
+again with the text fed one token at a time (llama.cpp's decode path): how often llama.cpp's two
+paths agree with each other is the floor of what any other implementation can agree with it.
 """
 
 import ctypes
@@ -98,12 +101,24 @@ def reference(name):
         ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         llm.reset()
         llm.eval(ids)
-        last = np.asarray(llm.scores[len(ids) - 1], dtype=np.float32)
+        last = np.array(llm.scores[len(ids) - 1], dtype=np.float32)  # a copy: scores is reused
         top = np.argsort(-last, kind="stable")[:N_TOP]
         greedy = []
         for _ in range(N_GREEDY):
             token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
             greedy.append(token)
+            if is_end(token):
+                break
+            llm.eval([token])
+        # the same prompt fed one token at a time, then the same greedy decoding: llama.cpp's
+        # decode path all the way, whose continuation may depart from the one above at a near tie
+        llm.reset()
+        for token in ids:
+            llm.eval([token])
+        greedy_steps = []
+        for _ in range(len(greedy)):
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            greedy_steps.append(token)
             if is_end(token):
                 break
             llm.eval([token])
@@ -113,12 +128,17 @@ def reference(name):
             "ids": [int(i) for i in ids],
             "top_logits": [[int(t), round(float(last[t]), 4)] for t in top],
             "greedy": greedy,
+            "greedy_prompt_token_by_token": greedy_steps,
         })
 
     long_ids = llm.tokenize(LONG_TEXT.encode("utf-8"), add_bos=True, special=False)
     llm.reset()
     llm.eval(long_ids)
     argmax = np.argmax(np.asarray(llm.scores[:len(long_ids)]), axis=-1)
+    llm.reset()
+    for token in long_ids:
+        llm.eval([token])
+    argmax_steps = np.argmax(np.asarray(llm.scores[:len(long_ids)]), axis=-1)
     record = {
         "model": path.name,
         "llama_cpp_python": llama_cpp.__version__,
@@ -129,7 +149,8 @@ def reference(name):
         "bos_id": int(llm.token_bos()),
         "eos_id": int(llm.token_eos()),
         "prompts": prompts,
-        "long_text": {"ids": [int(i) for i in long_ids], "argmax": [int(t) for t in argmax]},
+        "long_text": {"ids": [int(i) for i in long_ids], "argmax": [int(t) for t in argmax],
+                      "argmax_token_by_token": [int(t) for t in argmax_steps]},
     }
     llm.close()
     return record
