@@ -81,13 +81,24 @@ def test_simd_level_names_the_widest_extension():
 
 
 def test_measured_peaks_take_the_best_time_and_count_read_plus_write(monkeypatch):
-    # scripted timings: GEMM 0.5 s then 0.25 s; the big copy 0.5 s then 0.125 s; the cached copy 1 s each
-    seconds = iter([0.5, 0.25, 0.5, 0.125] + [1.0] * 20)
+    # scripted timings: GEMM 0.5 s then 0.25 s; the big copy 0.5 s then 0.125 s; the read and the cached copy 1 s each
+    seconds = iter([0.5, 0.25, 0.5, 0.125] + [1.0] * 30)
     monkeypatch.setattr(machine, "_timed", lambda fn: next(seconds))
     peaks = machine.measure_peaks(**SMALL_PEAKS)
     assert peaks["gflops"] == pytest.approx(2 * 256 ** 3 / 0.25 / 1e9)
     assert peaks["gbps"] == pytest.approx(2 * 8 * 2 ** 20 / 0.125 / 1e9)
     assert peaks["cache_gbps"] == pytest.approx(2 * 1 * 2 ** 20 / 1.0 / 1e9)
+    assert peaks["copy_gbps"] == peaks["gbps"]
+
+
+def test_the_memory_roof_is_the_threaded_read_when_that_moves_more_than_the_copy(monkeypatch):
+    # scripted timings: GEMM 1 s twice; the copy 1 s twice; the 2-thread read 0.5 s then 0.0625 s
+    seconds = iter([1.0, 1.0, 1.0, 1.0, 0.5, 0.0625] + [1.0] * 30)
+    monkeypatch.setattr(machine, "_timed", lambda fn: next(seconds))
+    peaks = machine.measure_peaks(**SMALL_PEAKS, threads=2)
+    assert peaks["read_gbps"] == pytest.approx(8 * 2 ** 20 / 0.0625 / 1e9)
+    assert peaks["gbps"] == peaks["read_gbps"] > peaks["copy_gbps"]
+    assert peaks["read_threads"] == 2
 
 
 # ---- a real run of the engine ---------------------------------------------------------------

@@ -3,9 +3,11 @@
 import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..kernels import get_threads
 from ..kernels.info import cpuinfo
 
 # Highest first: the first level whose flags are all present names the machine's SIMD level.
@@ -48,17 +50,28 @@ def system_info() -> dict:
     }
 
 
-def measure_peaks(gemm_n: int = 2048, copy_mb: int = 128, cache_copy_mb: int = 4, repeats: int = 3) -> dict:
-    """Best-of-`repeats` float32 GEMM GFLOPS (np.matmul, all BLAS threads) and copy GB/s.
+def measure_peaks(gemm_n: int = 2048, copy_mb: int = 128, cache_copy_mb: int = 4, repeats: int = 3,
+                  threads: int | None = None) -> dict:
+    """Best-of-`repeats` float32 GEMM GFLOPS (np.matmul, all BLAS threads) and memory GB/s.
 
-    The copy moves `copy_mb` MB between two buffers far larger than L3 (the roof: memory
-    bandwidth); bytes moved counts the read and the write (2 x size), the same convention the
-    cost model uses for every scope. The same copy of `cache_copy_mb` MB, which stays in cache,
-    is reported beside it as cache_gbps: a scope whose data lives in cache can beat the roof.
+    Two streams far larger than L3 are timed: a copy of `copy_mb` MB between two buffers
+    (bytes moved count the read and the write, 2 x size, the same convention the cost model uses
+    for every scope) and a read of the same size split over `threads` threads (default: the
+    kernels' thread budget), which is what decode does with the weights. The memory roof `gbps`
+    is the better of the two: the most this machine has been seen to move. The same copy of
+    `cache_copy_mb` MB, which stays in cache, is reported beside it as cache_gbps: a scope whose
+    data lives in cache can beat the roof.
     """
+    threads = threads or get_threads()
+    gflops = gemm_gflops(gemm_n, repeats)
+    copy_gbps = _copy_gbps(copy_mb, repeats)
+    read_gbps = _read_gbps(copy_mb, repeats, threads)
     return {
-        "gflops": gemm_gflops(gemm_n, repeats),
-        "gbps": _copy_gbps(copy_mb, repeats),
+        "gflops": gflops,
+        "gbps": max(copy_gbps, read_gbps),
+        "copy_gbps": copy_gbps,
+        "read_gbps": read_gbps,
+        "read_threads": threads,
         "cache_gbps": _copy_gbps(cache_copy_mb, repeats * 10),
         "gemm_n": gemm_n,
         "copy_mb": copy_mb,
@@ -85,6 +98,20 @@ def _copy_gbps(mb: int, repeats: int) -> float:
     np.copyto(dst, src)
     seconds = min(_timed(lambda: np.copyto(dst, src)) for _ in range(repeats))
     return 2.0 * n * 4 / seconds / 1e9
+
+
+def _read_gbps(mb: int, repeats: int, threads: int) -> float:
+    # reading only, `threads` slices at once (NumPy's reduction lets go of the GIL while it runs)
+    words = np.ones(mb * (1 << 20) // 8, dtype=np.int64)
+    slices = np.array_split(words, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        def read_all():
+            for _ in pool.map(np.bitwise_or.reduce, slices):
+                pass
+
+        read_all()
+        seconds = min(_timed(read_all) for _ in range(repeats))
+    return words.nbytes / seconds / 1e9
 
 
 def _timed(fn) -> float:

@@ -240,8 +240,9 @@ def render_markdown(profile: dict) -> str:
     p = profile["peaks"]
     out += ["", "## Roofline", "",
             f"Peaks measured now: {_fmt(p['gflops'])} GFLOPS (float32 {p['gemm_n']}x{p['gemm_n']} GEMM, all threads), "
-            f"{_fmt(p['gbps'])} GB/s ({p['copy_mb']} MB copy, read + write; a {p['cache_copy_mb']} MB copy that stays "
-            f"in cache runs at {_fmt(p['cache_gbps'])} GB/s). FLOPs and bytes per call come from the analytical "
+            f"{_fmt(p['gbps'])} GB/s memory roof, the better of a {p['copy_mb']} MB copy ({_fmt(p['copy_gbps'])} GB/s, "
+            f"read + write) and a {p['copy_mb']} MB read on {p['read_threads']} threads ({_fmt(p['read_gbps'])} GB/s); "
+            f"a {p['cache_copy_mb']} MB copy that stays in cache runs at {_fmt(p['cache_gbps'])} GB/s. FLOPs and bytes per call come from the analytical "
             "cost model (profiler/roofline.py): each product's weights as stored (quantized blocks as they lie "
             "in the file), biases and activations; the other scopes from the config. Scopes furthest from their "
             "roof first. The roof uses memory bandwidth, so a scope whose data stays in cache (a small model's "
