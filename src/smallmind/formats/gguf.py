@@ -4,7 +4,7 @@ Weights are used in place: `tensor(name)` returns a float32 view (F32) or a QTen
 mapped bytes (F16, BF16 and the block formats), so opening a model copies nothing but its
 metadata. gguf.GGUFReader is not used to open files: it builds a numpy array per string of
 the vocabulary (seconds and hundreds of MB for a 262k-token vocabulary); this parser keeps
-numeric arrays as numpy views and string arrays as lists of str.
+numeric arrays as numpy views and string arrays as StringArrays (one blob, not a str each).
 
 Everything read from the file is checked before it is used (counts and lengths against the
 bytes left, tensor extents inside the data section and disjoint, known types): a damaged
@@ -14,6 +14,7 @@ or hostile file raises GGUFError naming what is wrong, never another exception.
 import mmap
 import os
 import struct
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuant
 
 from ..errors import GGUFError
 from ..kernels.qtensor import QTYPES, QTensor
+from .string_array import StringArray
 
 MAX_DIMS = 4  # GGML_MAX_DIMS
 _REQUIRED = object()
@@ -173,26 +175,38 @@ class GGUFFile:
             raise GGUFError(f"array {key!r} has unsupported element type {etype} (nested arrays are not read)")
         raise GGUFError(f"metadata {key!r} has unknown value type {vtype}")
 
-    def _strings(self, cur: _Cursor, count: int, key: str) -> list[str]:
-        # the vocabulary: hundreds of thousands of strings, so one tight loop, not cur.string()
+    def _strings(self, cur: _Cursor, count: int, key: str) -> StringArray:
+        # the vocabulary: hundreds of thousands of strings, so one tight loop that only finds
+        # where each one is; the bytes are copied once into one blob (see string_array)
         buf, pos, end, unpack = self._map, cur.pos, cur.end, _U64.unpack_from
         if count > (end - pos) // 8:
             raise GGUFError(f"array {key!r} of {count} strings cannot fit in the file")
-        out = [None] * count
-        try:
-            for i in range(count):
-                if end - pos < 8:
-                    raise GGUFError(f"array {key!r} runs past the end of the file at element {i}")
-                n = unpack(buf, pos)[0]
-                pos += 8
-                if n > end - pos:
-                    raise GGUFError(f"array {key!r}: element {i} runs past the end of the file")
-                out[i] = str(buf[pos:pos + n], "utf-8")
-                pos += n
-        except UnicodeDecodeError:
-            raise GGUFError(f"array {key!r}: element {i} is not valid UTF-8") from None
+        starts = array("q")
+        for i in range(count):
+            if end - pos < 8:
+                raise GGUFError(f"array {key!r} runs past the end of the file at element {i}")
+            n = unpack(buf, pos)[0]
+            pos += 8
+            if n > end - pos:
+                raise GGUFError(f"array {key!r}: element {i} runs past the end of the file")
+            starts.append(pos)
+            pos += n
+        first = cur.pos
         cur.pos = pos
-        return out
+        # element i's bytes are region[starts[i]:ends[i]]: drop the 8-byte length before each
+        region = np.frombuffer(self._map, np.uint8, pos - first, first)
+        starts_in = np.frombuffer(starts, np.int64) - first
+        keep = np.ones(len(region), bool)
+        for k in range(1, 9):
+            keep[starts_in - k] = False
+        blob = region[keep].tobytes()
+        offsets = np.empty(count + 1, np.int64)
+        offsets[:-1] = starts_in - 8 * np.arange(1, count + 1)
+        offsets[-1] = len(blob)
+        strings = StringArray.from_utf8_parts(blob, offsets)
+        if strings is None:
+            raise GGUFError(f"array {key!r} has an element that is not valid UTF-8")
+        return strings
 
     def _tensor_info(self, cur: _Cursor, i: int):
         name = cur.string(f"name of tensor #{i}")
@@ -231,7 +245,7 @@ class GGUFFile:
         return self._kv
 
     def get(self, key: str, default=_REQUIRED):
-        """The value of `key`: int, float, bool, str, a numpy array or a list of str."""
+        """The value of `key`: int, float, bool, str, a numpy array or a StringArray."""
         if key in self._kv:
             return self._kv[key]
         if default is _REQUIRED:

@@ -18,7 +18,6 @@ import re
 import numpy as np
 
 from ..errors import TokenizerError
-from .gguf_bpe import build_bpe, pre_tokenizer_for
 from .gguf_vocab import (ATTR_BYTE, ATTR_HIDDEN, ATTR_NORMAL, ATTR_SPECIAL_CANDIDATE,
                          ATTR_USER_DEFINED, KEY_ADD_BOS, KEY_MERGES, KEY_MODEL, KEY_PRE,
                          GGUFVocab, read_bool, read_vocab)
@@ -70,13 +69,17 @@ class GGUFTokenizer:
     """encode/decode like llama.cpp for one GGUF vocabulary (see the module docstring)."""
 
     def __init__(self, vocab: GGUFVocab, pieces: list, add_bos: bool, clean_spaces: bool):
+        # pieces: id -> the bytes the token renders as when special output is on (kept as one
+        # blob and offsets: a bytes object per token of a 262k vocabulary is 10 MB)
         self.vocab = vocab
         self.bos_id = vocab.bos_id
         self.eos_id = vocab.eos_id
         self.eog_ids = vocab.eog_ids
         self.add_bos = add_bos
         self.clean_spaces = clean_spaces
-        self.pieces = pieces    # id -> bytes the token renders as when special output is on
+        self.piece_blob = b"".join(pieces)
+        self.piece_offsets = np.zeros(len(pieces) + 1, np.int64)
+        np.cumsum([len(p) for p in pieces], out=self.piece_offsets[1:])
         self.hidden = (vocab.attrs & ATTR_HIDDEN) != 0
         candidates = (vocab.attrs & ATTR_SPECIAL_CANDIDATE) != 0
         self.special_all = SpecialTokenIndex(vocab.tokens, np.nonzero(candidates)[0])
@@ -108,14 +111,21 @@ class GGUFTokenizer:
             if self.bos_id is None:
                 raise TokenizerError("this vocabulary has no BOS token (tokenizer.ggml.bos_token_id)")
             ids.append(self.bos_id)
+        parts = []
         after_special = True    # SPM adds its space prefix at the start and after special tokens
         for fragment in self.split_special(text, special):
             if isinstance(fragment, int):
-                ids.append(fragment)
+                parts.append(fragment)
                 after_special = True
             else:
-                ids.extend(self.encode_text(fragment, after_special))
+                parts.append(self.prepare_text(fragment, after_special))
                 after_special = False
+        encoded = iter(self.encode_texts([p for p in parts if isinstance(p, str)]))
+        for part in parts:
+            if isinstance(part, int):
+                ids.append(part)
+            else:
+                ids.extend(next(encoded))
         return ids
 
     def split_special(self, text: str, special: bool) -> list:
@@ -138,14 +148,19 @@ class GGUFTokenizer:
             fragments = cut
         return fragments
 
-    def encode_text(self, text: str, after_special: bool) -> list:
+    def prepare_text(self, text: str, after_special: bool) -> str:
+        """A plain-text fragment as the text tokenizer takes it."""
+        raise NotImplementedError
+
+    def encode_texts(self, texts: list) -> list:
+        """Prepared fragments -> a list of ids for each."""
         raise NotImplementedError
 
     def token_bytes(self, token_id: int, special: bool = False) -> bytes:
         token_id = self.check_id(token_id)
         if self.hidden[token_id] and not special:
             return b""
-        return self.pieces[token_id]
+        return self.piece_blob[self.piece_offsets[token_id]:self.piece_offsets[token_id + 1]]
 
     def decode(self, ids, special: bool = False) -> str:
         pieces = [self.token_bytes(i, special) for i in ids]
@@ -169,27 +184,36 @@ class SPMTokenizer(GGUFTokenizer):
     """tokenizer.ggml.model = "llama": spaces become U+2581, then score-ordered bigram merges."""
 
     def __init__(self, vocab: GGUFVocab, add_bos: bool):
-        byte_ids = [vocab.token_to_id.get(f"<0x{b:02X}>", vocab.token_to_id.get(chr(b)) if b < 128 else None)
-                    for b in range(256)]
-        self.merger = SPMMerger(vocab.token_to_id, vocab.scores.tolist(), byte_ids)
+        byte_ids = [vocab.lookup.get(f"<0x{b:02X}>") for b in range(256)]
+        byte_ids = [vocab.lookup.get(chr(b)) if i is None and b < 128 else i for b, i in enumerate(byte_ids)]
+        self.merger = SPMMerger(vocab.lookup, vocab.scores, byte_ids)
         super().__init__(vocab, spm_pieces(vocab), add_bos, clean_spaces=False)
 
-    def encode_text(self, text: str, after_special: bool) -> list:
+    def prepare_text(self, text: str, after_special: bool) -> str:
         if self.vocab.add_space_prefix and after_special:
             text = " " + text
-        return self.merger.encode(text.replace(" ", SPM_SPACE))
+        return text.replace(" ", SPM_SPACE)
+
+    def encode_texts(self, texts: list) -> list:
+        return self.merger.encode(texts)
 
 
 class BPETokenizer(GGUFTokenizer):
     """tokenizer.ggml.model = "gpt2": regex pre-tokenizer, GPT-2 byte alphabet, ranked merges."""
 
     def __init__(self, vocab: GGUFVocab, merges, add_bos: bool):
+        from .gguf_bpe import build_bpe, pre_tokenizer_for   # the tokenizers library only for BPE
+
         pre = pre_tokenizer_for(vocab.pre)
-        self.bpe = build_bpe(vocab.token_to_id, merges, pre)
+        # the tokenizers library keeps its own copy: this dict lives only while it is built
+        self.bpe = build_bpe({t: i for i, t in enumerate(vocab.tokens)}, merges, pre)
         super().__init__(vocab, bpe_pieces(vocab), add_bos, clean_spaces=pre.clean_spaces)
 
-    def encode_text(self, text: str, after_special: bool) -> list:
-        return self.bpe.encode(text, add_special_tokens=False).ids
+    def prepare_text(self, text: str, after_special: bool) -> str:
+        return text
+
+    def encode_texts(self, texts: list) -> list:
+        return [self.bpe.encode(text, add_special_tokens=False).ids for text in texts]
 
 
 def byte_token_value(vocab: GGUFVocab, token_id: int) -> int:
@@ -257,6 +281,8 @@ def tokenizer_from_gguf(meta) -> GGUFTokenizer:
         vocab = read_vocab(meta, model, default_bos=1, default_eos=2, default_add_space_prefix=True)
         return SPMTokenizer(vocab, add_bos=read_bool(meta, KEY_ADD_BOS, True))
     if model == "gpt2":
+        from .gguf_bpe import pre_tokenizer_for
+
         pre_row = pre_tokenizer_for(pre)
         vocab = read_vocab(meta, model, default_bos=11, default_eos=11, default_add_space_prefix=False)
         return BPETokenizer(vocab, meta.get(KEY_MERGES), read_bool(meta, KEY_ADD_BOS, pre_row.add_bos))
