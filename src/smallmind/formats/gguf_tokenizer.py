@@ -68,18 +68,16 @@ class SpecialTokenIndex:
 class GGUFTokenizer:
     """encode/decode like llama.cpp for one GGUF vocabulary (see the module docstring)."""
 
-    def __init__(self, vocab: GGUFVocab, pieces: list, add_bos: bool, clean_spaces: bool):
-        # pieces: id -> the bytes the token renders as when special output is on (kept as one
-        # blob and offsets: a bytes object per token of a 262k vocabulary is 10 MB)
+    def __init__(self, vocab: GGUFVocab, pieces: tuple, add_bos: bool, clean_spaces: bool):
+        # pieces: (blob, (n+1,) int64 offsets), the bytes each token renders as when special output
+        # is on, in one blob (a bytes object per token of a 262k vocabulary is 10 MB)
         self.vocab = vocab
         self.bos_id = vocab.bos_id
         self.eos_id = vocab.eos_id
         self.eog_ids = vocab.eog_ids
         self.add_bos = add_bos
         self.clean_spaces = clean_spaces
-        self.piece_blob = b"".join(pieces)
-        self.piece_offsets = np.zeros(len(pieces) + 1, np.int64)
-        np.cumsum([len(p) for p in pieces], out=self.piece_offsets[1:])
+        self.piece_blob, self.piece_offsets = pieces
         self.hidden = (vocab.attrs & ATTR_HIDDEN) != 0
         candidates = (vocab.attrs & ATTR_SPECIAL_CANDIDATE) != 0
         self.special_all = SpecialTokenIndex(vocab.tokens, np.nonzero(candidates)[0])
@@ -224,23 +222,36 @@ def byte_token_value(vocab: GGUFVocab, token_id: int) -> int:
     return int(match.group(1), 16)
 
 
-def spm_pieces(vocab: GGUFVocab) -> list:
-    """id -> rendered bytes for an SPM vocabulary (llama.cpp's token_to_piece, special=True)."""
-    pieces = []
-    for token_id, (text, attr) in enumerate(zip(vocab.tokens, vocab.attrs.tolist())):
-        if attr & (ATTR_HIDDEN | ATTR_USER_DEFINED):
-            pieces.append(text.encode("utf-8"))
-        elif attr & ATTR_NORMAL:
-            pieces.append(text.replace(SPM_SPACE, " ").encode("utf-8"))
-        elif attr & ATTR_BYTE:
-            pieces.append(bytes([byte_token_value(vocab, token_id)]))
-        else:
-            pieces.append(b"")  # UNUSED and UNDEFINED tokens render as nothing
-    return pieces
+def spm_pieces(vocab: GGUFVocab) -> tuple:
+    """(blob, offsets) of the rendered bytes of each id of an SPM vocabulary (llama.cpp's
+    token_to_piece, special=True), made from the vocabulary's blob with NumPy, not a loop."""
+    data = np.frombuffer(vocab.tokens.blob, np.uint8)
+    offsets = vocab.tokens.offsets
+    attrs = vocab.attrs
+    # each token's rendering: its text as is, its text with U+2581 as a space, its byte, or nothing
+    raw = (attrs & (ATTR_HIDDEN | ATTR_USER_DEFINED)) != 0
+    normal = ~raw & ((attrs & ATTR_NORMAL) != 0)
+    byte = ~raw & ~normal & ((attrs & ATTR_BYTE) != 0)
+    sizes = np.diff(offsets)
+    out = data.copy()
+    keep = np.repeat(raw | normal, sizes)
+    # U+2581 is E2 96 81 in UTF-8; a token is valid UTF-8, so the three bytes lie in one token
+    space = np.flatnonzero((data[:-2] == 0xE2) & (data[1:-1] == 0x96) & (data[2:] == 0x81)
+                           & np.repeat(normal, sizes)[:-2])
+    out[space] = ord(" ")
+    keep[space + 1] = False
+    keep[space + 2] = False
+    byte_ids = np.flatnonzero(byte)
+    out[offsets[byte_ids]] = [byte_token_value(vocab, int(i)) for i in byte_ids]
+    keep[offsets[byte_ids]] = True
+    kept = np.zeros(len(data) + 1, np.int64)
+    np.cumsum(keep, out=kept[1:])
+    return out[keep].tobytes(), kept[offsets]
 
 
-def bpe_pieces(vocab: GGUFVocab) -> list:
-    """id -> rendered bytes for a byte-level BPE vocabulary (llama.cpp's token_to_piece, special=True)."""
+def bpe_pieces(vocab: GGUFVocab) -> tuple:
+    """(blob, offsets) of the rendered bytes of each id of a byte-level BPE vocabulary
+    (llama.cpp's token_to_piece, special=True)."""
     to_byte = gpt2_byte_alphabet()
     pieces = []
     for token_id, (text, attr) in enumerate(zip(vocab.tokens, vocab.attrs.tolist())):
@@ -252,7 +263,9 @@ def bpe_pieces(vocab: GGUFVocab) -> list:
             pieces.append(bytes([byte_token_value(vocab, token_id)]))
         else:
             pieces.append(b"")
-    return pieces
+    offsets = np.zeros(len(pieces) + 1, np.int64)
+    np.cumsum([len(p) for p in pieces], out=offsets[1:])
+    return b"".join(pieces), offsets
 
 
 def gpt2_text_bytes(text: str, to_byte: dict) -> bytes:
