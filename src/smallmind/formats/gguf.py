@@ -16,9 +16,9 @@ import os
 import struct
 from array import array
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from ..errors import GGUFError
 from ..kernels.qtensor import QTYPES, QTensor
@@ -26,6 +26,40 @@ from .string_array import StringArray
 
 MAX_DIMS = 4  # GGML_MAX_DIMS
 _REQUIRED = object()
+# The format's constants, written here rather than imported from the gguf package: importing it
+# brings yaml, hashlib and more, ~4 MB of resident memory that reading a file does not need.
+GGUF_MAGIC = 0x46554747            # b"GGUF" read as a little-endian uint32
+GGUF_DEFAULT_ALIGNMENT = 32
+# GGML type id -> (name, values per block, bytes per block), ggml's type_traits
+GGML_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8),
+    28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
+}
+
+
+class GGUFValueType(IntEnum):
+    """The type code of a metadata value."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
 
 # numeric value types -> numpy little-endian dtype
 _NUMERIC = {
@@ -216,11 +250,9 @@ class GGUFFile:
         dims = [cur.u64(f"shape of tensor {name!r}") for _ in range(n_dims)]
         type_id = cur.u32(f"type of tensor {name!r}")
         offset = cur.u64(f"offset of tensor {name!r}")
-        try:
-            qtype = GGMLQuantizationType(type_id)
-            block, block_bytes = GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
-            raise GGUFError(f"tensor {name!r}: unknown type id {type_id}") from None
+        if type_id not in GGML_TYPES:
+            raise GGUFError(f"tensor {name!r}: unknown type id {type_id}")
+        type_name, block, block_bytes = GGML_TYPES[type_id]
         count = 1
         for n in dims:
             if n < 1:
@@ -229,9 +261,9 @@ class GGUFFile:
             if count > 1 << 48:
                 raise GGUFError(f"tensor {name!r}: shape {dims} is implausibly large")
         if dims[0] % block:
-            raise GGUFError(f"tensor {name!r}: {dims[0]} columns is not a whole number of {qtype.name} "
+            raise GGUFError(f"tensor {name!r}: {dims[0]} columns is not a whole number of {type_name} "
                             f"blocks of {block}")
-        return name, qtype.name, tuple(reversed(dims)), offset, count // block * block_bytes
+        return name, type_name, tuple(reversed(dims)), offset, count // block * block_bytes
 
     # ------------------------------------------------------------------------------ metadata
 
