@@ -45,7 +45,7 @@ def test_gemma3_generation_peaks_within_the_file_size_budget():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(Path(smallmind.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
     run = subprocess.run([sys.executable, "-c", SCRIPT, str(path), str(CTX)], capture_output=True, text=True,
-                         env=env, timeout=600)
+                         env=env, timeout=600, check=False)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["text"].strip()

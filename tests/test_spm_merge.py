@@ -1,8 +1,6 @@
 """formats.spm_merge: llama.cpp's SPM merge, with its batched lookups and its cuts, gives the ids of
 the plain rule (merge the best-scoring adjacent pair that forms a token, leftmost on ties)."""
 
-from heapq import heappop, heappush
-
 import numpy as np
 import pytest
 

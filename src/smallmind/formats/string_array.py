@@ -7,6 +7,7 @@ little, and code that needs them all works on `blob` and `offsets` with NumPy.
 """
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -59,8 +60,8 @@ class StringArray(Sequence):
         return self.blob[self.offsets[index]:self.offsets[index + 1]]
 
     def __iter__(self):
-        blob, offsets = self.blob, self.offsets.tolist()
-        for a, b in zip(offsets, offsets[1:]):
+        blob = self.blob
+        for a, b in pairwise(self.offsets.tolist()):
             yield blob[a:b].decode("utf-8")
 
     def __contains__(self, text) -> bool:

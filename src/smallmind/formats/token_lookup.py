@@ -22,7 +22,7 @@ _BASES = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB8
 class TextHashes:
     """Prefix sums of one text's bytes, from which any span's hash is two array reads."""
 
-    __slots__ = ("data", "prefix", "inv_powers")
+    __slots__ = ("data", "inv_powers", "prefix")
 
     def __init__(self, data: np.ndarray, base: int):
         # data (N,) uint8 -> prefix (N+1,) uint64 with prefix[j] = sum over t < j of (data[t]+1) * B**t,
