@@ -22,6 +22,7 @@ from .gguf_vocab import (ATTR_BYTE, ATTR_HIDDEN, ATTR_NORMAL, ATTR_SPECIAL_CANDI
                          ATTR_USER_DEFINED, KEY_ADD_BOS, KEY_MERGES, KEY_MODEL, KEY_PRE,
                          GGUFVocab, read_bool, read_vocab)
 from .spm_merge import SPMMerger
+from .string_array import compact_offsets
 
 SPM_SPACE = "\u2581"
 # Special tokens are found by a prefilter on their first PREFIX_CHARS characters: a token whose
@@ -69,7 +70,7 @@ class GGUFTokenizer:
     """encode/decode like llama.cpp for one GGUF vocabulary (see the module docstring)."""
 
     def __init__(self, vocab: GGUFVocab, pieces: tuple, add_bos: bool, clean_spaces: bool):
-        # pieces: (blob, (n+1,) int64 offsets), the bytes each token renders as when special output
+        # pieces: (blob, (n+1,) offsets), the bytes each token renders as when special output
         # is on, in one blob (a bytes object per token of a 262k vocabulary is 10 MB)
         self.vocab = vocab
         self.bos_id = vocab.bos_id
@@ -249,7 +250,7 @@ def spm_pieces(vocab: GGUFVocab) -> tuple:
     keep[offsets[byte_ids]] = True
     kept = np.zeros(len(data) + 1, np.int64)
     np.cumsum(keep, out=kept[1:])
-    return out[keep].tobytes(), kept[offsets]
+    return out[keep].tobytes(), compact_offsets(kept[offsets])
 
 
 def bpe_pieces(vocab: GGUFVocab) -> tuple:
@@ -268,7 +269,7 @@ def bpe_pieces(vocab: GGUFVocab) -> tuple:
             pieces.append(b"")
     offsets = np.zeros(len(pieces) + 1, np.int64)
     np.cumsum([len(p) for p in pieces], out=offsets[1:])
-    return b"".join(pieces), offsets
+    return b"".join(pieces), compact_offsets(offsets)
 
 
 def gpt2_text_bytes(text: str, to_byte: dict) -> bytes:

@@ -104,7 +104,7 @@ def read_per_token_array(meta, key: str, n_tokens: int, dtype) -> np.ndarray | N
         raise TokenizerError(f"{key} must be a 1-D numeric array, got {array.dtype} shape {array.shape}")
     if len(array) != n_tokens:
         raise TokenizerError(f"{key} has {len(array)} entries but {KEY_TOKENS} has {n_tokens}")
-    return array.astype(dtype)
+    return array.astype(dtype, copy=False)   # a view of the file when it is stored as dtype
 
 
 def read_bool(meta, key: str, default: bool) -> bool:

@@ -1,7 +1,7 @@
 """A read-only array of strings kept as one UTF-8 blob and an offsets array.
 
 A 262k-token vocabulary as a list of str costs ~20 MB of Python objects (a header of 50-75
-bytes per string); as one blob and (n+1,) int64 offsets it costs its text plus 8 bytes a string.
+bytes per string); as one blob and (n+1,) offsets it costs its text plus 4 bytes a string.
 Strings are decoded on access, so code that reads a few (token texts, special tokens) pays
 little, and code that needs them all works on `blob` and `offsets` with NumPy.
 """
@@ -18,10 +18,10 @@ class StringArray(Sequence):
     __slots__ = ("blob", "offsets")
 
     def __init__(self, blob: bytes, offsets: np.ndarray):
-        # offsets (n+1,) int64, non-decreasing, offsets[0] == 0, offsets[-1] == len(blob); each
+        # offsets (n+1,) integers, non-decreasing, offsets[0] == 0, offsets[-1] == len(blob); each
         # item's bytes valid UTF-8 (the constructors below check both)
         self.blob = blob
-        self.offsets = offsets
+        self.offsets = compact_offsets(offsets)
 
     @classmethod
     def from_strings(cls, strings) -> "StringArray":
@@ -96,3 +96,8 @@ class StringArray(Sequence):
 
     def __repr__(self) -> str:
         return f"StringArray({len(self)} strings, {len(self.blob)} bytes)"
+
+
+def compact_offsets(offsets: np.ndarray) -> np.ndarray:
+    # (n+1,) non-decreasing offsets -> the same as int32 when the last fits (half the memory of int64)
+    return offsets.astype(np.int32 if offsets[-1] < 2**31 else np.int64, copy=False)
