@@ -210,6 +210,14 @@ def test_refuses_what_is_not_gguf(tmp_path):
         GGUFFile(tmp_path / "absent.gguf")
 
 
+def test_a_string_array_element_that_is_not_utf8_is_named(sample, tmp_path):
+    data = sample[0].read_bytes()
+    assert data.count("ñ".encode()) == 1   # element 2 of t.strs
+    (tmp_path / "bad.gguf").write_bytes(data.replace("ñ".encode(), "ñ".encode()[::-1]))
+    with pytest.raises(GGUFError, match=r"array 't.strs': element 2 is not valid UTF-8$"):
+        GGUFFile(tmp_path / "bad.gguf")
+
+
 def test_refuses_version_1(sample, tmp_path):
     data = bytearray(sample[0].read_bytes())
     data[4:8] = struct.pack("<I", 1)

@@ -227,7 +227,7 @@ class GGUFFile:
             pos += n
         first = cur.pos
         cur.pos = pos
-        # element i's bytes are region[starts[i]:ends[i]]: drop the 8-byte length before each
+        # the region holds each element as its 8-byte length, then its bytes: drop the lengths
         region = np.frombuffer(self._map, np.uint8, pos - first, first)
         starts_in = np.frombuffer(starts, np.int64) - first
         keep = np.ones(len(region), bool)
@@ -239,7 +239,11 @@ class GGUFFile:
         offsets[-1] = len(blob)
         strings = StringArray.from_utf8_parts(blob, offsets)
         if strings is None:
-            raise GGUFError(f"array {key!r} has an element that is not valid UTF-8")
+            for i in range(count):  # name the first bad element
+                try:
+                    blob[offsets[i]:offsets[i + 1]].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise GGUFError(f"array {key!r}: element {i} is not valid UTF-8") from None
         return strings
 
     def _tensor_info(self, cur: _Cursor, i: int):
