@@ -61,14 +61,19 @@ class SPMMerger:
         cuts = sorted(set(cuts).union(firsts.tolist()))
         order = np.argsort(starts, kind="stable")
         starts, lengths, ids = starts[order], lengths[order], ids[order]
-        edges = np.searchsorted(starts, cuts).tolist()
-        owners = (np.searchsorted(firsts, cuts[:-1], side="right") - 1).tolist()
+        cut_at = np.array(cuts)
+        # each span's key within its piece, and everything the pieces need as Python lists, at once
+        piece_start = cut_at[np.searchsorted(cut_at, starts, side="right") - 1]
+        keys = ((starts - piece_start) * self.stride + lengths).tolist()
+        neg_scores = (-self.scores[ids]).tolist()
+        edges = np.searchsorted(starts, cut_at).tolist()
+        owners = (np.searchsorted(firsts, cut_at[:-1], side="right") - 1).tolist()
+        ids, single = ids.tolist(), single.tolist()
         for k in range(len(cuts) - 1):
             a, b = cuts[k], cuts[k + 1]
             span = slice(edges[k], edges[k + 1])
-            keys = ((starts[span] - a) * self.stride + lengths[span]).tolist()
-            self.merge(text, a, b, dict(zip(keys, ids[span].tolist())),
-                       dict(zip(keys, (-self.scores[ids[span]]).tolist())), single[a:b].tolist(), outs[owners[k]])
+            self.merge(text, a, b, dict(zip(keys[span], ids[span])), dict(zip(keys[span], neg_scores[span])),
+                       single[a:b], outs[owners[k]])
         return outs
 
     def formable_spans(self, hashes, bounds: np.ndarray, fragment: np.ndarray):
