@@ -4,6 +4,7 @@ the plain rule (merge the best-scoring adjacent pair that forms a token, leftmos
 import numpy as np
 import pytest
 
+from smallmind.formats import spm_merge
 from smallmind.formats.spm_merge import PIECE_CHARS, SPMMerger
 from smallmind.formats.string_array import StringArray
 from smallmind.formats.token_lookup import TokenLookup
@@ -43,26 +44,32 @@ def vocab():
     return merger, token_to_id, scores.tolist(), byte_ids
 
 
+@pytest.fixture(params=["all spans", "formable spans"])
+def span_search(request, monkeypatch):
+    """Both ways of finding the spans to merge: all at once (short texts), length by length."""
+    monkeypatch.setattr(spm_merge, "ALL_SPANS_LIMIT", 1 << 30 if request.param == "all spans" else 0)
+
+
 def random_text(rng, n):
     # "z" is in no token: it is spelled with its byte token
     return "".join(rng.choice(list(ALPHABET + "z"), size=n))
 
 
-def test_short_texts_match_the_plain_rule(vocab):
+def test_short_texts_match_the_plain_rule(vocab, span_search):
     merger, token_to_id, scores, byte_ids = vocab
     rng = np.random.default_rng(1)
     texts = [random_text(rng, int(rng.integers(0, 40))) for _ in range(200)]
     assert [merger.encode([t])[0] for t in texts] == [plain_spm(t, token_to_id, scores, byte_ids) for t in texts]
 
 
-def test_texts_longer_than_a_piece_match_the_plain_rule(vocab):
+def test_texts_longer_than_a_piece_match_the_plain_rule(vocab, span_search):
     merger, token_to_id, scores, byte_ids = vocab
     rng = np.random.default_rng(2)
     text = random_text(rng, 3 * PIECE_CHARS + 17)
     assert merger.encode([text]) == [plain_spm(text, token_to_id, scores, byte_ids)]
 
 
-def test_texts_in_one_call_are_merged_apart(vocab):
+def test_texts_in_one_call_are_merged_apart(vocab, span_search):
     merger, token_to_id, scores, byte_ids = vocab
     rng = np.random.default_rng(3)
     texts = [random_text(rng, int(n)) for n in rng.integers(0, 30, size=50)] + ["", "ab", "ab"]

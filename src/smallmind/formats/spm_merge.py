@@ -8,8 +8,9 @@ the vocabulary (CONTROL ones included), exactly as llama.cpp does.
 
 The vocabulary is looked up in batches (token_lookup), not one span at a time: first every span
 that merging could ever form is found, length by length (a span of L characters can form only if
-it is a token made of two such spans); then the text is cut where no such span crosses. Merges
-never cross those cuts, so each piece is merged on its own, with a small dict of its spans.
+it is a token made of two such spans; a short text simply has all its spans looked up at once);
+then the text is cut where no such span crosses. Merges never cross those cuts, so each piece is
+merged on its own, with a small dict of its spans.
 """
 
 from heapq import heapify, heappop, heappush
@@ -21,6 +22,9 @@ from .token_lookup import TokenLookup
 
 # the text is merged in pieces of at least this many characters (cut where no token can cross)
 PIECE_CHARS = 512
+# a text with at most this many (start, length) spans has them all looked up in one batch: for a
+# short text, one batch costs less than finding the formable spans length by length
+ALL_SPANS_LIMIT = 1 << 16
 
 
 class SPMMerger:
@@ -48,7 +52,10 @@ class SPMMerger:
         bounds = np.append(np.flatnonzero((data & 0xC0) != 0x80), len(data))   # (n+1,) char -> byte
         hashes = self.lookup.text_hashes(data)
         single = self.lookup.find(hashes, bounds[:-1], bounds[1:])
-        starts, lengths, ids = self.formable_spans(hashes, bounds, fragment)
+        if n * self.lookup.max_chars <= ALL_SPANS_LIMIT:
+            starts, lengths, ids = self.token_spans(hashes, bounds, fragment)
+        else:
+            starts, lengths, ids = self.formable_spans(hashes, bounds, fragment)
         # inside[p] > 0: some formable span covers characters p-1 and p, so no cut at p
         inside = np.cumsum(np.bincount(starts + 1, minlength=n + 1) - np.bincount(starts + lengths, minlength=n + 1))
         safe = np.flatnonzero(inside[1:n] == 0) + 1
@@ -75,6 +82,19 @@ class SPMMerger:
             self.merge(text, a, b, dict(zip(keys[span], ids[span])), dict(zip(keys[span], neg_scores[span])),
                        single[a:b], outs[owners[k]])
         return outs
+
+    def token_spans(self, hashes, bounds: np.ndarray, fragment: np.ndarray):
+        # -> starts, lengths, ids (M,) int64 of every span of 2+ characters that is a token (within
+        # one fragment): a superset of the formable spans, which serves the merge as well
+        n = len(fragment)
+        start = np.arange(n)[:, None]
+        length = np.arange(2, min(n, self.lookup.max_chars) + 1)[None, :]
+        end = start + length
+        inside = (end <= n) & (fragment[start] == fragment[np.minimum(end, n) - 1])
+        starts, lengths = np.broadcast_to(start, inside.shape)[inside], np.broadcast_to(length, inside.shape)[inside]
+        ids = self.lookup.find(hashes, bounds[starts], bounds[starts + lengths])
+        hit = ids >= 0
+        return starts[hit], lengths[hit], ids[hit]
 
     def formable_spans(self, hashes, bounds: np.ndarray, fragment: np.ndarray):
         # -> starts, lengths, ids (M,) int64 of every span of 2+ characters merging could form

@@ -19,6 +19,16 @@ _MASK = (1 << 64) - 1
 _BASES = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
 
 
+# _LOW_BYTES[k]: the low k bytes of a little-endian word set (k = 0..8)
+_LOW_BYTES = np.array([(1 << 8 * k) - 1 for k in range(9)], np.uint64)
+
+
+def _words(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    # data (N,) uint8, starts (M,) with starts + 8 <= N -> (M,) uint64: the 8 bytes at each start
+    windows = np.lib.stride_tricks.sliding_window_view(data, 8)
+    return windows[starts].view("<u8").ravel()
+
+
 class TextHashes:
     """Prefix sums of one text's bytes, from which any span's hash is two array reads."""
 
@@ -97,12 +107,20 @@ class TokenLookup:
         hit_size = self.strings.offsets[ids[hit] + 1] - token_start
         ids[hit[hit_size != size]] = -1
         hit, token_start, size = (a[hit_size == size] for a in (hit, token_start, size))
-        # compare the bytes of every remaining hit at once
+        text_start = starts[hit]
+        # most hits are at most 8 bytes: compare those as one masked word each
+        short = (size <= 8) & (text_start + 8 <= len(text.data)) & (token_start + 8 <= len(self.data))
+        if short.any():
+            mask = _LOW_BYTES[size[short]]
+            differ = (_words(text.data, text_start[short]) ^ _words(self.data, token_start[short])) & mask != 0
+            ids[hit[short][differ]] = -1
+        hit, token_start, size, text_start = (a[~short] for a in (hit, token_start, size, text_start))
+        # the rest byte by byte, all at once
         total = int(size.sum())
         if total:
             row = np.repeat(np.arange(len(hit)), size)
             within = np.arange(total) - np.repeat(np.cumsum(size) - size, size)
-            differ = text.data[starts[hit][row] + within] != self.data[token_start[row] + within]
+            differ = text.data[text_start[row] + within] != self.data[token_start[row] + within]
             ids[hit[np.bincount(row, weights=differ, minlength=len(hit)) > 0]] = -1
         return ids
 
