@@ -164,11 +164,18 @@ class GGUFTokenizer:
         return self.piece_blob[self.piece_offsets[token_id]:self.piece_offsets[token_id + 1]]
 
     def decode(self, ids, special: bool = False) -> str:
-        pieces = [self.token_bytes(i, special) for i in ids]
+        # every piece gathered from the blob at once, not a bytes object per token
+        ids = np.array([self.check_id(i) for i in ids], np.int64)
+        offsets, hidden = np.asarray(self.piece_offsets), np.asarray(self.hidden)
+        starts, ends = offsets[ids].astype(np.int64), offsets[ids + 1].astype(np.int64)
+        if not special:
+            ends = np.where(hidden[ids] != 0, starts, ends)
         # llama.cpp drops one leading space of the first token when it adds a space prefix
-        if self.vocab.add_space_prefix and pieces and pieces[0][:1] == b" ":
-            pieces[0] = pieces[0][1:]
-        text = b"".join(pieces)
+        if self.vocab.add_space_prefix and len(ids) and self.piece_blob[starts[0]:ends[0]][:1] == b" ":
+            starts[0] += 1
+        sizes = ends - starts
+        at = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+        text = np.frombuffer(self.piece_blob, np.uint8)[at].tobytes()
         if self.clean_spaces:
             text = clean_up_spaces(text)
         return text.decode("utf-8", errors="replace")
