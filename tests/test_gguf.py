@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize, quantize
 from gguf_tiny import write_tiny
 from model_files import gemma3_path, smollm2_path
 
 from smallmind.errors import GGUFError, SmallMindError
-from smallmind.formats.gguf import GGUFFile
+from smallmind.formats.gguf import GGML_TYPES, GGUFFile
+from smallmind.formats.string_array import StringArray
 from smallmind.kernels import QTensor
 from smallmind.models import family
 
@@ -140,6 +141,18 @@ def test_tensors_handed_out_outlive_close_and_new_reads_are_refused(sample):
         f.tensor("mat")
 
 
+def test_string_arrays_come_back_as_one_blob(sample):
+    with GGUFFile(sample[0]) as f:
+        strings = f.get("t.strs")
+    assert isinstance(strings, StringArray)
+    assert (strings.blob, strings.offsets.tolist()) == ("añ".encode(), [0, 1, 1, 3])
+
+
+def test_ggml_type_table_matches_the_gguf_package():
+    theirs = {int(t): (t.name, *GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType}
+    assert GGML_TYPES == theirs
+
+
 # ------------------------------------------------------------------ the real files against gguf's reader
 
 def _compare_with_gguf_reader(path):
@@ -151,8 +164,8 @@ def _compare_with_gguf_reader(path):
         value = ours.get(key)
         if field.types[0] == GGUFValueType.ARRAY:
             expect = field.contents()
-            if isinstance(value, list):
-                assert value == expect, key
+            if isinstance(value, StringArray):
+                assert list(value) == expect, key
             else:
                 np.testing.assert_array_equal(value, np.array(expect), err_msg=key)
         else:
@@ -195,6 +208,14 @@ def test_refuses_what_is_not_gguf(tmp_path):
         GGUFFile(tmp_path / "short.gguf")
     with pytest.raises(GGUFError, match="cannot read"):
         GGUFFile(tmp_path / "absent.gguf")
+
+
+def test_a_string_array_element_that_is_not_utf8_is_named(sample, tmp_path):
+    data = sample[0].read_bytes()
+    assert data.count("ñ".encode()) == 1   # element 2 of t.strs
+    (tmp_path / "bad.gguf").write_bytes(data.replace("ñ".encode(), "ñ".encode()[::-1]))
+    with pytest.raises(GGUFError, match=r"array 't.strs': element 2 is not valid UTF-8$"):
+        GGUFFile(tmp_path / "bad.gguf")
 
 
 def test_refuses_version_1(sample, tmp_path):

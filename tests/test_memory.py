@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from smallmind import memory
@@ -31,3 +32,20 @@ def test_models_and_kv_caches_that_cannot_fit_are_refused_before_allocating(monk
         init_params(preset("tiny"))
     with pytest.raises(SmallMindError, match="a KV cache of 4096 positions would need 16.0 MiB"):
         KVCache(2, 4, 4096, 64)
+
+
+def rss_anon() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+
+def test_a_freed_large_array_goes_back_to_the_system():
+    if not memory.map_large_allocations():
+        pytest.skip("needs glibc's mallopt")
+    np.ones(16 << 20, np.uint8)   # freed at once: glibc's own rule would now serve 8 MiB from the heap
+    before = rss_anon()
+    freed = np.ones(8 << 20, np.uint8)
+    kept = np.ones(1 << 20, np.uint8)   # lies above `freed` when both come from the heap
+    del freed
+    assert rss_anon() - before < (4 << 20)
+    assert kept.sum() == 1 << 20

@@ -6,6 +6,7 @@ the kernel overcommits and the OOM killer ends the process later); `require` ref
 such a size up front with a SmallMindError that names what asked for it.
 """
 
+import ctypes
 import os
 
 from .errors import SmallMindError
@@ -64,3 +65,25 @@ def format_bytes(n: float) -> str:
         n /= 1024
         i += 1
     return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
+
+
+# glibc's mallopt parameter for the size from which an allocation gets its own mapping
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def map_large_allocations() -> bool:
+    """Serve every allocation of 128 KiB or more from its own mapping, for the rest of the process
+    (glibc's mallopt; elsewhere nothing happens and False is returned).
+
+    glibc starts that way but raises the threshold each time such a block is freed (up to 32 MiB),
+    after which large arrays come from the heap: a freed temporary stays resident below live data,
+    and NumPy's zeros (calloc) clear, so touch, every page of a reused block. Loading a model frees
+    many large temporaries, and most of a session's workspace is never touched, so with the moving
+    threshold a model's resident memory grows by tens of MB (issue 7's memory budget)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))

@@ -1,20 +1,12 @@
 """A GGUF model's chat template: its conversation -> prompt text.
 
-A file with `tokenizer.chat_template` gets that Jinja template, rendered the way Hugging Face's
-apply_chat_template does (sandboxed, trim_blocks/lstrip_blocks, raise_exception, strftime_now, a
+A file with `tokenizer.chat_template` gets that Jinja template (chat_jinja), rendered the way
+Hugging Face's apply_chat_template does (sandboxed, trim_blocks/lstrip_blocks, raise_exception, strftime_now, a
 non-escaping tojson, the {% generation %} tag, bos_token/eos_token). A file without one gets the
 turn format llama.cpp's llm_chat_apply_template writes for its family: gemma for Gemma
 architectures, llama3 when the vocabulary has <|start_header_id|>, otherwise chatml (llama.cpp's
 own default). The rendered text holds special-token strings: encode it with special=True.
 """
-
-import json
-from datetime import datetime
-
-import jinja2
-from jinja2 import nodes
-from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from ..errors import ChatTemplateError
 
@@ -24,44 +16,6 @@ GEMMA_ARCHITECTURES = ("gemma", "gemma2", "gemma3", "gemma3n")
 LLAMA3_MARKER = "<|start_header_id|>"
 # llama.cpp's trim(): C isspace, not Unicode whitespace
 C_SPACE = " \t\n\v\f\r"
-# Python-level failures a template can provoke while rendering (bad indexing, wrong operand types)
-RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError,
-                 ArithmeticError, RecursionError)
-
-
-class GenerationTag(Extension):
-    """{% generation %}...{% endgeneration %}: Hugging Face marks assistant text with it; renders its body."""
-
-    tags = {"generation"}
-
-    def parse(self, parser):
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return nodes.CallBlock(self.call_method("render_body"), [], [], body).set_lineno(lineno)
-
-    def render_body(self, caller):
-        return caller()
-
-
-class StrictSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, failing on an unsafe attribute instead of printing it as empty."""
-
-    def unsafe_undefined(self, obj, attribute):
-        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__} is not allowed")
-
-
-def raise_exception(message):
-    raise jinja2.TemplateError(message)
-
-
-def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    # Hugging Face's tojson: plain json.dumps, without Jinja's HTML escaping
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
-
-
-def strftime_now(format):
-    return datetime.now().strftime(format)
 
 
 def one_line(exc: Exception) -> str:
@@ -119,18 +73,6 @@ def render_llama3(messages: list, add_generation_prompt: bool) -> str:
 BUILTIN_FORMATS = {"gemma": render_gemma, "chatml": render_chatml, "llama3": render_llama3}
 
 
-def compile_template(source: str) -> jinja2.Template:
-    env = StrictSandbox(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateError as exc:
-        raise ChatTemplateError(f"{KEY_CHAT_TEMPLATE} does not compile: {one_line(exc)}") from None
-
-
 def token_text(meta, key: str) -> str:
     """The vocabulary string of the token id stored under key, or "" when there is none."""
     tokens = meta.get("tokenizer.ggml.tokens") or []
@@ -150,7 +92,12 @@ class ChatTemplate:
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
-        self.template = compile_template(source) if source is not None else None
+        self.template = None
+        if source is not None:
+            # Jinja only for a file's own template (importing it costs ~6 MB of resident memory)
+            from .chat_jinja import compile_template
+
+            self.template = compile_template(source)
 
     @classmethod
     def from_gguf(cls, meta, architecture: str) -> "ChatTemplate":
@@ -171,8 +118,7 @@ class ChatTemplate:
         messages = check_messages(messages)
         if self.template is None:
             return BUILTIN_FORMATS[self.name](messages, add_generation_prompt)
-        try:
-            return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                        bos_token=self.bos_token, eos_token=self.eos_token)
-        except RENDER_ERRORS as exc:
-            raise ChatTemplateError(f"{KEY_CHAT_TEMPLATE} failed to render: {one_line(exc)}") from None
+        from .chat_jinja import render_template
+
+        return render_template(self.template, messages=messages, add_generation_prompt=add_generation_prompt,
+                               bos_token=self.bos_token, eos_token=self.eos_token)

@@ -4,7 +4,7 @@ Weights are used in place: `tensor(name)` returns a float32 view (F32) or a QTen
 mapped bytes (F16, BF16 and the block formats), so opening a model copies nothing but its
 metadata. gguf.GGUFReader is not used to open files: it builds a numpy array per string of
 the vocabulary (seconds and hundreds of MB for a 262k-token vocabulary); this parser keeps
-numeric arrays as numpy views and string arrays as lists of str.
+numeric arrays as numpy views and string arrays as StringArrays (one blob, not a str each).
 
 Everything read from the file is checked before it is used (counts and lengths against the
 bytes left, tensor extents inside the data section and disjoint, known types): a damaged
@@ -14,16 +14,52 @@ or hostile file raises GGUFError naming what is wrong, never another exception.
 import mmap
 import os
 import struct
+from array import array
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from ..errors import GGUFError
 from ..kernels.qtensor import QTYPES, QTensor
+from .string_array import StringArray
 
 MAX_DIMS = 4  # GGML_MAX_DIMS
 _REQUIRED = object()
+# The format's constants, written here rather than imported from the gguf package: importing it
+# brings yaml, hashlib and more, ~4 MB of resident memory that reading a file does not need.
+GGUF_MAGIC = 0x46554747            # b"GGUF" read as a little-endian uint32
+GGUF_DEFAULT_ALIGNMENT = 32
+# GGML type id -> (name, values per block, bytes per block), ggml's type_traits
+GGML_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8),
+    28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
+}
+
+
+class GGUFValueType(IntEnum):
+    """The type code of a metadata value."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
 
 # numeric value types -> numpy little-endian dtype
 _NUMERIC = {
@@ -173,26 +209,42 @@ class GGUFFile:
             raise GGUFError(f"array {key!r} has unsupported element type {etype} (nested arrays are not read)")
         raise GGUFError(f"metadata {key!r} has unknown value type {vtype}")
 
-    def _strings(self, cur: _Cursor, count: int, key: str) -> list[str]:
-        # the vocabulary: hundreds of thousands of strings, so one tight loop, not cur.string()
+    def _strings(self, cur: _Cursor, count: int, key: str) -> StringArray:
+        # the vocabulary: hundreds of thousands of strings, so one tight loop that only finds
+        # where each one is; the bytes are copied once into one blob (see string_array)
         buf, pos, end, unpack = self._map, cur.pos, cur.end, _U64.unpack_from
         if count > (end - pos) // 8:
             raise GGUFError(f"array {key!r} of {count} strings cannot fit in the file")
-        out = [None] * count
-        try:
-            for i in range(count):
-                if end - pos < 8:
-                    raise GGUFError(f"array {key!r} runs past the end of the file at element {i}")
-                n = unpack(buf, pos)[0]
-                pos += 8
-                if n > end - pos:
-                    raise GGUFError(f"array {key!r}: element {i} runs past the end of the file")
-                out[i] = str(buf[pos:pos + n], "utf-8")
-                pos += n
-        except UnicodeDecodeError:
-            raise GGUFError(f"array {key!r}: element {i} is not valid UTF-8") from None
+        starts = array("q")
+        for i in range(count):
+            if end - pos < 8:
+                raise GGUFError(f"array {key!r} runs past the end of the file at element {i}")
+            n = unpack(buf, pos)[0]
+            pos += 8
+            if n > end - pos:
+                raise GGUFError(f"array {key!r}: element {i} runs past the end of the file")
+            starts.append(pos)
+            pos += n
+        first = cur.pos
         cur.pos = pos
-        return out
+        # the region holds each element as its 8-byte length, then its bytes: drop the lengths
+        region = np.frombuffer(self._map, np.uint8, pos - first, first)
+        starts_in = np.frombuffer(starts, np.int64) - first
+        keep = np.ones(len(region), bool)
+        for k in range(1, 9):
+            keep[starts_in - k] = False
+        blob = region[keep].tobytes()
+        offsets = np.empty(count + 1, np.int64)
+        offsets[:-1] = starts_in - 8 * np.arange(1, count + 1)
+        offsets[-1] = len(blob)
+        strings = StringArray.from_utf8_parts(blob, offsets)
+        if strings is None:
+            for i in range(count):  # name the first bad element
+                try:
+                    blob[offsets[i]:offsets[i + 1]].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise GGUFError(f"array {key!r}: element {i} is not valid UTF-8") from None
+        return strings
 
     def _tensor_info(self, cur: _Cursor, i: int):
         name = cur.string(f"name of tensor #{i}")
@@ -202,11 +254,9 @@ class GGUFFile:
         dims = [cur.u64(f"shape of tensor {name!r}") for _ in range(n_dims)]
         type_id = cur.u32(f"type of tensor {name!r}")
         offset = cur.u64(f"offset of tensor {name!r}")
-        try:
-            qtype = GGMLQuantizationType(type_id)
-            block, block_bytes = GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
-            raise GGUFError(f"tensor {name!r}: unknown type id {type_id}") from None
+        if type_id not in GGML_TYPES:
+            raise GGUFError(f"tensor {name!r}: unknown type id {type_id}")
+        type_name, block, block_bytes = GGML_TYPES[type_id]
         count = 1
         for n in dims:
             if n < 1:
@@ -215,9 +265,9 @@ class GGUFFile:
             if count > 1 << 48:
                 raise GGUFError(f"tensor {name!r}: shape {dims} is implausibly large")
         if dims[0] % block:
-            raise GGUFError(f"tensor {name!r}: {dims[0]} columns is not a whole number of {qtype.name} "
+            raise GGUFError(f"tensor {name!r}: {dims[0]} columns is not a whole number of {type_name} "
                             f"blocks of {block}")
-        return name, qtype.name, tuple(reversed(dims)), offset, count // block * block_bytes
+        return name, type_name, tuple(reversed(dims)), offset, count // block * block_bytes
 
     # ------------------------------------------------------------------------------ metadata
 
@@ -231,7 +281,7 @@ class GGUFFile:
         return self._kv
 
     def get(self, key: str, default=_REQUIRED):
-        """The value of `key`: int, float, bool, str, a numpy array or a list of str."""
+        """The value of `key`: int, float, bool, str, a numpy array or a StringArray."""
         if key in self._kv:
             return self._kv[key]
         if default is _REQUIRED:

@@ -18,6 +18,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 from ..errors import TokenizerError
 from .gguf_vocab import KEY_MERGES, KEY_PRE
+from .string_array import StringArray
 
 GPT2_SPLIT = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
 LLAMA3_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
@@ -69,7 +70,7 @@ def pre_tokenizer_for(name: str) -> PreTokenizer:
 
 def parse_merges(merges) -> list:
     """tokenizer.ggml.merges strings 'left right' -> (left, right) pairs, as llama.cpp splits them."""
-    if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+    if not isinstance(merges, (list, StringArray)) or not all(isinstance(m, str) for m in merges):
         raise TokenizerError(f"{KEY_MERGES} must be an array of strings")
     pairs = []
     for i, merge in enumerate(merges):

@@ -18,11 +18,11 @@ import re
 import numpy as np
 
 from ..errors import TokenizerError
-from .gguf_bpe import build_bpe, pre_tokenizer_for
 from .gguf_vocab import (ATTR_BYTE, ATTR_HIDDEN, ATTR_NORMAL, ATTR_SPECIAL_CANDIDATE,
                          ATTR_USER_DEFINED, KEY_ADD_BOS, KEY_MERGES, KEY_MODEL, KEY_PRE,
                          GGUFVocab, read_bool, read_vocab)
 from .spm_merge import SPMMerger
+from .string_array import compact_offsets
 
 SPM_SPACE = "\u2581"
 # Special tokens are found by a prefilter on their first PREFIX_CHARS characters: a token whose
@@ -69,18 +69,22 @@ class SpecialTokenIndex:
 class GGUFTokenizer:
     """encode/decode like llama.cpp for one GGUF vocabulary (see the module docstring)."""
 
-    def __init__(self, vocab: GGUFVocab, pieces: list, add_bos: bool, clean_spaces: bool):
+    def __init__(self, vocab: GGUFVocab, pieces: tuple, add_bos: bool, clean_spaces: bool):
+        # pieces: (blob, (n+1,) offsets), the bytes each token renders as when special output
+        # is on, in one blob (a bytes object per token of a 262k vocabulary is 10 MB)
         self.vocab = vocab
         self.bos_id = vocab.bos_id
         self.eos_id = vocab.eos_id
         self.eog_ids = vocab.eog_ids
         self.add_bos = add_bos
         self.clean_spaces = clean_spaces
-        self.pieces = pieces    # id -> bytes the token renders as when special output is on
-        self.hidden = (vocab.attrs & ATTR_HIDDEN) != 0
+        # memoryviews: indexing one gives a Python int, several times faster than a NumPy scalar
+        self.piece_blob, self.piece_offsets = pieces[0], memoryview(pieces[1])
+        hidden = (vocab.attrs & ATTR_HIDDEN) != 0
         candidates = (vocab.attrs & ATTR_SPECIAL_CANDIDATE) != 0
         self.special_all = SpecialTokenIndex(vocab.tokens, np.nonzero(candidates)[0])
-        self.special_user = SpecialTokenIndex(vocab.tokens, np.nonzero(candidates & ~self.hidden)[0])
+        self.special_user = SpecialTokenIndex(vocab.tokens, np.nonzero(candidates & ~hidden)[0])
+        self.hidden = memoryview(hidden.view(np.uint8))   # id -> 1 if it renders only with special
 
     @property
     def vocab_size(self) -> int:
@@ -108,14 +112,21 @@ class GGUFTokenizer:
             if self.bos_id is None:
                 raise TokenizerError("this vocabulary has no BOS token (tokenizer.ggml.bos_token_id)")
             ids.append(self.bos_id)
+        parts = []
         after_special = True    # SPM adds its space prefix at the start and after special tokens
         for fragment in self.split_special(text, special):
             if isinstance(fragment, int):
-                ids.append(fragment)
+                parts.append(fragment)
                 after_special = True
             else:
-                ids.extend(self.encode_text(fragment, after_special))
+                parts.append(self.prepare_text(fragment, after_special))
                 after_special = False
+        encoded = iter(self.encode_texts([p for p in parts if isinstance(p, str)]))
+        for part in parts:
+            if isinstance(part, int):
+                ids.append(part)
+            else:
+                ids.extend(next(encoded))
         return ids
 
     def split_special(self, text: str, special: bool) -> list:
@@ -138,21 +149,33 @@ class GGUFTokenizer:
             fragments = cut
         return fragments
 
-    def encode_text(self, text: str, after_special: bool) -> list:
+    def prepare_text(self, text: str, after_special: bool) -> str:
+        """A plain-text fragment as the text tokenizer takes it."""
+        raise NotImplementedError
+
+    def encode_texts(self, texts: list) -> list:
+        """Prepared fragments -> a list of ids for each."""
         raise NotImplementedError
 
     def token_bytes(self, token_id: int, special: bool = False) -> bytes:
         token_id = self.check_id(token_id)
         if self.hidden[token_id] and not special:
             return b""
-        return self.pieces[token_id]
+        return self.piece_blob[self.piece_offsets[token_id]:self.piece_offsets[token_id + 1]]
 
     def decode(self, ids, special: bool = False) -> str:
-        pieces = [self.token_bytes(i, special) for i in ids]
+        # every piece gathered from the blob at once, not a bytes object per token
+        ids = np.array([self.check_id(i) for i in ids], np.int64)
+        offsets, hidden = np.asarray(self.piece_offsets), np.asarray(self.hidden)
+        starts, ends = offsets[ids].astype(np.int64), offsets[ids + 1].astype(np.int64)
+        if not special:
+            ends = np.where(hidden[ids] != 0, starts, ends)
         # llama.cpp drops one leading space of the first token when it adds a space prefix
-        if self.vocab.add_space_prefix and pieces and pieces[0][:1] == b" ":
-            pieces[0] = pieces[0][1:]
-        text = b"".join(pieces)
+        if self.vocab.add_space_prefix and len(ids) and self.piece_blob[starts[0]:ends[0]][:1] == b" ":
+            starts[0] += 1
+        sizes = ends - starts
+        at = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+        text = np.frombuffer(self.piece_blob, np.uint8)[at].tobytes()
         if self.clean_spaces:
             text = clean_up_spaces(text)
         return text.decode("utf-8", errors="replace")
@@ -169,27 +192,37 @@ class SPMTokenizer(GGUFTokenizer):
     """tokenizer.ggml.model = "llama": spaces become U+2581, then score-ordered bigram merges."""
 
     def __init__(self, vocab: GGUFVocab, add_bos: bool):
-        byte_ids = [vocab.token_to_id.get(f"<0x{b:02X}>", vocab.token_to_id.get(chr(b)) if b < 128 else None)
-                    for b in range(256)]
-        self.merger = SPMMerger(vocab.token_to_id, vocab.scores.tolist(), byte_ids)
+        byte_ids = [vocab.lookup.get(f"<0x{b:02X}>") for b in range(256)]
+        byte_ids = [vocab.lookup.get(chr(b)) if i is None and b < 128 else i for b, i in enumerate(byte_ids)]
+        self.merger = SPMMerger(vocab.lookup, vocab.scores, byte_ids)
         super().__init__(vocab, spm_pieces(vocab), add_bos, clean_spaces=False)
 
-    def encode_text(self, text: str, after_special: bool) -> list:
+    def prepare_text(self, text: str, after_special: bool) -> str:
         if self.vocab.add_space_prefix and after_special:
             text = " " + text
-        return self.merger.encode(text.replace(" ", SPM_SPACE))
+        return text.replace(" ", SPM_SPACE)
+
+    def encode_texts(self, texts: list) -> list:
+        return self.merger.encode(texts)
 
 
 class BPETokenizer(GGUFTokenizer):
     """tokenizer.ggml.model = "gpt2": regex pre-tokenizer, GPT-2 byte alphabet, ranked merges."""
 
     def __init__(self, vocab: GGUFVocab, merges, add_bos: bool):
+        # imported here: the tokenizers library is only needed for BPE vocabularies
+        from .gguf_bpe import build_bpe, pre_tokenizer_for
+
         pre = pre_tokenizer_for(vocab.pre)
-        self.bpe = build_bpe(vocab.token_to_id, merges, pre)
+        # the tokenizers library keeps its own copy: this dict lives only while it is built
+        self.bpe = build_bpe({t: i for i, t in enumerate(vocab.tokens)}, merges, pre)
         super().__init__(vocab, bpe_pieces(vocab), add_bos, clean_spaces=pre.clean_spaces)
 
-    def encode_text(self, text: str, after_special: bool) -> list:
-        return self.bpe.encode(text, add_special_tokens=False).ids
+    def prepare_text(self, text: str, after_special: bool) -> str:
+        return text
+
+    def encode_texts(self, texts: list) -> list:
+        return [self.bpe.encode(text, add_special_tokens=False).ids for text in texts]
 
 
 def byte_token_value(vocab: GGUFVocab, token_id: int) -> int:
@@ -200,23 +233,36 @@ def byte_token_value(vocab: GGUFVocab, token_id: int) -> int:
     return int(match.group(1), 16)
 
 
-def spm_pieces(vocab: GGUFVocab) -> list:
-    """id -> rendered bytes for an SPM vocabulary (llama.cpp's token_to_piece, special=True)."""
-    pieces = []
-    for token_id, (text, attr) in enumerate(zip(vocab.tokens, vocab.attrs.tolist())):
-        if attr & (ATTR_HIDDEN | ATTR_USER_DEFINED):
-            pieces.append(text.encode("utf-8"))
-        elif attr & ATTR_NORMAL:
-            pieces.append(text.replace(SPM_SPACE, " ").encode("utf-8"))
-        elif attr & ATTR_BYTE:
-            pieces.append(bytes([byte_token_value(vocab, token_id)]))
-        else:
-            pieces.append(b"")  # UNUSED and UNDEFINED tokens render as nothing
-    return pieces
+def spm_pieces(vocab: GGUFVocab) -> tuple:
+    """(blob, offsets) of the rendered bytes of each id of an SPM vocabulary (llama.cpp's
+    token_to_piece, special=True), made from the vocabulary's blob with NumPy, not a loop."""
+    data = np.frombuffer(vocab.tokens.blob, np.uint8)
+    offsets = vocab.tokens.offsets
+    attrs = vocab.attrs
+    # each token's rendering: its text as is, its text with U+2581 as a space, its byte, or nothing
+    raw = (attrs & (ATTR_HIDDEN | ATTR_USER_DEFINED)) != 0
+    normal = ~raw & ((attrs & ATTR_NORMAL) != 0)
+    byte = ~raw & ~normal & ((attrs & ATTR_BYTE) != 0)
+    sizes = np.diff(offsets)
+    out = data.copy()
+    keep = np.repeat(raw | normal, sizes)
+    # U+2581 is E2 96 81 in UTF-8; a token is valid UTF-8, so the three bytes lie in one token
+    space = np.flatnonzero((data[:-2] == 0xE2) & (data[1:-1] == 0x96) & (data[2:] == 0x81)
+                           & np.repeat(normal, sizes)[:-2])
+    out[space] = ord(" ")
+    keep[space + 1] = False
+    keep[space + 2] = False
+    byte_ids = np.flatnonzero(byte)
+    out[offsets[byte_ids]] = [byte_token_value(vocab, int(i)) for i in byte_ids]
+    keep[offsets[byte_ids]] = True
+    kept = np.zeros(len(data) + 1, np.int64)
+    np.cumsum(keep, out=kept[1:])
+    return out[keep].tobytes(), compact_offsets(kept[offsets])
 
 
-def bpe_pieces(vocab: GGUFVocab) -> list:
-    """id -> rendered bytes for a byte-level BPE vocabulary (llama.cpp's token_to_piece, special=True)."""
+def bpe_pieces(vocab: GGUFVocab) -> tuple:
+    """(blob, offsets) of the rendered bytes of each id of a byte-level BPE vocabulary
+    (llama.cpp's token_to_piece, special=True)."""
     to_byte = gpt2_byte_alphabet()
     pieces = []
     for token_id, (text, attr) in enumerate(zip(vocab.tokens, vocab.attrs.tolist())):
@@ -228,7 +274,9 @@ def bpe_pieces(vocab: GGUFVocab) -> list:
             pieces.append(bytes([byte_token_value(vocab, token_id)]))
         else:
             pieces.append(b"")
-    return pieces
+    offsets = np.zeros(len(pieces) + 1, np.int64)
+    np.cumsum([len(p) for p in pieces], out=offsets[1:])
+    return b"".join(pieces), compact_offsets(offsets)
 
 
 def gpt2_text_bytes(text: str, to_byte: dict) -> bytes:
@@ -257,6 +305,8 @@ def tokenizer_from_gguf(meta) -> GGUFTokenizer:
         vocab = read_vocab(meta, model, default_bos=1, default_eos=2, default_add_space_prefix=True)
         return SPMTokenizer(vocab, add_bos=read_bool(meta, KEY_ADD_BOS, True))
     if model == "gpt2":
+        from .gguf_bpe import pre_tokenizer_for
+
         pre_row = pre_tokenizer_for(pre)
         vocab = read_vocab(meta, model, default_bos=11, default_eos=11, default_add_space_prefix=False)
         return BPETokenizer(vocab, meta.get(KEY_MERGES), read_bool(meta, KEY_ADD_BOS, pre_row.add_bos))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import TokenizerError
+from .string_array import StringArray
+from .token_lookup import TokenLookup
 
 KEY_MODEL = "tokenizer.ggml.model"
 KEY_PRE = "tokenizer.ggml.pre"
@@ -60,8 +62,8 @@ class GGUFVocab:
 
     model: str            # tokenizer.ggml.model: "llama" (SPM) or "gpt2" (byte-level BPE)
     pre: str              # tokenizer.ggml.pre ("" when absent)
-    tokens: list          # id -> vocabulary string (empty strings renamed as llama.cpp does)
-    token_to_id: dict     # string -> id; a repeated string maps to its last id, as in llama.cpp
+    tokens: StringArray   # id -> vocabulary string (empty strings renamed as llama.cpp does)
+    lookup: TokenLookup   # string -> id; a repeated string maps to its last id, as in llama.cpp
     scores: np.ndarray    # (n,) float32
     attrs: np.ndarray     # (n,) int32 llama_token_attr flags after llama.cpp's fix-ups
     bos_id: int | None
@@ -74,13 +76,19 @@ class GGUFVocab:
         return len(self.tokens)
 
 
-def read_tokens(meta) -> list:
+def read_tokens(meta) -> StringArray:
+    # a GGUFFile gives a StringArray; metadata made in Python may give a list of str
     tokens = meta.get(KEY_TOKENS)
     if tokens is None:
         raise TokenizerError(f"GGUF metadata has no {KEY_TOKENS}: the file carries no vocabulary")
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+    if isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+        tokens = StringArray.from_strings(tokens)
+    if not isinstance(tokens, StringArray) or len(tokens) == 0:
         raise TokenizerError(f"{KEY_TOKENS} must be a non-empty array of strings")
-    return [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    empty = set(np.flatnonzero(np.diff(tokens.offsets) == 0).tolist())
+    if empty:
+        tokens = StringArray.from_strings([f"[EMPTY_{i}]" if i in empty else t for i, t in enumerate(tokens)])
+    return tokens
 
 
 def read_per_token_array(meta, key: str, n_tokens: int, dtype) -> np.ndarray | None:
@@ -96,7 +104,7 @@ def read_per_token_array(meta, key: str, n_tokens: int, dtype) -> np.ndarray | N
         raise TokenizerError(f"{key} must be a 1-D numeric array, got {array.dtype} shape {array.shape}")
     if len(array) != n_tokens:
         raise TokenizerError(f"{key} has {len(array)} entries but {KEY_TOKENS} has {n_tokens}")
-    return array.astype(dtype)
+    return array.astype(dtype, copy=False)   # a view of the file when it is stored as dtype
 
 
 def read_bool(meta, key: str, default: bool) -> bool:
@@ -119,9 +127,9 @@ def read_token_id(meta, name: str, default: int | None, n_tokens: int) -> int | 
     return int(value)
 
 
-def first_id_with_text(token_to_id: dict, texts) -> int | None:
+def first_id_with_text(lookup: TokenLookup, texts) -> int | None:
     # llama.cpp takes whichever its hash map yields first; the lowest id is the stable choice
-    ids = [token_to_id[t] for t in texts if t in token_to_id]
+    ids = [i for i in map(lookup.get, texts) if i is not None]
     return min(ids) if ids else None
 
 
@@ -129,7 +137,7 @@ def read_vocab(meta, model: str, default_bos: int | None, default_eos: int | Non
                default_add_space_prefix: bool) -> GGUFVocab:
     tokens = read_tokens(meta)
     n = len(tokens)
-    token_to_id = {t: i for i, t in enumerate(tokens)}
+    lookup = TokenLookup(tokens)
     scores = read_per_token_array(meta, KEY_SCORES, n, np.float32)
     if scores is None:
         scores = np.zeros(n, dtype=np.float32)
@@ -144,25 +152,26 @@ def read_vocab(meta, model: str, default_bos: int | None, default_eos: int | Non
     eos_id = read_token_id(meta, "eos", default_eos, n)
     for name in ("unknown", "seperator", "padding", "mask"):
         read_token_id(meta, name, None, n)  # validated only: llama.cpp keeps them, we need none
-    eog_ids = find_eog_ids(meta, tokens, token_to_id, attrs, eos_id)
+    eog_ids = find_eog_ids(meta, tokens, lookup, attrs, eos_id)
     for text in ALWAYS_RENDERED_TEXTS:
-        if text in token_to_id:
-            attrs[token_to_id[text]] = ATTR_USER_DEFINED
+        token_id = lookup.get(text)
+        if token_id is not None:
+            attrs[token_id] = ATTR_USER_DEFINED
     return GGUFVocab(
-        model=model, pre=meta.get(KEY_PRE, "") or "", tokens=tokens, token_to_id=token_to_id,
+        model=model, pre=meta.get(KEY_PRE, "") or "", tokens=tokens, lookup=lookup,
         scores=scores, attrs=attrs, bos_id=bos_id, eos_id=eos_id, eog_ids=eog_ids,
         add_space_prefix=read_bool(meta, KEY_ADD_SPACE_PREFIX, default_add_space_prefix),
     )
 
 
-def find_eog_ids(meta, tokens: list, token_to_id: dict, attrs: np.ndarray, eos_id) -> frozenset:
+def find_eog_ids(meta, tokens: StringArray, lookup: TokenLookup, attrs: np.ndarray, eos_id) -> frozenset:
     """llama.cpp's end-of-generation set; marks the tokens it finds by text as CONTROL in attrs."""
     n = len(tokens)
 
     def special(name: str, texts) -> int | None:
         token_id = read_token_id(meta, name, None, n)
         if token_id is None:
-            token_id = first_id_with_text(token_to_id, texts)
+            token_id = first_id_with_text(lookup, texts)
             if token_id is not None:
                 attrs[token_id] |= ATTR_CONTROL
         return token_id
@@ -174,7 +183,7 @@ def find_eog_ids(meta, tokens: list, token_to_id: dict, attrs: np.ndarray, eos_i
 
     eog = {i for i in fim_ids if i is not None}
     for text in EOG_TEXTS:
-        token_id = token_to_id.get(text)
+        token_id = lookup.get(text)
         if token_id is not None:
             eog.add(token_id)
             attrs[token_id] |= ATTR_CONTROL
@@ -184,12 +193,12 @@ def find_eog_ids(meta, tokens: list, token_to_id: dict, attrs: np.ndarray, eos_i
     eog_texts = {tokens[i] for i in eog}
     has_call = "<|call|>" in eog_texts or "<|calls|>" in eog_texts
     if "<|end|>" in eog_texts and has_call and ("<|return|>" in eog_texts or "<|flush|>" in eog_texts):
-        end_id = token_to_id["<|end|>"]
+        end_id = lookup.get("<|end|>")
         eog.discard(end_id)
         attrs[end_id] = ATTR_USER_DEFINED
     # gemma4 and plamo use </s> as an ordinary token
     if "</s>" in eog_texts and eog_texts & {"<|tool_response>", "<|plamo:eos|>"}:
-        s_id = token_to_id["</s>"]
+        s_id = lookup.get("</s>")
         eog.discard(s_id)
         attrs[s_id] = ATTR_NORMAL
     return frozenset(eog)

@@ -20,6 +20,7 @@ from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from ..errors import SmallMindError
 from ..kernels.qtensor import QTYPES, QTensor, row_bytes
+from .string_array import StringArray
 
 
 @dataclass
@@ -76,7 +77,7 @@ def _value_type(key: str, value):
         if value.dtype.str.lstrip("<|=") not in _ARRAY_TYPES or value.size == 0:
             raise SmallMindError(f"metadata {key!r}: cannot store an array of {value.size} {value.dtype} in GGUF")
         return GGUFValueType.ARRAY, _ARRAY_TYPES[value.dtype.str.lstrip("<|=")]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+    if isinstance(value, (list, tuple, StringArray)) and value and all(isinstance(v, str) for v in value):
         return GGUFValueType.ARRAY, GGUFValueType.STRING
     raise SmallMindError(f"metadata {key!r}: cannot store a value of type {type(value).__name__} in GGUF")
 
@@ -92,8 +93,8 @@ def write_gguf(path, arch: str, metadata, tensors: list[TensorPlan], *, force: b
         if key == "general.architecture":
             continue
         vtype, sub = (item[2], None) if len(item) == 3 else _value_type(key, value)
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
+        if isinstance(value, (np.ndarray, StringArray)):
+            value = list(value) if isinstance(value, StringArray) else value.tolist()
         writer.add_key_value(key, value, vtype, sub_type=sub)
     for plan in tensors:
         if plan.qtype == "F32":

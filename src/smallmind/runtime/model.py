@@ -20,6 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import ContextLengthError, SmallMindError
+from ..memory import map_large_allocations
 from ..scope import scope
 from .generate import stop_strings, stream_text
 from .sampler import Sampler
@@ -192,6 +193,7 @@ def load(path=None) -> Model:
     if path is None:
         path = default_model_path()
     p = Path(path)
+    map_large_allocations()
     return _from_checkpoint(p) if model_kind(p) == "checkpoint" else _from_gguf(p)
 
 
