@@ -479,6 +479,18 @@ static inline void prefetch_next_group(const QLinearArgs *a, const uint8_t *wr)
     for (const uint8_t *p = next; p < next + 8 * a->wrow && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
 }
 
+/* the same spread over the group's nb blocks: block ib asks for its share of the span
+ * SM_QPREFETCH_GROUPS groups ahead, so the requests stay few at a time (a burst of 85
+ * line requests overflows the core's miss buffers and the late ones are dropped) */
+#define SM_QPREFETCH_GROUPS 2
+static inline void prefetch_part(const QLinearArgs *a, const uint8_t *wr, long ib, long nb)
+{
+    long span = 8 * a->wrow;
+    const uint8_t *next = wr + SM_QPREFETCH_GROUPS * span, *end = a->w + a->N * a->wrow;
+    const uint8_t *p = next + (span * ib / nb & ~63L), *stop = next + span * (ib + 1) / nb;
+    for (; p < stop && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+}
+
 static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
 
 #define X8_32(name, BYTES, UNPACK, P16, ACTT, HAS_M, OFFSET, TERM)                                    \
@@ -512,6 +524,33 @@ static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_
             }                                                                              \
         }                                                                                  \
         store8(a, t0, tn, n, acc);                                                         \
+    }                                                                                      \
+    /* decode (one activation row): the accumulator stays in a register */                 \
+    static void QFN(name##_one)(const QLinearArgs *a, long n)                              \
+    {                                                                                      \
+        long nb = a->K / 32;                                                               \
+        const uint8_t *wr = a->w + n * a->wrow;                                            \
+        __m256 acc = _mm256_setzero_ps();                                                  \
+        for (long ib = 0; ib < nb; ib++) {                                                 \
+            prefetch_part(a, wr, ib, nb);                                                  \
+            const ACTT *y = ACT(ACTT, 0, ib);                                              \
+            VB yv = vb_load(y->qs);                                                        \
+            __m256i s[8];                                                                  \
+            for (int r = 0; r < 8; r++) {                                                  \
+                const uint8_t *blk = wr + r * a->wrow + ib * (BYTES);                      \
+                s[r] = madd1(P16(UNPACK, yv));                                             \
+            }                                                                              \
+            __m256 dx, mx;                                                                 \
+            if (HAS_M) halves8x2(a, wr, ib * (BYTES), &dx, &mx);                           \
+            else dx = mx = halves8(a, wr, ib * (BYTES));                                   \
+            (void)mx;                                                                      \
+            __m256i is = reduce8(s);                                                       \
+            if (OFFSET) is = _mm256_sub_epi32(is, _mm256_set1_epi32((OFFSET) * SUM_OF(y))); \
+            __m256 isum = _mm256_cvtepi32_ps(is);                                          \
+            __m256 dy = _mm256_set1_ps(y->d);                                              \
+            acc = _mm256_add_ps(acc, TERM);                                                \
+        }                                                                                  \
+        store8(a, 0, 1, n, &acc);                                                          \
     }
 
 #define MUL _mm256_mul_ps
@@ -581,7 +620,7 @@ static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
 /* Q4_K / Q5_K decode (one activation row): each row's super-block straight from its bytes
  * (no unpacked copy), its 6-bit scales unpacked a 32-bit word at a time and broadcast by
  * byte shuffles; the same integers and float steps as x8_q45_k */
-static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n, long t0)
+static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n)
 {
     int five = a->qtype == SM_Q5_K;
     long bytes = five ? 176 : 144, nb = a->K / 256;
@@ -590,7 +629,7 @@ static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n, long t0)
     __m256 acc = _mm256_setzero_ps();
     prefetch_next_group(a, wr);
     for (long ib = 0; ib < nb; ib++) {
-        const sm_q8_k *y = ACT(sm_q8_k, t0, ib);
+        const sm_q8_k *y = ACT(sm_q8_k, 0, ib);
         __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
         __m256i s[8], m[8];
         for (int r = 0; r < 8; r++) {
@@ -627,7 +666,7 @@ static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n, long t0)
         __m256 dy = _mm256_set1_ps(y->d);
         acc = _mm256_add_ps(acc, _mm256_sub_ps(MUL(MUL(dx, dy), isum), MUL(MUL(dmx, dy), msum)));
     }
-    store8(a, t0, 1, n, &acc);
+    store8(a, 0, 1, n, &acc);
 }
 
 /* Q6_K: quants unsigned (0..63) against the activations, minus 32 times each group of 16's
@@ -671,14 +710,14 @@ static void QFN(x8_q6_k)(const QLinearArgs *a, long n, long t0, long tn)
 
 /* Q6_K decode (one activation row): like x8_q45_k_one, straight from the bytes; the scales
  * of groups 2g (low 16 values) and 2g+1 (high 16) reach the two 128-bit lanes by a shuffle */
-static void QFN(x8_q6_k_one)(const QLinearArgs *a, long n, long t0)
+static void QFN(x8_q6_k_one)(const QLinearArgs *a, long n)
 {
     long nb = a->K / 256;
     const uint8_t *wr = a->w + n * a->wrow;
     __m256 acc = _mm256_setzero_ps();
     prefetch_next_group(a, wr);
     for (long ib = 0; ib < nb; ib++) {
-        const sm_q8_k *y = ACT(sm_q8_k, t0, ib);
+        const sm_q8_k *y = ACT(sm_q8_k, 0, ib);
         __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
         __m256i s[8];
         for (int r = 0; r < 8; r++) {
@@ -702,12 +741,13 @@ static void QFN(x8_q6_k_one)(const QLinearArgs *a, long n, long t0)
         __m256 isum = _mm256_cvtepi32_ps(reduce8(s));
         acc = _mm256_add_ps(acc, MUL(MUL(dx, _mm256_set1_ps(y->d)), isum));
     }
-    store8(a, t0, 1, n, &acc);
+    store8(a, 0, 1, n, &acc);
 }
 
 #undef MUL
 
 typedef void (*x8_fn)(const QLinearArgs *, long, long, long);
+typedef void (*one_fn)(const QLinearArgs *, long);
 
 /* groups of eight rows here, the remaining rows (and F16/BF16) by the one-row code */
 static long QFN(linear_rows_x8)(const QLinearArgs *a, long n0, long n1)
@@ -724,11 +764,18 @@ static long QFN(linear_rows_x8)(const QLinearArgs *a, long n0, long n1)
     default: return n0;
     }
     long n = n0;
-    if (a->T == 1 && (a->qtype == SM_Q4_K || a->qtype == SM_Q5_K || a->qtype == SM_Q6_K)) {
-        for (; n + 8 <= n1; n += 8) {
-            if (a->qtype == SM_Q6_K) QFN(x8_q6_k_one)(a, n, 0);
-            else QFN(x8_q45_k_one)(a, n, 0);
+    if (a->T == 1) {
+        one_fn g = NULL;
+        switch (a->qtype) {
+        case SM_Q4_0: g = QFN(x8_q4_0_one); break;
+        case SM_Q4_1: g = QFN(x8_q4_1_one); break;
+        case SM_Q5_0: g = QFN(x8_q5_0_one); break;
+        case SM_Q5_1: g = QFN(x8_q5_1_one); break;
+        case SM_Q8_0: g = QFN(x8_q8_0_one); break;
+        case SM_Q4_K: case SM_Q5_K: g = QFN(x8_q45_k_one); break;
+        default: g = QFN(x8_q6_k_one); break;
         }
+        for (; n + 8 <= n1; n += 8) g(a, n);
         return n;
     }
     for (; n + 8 <= n1; n += 8)
