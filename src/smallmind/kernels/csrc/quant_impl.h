@@ -642,8 +642,9 @@ static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n)
     const uint8_t *wr = a->w + n * a->wrow;
     const __m256i nib = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(0x01);
     __m256 acc = _mm256_setzero_ps();
-    prefetch_next_group(a, wr);
+    Prefetch pf = prefetch_plan(a, wr, nb);
     for (long ib = 0; ib < nb; ib++) {
+        prefetch_step(&pf);
         const sm_q8_k *y = ACT(sm_q8_k, 0, ib);
         __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
         __m256i s[8], m[8];
@@ -730,8 +731,9 @@ static void QFN(x8_q6_k_one)(const QLinearArgs *a, long n)
     long nb = a->K / 256;
     const uint8_t *wr = a->w + n * a->wrow;
     __m256 acc = _mm256_setzero_ps();
-    prefetch_next_group(a, wr);
+    Prefetch pf = prefetch_plan(a, wr, nb);
     for (long ib = 0; ib < nb; ib++) {
+        prefetch_step(&pf);
         const sm_q8_k *y = ACT(sm_q8_k, 0, ib);
         __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
         __m256i s[8];
