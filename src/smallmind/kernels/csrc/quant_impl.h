@@ -614,70 +614,31 @@ X8_32(x8_q5_1, 24, (NIB(8), HIGH(4)), 0, sm_q8_1, 1, 0,
 #undef NIB
 #undef HIGH
 
-/* Q4_K / Q5_K: per row the 8 scaled sub-block sums and the mins term, eight rows reduced together */
-static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
-{
-    int five = a->qtype == SM_Q5_K;
-    long bytes = five ? 176 : 144, nb = a->K / 256;
-    const uint8_t *wr = a->w + n * a->wrow;
-    __m256 acc[SM_QTILE];
-    for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();
-    for (long ib = 0; ib < nb; ib++) {
-        VB w[8][8];
-        __m256i mnv[8], scv[8][8];
-        for (int r = 0; r < 8; r++) {
-            const uint8_t *blk = wr + r * a->wrow + ib * bytes;
-            uint8_t sc[8], mn[8];
-            k_scales(blk + 4, sc, mn);
-            for (int j = 0; j < 8; j++) scv[r][j] = _mm256_set1_epi16(sc[j]);
-            mnv[r] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)mn));
-            for (int c = 0; c < 4; c++) {
-                vb_q4_pair(blk + (five ? 48 : 16) + 32 * c, &w[r][2 * c], &w[r][2 * c + 1]);
-                if (five) {
-                    VB lo, hi;
-                    vb_q5_high(blk + 16, c, &lo, &hi);
-                    w[r][2 * c] = vb_or(w[r][2 * c], lo);
-                    w[r][2 * c + 1] = vb_or(w[r][2 * c + 1], hi);
-                }
-            }
-        }
-        __m256 dx, dmx;
-        halves8x2(a, wr, ib * bytes, &dx, &dmx);
-        for (long t = 0; t < tn; t++) {
-            const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
-            __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
-            __m256i s[8], m[8];
-            for (int r = 0; r < 8; r++) {
-                __m256i v = _mm256_setzero_si256();
-                for (int j = 0; j < 8; j++)
-                    v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(w[r][j], vb_load(y->qs + 32 * j)), scv[r][j]));
-                s[r] = v;
-                m[r] = _mm256_mullo_epi32(mnv[r], bs);
-            }
-            __m256 isum = _mm256_cvtepi32_ps(reduce8(s)), msum = _mm256_cvtepi32_ps(reduce8(m));
-            __m256 dy = _mm256_set1_ps(y->d);
-            acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(MUL(MUL(dx, dy), isum), MUL(MUL(dmx, dy), msum)));
-        }
-    }
-    store8(a, t0, tn, n, acc);
-}
+/* The K-quants take TW activation rows at a time (TW <= 4, a constant once inlined, so the
+ * accumulators stay in registers): each weight row's super-block is unpacked straight from
+ * its bytes once for the TW rows, whose activations are the only loads of the inner loop.
+ * Eight weight rows' sums are then reduced together per activation row. */
+#define SM_KTW 4
 
-/* Q4_K / Q5_K decode (one activation row): each row's super-block straight from its bytes
- * (no unpacked copy), its 6-bit scales unpacked a 32-bit word at a time and broadcast by
- * byte shuffles; the same integers and float steps as x8_q45_k */
-static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n)
+/* Q4_K / Q5_K: the 6-bit scales unpacked a 32-bit word at a time and broadcast by byte
+ * shuffles; per row the 8 scaled sub-block sums and the mins term */
+static inline __attribute__((always_inline)) void QFN(q45_k_rows)(const QLinearArgs *a, long n, long t0, int TW)
 {
     int five = a->qtype == SM_Q5_K;
     long bytes = five ? 176 : 144, nb = a->K / 256;
     const uint8_t *wr = a->w + n * a->wrow;
     const __m256i nib = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(0x01);
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[SM_KTW];
+    for (int t = 0; t < TW; t++) acc[t] = _mm256_setzero_ps();
     Prefetch pf = prefetch_plan(a, wr, nb);
     for (long ib = 0; ib < nb; ib++) {
-        prefetch_step(&pf);
-        const sm_q8_k *y = ACT(sm_q8_k, 0, ib);
-        __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
-        __m256i s[8], m[8];
+        if (t0 == 0) prefetch_step(&pf);
+        const sm_q8_k *y[SM_KTW];
+        __m256i bs[SM_KTW], s[SM_KTW][8], m[SM_KTW][8];
+        for (int t = 0; t < TW; t++) {
+            y[t] = ACT(sm_q8_k, t0 + t, ib);
+            bs[t] = _mm256_loadu_si256((const __m256i *)y[t]->bsum32);
+        }
         for (int r = 0; r < 8; r++) {
             const uint8_t *blk = wr + r * a->wrow + ib * bytes;
             uint32_t k[3], sm[4];
@@ -688,10 +649,12 @@ static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n)
             sm[3] = ((k[2] >> 4) & 0x0F0F0F0Fu) | ((k[1] >> 2) & 0x30303030u); /* mins 4..7 */
             __m128i scm = _mm_loadu_si128((const __m128i *)sm);
             __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
-            m[r] = _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8)), bs);
+            __m256i mn32 = _mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8));
+            for (int t = 0; t < TW; t++) m[t][r] = _mm256_mullo_epi32(mn32, bs[t]);
             const uint8_t *qs = blk + (five ? 48 : 16);
             __m256i hb = five ? vb_load(blk + 16) : _mm256_setzero_si256();
-            __m256i v = _mm256_setzero_si256();
+            __m256i v[SM_KTW];
+            for (int t = 0; t < TW; t++) v[t] = _mm256_setzero_si256();
             for (int c = 0; c < 4; c++) {
                 __m256i q = vb_load(qs + 32 * c);
                 __m256i lo = _mm256_and_si256(q, nib), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nib);
@@ -701,95 +664,92 @@ static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n)
                 }
                 __m256i s_lo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(4 * c | (4 * c + 1) << 8)));
                 __m256i s_hi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((4 * c + 2) | (4 * c + 3) << 8)));
-                v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(lo, vb_load(y->qs + 64 * c)), s_lo));
-                v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(hi, vb_load(y->qs + 64 * c + 32)), s_hi));
+                for (int t = 0; t < TW; t++) {
+                    v[t] = _mm256_add_epi32(v[t], _mm256_madd_epi16(p16_us(lo, vb_load(y[t]->qs + 64 * c)), s_lo));
+                    v[t] = _mm256_add_epi32(v[t], _mm256_madd_epi16(p16_us(hi, vb_load(y[t]->qs + 64 * c + 32)), s_hi));
+                }
             }
-            s[r] = v;
+            for (int t = 0; t < TW; t++) s[t][r] = v[t];
         }
         __m256 dx, dmx;
         halves8x2(a, wr, ib * bytes, &dx, &dmx);
-        __m256 isum = _mm256_cvtepi32_ps(reduce8(s)), msum = _mm256_cvtepi32_ps(reduce8(m));
-        __m256 dy = _mm256_set1_ps(y->d);
-        acc = _mm256_add_ps(acc, _mm256_sub_ps(MUL(MUL(dx, dy), isum), MUL(MUL(dmx, dy), msum)));
+        for (int t = 0; t < TW; t++) {
+            __m256 isum = _mm256_cvtepi32_ps(reduce8(s[t])), msum = _mm256_cvtepi32_ps(reduce8(m[t]));
+            __m256 dy = _mm256_set1_ps(y[t]->d);
+            acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(MUL(MUL(dx, dy), isum), MUL(MUL(dmx, dy), msum)));
+        }
     }
-    store8(a, 0, 1, n, &acc);
+    store8(a, t0, TW, n, acc);
 }
 
 /* Q6_K: quants unsigned (0..63) against the activations, minus 32 times each group of 16's
- * scale times that group's activation sum: the same integer as the signed dot */
-static void QFN(x8_q6_k)(const QLinearArgs *a, long n, long t0, long tn)
-{
-    long nb = a->K / 256;
-    const uint8_t *wr = a->w + n * a->wrow;
-    __m256 acc[SM_QTILE];
-    for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();
-    for (long ib = 0; ib < nb; ib++) {
-        VB w[8][8];
-        __m256i scv[8][8], sc16[8];
-        for (int r = 0; r < 8; r++) {
-            const uint8_t *blk = wr + r * a->wrow + ib * 210;
-            const int8_t *sc = (const int8_t *)(blk + 192);
-            for (int g = 0; g < 8; g++) {
-                int h = g / 4, j = g % 4;
-                w[r][g] = vb_q6u(blk + 64 * h + 32 * (j % 2), 4 * (j / 2), blk + 128 + 32 * h, 2 * j);
-                scv[r][g] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * g + 1]), _mm_set1_epi16(sc[2 * g]));
-            }
-            sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
-        }
-        __m256 dx = halves8(a, wr, ib * 210 + 208);
-        for (long t = 0; t < tn; t++) {
-            const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
-            __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
-            __m256i s[8];
-            for (int r = 0; r < 8; r++) {
-                __m256i v = _mm256_setzero_si256();
-                for (int g = 0; g < 8; g++)
-                    v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(w[r][g], vb_load(y->qs + 32 * g)), scv[r][g]));
-                s[r] = _mm256_sub_epi32(v, _mm256_slli_epi32(_mm256_madd_epi16(sc16[r], ys), 5));
-            }
-            __m256 isum = _mm256_cvtepi32_ps(reduce8(s));
-            acc[t] = _mm256_add_ps(acc[t], MUL(MUL(dx, _mm256_set1_ps(y->d)), isum));
-        }
-    }
-    store8(a, t0, tn, n, acc);
-}
-
-/* Q6_K decode (one activation row): like x8_q45_k_one, straight from the bytes; the scales
+ * scale times that group's activation sum: the same integer as the signed dot; the scales
  * of groups 2g (low 16 values) and 2g+1 (high 16) reach the two 128-bit lanes by a shuffle */
-static void QFN(x8_q6_k_one)(const QLinearArgs *a, long n)
+static inline __attribute__((always_inline)) void QFN(q6_k_rows)(const QLinearArgs *a, long n, long t0, int TW)
 {
     long nb = a->K / 256;
     const uint8_t *wr = a->w + n * a->wrow;
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[SM_KTW];
+    for (int t = 0; t < TW; t++) acc[t] = _mm256_setzero_ps();
     Prefetch pf = prefetch_plan(a, wr, nb);
     for (long ib = 0; ib < nb; ib++) {
-        prefetch_step(&pf);
-        const sm_q8_k *y = ACT(sm_q8_k, 0, ib);
-        __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
-        __m256i s[8];
+        if (t0 == 0) prefetch_step(&pf);
+        const sm_q8_k *y[SM_KTW];
+        __m256i ys[SM_KTW], s[SM_KTW][8];
+        for (int t = 0; t < TW; t++) {
+            y[t] = ACT(sm_q8_k, t0 + t, ib);
+            ys[t] = _mm256_loadu_si256((const __m256i *)y[t]->bsum16);
+        }
         for (int r = 0; r < 8; r++) {
             const uint8_t *blk = wr + r * a->wrow + ib * 210;
             __m128i sc8 = _mm_loadu_si128((const __m128i *)(blk + 192));
             __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
             __m256i sca = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));      /* scales 0..7 */
             __m256i scb = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1)); /* scales 8..15 */
-            __m256i v = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, ys), 5));
+            __m256i v[SM_KTW];
+            for (int t = 0; t < TW; t++)
+                v[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, ys[t]), 5));
+#pragma GCC unroll 8
             for (int g = 0; g < 8; g++) {
                 int h = g / 4, j = g % 4, k = 2 * (g % 4);
                 __m256i q = vb_q6u(blk + 64 * h + 32 * (j % 2), 4 * (j / 2), blk + 128 + 32 * h, 2 * j);
                 __m256i ctrl = _mm256_set_m128i(_mm_set1_epi16((short)((2 * k + 2) | (2 * k + 3) << 8)),
                                                 _mm_set1_epi16((short)((2 * k) | (2 * k + 1) << 8)));
                 __m256i scv = _mm256_shuffle_epi8(g < 4 ? sca : scb, ctrl);
-                v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(q, vb_load(y->qs + 32 * g)), scv));
+#pragma GCC unroll 4
+                for (int t = 0; t < TW; t++)
+                    v[t] = _mm256_add_epi32(v[t], _mm256_madd_epi16(p16_us(q, vb_load(y[t]->qs + 32 * g)), scv));
             }
-            s[r] = v;
+            for (int t = 0; t < TW; t++) s[t][r] = v[t];
         }
         __m256 dx = halves8(a, wr, ib * 210 + 208);
-        __m256 isum = _mm256_cvtepi32_ps(reduce8(s));
-        acc = _mm256_add_ps(acc, MUL(MUL(dx, _mm256_set1_ps(y->d)), isum));
+        for (int t = 0; t < TW; t++) {
+            __m256 isum = _mm256_cvtepi32_ps(reduce8(s[t]));
+            acc[t] = _mm256_add_ps(acc[t], MUL(MUL(dx, _mm256_set1_ps(y[t]->d)), isum));
+        }
     }
-    store8(a, 0, 1, n, &acc);
+    store8(a, t0, TW, n, acc);
 }
+
+/* a tile of tn activation rows in steps of SM_KTW, each step a specialised body */
+#define K_TILE(name, rows, W)                                                              \
+    static void QFN(name)(const QLinearArgs *a, long n, long t0, long tn)                  \
+    {                                                                                      \
+        long t = 0;                                                                        \
+        for (; t + (W) <= tn; t += (W)) QFN(rows)(a, n, t0 + t, (W));                      \
+        switch (tn - t) {                                                                  \
+        case 3: QFN(rows)(a, n, t0 + t, 3); break;                                         \
+        case 2: QFN(rows)(a, n, t0 + t, 2); break;                                         \
+        case 1: QFN(rows)(a, n, t0 + t, 1); break;                                         \
+        default: break;                                                                    \
+        }                                                                                  \
+    }                                                                                      \
+    /* decode: one activation row */                                                       \
+    static void QFN(name##_one)(const QLinearArgs *a, long n) { QFN(rows)(a, n, 0, 1); }
+
+K_TILE(x8_q45_k, q45_k_rows, SM_KTW)
+K_TILE(x8_q6_k, q6_k_rows, SM_KTW)
+#undef K_TILE
 
 #undef MUL
 
