@@ -10,8 +10,9 @@
  * twice.
  *
  * The AVX2 build works on groups of eight rows (one float lane per row, see "eight weight
- * rows at once"), with decode (one activation row) variants of the K-quants that skip the
- * unpacked copy; leftover rows and F16/BF16 weights take the one-row code. */
+ * rows at once"), with decode (one activation row) variants that keep the accumulator in a
+ * register and prefetch the weights ahead; leftover rows and F16/BF16 weights take the
+ * one-row code. */
 #pragma GCC optimize("fp-contract=off")
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
