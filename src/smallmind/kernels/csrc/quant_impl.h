@@ -10,8 +10,9 @@
  * twice.
  *
  * The AVX2 build works on groups of eight rows (one float lane per row, see "eight weight
- * rows at once"), with decode (one activation row) variants of the K-quants that skip the
- * unpacked copy; leftover rows and F16/BF16 weights take the one-row code. */
+ * rows at once"), with decode (one activation row) variants that keep the accumulator in a
+ * register and prefetch the weights ahead; leftover rows and F16/BF16 weights take the
+ * one-row code. */
 #pragma GCC optimize("fp-contract=off")
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
@@ -423,12 +424,18 @@ static void QFN(rows_f16)(const QLinearArgs *a, long n0, long n1)
  * horizontal sums) and scaled and accumulated as one vector whose lane r is row r: each lane
  * sees exactly the scalar float operations of the single-row code, in the same order. */
 
-/* v[r] (8 partial int32 sums each) -> lane r = total of v[r] */
+/* v[r] (8 partial int32 sums each) -> lane r = total of v[r]; a transpose by unpacks and
+ * adds (one micro-op each) rather than hadd (three each on Zen 3) */
 static inline __m256i reduce8(const __m256i *v)
 {
-    __m256i ab = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    __m256i cd = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
+    __m256i p[4], q[2];
+    for (int i = 0; i < 4; i++)   /* rows 2i, 2i+1: lanes (2i, 2i+1, 2i, 2i+1 | ...) */
+        p[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; i++)   /* rows 4i..4i+3, once per 128-bit lane */
+        q[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(p[2 * i], p[2 * i + 1]),
+                                _mm256_unpackhi_epi64(p[2 * i], p[2 * i + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(q[0], q[1], 0x20), _mm256_permute2x128_si256(q[0], q[1], 0x31));
 }
 
 /* the two halves at byte offset boff of rows n..n+7 (row r at wr + r * wrow; d and m, or
@@ -472,28 +479,95 @@ static inline void store8(const QLinearArgs *a, long t0, long tn, long n, const 
 
 /* Decode reads each weight once, from memory: the eight rows of a group are one span of
  * 8 * wrow bytes walked as eight interleaved short streams, which the hardware prefetcher
- * follows late; so ask for the next group's span while this one is worked on. */
-static inline void prefetch_next_group(const QLinearArgs *a, const uint8_t *wr)
+ * follows late; so each block of a group asks for its step of the span SM_QPREFETCH_GROUPS
+ * groups ahead, a few lines at a time (a burst of a whole span's lines overflows the core's
+ * miss buffers). */
+#define SM_QPREFETCH_GROUPS 2
+typedef struct { const uint8_t *next, *stop; long step; } Prefetch;
+
+static inline Prefetch prefetch_plan(const QLinearArgs *a, const uint8_t *wr, long nb)
 {
-    const uint8_t *next = wr + 8 * a->wrow, *end = a->w + a->N * a->wrow;
-    for (const uint8_t *p = next; p < next + 8 * a->wrow && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+    long span = 8 * a->wrow;
+    const uint8_t *next = wr + SM_QPREFETCH_GROUPS * span, *end = a->w + a->N * a->wrow;
+    Prefetch f = {next, next + span < end ? next + span : end, ((span + nb - 1) / nb + 63) & ~63L};
+    return f;
+}
+
+static inline void prefetch_step(Prefetch *f)
+{
+    const uint8_t *stop = f->next + f->step < f->stop ? f->next + f->step : f->stop;
+    for (; f->next < stop; f->next += 64) _mm_prefetch((const char *)f->next, _MM_HINT_T0);
 }
 
 static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
 
-#define X8_32(name, BYTES, UNPACK, P16, ACTT, HAS_M, OFFSET, TERM)                                    \
-    static void QFN(name)(const QLinearArgs *a, long n, long t0, long tn)                    \
+/* The 32-value formats pair rows: rows i and i+4 of a group share a vector, row i in the
+ * low 128-bit lane and row i+4 in the high one; `lo` holds each row's values 0..15 and
+ * `hi` its values 16..31, dotted with the activation halves broadcast to both lanes. So a
+ * maddubs works on two rows at once and the eight rows' sums reduce from four vectors
+ * (reduce4x2: 6 operations) instead of eight (reduce8: 21). */
+
+/* 16 bytes of row i (low lane) and row i+4 (high lane) */
+static inline __m256i pair16(const uint8_t *p, const uint8_t *q)
+{
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                                   _mm_loadu_si128((const __m128i *)q), 1);
+}
+
+/* 16 bytes of nibbles a row (low nibbles are values 0..15, high ones 16..31) */
+static inline void pair_nibbles(const uint8_t *p, const uint8_t *q, VB *lo, VB *hi)
+{
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    __m256i v = pair16(p, q);
+    *lo = _mm256_and_si256(v, m);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+}
+
+/* the fifth bits (4 bytes a row, bit j for value j) or-ed in as 0x10 */
+static inline void pair_high_bits(const uint8_t *p, const uint8_t *q, VB *lo, VB *hi)
+{
+    uint32_t qp, qq;
+    memcpy(&qp, p, 4);
+    memcpy(&qq, q, 4);
+    __m256i v = _mm256_blend_epi32(_mm256_set1_epi32((int)qp), _mm256_set1_epi32((int)qq), 0xF0);
+    const __m256i pick_lo = _mm256_set_epi64x(0x0101010101010101LL, 0, 0x0101010101010101LL, 0);
+    const __m256i pick_hi = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
+                                              0x0303030303030303LL, 0x0202020202020202LL);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL), h = _mm256_set1_epi8(0x10);
+    __m256i bl = _mm256_and_si256(_mm256_shuffle_epi8(v, pick_lo), bit);
+    __m256i bh = _mm256_and_si256(_mm256_shuffle_epi8(v, pick_hi), bit);
+    *lo = _mm256_or_si256(*lo, _mm256_and_si256(_mm256_cmpeq_epi8(bl, bit), h));
+    *hi = _mm256_or_si256(*hi, _mm256_and_si256(_mm256_cmpeq_epi8(bh, bit), h));
+}
+
+/* v[i] = (4 partial sums of row i | 4 of row i+4) -> lane r = total of row r */
+static inline __m256i reduce4x2(const __m256i *v)
+{
+    __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+    __m256i p1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+}
+
+/* UNPACK sets lo[i], hi[i] from the blocks p (row i) and q (row i+4). Signed quants (Q8_0)
+ * dot as |w| times y with w's sign, |w| taken once per block; unsigned ones (nibbles, at
+ * most 31 * 127 * 2 a pair) add their two halves' int16 pair sums before widening. */
+#define X8_32(name, BYTES, UNPACK, SIGNED, ACTT, HAS_M, OFFSET, TERM)                           \
+    static inline __attribute__((always_inline)) void QFN(name##_body)(const QLinearArgs *a, long n, \
+                                                                      long t0, long tn)      \
     {                                                                                      \
         long nb = a->K / 32;                                                               \
         const uint8_t *wr = a->w + n * a->wrow;                                            \
         __m256 acc[SM_QTILE];                                                              \
         for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();                        \
-        if (t0 == 0) prefetch_next_group(a, wr);                                           \
+        Prefetch pf = prefetch_plan(a, wr, nb);                                            \
         for (long ib = 0; ib < nb; ib++) {                                                 \
-            VB w[8];                                                                       \
-            for (int r = 0; r < 8; r++) {                                                  \
-                const uint8_t *blk = wr + r * a->wrow + ib * (BYTES);                      \
-                w[r] = UNPACK;                                                             \
+            if (t0 == 0) prefetch_step(&pf);                                               \
+            VB lo[4], hi[4], lu[4], hu[4];                                                 \
+            for (int i = 0; i < 4; i++) {                                                  \
+                const uint8_t *p = wr + i * a->wrow + ib * (BYTES), *q = p + 4 * a->wrow;  \
+                UNPACK;                                                                    \
+                lu[i] = SIGNED ? _mm256_sign_epi8(lo[i], lo[i]) : lo[i];                   \
+                hu[i] = SIGNED ? _mm256_sign_epi8(hi[i], hi[i]) : hi[i];                   \
             }                                                                              \
             __m256 dx, mx;                                                                 \
             if (HAS_M) halves8x2(a, wr, ib * (BYTES), &dx, &mx);                           \
@@ -501,10 +575,14 @@ static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_
             (void)mx;                                                                      \
             for (long t = 0; t < tn; t++) {                                                \
                 const ACTT *y = ACT(ACTT, t0 + t, ib);                                     \
-                VB yv = vb_load(y->qs);                                                    \
-                __m256i s[8];                                                              \
-                for (int r = 0; r < 8; r++) s[r] = madd1(P16(w[r], yv));                   \
-                __m256i is = reduce8(s);                                                   \
+                __m256i yl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)y->qs)); \
+                __m256i yh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(y->qs + 16))); \
+                __m256i s[4];                                                              \
+                for (int i = 0; i < 4; i++)                                                \
+                    s[i] = SIGNED ? _mm256_add_epi32(madd1(p16_us(lu[i], _mm256_sign_epi8(yl, lo[i]))), \
+                                                     madd1(p16_us(hu[i], _mm256_sign_epi8(yh, hi[i])))) \
+                                  : madd1(_mm256_add_epi16(p16_us(lu[i], yl), p16_us(hu[i], yh))); \
+                __m256i is = reduce4x2(s);                                                 \
                 if (OFFSET) is = _mm256_sub_epi32(is, _mm256_set1_epi32((OFFSET) * SUM_OF(y))); \
                 __m256 isum = _mm256_cvtepi32_ps(is);                                      \
                 __m256 dy = _mm256_set1_ps(y->d);                                          \
@@ -512,87 +590,56 @@ static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_
             }                                                                              \
         }                                                                                  \
         store8(a, t0, tn, n, acc);                                                         \
-    }
+    }                                                                                      \
+    static void QFN(name)(const QLinearArgs *a, long n, long t0, long tn) { QFN(name##_body)(a, n, t0, tn); } \
+    /* decode: one activation row, the accumulator in a register */                        \
+    static void QFN(name##_one)(const QLinearArgs *a, long n) { QFN(name##_body)(a, n, 0, 1); }
 
+#define NIB(off) pair_nibbles(p + (off), q + (off), &lo[i], &hi[i])
+#define HIGH(off) pair_high_bits(p + (off), q + (off), &lo[i], &hi[i])
 #define MUL _mm256_mul_ps
 /* Q4_0 and Q5_0 take their quants unsigned (0..15, 0..31; no sign juggling in the dot) and
  * subtract the offset times the activations' block sum: the same integer as the signed dot */
 #define SUM_OF(y) (y)->sum
-X8_32(x8_q4_0, 18, vb_nibbles(blk + 2), p16_us, sm_q8_0, 0, 8, MUL(MUL(isum, dx), dy))
-X8_32(x8_q5_0, 22, vb_or(vb_nibbles(blk + 6), vb_high_bits(blk + 2)), p16_us, sm_q8_0, 0, 16,
-      MUL(MUL(dx, dy), isum))
-X8_32(x8_q8_0, 34, vb_load(blk + 2), p16_ss, sm_q8_0, 0, 0, MUL(isum, MUL(dx, dy)))
+X8_32(x8_q4_0, 18, NIB(2), 0, sm_q8_0, 0, 8, MUL(MUL(isum, dx), dy))
+X8_32(x8_q5_0, 22, (NIB(6), HIGH(2)), 0, sm_q8_0, 0, 16, MUL(MUL(dx, dy), isum))
+X8_32(x8_q8_0, 34, (lo[i] = pair16(p + 2, q + 2), hi[i] = pair16(p + 18, q + 18)), 1, sm_q8_0, 0, 0,
+      MUL(isum, MUL(dx, dy)))
 #undef SUM_OF
 #define SUM_OF(y) 0
-X8_32(x8_q4_1, 20, vb_nibbles(blk + 4), p16_us, sm_q8_1, 1, 0,
+X8_32(x8_q4_1, 20, NIB(4), 0, sm_q8_1, 1, 0,
       _mm256_add_ps(MUL(MUL(dx, dy), isum), MUL(mx, _mm256_set1_ps(y->s))))
-X8_32(x8_q5_1, 24, vb_or(vb_nibbles(blk + 8), vb_high_bits(blk + 4)), p16_us, sm_q8_1, 1, 0,
+X8_32(x8_q5_1, 24, (NIB(8), HIGH(4)), 0, sm_q8_1, 1, 0,
       _mm256_add_ps(MUL(MUL(dx, dy), isum), MUL(mx, _mm256_set1_ps(y->s))))
 #undef SUM_OF
+#undef NIB
+#undef HIGH
 
-/* Q4_K / Q5_K: per row the 8 scaled sub-block sums and the mins term, eight rows reduced together */
-static void QFN(x8_q45_k)(const QLinearArgs *a, long n, long t0, long tn)
-{
-    int five = a->qtype == SM_Q5_K;
-    long bytes = five ? 176 : 144, nb = a->K / 256;
-    const uint8_t *wr = a->w + n * a->wrow;
-    __m256 acc[SM_QTILE];
-    for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();
-    for (long ib = 0; ib < nb; ib++) {
-        VB w[8][8];
-        __m256i mnv[8], scv[8][8];
-        for (int r = 0; r < 8; r++) {
-            const uint8_t *blk = wr + r * a->wrow + ib * bytes;
-            uint8_t sc[8], mn[8];
-            k_scales(blk + 4, sc, mn);
-            for (int j = 0; j < 8; j++) scv[r][j] = _mm256_set1_epi16(sc[j]);
-            mnv[r] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)mn));
-            for (int c = 0; c < 4; c++) {
-                vb_q4_pair(blk + (five ? 48 : 16) + 32 * c, &w[r][2 * c], &w[r][2 * c + 1]);
-                if (five) {
-                    VB lo, hi;
-                    vb_q5_high(blk + 16, c, &lo, &hi);
-                    w[r][2 * c] = vb_or(w[r][2 * c], lo);
-                    w[r][2 * c + 1] = vb_or(w[r][2 * c + 1], hi);
-                }
-            }
-        }
-        __m256 dx, dmx;
-        halves8x2(a, wr, ib * bytes, &dx, &dmx);
-        for (long t = 0; t < tn; t++) {
-            const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
-            __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
-            __m256i s[8], m[8];
-            for (int r = 0; r < 8; r++) {
-                __m256i v = _mm256_setzero_si256();
-                for (int j = 0; j < 8; j++)
-                    v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(w[r][j], vb_load(y->qs + 32 * j)), scv[r][j]));
-                s[r] = v;
-                m[r] = _mm256_mullo_epi32(mnv[r], bs);
-            }
-            __m256 isum = _mm256_cvtepi32_ps(reduce8(s)), msum = _mm256_cvtepi32_ps(reduce8(m));
-            __m256 dy = _mm256_set1_ps(y->d);
-            acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(MUL(MUL(dx, dy), isum), MUL(MUL(dmx, dy), msum)));
-        }
-    }
-    store8(a, t0, tn, n, acc);
-}
+/* The K-quants take TW activation rows at a time (TW <= 4, a constant once inlined, so the
+ * accumulators stay in registers): each weight row's super-block is unpacked straight from
+ * its bytes once for the TW rows, whose activations are the only loads of the inner loop.
+ * Eight weight rows' sums are then reduced together per activation row. */
+#define SM_KTW 4
 
-/* Q4_K / Q5_K decode (one activation row): each row's super-block straight from its bytes
- * (no unpacked copy), its 6-bit scales unpacked a 32-bit word at a time and broadcast by
- * byte shuffles; the same integers and float steps as x8_q45_k */
-static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n, long t0)
+/* Q4_K / Q5_K: the 6-bit scales unpacked a 32-bit word at a time and broadcast by byte
+ * shuffles; per row the 8 scaled sub-block sums and the mins term */
+static inline __attribute__((always_inline)) void QFN(q45_k_rows)(const QLinearArgs *a, long n, long t0, int TW)
 {
     int five = a->qtype == SM_Q5_K;
     long bytes = five ? 176 : 144, nb = a->K / 256;
     const uint8_t *wr = a->w + n * a->wrow;
     const __m256i nib = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(0x01);
-    __m256 acc = _mm256_setzero_ps();
-    prefetch_next_group(a, wr);
+    __m256 acc[SM_KTW];
+    for (int t = 0; t < TW; t++) acc[t] = _mm256_setzero_ps();
+    Prefetch pf = prefetch_plan(a, wr, nb);
     for (long ib = 0; ib < nb; ib++) {
-        const sm_q8_k *y = ACT(sm_q8_k, t0, ib);
-        __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsum32);
-        __m256i s[8], m[8];
+        if (t0 == 0) prefetch_step(&pf);
+        const sm_q8_k *y[SM_KTW];
+        __m256i bs[SM_KTW], s[SM_KTW][8], m[SM_KTW][8];
+        for (int t = 0; t < TW; t++) {
+            y[t] = ACT(sm_q8_k, t0 + t, ib);
+            bs[t] = _mm256_loadu_si256((const __m256i *)y[t]->bsum32);
+        }
         for (int r = 0; r < 8; r++) {
             const uint8_t *blk = wr + r * a->wrow + ib * bytes;
             uint32_t k[3], sm[4];
@@ -603,10 +650,12 @@ static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n, long t0)
             sm[3] = ((k[2] >> 4) & 0x0F0F0F0Fu) | ((k[1] >> 2) & 0x30303030u); /* mins 4..7 */
             __m128i scm = _mm_loadu_si128((const __m128i *)sm);
             __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
-            m[r] = _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8)), bs);
+            __m256i mn32 = _mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8));
+            for (int t = 0; t < TW; t++) m[t][r] = _mm256_mullo_epi32(mn32, bs[t]);
             const uint8_t *qs = blk + (five ? 48 : 16);
             __m256i hb = five ? vb_load(blk + 16) : _mm256_setzero_si256();
-            __m256i v = _mm256_setzero_si256();
+            __m256i v[SM_KTW];
+            for (int t = 0; t < TW; t++) v[t] = _mm256_setzero_si256();
             for (int c = 0; c < 4; c++) {
                 __m256i q = vb_load(qs + 32 * c);
                 __m256i lo = _mm256_and_si256(q, nib), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nib);
@@ -616,98 +665,97 @@ static void QFN(x8_q45_k_one)(const QLinearArgs *a, long n, long t0)
                 }
                 __m256i s_lo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(4 * c | (4 * c + 1) << 8)));
                 __m256i s_hi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((4 * c + 2) | (4 * c + 3) << 8)));
-                v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(lo, vb_load(y->qs + 64 * c)), s_lo));
-                v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(hi, vb_load(y->qs + 64 * c + 32)), s_hi));
+                for (int t = 0; t < TW; t++) {
+                    v[t] = _mm256_add_epi32(v[t], _mm256_madd_epi16(p16_us(lo, vb_load(y[t]->qs + 64 * c)), s_lo));
+                    v[t] = _mm256_add_epi32(v[t], _mm256_madd_epi16(p16_us(hi, vb_load(y[t]->qs + 64 * c + 32)), s_hi));
+                }
             }
-            s[r] = v;
+            for (int t = 0; t < TW; t++) s[t][r] = v[t];
         }
         __m256 dx, dmx;
         halves8x2(a, wr, ib * bytes, &dx, &dmx);
-        __m256 isum = _mm256_cvtepi32_ps(reduce8(s)), msum = _mm256_cvtepi32_ps(reduce8(m));
-        __m256 dy = _mm256_set1_ps(y->d);
-        acc = _mm256_add_ps(acc, _mm256_sub_ps(MUL(MUL(dx, dy), isum), MUL(MUL(dmx, dy), msum)));
+        for (int t = 0; t < TW; t++) {
+            __m256 isum = _mm256_cvtepi32_ps(reduce8(s[t])), msum = _mm256_cvtepi32_ps(reduce8(m[t]));
+            __m256 dy = _mm256_set1_ps(y[t]->d);
+            acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(MUL(MUL(dx, dy), isum), MUL(MUL(dmx, dy), msum)));
+        }
     }
-    store8(a, t0, 1, n, &acc);
+    store8(a, t0, TW, n, acc);
 }
 
 /* Q6_K: quants unsigned (0..63) against the activations, minus 32 times each group of 16's
- * scale times that group's activation sum: the same integer as the signed dot */
-static void QFN(x8_q6_k)(const QLinearArgs *a, long n, long t0, long tn)
-{
-    long nb = a->K / 256;
-    const uint8_t *wr = a->w + n * a->wrow;
-    __m256 acc[SM_QTILE];
-    for (long t = 0; t < tn; t++) acc[t] = _mm256_setzero_ps();
-    for (long ib = 0; ib < nb; ib++) {
-        VB w[8][8];
-        __m256i scv[8][8], sc16[8];
-        for (int r = 0; r < 8; r++) {
-            const uint8_t *blk = wr + r * a->wrow + ib * 210;
-            const int8_t *sc = (const int8_t *)(blk + 192);
-            for (int g = 0; g < 8; g++) {
-                int h = g / 4, j = g % 4;
-                w[r][g] = vb_q6u(blk + 64 * h + 32 * (j % 2), 4 * (j / 2), blk + 128 + 32 * h, 2 * j);
-                scv[r][g] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * g + 1]), _mm_set1_epi16(sc[2 * g]));
-            }
-            sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
-        }
-        __m256 dx = halves8(a, wr, ib * 210 + 208);
-        for (long t = 0; t < tn; t++) {
-            const sm_q8_k *y = ACT(sm_q8_k, t0 + t, ib);
-            __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
-            __m256i s[8];
-            for (int r = 0; r < 8; r++) {
-                __m256i v = _mm256_setzero_si256();
-                for (int g = 0; g < 8; g++)
-                    v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(w[r][g], vb_load(y->qs + 32 * g)), scv[r][g]));
-                s[r] = _mm256_sub_epi32(v, _mm256_slli_epi32(_mm256_madd_epi16(sc16[r], ys), 5));
-            }
-            __m256 isum = _mm256_cvtepi32_ps(reduce8(s));
-            acc[t] = _mm256_add_ps(acc[t], MUL(MUL(dx, _mm256_set1_ps(y->d)), isum));
-        }
-    }
-    store8(a, t0, tn, n, acc);
-}
-
-/* Q6_K decode (one activation row): like x8_q45_k_one, straight from the bytes; the scales
+ * scale times that group's activation sum: the same integer as the signed dot; the scales
  * of groups 2g (low 16 values) and 2g+1 (high 16) reach the two 128-bit lanes by a shuffle */
-static void QFN(x8_q6_k_one)(const QLinearArgs *a, long n, long t0)
+static inline __attribute__((always_inline)) void QFN(q6_k_rows)(const QLinearArgs *a, long n, long t0, int TW)
 {
     long nb = a->K / 256;
     const uint8_t *wr = a->w + n * a->wrow;
-    __m256 acc = _mm256_setzero_ps();
-    prefetch_next_group(a, wr);
+    __m256 acc[SM_KTW];
+    for (int t = 0; t < TW; t++) acc[t] = _mm256_setzero_ps();
+    Prefetch pf = prefetch_plan(a, wr, nb);
     for (long ib = 0; ib < nb; ib++) {
-        const sm_q8_k *y = ACT(sm_q8_k, t0, ib);
-        __m256i ys = _mm256_loadu_si256((const __m256i *)y->bsum16);
-        __m256i s[8];
+        if (t0 == 0) prefetch_step(&pf);
+        const sm_q8_k *y[SM_KTW];
+        __m256i ys[SM_KTW], s[SM_KTW][8];
+        for (int t = 0; t < TW; t++) {
+            y[t] = ACT(sm_q8_k, t0 + t, ib);
+            ys[t] = _mm256_loadu_si256((const __m256i *)y[t]->bsum16);
+        }
         for (int r = 0; r < 8; r++) {
             const uint8_t *blk = wr + r * a->wrow + ib * 210;
             __m128i sc8 = _mm_loadu_si128((const __m128i *)(blk + 192));
             __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
             __m256i sca = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));      /* scales 0..7 */
             __m256i scb = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1)); /* scales 8..15 */
-            __m256i v = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, ys), 5));
+            __m256i v[SM_KTW];
+            for (int t = 0; t < TW; t++)
+                v[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, ys[t]), 5));
+#pragma GCC unroll 8
             for (int g = 0; g < 8; g++) {
                 int h = g / 4, j = g % 4, k = 2 * (g % 4);
                 __m256i q = vb_q6u(blk + 64 * h + 32 * (j % 2), 4 * (j / 2), blk + 128 + 32 * h, 2 * j);
                 __m256i ctrl = _mm256_set_m128i(_mm_set1_epi16((short)((2 * k + 2) | (2 * k + 3) << 8)),
                                                 _mm_set1_epi16((short)((2 * k) | (2 * k + 1) << 8)));
                 __m256i scv = _mm256_shuffle_epi8(g < 4 ? sca : scb, ctrl);
-                v = _mm256_add_epi32(v, _mm256_madd_epi16(p16_us(q, vb_load(y->qs + 32 * g)), scv));
+#pragma GCC unroll 4
+                for (int t = 0; t < TW; t++)
+                    v[t] = _mm256_add_epi32(v[t], _mm256_madd_epi16(p16_us(q, vb_load(y[t]->qs + 32 * g)), scv));
             }
-            s[r] = v;
+            for (int t = 0; t < TW; t++) s[t][r] = v[t];
         }
         __m256 dx = halves8(a, wr, ib * 210 + 208);
-        __m256 isum = _mm256_cvtepi32_ps(reduce8(s));
-        acc = _mm256_add_ps(acc, MUL(MUL(dx, _mm256_set1_ps(y->d)), isum));
+        for (int t = 0; t < TW; t++) {
+            __m256 isum = _mm256_cvtepi32_ps(reduce8(s[t]));
+            acc[t] = _mm256_add_ps(acc[t], MUL(MUL(dx, _mm256_set1_ps(y[t]->d)), isum));
+        }
     }
-    store8(a, t0, 1, n, &acc);
+    store8(a, t0, TW, n, acc);
 }
+
+/* a tile of tn activation rows in steps of SM_KTW, each step a specialised body */
+#define K_TILE(name, rows, W)                                                              \
+    static void QFN(name)(const QLinearArgs *a, long n, long t0, long tn)                  \
+    {                                                                                      \
+        long t = 0;                                                                        \
+        for (; t + (W) <= tn; t += (W)) QFN(rows)(a, n, t0 + t, (W));                      \
+        switch (tn - t) {                                                                  \
+        case 3: QFN(rows)(a, n, t0 + t, 3); break;                                         \
+        case 2: QFN(rows)(a, n, t0 + t, 2); break;                                         \
+        case 1: QFN(rows)(a, n, t0 + t, 1); break;                                         \
+        default: break;                                                                    \
+        }                                                                                  \
+    }                                                                                      \
+    /* decode: one activation row */                                                       \
+    static void QFN(name##_one)(const QLinearArgs *a, long n) { QFN(rows)(a, n, 0, 1); }
+
+K_TILE(x8_q45_k, q45_k_rows, SM_KTW)
+K_TILE(x8_q6_k, q6_k_rows, SM_KTW)
+#undef K_TILE
 
 #undef MUL
 
 typedef void (*x8_fn)(const QLinearArgs *, long, long, long);
+typedef void (*one_fn)(const QLinearArgs *, long);
 
 /* groups of eight rows here, the remaining rows (and F16/BF16) by the one-row code */
 static long QFN(linear_rows_x8)(const QLinearArgs *a, long n0, long n1)
@@ -724,11 +772,18 @@ static long QFN(linear_rows_x8)(const QLinearArgs *a, long n0, long n1)
     default: return n0;
     }
     long n = n0;
-    if (a->T == 1 && (a->qtype == SM_Q4_K || a->qtype == SM_Q5_K || a->qtype == SM_Q6_K)) {
-        for (; n + 8 <= n1; n += 8) {
-            if (a->qtype == SM_Q6_K) QFN(x8_q6_k_one)(a, n, 0);
-            else QFN(x8_q45_k_one)(a, n, 0);
+    if (a->T == 1) {
+        one_fn g = NULL;
+        switch (a->qtype) {
+        case SM_Q4_0: g = QFN(x8_q4_0_one); break;
+        case SM_Q4_1: g = QFN(x8_q4_1_one); break;
+        case SM_Q5_0: g = QFN(x8_q5_0_one); break;
+        case SM_Q5_1: g = QFN(x8_q5_1_one); break;
+        case SM_Q8_0: g = QFN(x8_q8_0_one); break;
+        case SM_Q4_K: case SM_Q5_K: g = QFN(x8_q45_k_one); break;
+        default: g = QFN(x8_q6_k_one); break;
         }
+        for (; n + 8 <= n1; n += 8) g(a, n);
         return n;
     }
     for (; n + 8 <= n1; n += 8)
