@@ -1027,3 +1027,75 @@ def test_bf16_support_reports_both_instruction_sets():
         assert not support["avx512_bf16"]
     if "amx_bf16" not in flags:
         assert not support["amx_bf16"]
+
+
+# ------------------------------------------------------------------ sample_softmax
+
+def _drawable_tokens(rng, logits, scale, n):
+    # up to n ids of probability >= 1e-4 and the u at the middle of each one's interval of the
+    # float64 cumulative distribution: any correct draw maps that u to that id, whatever the
+    # rounding of the sums
+    x = logits.astype(np.float64) * scale
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    running = np.cumsum(p)
+    likely = np.flatnonzero(p >= 1e-4)
+    tokens = sorted(set(rng.choice(likely, min(n, likely.size), replace=False).tolist()))
+    return [(t, running[t] - p[t] / 2) for t in tokens]
+
+
+@pytest.mark.parametrize("V", [1, 7, 255, 256, 257, 4097, 70001])
+@pytest.mark.parametrize("scale", [1.0, 0.37, 5.0])
+def test_sample_softmax_matches_reference(isa, rng, V, scale):
+    logits = view(rng, (V,), scale=2.0)
+    for token, u in _drawable_tokens(rng, logits, scale, 8):
+        got_probs, ref_probs = np.empty(V, np.float32), np.empty(V, np.float32)
+        assert native.sample_softmax(logits, scale, u, got_probs) == token
+        assert ref.sample_softmax(logits, scale, u, ref_probs) == token
+        close(got_probs, ref_probs, rtol=1e-5, atol=1e-30)
+
+
+def test_sample_softmax_draws_follow_the_softmax(isa):
+    probs = np.array([0.5, 0.0, 0.3, 0.2], np.float64)
+    with np.errstate(divide="ignore"):
+        logits = np.log(probs).astype(np.float32)   # id 1 is -inf: never drawn
+    work = np.empty(4, np.float32)
+    us = np.random.default_rng(3).random(20000)
+    counts = np.bincount([native.sample_softmax(logits, 1.0, u, work) for u in us], minlength=4)
+    assert counts[1] == 0
+    np.testing.assert_allclose(counts / us.size, probs, atol=0.015)
+
+
+def test_sample_softmax_never_draws_a_zero_probability_token_at_the_edges(isa):
+    logits = np.full(600, -np.inf, np.float32)
+    logits[[5, 300]] = 0.0   # zero-probability ids before, between and after, across blocks
+    work = np.empty(600, np.float32)
+    assert native.sample_softmax(logits, 1.0, 0.0, work) == 5
+    assert native.sample_softmax(logits, 1.0, np.nextafter(1.0, 0.0), work) == 300
+    assert ref.sample_softmax(logits, 1.0, np.nextafter(1.0, 0.0), work) == 300
+
+
+@pytest.mark.parametrize("impl", [native, ref], ids=["native", "reference"])
+@pytest.mark.parametrize("call, message", [
+    (lambda k: k.sample_softmax(_f(4), 1.0, 0.5, _f(5)), "shape"),
+    (lambda k: k.sample_softmax(_f(0), 1.0, 0.5, _f(0)), "V >= 1|at least one"),
+    (lambda k: k.sample_softmax(_f(2, 3), 1.0, 0.5, _f(2, 3)), "(V,)|1D"),
+    (lambda k: k.sample_softmax(_f(4), 0.0, 0.5, _f(4)), "scale"),
+    (lambda k: k.sample_softmax(_f(4), float("inf"), 0.5, _f(4)), "scale"),
+    (lambda k: k.sample_softmax(_f(4), 1.0, 1.0, _f(4)), "u must be in"),
+    (lambda k: k.sample_softmax(_f(4), 1.0, -0.1, _f(4)), "u must be in"),
+    (lambda k: k.sample_softmax(np.array([0.0, np.nan], np.float32), 1.0, 0.5, _f(2)), "NaN"),
+    (lambda k: k.sample_softmax(np.array([0.0, np.inf], np.float32), 1.0, 0.5, _f(2)), "NaN"),
+    (lambda k: k.sample_softmax(np.full(3, -np.inf, np.float32), 1.0, 0.5, _f(3)), "finite"),
+    (lambda k: k.sample_softmax(_f(4).astype(np.float64), 1.0, 0.5, _f(4)), "float32"),
+])
+def test_sample_softmax_refuses_bad_input(impl, call, message):
+    with pytest.raises(KernelInputError, match=message):
+        call(impl)
+
+
+def test_sample_softmax_refuses_probs_overlapping_the_logits():
+    buf = _f(8)
+    for impl in (native, ref):
+        with pytest.raises(KernelInputError, match="overlap"):
+            impl.sample_softmax(buf, 1.0, 0.5, buf)

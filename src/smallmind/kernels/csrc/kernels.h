@@ -134,6 +134,7 @@ typedef struct {
     void (*cross_entropy_rows)(const XentArgs *, long r0, long r1);
     void (*adamw)(const AdamArgs *, long i0, long i1);
     void (*add_rows)(float *out, const float *a, const float *b, long n);  /* out = a + b (b may be NULL) */
+    long (*sample_softmax)(const float *x, long V, float scale, double u, float *p);  /* a token, or -1 */
 } KernelTable;
 
 extern const KernelTable sm_table_generic;

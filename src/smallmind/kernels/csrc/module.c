@@ -7,6 +7,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -1191,6 +1192,36 @@ done:
     return finish(v, 4, ok, args[2]);
 }
 
+/* sample_softmax(logits, scale, u, probs) -> the token drawn from softmax(scale * logits) at
+ * u in [0, 1); probs (V,) receives the unnormalised probabilities. One thread, without the
+ * GIL: the server samples one sequence while its event loop sends another's text. */
+static PyObject *py_sample_softmax(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 4, "sample_softmax")) return NULL;
+    static const char *const names[2] = {"logits", "probs"};
+    View v[2] = {0};
+    int ok = 0;
+    double scale = 0.0, u = 0.0;
+    long token = -1;
+    if (view_get(&v[0], args[0], "logits", KIND_F32, 1, 0, 0) || get_float(args[1], "scale", &scale) ||
+        get_float(args[2], "u", &u) || view_get(&v[1], args[3], "probs", KIND_F32, 1, 1, 0))
+        goto done;
+    if (same_shape(&v[0], "logits", &v[1], "probs") || views_apart(v, names, 2, 1u << 1, NULL)) goto done;
+    long V = (long)v[0].shape[0];
+    if (V < 1) { fail("logits must hold at least one value"); goto done; }
+    if (!(scale > 0.0 && scale <= FLT_MAX)) { fail("scale must be a positive finite number, got %S", args[1]); goto done; }
+    if (!(u >= 0.0 && u < 1.0)) { fail("u must be in [0, 1), got %S", args[2]); goto done; }
+    Py_BEGIN_ALLOW_THREADS
+    token = K->sample_softmax(F(v[0]), V, (float)scale, u, F(v[1]));
+    Py_END_ALLOW_THREADS
+    if (token < 0) { fail("logits must hold no NaN or +inf, and at least one finite value"); goto done; }
+    ok = 1;
+done:
+    if (!finish(v, 2, ok, Py_None)) return NULL;
+    Py_DECREF(Py_None);
+    return PyLong_FromLong(token);
+}
+
 typedef struct {
     AdamArgs a;
     int flat;
@@ -1418,7 +1449,7 @@ static PyMethodDef methods[] = {
     FAST(silu), FAST(swiglu), FAST(geglu), FAST(softmax), FAST(causal_softmax), FAST(softmax_backward),
     FAST(rope), FAST(cross_entropy), FAST(adamw_step), FAST(tuning), FAST(quant_linear),
     FAST(quant_embedding), FAST(quant_dequantize), FAST(gemm_linear), FAST(gemm_dx), FAST(gemm_dw),
-    FAST(round_bf16),
+    FAST(round_bf16), FAST(sample_softmax),
     {"select_isa", py_select_isa, METH_O, "select_isa(name) -> name: 'avx512', 'avx2', 'generic' or 'best'"},
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
     {"quant_isa", py_quant_isa, METH_NOARGS, "the ISA whose quantized-weight kernels run"},
