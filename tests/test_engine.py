@@ -116,6 +116,30 @@ def test_logprobs_are_the_log_softmax_of_the_raw_logits(engine, model):
         seq.append(int(token))
 
 
+def test_the_events_of_a_step_are_delivered_together_after_all_its_sampling(model):
+    engine = Engine(model, parallel=3, ctx=64, prefill_chunk=8)
+    log = []   # "step", "sample" and "deliver" in the order the engine thread did them
+    step, take = engine._step, engine._take
+    engine._step = lambda: (log.append("step"), step())[1]
+    engine._take = lambda *a: (log.append("sample"), take(*a))[1]
+
+    class Logged(Run):
+        def deliver(self, event):
+            log.append("deliver")
+            super().deliver(event)
+
+    try:
+        runs = [Logged(engine, model.tokenize(p), 6, temperature=0.0) for p in PROMPTS[:3]]
+        for run in runs:
+            run.result()
+    finally:
+        engine.close()
+    # within a step, every sampling comes before the first delivery
+    steps = "".join("|" if e == "step" else e[0] for e in log).split("|")
+    assert len(steps) > 5 and all("ds" not in step for step in steps)
+    assert sum(step.count("s") >= 2 and "d" in step for step in steps) >= 3   # batches did deliver
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(engine, model):
     gate = threading.Event()
     decoding = Run(engine, model.tokenize("emoji "), 40, gate=gate, temperature=0.0)

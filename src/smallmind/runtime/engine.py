@@ -15,7 +15,9 @@ Requests wait in a bounded queue (EngineBusy when it is full). Each step of the 
      (runtime/batch_decode.py), then samples each row with the request's own sampler, seed,
      stop strings, max_tokens and logprobs.
 Text reaches the request's callback as soon as it is complete (byte-exact UTF-8, stop strings
-held back until they cannot be one), exactly as runtime/generate.py streams it.
+held back until they cannot be one), exactly as runtime/generate.py streams it. The events of
+a step are delivered together at its end: a face that wakes another thread per event (the
+HTTP server's event loop) then wakes it once per step, not once per token per stream.
 """
 
 import collections
@@ -150,6 +152,7 @@ class Engine:
         self.wake = threading.Condition(self.lock)
         self.stopping = False
         self.generated_total = 0   # tokens sampled since start, cancelled requests' included
+        self.outgoing: list = []   # (request, event) of this step, delivered at its end
         self.thread = threading.Thread(target=self._run, name="smallmind-engine", daemon=True)
         self.thread.start()
 
@@ -220,6 +223,8 @@ class Engine:
                 for sequence in list(self.active):
                     sequence.session.reset()   # its cache may be half written
                     self._end(sequence, Failed(500, "the engine failed on this request"))
+            finally:
+                self._deliver_step()
         for sequence in list(self.active) + list(self.waiting):
             sequence.request.deliver(Failed(503, "the server is shutting down"))
 
@@ -237,12 +242,20 @@ class Engine:
                 self._unqueue(sequence)
             elif now > sequence.deadline:
                 self._unqueue(sequence)
-                sequence.request.deliver(Failed(408, "the request timed out waiting for a free slot"))
+                self._send(sequence.request, Failed(408, "the request timed out waiting for a free slot"))
             elif self.pool.free:
                 self._unqueue(sequence)
                 self._admit(sequence)
         self._prefill()
         self._decode()
+
+    def _send(self, request: GenerationRequest, event) -> None:
+        self.outgoing.append((request, event))
+
+    def _deliver_step(self) -> None:
+        outgoing, self.outgoing = self.outgoing, []
+        for request, event in outgoing:
+            request.deliver(event)
 
     def _unqueue(self, sequence: _Sequence) -> None:
         with self.lock:
@@ -292,7 +305,7 @@ class Engine:
         sequence.unsent += 1
         text = sequence.guard.push(sequence.detokenizer.push(token))
         if text:
-            request.deliver(Delta(text, sequence.unsent, sequence.logprobs))
+            self._send(request, Delta(text, sequence.unsent, sequence.logprobs))
             sequence.logprobs = []
             sequence.unsent = 0
         if sequence.guard.stopped:
@@ -325,7 +338,7 @@ class Engine:
             if not guard.stopped:
                 text += guard.flush()
         if text or sequence.unsent:
-            sequence.request.deliver(Delta(text, sequence.unsent, sequence.logprobs))
+            self._send(sequence.request, Delta(text, sequence.unsent, sequence.logprobs))
             sequence.logprobs = []
             sequence.unsent = 0
         prompt = int(sequence.prompt.shape[0])
@@ -335,4 +348,4 @@ class Engine:
         self.active.remove(sequence)
         self.pool.release(sequence.slot)
         if event is not None:
-            sequence.request.deliver(event)
+            self._send(sequence.request, event)
