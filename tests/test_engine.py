@@ -98,6 +98,18 @@ def test_a_request_extending_a_finished_one_reuses_its_cached_prefix(engine, mod
     assert text == model.detokenize(alone[len(longer):])
 
 
+def test_a_prompt_with_one_token_left_to_prefill_joins_the_decode_batch(engine, model, monkeypatch):
+    ids = model.tokenize("plain words and café")
+    alone = Run(engine, ids, 6, temperature=0.0).result()[0]
+    forwards = []
+    forward = model.net.forward
+    monkeypatch.setattr(model.net, "forward", lambda *a, **k: (forwards.append(1), forward(*a, **k))[1])
+    again = Run(engine, ids, 6, temperature=0.0)   # the whole prompt but its last token is cached
+    assert again.result()[0] == alone
+    assert again.events[-1].cached_tokens == len(ids) - 1
+    assert forwards == []   # no prefill forward: the last prompt token went through the batch
+
+
 def test_logprobs_are_the_log_softmax_of_the_raw_logits(engine, model):
     ids = model.tokenize("plain words")
     run = Run(engine, ids, 5, seed=1, temperature=1.5, top_p=0.9, logprobs=3)

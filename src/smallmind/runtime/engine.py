@@ -10,7 +10,9 @@ Requests wait in a bounded queue (EngineBusy when it is full). Each step of the 
   2. admits waiting requests into free KV slots (runtime/kv_pool.py: a prompt that extends a
      cached sequence keeps that prefix);
   3. prefills at most `prefill_chunk` prompt tokens in all, so a long prompt is spread over
-     several steps and never stalls the sequences already decoding;
+     several steps and never stalls the sequences already decoding; a prompt with one token
+     left (the usual case after prefix reuse) feeds it to the decode batch instead, which is
+     the same computation without a forward of its own;
   4. runs one batched decode step for every sequence that has a token to feed
      (runtime/batch_decode.py), then samples each row with the request's own sampler, seed,
      stop strings, max_tokens and logprobs.
@@ -272,6 +274,10 @@ class Engine:
         for sequence in list(self.active):
             remaining = sequence.prompt.shape[0] - sequence.prefilled
             if remaining == 0:
+                continue
+            if remaining == 1:
+                sequence.next_token = int(sequence.prompt[-1])
+                sequence.prefilled += 1
                 continue
             n = min(remaining, budget)
             logits = sequence.session.prefill(sequence.prompt[sequence.prefilled:sequence.prefilled + n])
