@@ -200,3 +200,23 @@ def test_the_queue_is_bounded_and_requests_time_out(model):
 def test_a_request_that_cannot_fit_the_context_is_refused_before_queueing(engine, model):
     with pytest.raises(ContextLengthError, match="context is 64 tokens"):
         Run(engine, list(range(10)), 55)
+
+
+def resident_bytes() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs Linux's /proc")
+def test_the_kv_pool_is_committed_at_start_not_by_the_first_requests():
+    tokenizer = train_tokenizer("bpe", TEXT, 300)
+    cfg = preset("tiny", vocab_size=tokenizer.vocab_size, context_length=4096)
+    model = as_model((cfg, init_params(cfg, seed=1), tokenizer))
+    before = resident_bytes()
+    engine = Engine(model, parallel=8, ctx=4096)
+    try:
+        assert resident_bytes() - before >= 0.9 * engine.pool.nbytes   # 64 MB, all paged in
+    finally:
+        engine.close()
