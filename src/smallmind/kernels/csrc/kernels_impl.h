@@ -1,7 +1,6 @@
 /* Kernel bodies, compiled once per ISA: the including file sets `#pragma GCC target`
  * and defines SM_SUFFIX. Loops are written for GCC's vectorizer (`omp simd` with
  * -fopenmp-simd allows the reassociated reductions that plain -O3 would not). */
-#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -759,40 +758,46 @@ static void FN(add_rows)(float *out, const float *a, const float *b, long n)
     }
 }
 
-/* Draws a token from softmax(scale * x) over V logits by inverting the running sum at u in
- * [0, 1): p = exp(scale * x - max) (unnormalised), and the token is the first whose running
- * sum exceeds u * sum(p), so a token of probability 0 is never drawn. The scan skips whole
- * blocks by their sums. -1 when the sum is not a positive finite number (a NaN or +inf
- * logit, or no logit above -inf). */
-#define SM_SAMPLE_BLOCK 256
-static long FN(sample_softmax)(const float *x, long V, float scale, double u, float *p)
+/* The parts of sample_softmax (module.c runs the first two over slices of the vocabulary on
+ * the pool and combines them). */
+static float FN(scaled_max)(const float *x, long n, float scale)
 {
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
-    for (long j = 0; j < V; j++) m = x[j] * scale > m ? x[j] * scale : m;
+    for (long j = 0; j < n; j++) m = x[j] * scale > m ? x[j] * scale : m;
+    return m;
+}
+
+/* p = exp(scale * x - m); returns sum(p) in double */
+static double FN(shifted_exp)(const float *x, float *p, long n, float scale, float m)
+{
 #pragma omp simd
-    for (long j = 0; j < V; j++) p[j] = sm_exp(x[j] * scale - m);
+    for (long j = 0; j < n; j++) p[j] = sm_exp(x[j] * scale - m);
     double total = 0.0;
 #pragma omp simd reduction(+ : total)
-    for (long j = 0; j < V; j++) total += (double)p[j];
-    if (!(total > 0.0 && total <= DBL_MAX)) return -1;
-    const double target = u * total;
+    for (long j = 0; j < n; j++) total += (double)p[j];
+    return total;
+}
+
+/* the first index whose running sum of p (in double) exceeds target, skipping whole blocks by
+ * their sums; -1 when the sum of all stays at or below it */
+#define SM_SCAN_BLOCK 256
+static long FN(running_sum_above)(const float *p, long n, double target)
+{
     double run = 0.0;
     long j = 0;
-    for (; j + SM_SAMPLE_BLOCK <= V; j += SM_SAMPLE_BLOCK) {
+    for (; j + SM_SCAN_BLOCK <= n; j += SM_SCAN_BLOCK) {
         double s = 0.0;
 #pragma omp simd reduction(+ : s)
-        for (long i = j; i < j + SM_SAMPLE_BLOCK; i++) s += (double)p[i];
+        for (long i = j; i < j + SM_SCAN_BLOCK; i++) s += (double)p[i];
         if (run + s > target) break;
         run += s;
     }
-    for (; j < V; j++) {
+    for (; j < n; j++) {
         run += (double)p[j];
         if (run > target) return j;
     }
-    /* the blocks' rounding left the running sum at or below the target: the last possible token */
-    for (j = V - 1; j > 0 && p[j] == 0.0f; j--) {}
-    return j;
+    return -1;
 }
 
 const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
@@ -812,5 +817,7 @@ const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
     .cross_entropy_rows = FN(cross_entropy_rows),
     .adamw = FN(adamw),
     .add_rows = FN(add_rows),
-    .sample_softmax = FN(sample_softmax),
+    .scaled_max = FN(scaled_max),
+    .shifted_exp = FN(shifted_exp),
+    .running_sum_above = FN(running_sum_above),
 };

@@ -1193,8 +1193,37 @@ done:
 }
 
 /* sample_softmax(logits, scale, u, probs) -> the token drawn from softmax(scale * logits) at
- * u in [0, 1); probs (V,) receives the unnormalised probabilities. One thread, without the
- * GIL: the server samples one sequence while its event loop sends another's text. */
+ * u in [0, 1); probs (V,) receives the unnormalised probabilities. The max and the exponentials
+ * run over SM_SAMPLE_PARTS slices on the pool (without the GIL: the server's event loop sends
+ * text meanwhile); the draw scans only the slice whose running sum holds the target. */
+#define SM_SAMPLE_PARTS 16
+
+typedef struct {
+    const float *x;
+    float *p;
+    long V, part;
+    float scale, m;
+    int exp_phase;
+    float part_max[SM_SAMPLE_PARTS];
+    double part_sum[SM_SAMPLE_PARTS];
+} SampleCtx;
+
+static void sample_task(void *ctx, long i0, long i1)
+{
+    SampleCtx *c = ctx;
+    for (long i = i0; i < i1; i++) {
+        long a = i * c->part, n = (a + c->part < c->V ? a + c->part : c->V) - a;
+        if (n <= 0) {
+            c->part_max[i] = -INFINITY;
+            c->part_sum[i] = 0.0;
+        } else if (c->exp_phase) {
+            c->part_sum[i] = K->shifted_exp(c->x + a, c->p + a, n, c->scale, c->m);
+        } else {
+            c->part_max[i] = K->scaled_max(c->x + a, n, c->scale);
+        }
+    }
+}
+
 static PyObject *py_sample_softmax(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 4, "sample_softmax")) return NULL;
@@ -1211,10 +1240,26 @@ static PyObject *py_sample_softmax(PyObject *self, PyObject *const *args, Py_ssi
     if (V < 1) { fail("logits must hold at least one value"); goto done; }
     if (!(scale > 0.0 && scale <= FLT_MAX)) { fail("scale must be a positive finite number, got %S", args[1]); goto done; }
     if (!(u >= 0.0 && u < 1.0)) { fail("u must be in [0, 1), got %S", args[2]); goto done; }
-    Py_BEGIN_ALLOW_THREADS
-    token = K->sample_softmax(F(v[0]), V, (float)scale, u, F(v[1]));
-    Py_END_ALLOW_THREADS
-    if (token < 0) { fail("logits must hold no NaN or +inf, and at least one finite value"); goto done; }
+    SampleCtx c = {F(v[0]), F(v[1]), V, (V + SM_SAMPLE_PARTS - 1) / SM_SAMPLE_PARTS, (float)scale, 0.0f, 0};
+    run(sample_task, &c, SM_SAMPLE_PARTS, 1, 4.0 * V);
+    c.m = -INFINITY;
+    for (int i = 0; i < SM_SAMPLE_PARTS; i++) c.m = c.part_max[i] > c.m ? c.part_max[i] : c.m;
+    c.exp_phase = 1;
+    run(sample_task, &c, SM_SAMPLE_PARTS, 1, 20.0 * V);
+    double total = 0.0;
+    for (int i = 0; i < SM_SAMPLE_PARTS; i++) total += c.part_sum[i];
+    if (!(total > 0.0 && total <= DBL_MAX)) { fail("logits must hold no NaN or +inf, and at least one finite value"); goto done; }
+    double target = u * total, before = 0.0;
+    for (int i = 0; i < SM_SAMPLE_PARTS && token < 0; i++) {
+        long a = i * c.part, len = (a + c.part < V ? a + c.part : V) - a;
+        if (len > 0 && before + c.part_sum[i] > target) {
+            long j = K->running_sum_above(c.p + a, len, target - before);
+            if (j >= 0) token = a + j;
+        }
+        before += c.part_sum[i];
+    }
+    if (token < 0)  /* the sums' rounding left the target unreached: the last possible token */
+        for (token = V - 1; token > 0 && c.p[token] == 0.0f; token--) {}
     ok = 1;
 done:
     if (!finish(v, 2, ok, Py_None)) return NULL;
