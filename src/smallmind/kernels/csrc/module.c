@@ -41,6 +41,10 @@ static const QuantTable *Q = &sm_qtable_generic;  /* the AVX2 build also serves 
 static long linear_max_t = 32;
 static long linear_max_t_threaded = 128;
 static long parallel_min_work = 32768;  /* below this many flops-ish, stay on one thread */
+/* below this much work a kernel keeps the GIL: it ends within some 10 us, and a thread that lets
+ * go of the GIL waits to get it back while another Python thread runs (up to the switch
+ * interval), which would cost a server's engine thread more than such a kernel itself */
+static long gil_min_work = 1L << 18;
 /* From this many rows on, the products (plain and fused) run on the native GEMM instead of
  * handing over to BLAS. Set per ISA from measurements (benchmarks/gemm_vs_blas.py): the AVX2
  * micro-kernel reaches 90-95% of OpenBLAS's single-thread speed on our shapes and the fused
@@ -300,6 +304,10 @@ static void run(sm_task_fn fn, void *ctx, long total, long grain, double work)
 {
     if (work < (double)parallel_min_work) {
         fn(ctx, 0, total);
+        return;
+    }
+    if (work < (double)gil_min_work) {
+        sm_parallel_for(fn, ctx, total, grain);
         return;
     }
     Py_BEGIN_ALLOW_THREADS
