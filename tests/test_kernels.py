@@ -1134,3 +1134,18 @@ def test_a_short_kernel_keeps_the_gil_and_a_long_one_lets_other_threads_run(rng)
         sys.setswitchinterval(interval)
         thread.join()
     assert short == 0 and long > 0
+
+
+@pytest.mark.parametrize("T", [1, 3, 4, 8, 13])
+def test_linear_gives_the_same_bits_however_the_threads_split_the_columns(isa, rng, T):
+    x, w, b = view(rng, (T, 300)), view(rng, (100, 300)), view(rng, (100,))
+    before = kernels.get_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            kernels.set_threads(threads)
+            outs.append(native.linear(x, w, b, np.empty((T, 100), np.float32)).copy())
+    finally:
+        kernels.set_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
