@@ -2,7 +2,6 @@
 awkward sizes, strided and misaligned views; and the refusals of bad input."""
 
 import subprocess
-import time
 import sys
 
 import numpy as np
@@ -1102,37 +1101,46 @@ def test_sample_softmax_refuses_probs_overlapping_the_logits():
             impl.sample_softmax(buf, 1.0, 0.5, buf)
 
 
-def test_a_short_kernel_keeps_the_gil_and_a_long_one_lets_other_threads_run(rng):
-    import threading
+GIL_PROBE = """
+import sys, threading, time
+import numpy as np
+from smallmind.kernels import native
 
-    # with a switch interval of a minute the other thread runs only when a call lets go of the GIL
-    ran, stop = [0], threading.Event()
+# with a switch interval of a minute the other thread runs only when a call lets go of the GIL
+ran, stop = [0], threading.Event()
 
-    def other():
-        while not stop.is_set():
-            ran[0] += 1
-            time.sleep(0)
+def other():
+    while not stop.is_set():
+        ran[0] += 1
+        time.sleep(0)
 
-    q, out = rng.standard_normal((1, 8, 32)).astype(np.float32), np.empty((1, 8, 32), np.float32)
-    kc = rng.standard_normal((8, 128, 32)).astype(np.float32)
-    x, w, y = _f(8, 1024) + 1, _f(1024, 1024) + 1, _f(8, 1024)
-    interval = sys.getswitchinterval()
-    thread = threading.Thread(target=other)
-    sys.setswitchinterval(60.0)
-    try:
-        thread.start()
-        before = ran[0]
-        for _ in range(200):
-            native.attention(q, kc, kc, 60, out, 0.1)   # tens of microseconds of work
-        short = ran[0] - before
-        before = ran[0]
-        for _ in range(20):
-            native.linear(x, w, None, y)               # milliseconds of work
-        long = ran[0] - before
-    finally:
-        stop.set()
-        sys.setswitchinterval(interval)
-        thread.join()
+rng = np.random.default_rng(0)
+q, out = rng.standard_normal((1, 8, 32)).astype(np.float32), np.empty((1, 8, 32), np.float32)
+kc = rng.standard_normal((8, 128, 32)).astype(np.float32)
+x, w, y = np.ones((8, 1024), np.float32), np.ones((1024, 1024), np.float32), np.empty((8, 1024), np.float32)
+sys.setswitchinterval(60.0)
+thread = threading.Thread(target=other)
+thread.start()
+before = ran[0]
+for _ in range(200):
+    native.attention(q, kc, kc, 60, out, 0.1)   # tens of microseconds of work
+short = ran[0] - before
+before = ran[0]
+for _ in range(20):
+    native.linear(x, w, None, y)               # milliseconds of work
+long = ran[0] - before
+stop.set()
+sys.setswitchinterval(0.005)
+thread.join()
+print(short, long)
+"""
+
+
+def test_a_short_kernel_keeps_the_gil_and_a_long_one_lets_other_threads_run():
+    # in a fresh interpreter: no thread of another test may take the GIL meanwhile
+    result = subprocess.run([sys.executable, "-c", GIL_PROBE], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    short, long = map(int, result.stdout.split())
     assert short == 0 and long > 0
 
 
