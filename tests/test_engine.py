@@ -98,6 +98,18 @@ def test_a_request_extending_a_finished_one_reuses_its_cached_prefix(engine, mod
     assert text == model.detokenize(alone[len(longer):])
 
 
+def test_a_prompt_with_one_token_left_to_prefill_joins_the_decode_batch(engine, model, monkeypatch):
+    ids = model.tokenize("plain words and café")
+    alone = Run(engine, ids, 6, temperature=0.0).result()[0]
+    forwards = []
+    forward = model.net.forward
+    monkeypatch.setattr(model.net, "forward", lambda *a, **k: (forwards.append(1), forward(*a, **k))[1])
+    again = Run(engine, ids, 6, temperature=0.0)   # the whole prompt but its last token is cached
+    assert again.result()[0] == alone
+    assert again.events[-1].cached_tokens == len(ids) - 1
+    assert forwards == []   # no prefill forward: the last prompt token went through the batch
+
+
 def test_logprobs_are_the_log_softmax_of_the_raw_logits(engine, model):
     ids = model.tokenize("plain words")
     run = Run(engine, ids, 5, seed=1, temperature=1.5, top_p=0.9, logprobs=3)
@@ -114,6 +126,30 @@ def test_logprobs_are_the_log_softmax_of_the_raw_logits(engine, model):
         assert [b for b, _ in entry.top] == [model.tokenizer.token_bytes(int(i)) for i in top]
         np.testing.assert_allclose([lp for _, lp in entry.top], logsoftmax[top], atol=1e-4)
         seq.append(int(token))
+
+
+def test_the_events_of_a_step_are_delivered_together_after_all_its_sampling(model):
+    engine = Engine(model, parallel=3, ctx=64, prefill_chunk=8)
+    log = []   # "step", "sample" and "deliver" in the order the engine thread did them
+    step, take = engine._step, engine._take
+    engine._step = lambda: (log.append("step"), step())[1]
+    engine._take = lambda *a: (log.append("sample"), take(*a))[1]
+
+    class Logged(Run):
+        def deliver(self, event):
+            log.append("deliver")
+            super().deliver(event)
+
+    try:
+        runs = [Logged(engine, model.tokenize(p), 6, temperature=0.0) for p in PROMPTS[:3]]
+        for run in runs:
+            run.result()
+    finally:
+        engine.close()
+    # within a step, every sampling comes before the first delivery
+    steps = "".join("|" if e == "step" else e[0] for e in log).split("|")
+    assert len(steps) > 5 and all("ds" not in step for step in steps)
+    assert sum(step.count("s") >= 2 and "d" in step for step in steps) >= 3   # batches did deliver
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(engine, model):
@@ -164,3 +200,23 @@ def test_the_queue_is_bounded_and_requests_time_out(model):
 def test_a_request_that_cannot_fit_the_context_is_refused_before_queueing(engine, model):
     with pytest.raises(ContextLengthError, match="context is 64 tokens"):
         Run(engine, list(range(10)), 55)
+
+
+def resident_bytes() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs Linux's /proc")
+def test_the_kv_pool_is_committed_at_start_not_by_the_first_requests():
+    tokenizer = train_tokenizer("bpe", TEXT, 300)
+    cfg = preset("tiny", vocab_size=tokenizer.vocab_size, context_length=4096)
+    model = as_model((cfg, init_params(cfg, seed=1), tokenizer))
+    before = resident_bytes()
+    engine = Engine(model, parallel=8, ctx=4096)
+    try:
+        assert resident_bytes() - before >= 0.9 * engine.pool.nbytes   # 64 MB, all paged in
+    finally:
+        engine.close()

@@ -1027,3 +1027,133 @@ def test_bf16_support_reports_both_instruction_sets():
         assert not support["avx512_bf16"]
     if "amx_bf16" not in flags:
         assert not support["amx_bf16"]
+
+
+# ------------------------------------------------------------------ sample_softmax
+
+def _drawable_tokens(rng, logits, scale, n):
+    # up to n ids of probability >= 1e-4 and the u at the middle of each one's interval of the
+    # float64 cumulative distribution: any correct draw maps that u to that id, whatever the
+    # rounding of the sums
+    x = logits.astype(np.float64) * scale
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    running = np.cumsum(p)
+    likely = np.flatnonzero(p >= 1e-4)
+    tokens = sorted(set(rng.choice(likely, min(n, likely.size), replace=False).tolist()))
+    return [(t, running[t] - p[t] / 2) for t in tokens]
+
+
+@pytest.mark.parametrize("V", [1, 7, 255, 256, 257, 4097, 70001])
+@pytest.mark.parametrize("scale", [1.0, 0.37, 5.0])
+def test_sample_softmax_matches_reference(isa, rng, V, scale):
+    logits = view(rng, (V,), scale=2.0)
+    for token, u in _drawable_tokens(rng, logits, scale, 8):
+        got_probs, ref_probs = np.empty(V, np.float32), np.empty(V, np.float32)
+        assert native.sample_softmax(logits, scale, u, got_probs) == token
+        assert ref.sample_softmax(logits, scale, u, ref_probs) == token
+        close(got_probs, ref_probs, rtol=1e-5, atol=1e-30)
+
+
+def test_sample_softmax_draws_follow_the_softmax(isa):
+    probs = np.array([0.5, 0.0, 0.3, 0.2], np.float64)
+    with np.errstate(divide="ignore"):
+        logits = np.log(probs).astype(np.float32)   # id 1 is -inf: never drawn
+    work = np.empty(4, np.float32)
+    us = np.random.default_rng(3).random(20000)
+    counts = np.bincount([native.sample_softmax(logits, 1.0, u, work) for u in us], minlength=4)
+    assert counts[1] == 0
+    np.testing.assert_allclose(counts / us.size, probs, atol=0.015)
+
+
+def test_sample_softmax_never_draws_a_zero_probability_token_at_the_edges(isa):
+    logits = np.full(600, -np.inf, np.float32)
+    logits[[5, 300]] = 0.0   # zero-probability ids before, between and after, across blocks
+    work = np.empty(600, np.float32)
+    assert native.sample_softmax(logits, 1.0, 0.0, work) == 5
+    assert native.sample_softmax(logits, 1.0, np.nextafter(1.0, 0.0), work) == 300
+    assert ref.sample_softmax(logits, 1.0, np.nextafter(1.0, 0.0), work) == 300
+
+
+@pytest.mark.parametrize("impl", [native, ref], ids=["native", "reference"])
+@pytest.mark.parametrize("call, message", [
+    (lambda k: k.sample_softmax(_f(4), 1.0, 0.5, _f(5)), "shape"),
+    (lambda k: k.sample_softmax(_f(0), 1.0, 0.5, _f(0)), "V >= 1|at least one"),
+    (lambda k: k.sample_softmax(_f(2, 3), 1.0, 0.5, _f(2, 3)), "(V,)|1D"),
+    (lambda k: k.sample_softmax(_f(4), 0.0, 0.5, _f(4)), "scale"),
+    (lambda k: k.sample_softmax(_f(4), float("inf"), 0.5, _f(4)), "scale"),
+    (lambda k: k.sample_softmax(_f(4), 1.0, 1.0, _f(4)), "u must be in"),
+    (lambda k: k.sample_softmax(_f(4), 1.0, -0.1, _f(4)), "u must be in"),
+    (lambda k: k.sample_softmax(np.array([0.0, np.nan], np.float32), 1.0, 0.5, _f(2)), "NaN"),
+    (lambda k: k.sample_softmax(np.array([0.0, np.inf], np.float32), 1.0, 0.5, _f(2)), "NaN"),
+    (lambda k: k.sample_softmax(np.full(3, -np.inf, np.float32), 1.0, 0.5, _f(3)), "finite"),
+    (lambda k: k.sample_softmax(_f(4).astype(np.float64), 1.0, 0.5, _f(4)), "float32"),
+])
+def test_sample_softmax_refuses_bad_input(impl, call, message):
+    with pytest.raises(KernelInputError, match=message):
+        call(impl)
+
+
+def test_sample_softmax_refuses_probs_overlapping_the_logits():
+    buf = _f(8)
+    for impl in (native, ref):
+        with pytest.raises(KernelInputError, match="overlap"):
+            impl.sample_softmax(buf, 1.0, 0.5, buf)
+
+
+GIL_PROBE = """
+import sys, threading, time
+import numpy as np
+from smallmind.kernels import native
+
+# with a switch interval of a minute the other thread runs only when a call lets go of the GIL
+ran, stop = [0], threading.Event()
+
+def other():
+    while not stop.is_set():
+        ran[0] += 1
+        time.sleep(0)
+
+rng = np.random.default_rng(0)
+q, out = rng.standard_normal((1, 8, 32)).astype(np.float32), np.empty((1, 8, 32), np.float32)
+kc = rng.standard_normal((8, 128, 32)).astype(np.float32)
+x, w, y = np.ones((8, 1024), np.float32), np.ones((1024, 1024), np.float32), np.empty((8, 1024), np.float32)
+sys.setswitchinterval(60.0)
+thread = threading.Thread(target=other)
+thread.start()
+before = ran[0]
+for _ in range(200):
+    native.attention(q, kc, kc, 60, out, 0.1)   # tens of microseconds of work
+short = ran[0] - before
+before = ran[0]
+for _ in range(20):
+    native.linear(x, w, None, y)               # milliseconds of work
+long = ran[0] - before
+stop.set()
+sys.setswitchinterval(0.005)
+thread.join()
+print(short, long)
+"""
+
+
+def test_a_short_kernel_keeps_the_gil_and_a_long_one_lets_other_threads_run():
+    # in a fresh interpreter: no thread of another test may take the GIL meanwhile
+    result = subprocess.run([sys.executable, "-c", GIL_PROBE], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    short, long = map(int, result.stdout.split())
+    assert short == 0 and long > 0
+
+
+@pytest.mark.parametrize("T", [1, 3, 4, 8, 13])
+def test_linear_gives_the_same_bits_however_the_threads_split_the_columns(isa, rng, T):
+    x, w, b = view(rng, (T, 300)), view(rng, (100, 300)), view(rng, (100,))
+    before = kernels.get_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            kernels.set_threads(threads)
+            outs.append(native.linear(x, w, b, np.empty((T, 100), np.float32)).copy())
+    finally:
+        kernels.set_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])

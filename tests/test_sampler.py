@@ -145,3 +145,57 @@ def test_a_small_temperature_above_the_epsilon_still_samples():
 def test_settings_of_the_wrong_type_are_refused(kwargs, message):
     with pytest.raises(SmallMindError, match=message):
         Sampler(V, **kwargs)
+
+
+def test_temperature_sampling_allocates_nothing_that_outlives_a_step():
+    sampler = Sampler(V, temperature=0.8, seed=0)
+    logits = random_logits(5)
+    sampler.sample(logits)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for _ in range(100):
+            sampler.sample(logits)
+        peak, after = tracemalloc.get_traced_memory()[1], tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert peak - before < 256   # a (V,) float array would not fit under this
+    assert after - before <= 0
+
+
+def full_sort_nucleus(logits, temperature, top_p):
+    # the definition: the smallest head of the stable descending sort holding top_p of the mass
+    p = np.exp((logits.astype(np.float64) - logits.max()) / temperature)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    mass_before = np.cumsum(p[order]) - p[order]
+    return set(order[:max(1, int(np.count_nonzero(mass_before < top_p)))].tolist())
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
+def test_top_p_over_a_big_vocabulary_keeps_exactly_the_nucleus(top_p):
+    # a flat distribution over 5000 ids: the nucleus holds far more than the first candidates
+    n = 5000
+    logits = np.random.default_rng(6).normal(0.0, 0.3, n).astype(np.float32)
+    nucleus = full_sort_nucleus(logits, 1.0, top_p)
+    assert len(nucleus) > 64
+    sampler = Sampler(n, temperature=1.0, top_p=top_p, seed=0)
+    kept, _ = sampler._nucleus(logits)
+    assert set(kept.tolist()) == nucleus
+
+
+def test_top_p_keeps_the_lower_ids_of_a_tie_at_the_cut():
+    logits = np.zeros(200, np.float32)
+    logits[[150, 20]] = 3.0   # two leaders, then 198 ties
+    kept, _ = Sampler(200, temperature=1.0, top_p=0.5, seed=0)._nucleus(logits)
+    expected = full_sort_nucleus(logits, 1.0, 0.5)
+    assert set(kept.tolist()) == expected and {20, 150} <= expected and max(expected - {150}) < 150
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"top_p": 0.9}])
+def test_nan_logits_raise_instead_of_hanging(kwargs):
+    logits = random_logits(7)
+    logits[3] = np.nan
+    with pytest.raises(SmallMindError, match="NaN"):
+        Sampler(V, temperature=1.0, seed=0, **kwargs).sample(logits)

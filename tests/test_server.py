@@ -241,3 +241,35 @@ def test_a_client_that_goes_away_before_an_unstreamed_answer_frees_its_slot(one_
     status, body = server.post("/v1/completions", {"model": "model", "prompt": PROMPT, "max_tokens": 2})
     assert status == 200 and body["usage"]["completion_tokens"] == 2
     assert generated_total(server) - before < 4000
+
+
+def test_the_outbox_wakes_the_event_loop_once_for_a_burst_of_events():
+    import asyncio
+
+    from smallmind.server.app import Outbox
+
+    class Recorder:
+        def __init__(self):
+            self.events = []
+
+        def put(self, e):
+            self.events.append(e)
+
+    loop = asyncio.new_event_loop()
+    wakeups = []
+    schedule = loop.call_soon_threadsafe
+    loop.call_soon_threadsafe = lambda *a: (wakeups.append(a), schedule(*a))[1]
+    try:
+        outbox, jobs = Outbox(loop), [Recorder() for _ in range(8)]
+        posting = threading.Thread(target=lambda: [outbox.post(job, (i, n)) for n in range(3)
+                                                   for i, job in enumerate(jobs)])
+        posting.start()
+        posting.join()
+        loop.run_until_complete(asyncio.sleep(0))
+        assert len(wakeups) == 1
+        assert [job.events for job in jobs] == [[(i, 0), (i, 1), (i, 2)] for i in range(8)]
+        outbox.post(jobs[0], "later")   # drained: the next event wakes the loop again
+        loop.run_until_complete(asyncio.sleep(0))
+        assert len(wakeups) == 2 and jobs[0].events[-1] == "later"
+    finally:
+        loop.close()

@@ -32,7 +32,7 @@ KERNEL_NAMES = (
     "rms_norm", "gelu", "gelu_backward", "silu", "swiglu", "geglu", "softmax",
     "causal_softmax", "softmax_backward", "rope", "kv_cache_store", "attention",
     "cross_entropy", "adamw_step", "linear_gelu", "linear_residual", "linear_backward_input",
-    "linear_backward_weight", "round_bf16",
+    "linear_backward_weight", "round_bf16", "sample_softmax",
 )
 ISAS = ("avx512", "avx2", "generic")
 MAX_THREADS = 64  # the native pool's size (csrc/pool.c SM_MAX_THREADS)

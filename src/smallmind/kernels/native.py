@@ -66,6 +66,7 @@ _gemm_linear = _native.gemm_linear
 _gemm_dx = _native.gemm_dx
 _gemm_dw = _native.gemm_dw
 _round_bf16 = _native.round_bf16
+_sample_softmax = _native.sample_softmax
 
 _local = threading.local()
 
@@ -230,6 +231,11 @@ def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):
 def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     # param, grad, m, v (N,) updated in place; step counts from 1
     return _adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
+
+
+def sample_softmax(logits, scale, u, probs):
+    # logits (V,), probs (V,) out -> the token drawn from softmax(scale * logits) at u in [0, 1)
+    return _sample_softmax(logits, scale, u, probs)
 
 
 def quant_linear(x, w, b, out, accumulate=False):

@@ -295,6 +295,33 @@ def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     return param
 
 
+def sample_softmax(logits, scale, u, probs):
+    # logits (V,) float32, probs (V,) float32 out -> the token drawn from softmax(scale * logits)
+    # at u in [0, 1): probs = exp(scale * logits - max) (unnormalised) and the token is the first
+    # whose running sum (in float64) exceeds u * sum(probs), so one of probability 0 never is
+    if logits.ndim != 1 or probs.shape != logits.shape or logits.shape[0] < 1:
+        raise KernelInputError(f"logits and probs must be one (V,) shape with V >= 1, got {logits.shape} "
+                               f"and {probs.shape}")
+    if logits.dtype != np.float32 or probs.dtype != np.float32:
+        raise KernelInputError("logits and probs must be float32")
+    if not 0.0 < scale <= np.finfo(np.float32).max:
+        raise KernelInputError(f"scale must be a positive finite number, got {scale!r}")
+    if not 0.0 <= u < 1.0:
+        raise KernelInputError(f"u must be in [0, 1), got {u!r}")
+    _apart({"logits": logits, "probs": probs}, ("probs",))
+    x = logits * np.float32(scale)
+    with np.errstate(invalid="ignore"):
+        np.exp(x - x.max(), out=probs)
+    running = np.cumsum(probs, dtype=np.float64)
+    total = running[-1]
+    if not 0.0 < total <= np.finfo(np.float64).max:
+        raise KernelInputError("logits must hold no NaN or +inf, and at least one finite value")
+    token = int(np.searchsorted(running, u * total, side="right"))
+    if token == logits.shape[0]:   # rounding: the last token of nonzero probability
+        token = int(np.flatnonzero(probs)[-1])
+    return token
+
+
 def linear_gelu(x, w, b, pre, out):
     # x (T,K), w (N,K), b (N,) or None, pre, out (T,N): pre = x @ w.T + b, out = gelu(pre)
     _apart({"x": x, "w": w, "b": b, "pre": pre, "out": out}, ("pre", "out"))

@@ -10,12 +10,16 @@ Requests wait in a bounded queue (EngineBusy when it is full). Each step of the 
   2. admits waiting requests into free KV slots (runtime/kv_pool.py: a prompt that extends a
      cached sequence keeps that prefix);
   3. prefills at most `prefill_chunk` prompt tokens in all, so a long prompt is spread over
-     several steps and never stalls the sequences already decoding;
+     several steps and never stalls the sequences already decoding; a prompt with one token
+     left (the usual case after prefix reuse) feeds it to the decode batch instead, which is
+     the same computation without a forward of its own;
   4. runs one batched decode step for every sequence that has a token to feed
      (runtime/batch_decode.py), then samples each row with the request's own sampler, seed,
      stop strings, max_tokens and logprobs.
 Text reaches the request's callback as soon as it is complete (byte-exact UTF-8, stop strings
-held back until they cannot be one), exactly as runtime/generate.py streams it.
+held back until they cannot be one), exactly as runtime/generate.py streams it. The events of
+a step are delivered together at its end: a face that wakes another thread per event (the
+HTTP server's event loop) then wakes it once per step, not once per token per stream.
 """
 
 import collections
@@ -142,6 +146,11 @@ class Engine:
         self.queue_size = queue_size
         net = model.net
         self.pool = KVPool(net, parallel, ctx, net.workspace(self.prefill_chunk))
+        # The pool's zeros are mapped lazily: the first write to a slot would fault in and clear
+        # its pages in the middle of a request (seconds for 8 slots of a 4096-position Gemma
+        # cache). Commit them now, as llama.cpp clears its KV cache at start.
+        self.pool.k.fill(0)
+        self.pool.v.fill(0)
         self.decoder = BatchDecoder(net, parallel)
         self.eog = model.tokenizer.eog_ids
         self.waiting: collections.deque = collections.deque()
@@ -150,6 +159,7 @@ class Engine:
         self.wake = threading.Condition(self.lock)
         self.stopping = False
         self.generated_total = 0   # tokens sampled since start, cancelled requests' included
+        self.outgoing: list = []   # (request, event) of this step, delivered at its end
         self.thread = threading.Thread(target=self._run, name="smallmind-engine", daemon=True)
         self.thread.start()
 
@@ -220,6 +230,8 @@ class Engine:
                 for sequence in list(self.active):
                     sequence.session.reset()   # its cache may be half written
                     self._end(sequence, Failed(500, "the engine failed on this request"))
+            finally:
+                self._deliver_step()
         for sequence in list(self.active) + list(self.waiting):
             sequence.request.deliver(Failed(503, "the server is shutting down"))
 
@@ -237,12 +249,20 @@ class Engine:
                 self._unqueue(sequence)
             elif now > sequence.deadline:
                 self._unqueue(sequence)
-                sequence.request.deliver(Failed(408, "the request timed out waiting for a free slot"))
+                self._send(sequence.request, Failed(408, "the request timed out waiting for a free slot"))
             elif self.pool.free:
                 self._unqueue(sequence)
                 self._admit(sequence)
         self._prefill()
         self._decode()
+
+    def _send(self, request: GenerationRequest, event) -> None:
+        self.outgoing.append((request, event))
+
+    def _deliver_step(self) -> None:
+        outgoing, self.outgoing = self.outgoing, []
+        for request, event in outgoing:
+            request.deliver(event)
 
     def _unqueue(self, sequence: _Sequence) -> None:
         with self.lock:
@@ -259,6 +279,10 @@ class Engine:
         for sequence in list(self.active):
             remaining = sequence.prompt.shape[0] - sequence.prefilled
             if remaining == 0:
+                continue
+            if remaining == 1:
+                sequence.next_token = int(sequence.prompt[-1])
+                sequence.prefilled += 1
                 continue
             n = min(remaining, budget)
             logits = sequence.session.prefill(sequence.prompt[sequence.prefilled:sequence.prefilled + n])
@@ -292,7 +316,7 @@ class Engine:
         sequence.unsent += 1
         text = sequence.guard.push(sequence.detokenizer.push(token))
         if text:
-            request.deliver(Delta(text, sequence.unsent, sequence.logprobs))
+            self._send(request, Delta(text, sequence.unsent, sequence.logprobs))
             sequence.logprobs = []
             sequence.unsent = 0
         if sequence.guard.stopped:
@@ -325,7 +349,7 @@ class Engine:
             if not guard.stopped:
                 text += guard.flush()
         if text or sequence.unsent:
-            sequence.request.deliver(Delta(text, sequence.unsent, sequence.logprobs))
+            self._send(sequence.request, Delta(text, sequence.unsent, sequence.logprobs))
             sequence.logprobs = []
             sequence.unsent = 0
         prompt = int(sequence.prompt.shape[0])
@@ -335,4 +359,4 @@ class Engine:
         self.active.remove(sequence)
         self.pool.release(sequence.slot)
         if event is not None:
-            sequence.request.deliver(event)
+            self._send(sequence.request, event)

@@ -2,19 +2,26 @@
 
 The filters apply in the usual order (temperature, then top-k, then top-p over what is left),
 and the draw is one uniform number from a seeded numpy Generator mapped through the
-cumulative distribution, so a seed fixes the whole generated text. Working buffers are made
-once per sampler; greedy decoding allocates nothing per token.
+cumulative distribution in token order, so a seed fixes the whole generated text. Plain
+temperature sampling is one native kernel over the vocabulary (kernels.sample_softmax: a
+262k vocabulary costs a fraction of a millisecond, not the milliseconds of NumPy's float64
+exp and cumsum); top-k and top-p work on a partial selection of the candidates, never a sort
+of the whole vocabulary. Greedy and plain temperature sampling allocate nothing per token.
 """
 
 import numbers
 
 import numpy as np
 
+from .. import kernels
 from ..errors import SmallMindError
 
 # Below this temperature sampling is greedy: dividing the logits by a temperature near 0
 # overflows to infinity (1e-300 does), and the softmax of the rest is one-hot anyway.
 GREEDY_BELOW = 1e-6
+# top-p alone first looks at this many of the most likely tokens, then 8 times more while
+# they do not yet hold top_p of the mass
+NUCLEUS_FIRST = 64
 
 
 def _is_int(x) -> bool:
@@ -42,8 +49,10 @@ class Sampler:
         self.top_k = None if top_k is None or top_k >= vocab_size else int(top_k)
         self.top_p = None if top_p is None or top_p >= 1.0 else float(top_p)
         self.rng = np.random.default_rng(seed)
-        self.probs = np.empty(vocab_size, dtype=np.float64)   # float64: the cdf of a big vocab stays exact
-        self.cdf = np.empty(vocab_size, dtype=np.float64)
+        self.scale = 0.0 if self.temperature == 0.0 else 1.0 / self.temperature
+        self.probs = np.empty(vocab_size, dtype=np.float32)   # the kernels' (V,) output, made once
+        # top-p over the whole vocabulary needs the scaled logits as a (1,V) softmax input
+        self.scaled = np.empty((1, vocab_size), dtype=np.float32) if self.top_p is not None else None
 
     @property
     def greedy(self) -> bool:
@@ -53,25 +62,49 @@ class Sampler:
         # logits (V,) float32 -> one token id
         if self.temperature == 0.0:
             return int(logits.argmax())
-        probs, cdf = self.probs, self.cdf
-        np.multiply(logits, 1.0 / self.temperature, out=probs)
-        if self.top_k is not None:
+        u = self.rng.random()
+        if self.top_k is None and self.top_p is None:
+            return kernels.sample_softmax(logits, self.scale, u, self.probs)
+        if self.top_k is None:
+            kept, weights = self._nucleus(logits)
+        else:
             # exactly k survive, even when values tie at the k-th place
-            probs[np.argpartition(probs, -self.top_k)[:-self.top_k]] = -np.inf
-        probs -= probs.max()
-        np.exp(probs, out=probs)
-        if self.top_p is not None:
-            self._nucleus(probs)
-        np.cumsum(probs, out=cdf)
-        # side="right" never lands on a zero-probability token: its cdf equals its predecessor's
-        index = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
-        return min(index, cdf.shape[0] - 1)
+            kept = np.sort(np.argpartition(logits, -self.top_k)[-self.top_k:])
+            x = logits[kept].astype(np.float64) * self.scale
+            weights = np.exp(x - x.max())
+            if self.top_p is not None:
+                keep = np.sort(self._top_mass(weights, np.argsort(-weights, kind="stable"), weights.sum()))
+                kept, weights = kept[keep], weights[keep]
+        running = np.cumsum(weights)
+        # side="right" never lands on a zero-probability token: its running sum equals its predecessor's
+        index = int(np.searchsorted(running, u * running[-1], side="right"))
+        return int(kept[min(index, kept.shape[0] - 1)])
 
-    def _nucleus(self, probs: np.ndarray) -> None:
-        # probs (V,) unnormalised, zeroed in place outside the smallest top set holding top_p of the mass
-        order = np.argsort(-probs, kind="stable")
-        sorted_probs = probs[order]
-        mass_before = np.cumsum(sorted_probs) - sorted_probs
-        # keep a token while the mass ranked above it is still short of top_p (the first always stays)
-        cut = sorted_probs.shape[0] - int(np.count_nonzero(mass_before >= self.top_p * sorted_probs.sum()))
-        probs[order[cut:]] = 0.0
+    def _nucleus(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # logits (V,) -> the ids of the smallest top set holding top_p of the mass (in id order)
+        # and their probabilities. Candidates are the n most likely with every tie of the n-th,
+        # in id order, so that sorted by probability they are exactly the head of the stable
+        # sort of the whole vocabulary; n grows until the cut falls inside them.
+        probs, V = self.probs, self.probs.shape[0]
+        np.multiply(logits, self.scale, out=self.scaled[0])
+        kernels.softmax(self.scaled, probs.reshape(1, V))
+        total = float(probs.sum(dtype=np.float64))
+        if not 0.0 < total < np.inf:
+            raise SmallMindError("the logits hold a NaN or an infinity: nothing to sample from")
+        n = min(NUCLEUS_FIRST, V)
+        while True:
+            floor = probs[np.argpartition(probs, V - n)[V - n:]].min()
+            candidates = np.flatnonzero(probs >= floor)
+            p = probs[candidates].astype(np.float64)
+            keep = self._top_mass(p, np.argsort(-p, kind="stable"), total)
+            if keep.shape[0] < candidates.shape[0] or candidates.shape[0] == V:
+                keep.sort()
+                return candidates[keep], p[keep]
+            n = min(8 * n, V)
+
+    def _top_mass(self, p: np.ndarray, order: np.ndarray, total: float) -> np.ndarray:
+        # p (n,) probabilities, order (n,) their ranking -> the ranked positions kept: a token
+        # stays while the mass ranked above it is still short of top_p of `total` (the first always)
+        ranked = p[order]
+        mass_before = np.cumsum(ranked) - ranked
+        return order[:max(1, int(np.count_nonzero(mass_before < self.top_p * total)))]

@@ -5,13 +5,15 @@
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (streamed as
 server-sent events with "stream": true), GET /health, GET /metrics (Prometheus text) and the
 OpenAPI document at /openapi.json. Every request becomes an engine GenerationRequest whose
-events come back from the engine thread into an asyncio queue; a client that disconnects
-cancels its request, which frees its KV slot on the engine's next step.
+events come back from the engine thread through one Outbox per event loop (one wake-up of the
+loop for all the events of a decode step, not one per token per stream); a client that
+disconnects cancels its request, which frees its KV slot on the engine's next step.
 """
 
 import asyncio
 import collections
 import itertools
+import threading
 import time
 import uuid
 
@@ -34,15 +36,45 @@ ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 42
 STREAMED = {200: {"content": {"text/event-stream": {}}, "description": "the response, or its chunks when streamed"}}
 
 
+class Outbox:
+    """Events from the engine thread to the jobs of one event loop. Waking the loop costs a
+    write to its self-pipe and a hand-over of the GIL, which the engine thread then waits to
+    get back: a wake-up is scheduled only when none is pending, so one decode step of many
+    streams wakes the loop about once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.events: list = []        # (job, event) pairs posted since the last drain, in order
+        self.scheduled = False
+
+    def post(self, job: "Job", event) -> None:
+        # engine thread
+        with self.lock:
+            self.events.append((job, event))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        # event loop
+        with self.lock:
+            events, self.events = self.events, []
+            self.scheduled = False
+        for job, event in events:
+            job.put(event)
+
+
 class Job:
     """One request in the engine, seen from the event loop: an async stream of its events."""
 
-    def __init__(self, engine, request: GenerationRequest, loop: asyncio.AbstractEventLoop):
+    def __init__(self, engine, request: GenerationRequest, outbox: Outbox):
         self.ended = False            # its Finished or Failed has been taken
         self.pending: collections.deque = collections.deque()   # events not yet taken, in order
         self.arrived = asyncio.Event()
         self.started = self.checked = time.monotonic()
-        request.deliver = lambda e: loop.call_soon_threadsafe(self._put, e)
+        request.deliver = lambda e: outbox.post(self, e)
         try:
             self.handle = engine.submit(request)
         except EngineBusy as e:
@@ -61,7 +93,7 @@ class Job:
         if await request.is_disconnected():
             raise asyncio.CancelledError
 
-    def _put(self, e) -> None:
+    def put(self, e) -> None:
         self.pending.append(e)
         self.arrived.set()
 
@@ -102,6 +134,14 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
                   description="An OpenAI-compatible API for a SmallMind model, with continuous batching "
                               "and prompt-prefix reuse.")
     errors.install(app)
+    outboxes: dict = {}   # event loop -> its Outbox (uvicorn runs one loop; tests may start others)
+
+    def outbox() -> Outbox:
+        loop = asyncio.get_running_loop()
+        if loop not in outboxes:
+            outboxes.clear()   # keep the running loop's only: each job holds its own outbox
+            outboxes[loop] = Outbox(loop)
+        return outboxes[loop]
 
     def check_model(name: str) -> None:
         if name != model_id:
@@ -213,7 +253,7 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
         max_tokens = body.max_tokens
         if max_tokens is None:   # OpenAI's default, cut to what fits
             max_tokens = max(1, min(DEFAULT_COMPLETION_TOKENS, engine.ctx - len(prompt_ids)))
-        job = Job(engine, sampling(body, prompt_ids, max_tokens, body.logprobs), asyncio.get_running_loop())
+        job = Job(engine, sampling(body, prompt_ids, max_tokens, body.logprobs), outbox())
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         offset = [0]
 
@@ -275,7 +315,7 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
         asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_tokens = room if asked is None else asked
         k = (body.top_logprobs or 0) if body.logprobs else None
-        job = Job(engine, sampling(body, prompt_ids, max_tokens, k), asyncio.get_running_loop())
+        job = Job(engine, sampling(body, prompt_ids, max_tokens, k), outbox())
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def logprobs(e: Delta):

@@ -158,15 +158,84 @@ static inline __attribute__((always_inline)) void sm_linear_4xR(const LinearArgs
         for (int j = 0; j < 4; j++) sm_linear_store(a, t + r, n + j, s[j]);
     }
 }
+
+
+/* W <= 3 weight rows x R <= 4 tokens: the decode batch's tile. Three weight vectors and one
+ * token vector stay in registers beside the 12 accumulators, so each step of 8 features is 7
+ * loads for 12 FMAs: bound by the FMA units, where 4 rows x 3 tokens (its token vectors read
+ * as memory operands, 16 loads for 12 FMAs) is bound by the loads. Every output is summed in
+ * the same order as in sm_linear_4xR whatever W and R, so a column's value does not depend on
+ * how the threads split the columns. */
+static inline __attribute__((always_inline)) void sm_linear_3xR(const LinearArgs *a, long n, long t, int W, int R)
+{
+    const long K = a->K, ws = a->ws, xs = a->xs;
+    const float *w = a->w + n * ws, *x = a->x + t * xs;
+    __m256 acc[4][3];
+    for (int r = 0; r < 4; r++)
+        for (int j = 0; j < 3; j++) acc[r][j] = _mm256_setzero_ps();
+    long k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 w0 = _mm256_loadu_ps(w + k);
+        __m256 w1 = W > 1 ? _mm256_loadu_ps(w + ws + k) : _mm256_setzero_ps();
+        __m256 w2 = W > 2 ? _mm256_loadu_ps(w + 2 * ws + k) : _mm256_setzero_ps();
+        for (int r = 0; r < R; r++) {
+            __m256 xv = _mm256_loadu_ps(x + r * xs + k);
+            acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+            if (W > 1) acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+            if (W > 2) acc[r][2] = _mm256_fmadd_ps(xv, w2, acc[r][2]);
+        }
+    }
+    if (k < K) {
+        __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(K - k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256 w0 = _mm256_maskload_ps(w + k, m);
+        __m256 w1 = W > 1 ? _mm256_maskload_ps(w + ws + k, m) : _mm256_setzero_ps();
+        __m256 w2 = W > 2 ? _mm256_maskload_ps(w + 2 * ws + k, m) : _mm256_setzero_ps();
+        for (int r = 0; r < R; r++) {
+            __m256 xv = _mm256_maskload_ps(x + r * xs + k, m);
+            acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+            if (W > 1) acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+            if (W > 2) acc[r][2] = _mm256_fmadd_ps(xv, w2, acc[r][2]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float s[4];
+        _mm_storeu_ps(s, sm_hsum4(acc[r][0], acc[r][1], acc[r][2], _mm256_setzero_ps()));
+        for (int j = 0; j < W; j++) sm_linear_store(a, t + r, n + j, s[j]);
+    }
+}
+
+/* columns n..n+W-1 (W <= 3) for every token, in tiles of 4 tokens */
+static inline __attribute__((always_inline)) void sm_linear_3xT(const LinearArgs *a, long n, int W)
+{
+    long t = 0;
+    for (; t + 4 <= a->T; t += 4) sm_linear_3xR(a, n, t, W, 4);
+    if (a->T - t == 3) sm_linear_3xR(a, n, t, W, 3);
+    else if (a->T - t == 2) sm_linear_3xR(a, n, t, W, 2);
+    else if (a->T - t == 1) sm_linear_3xR(a, n, t, W, 1);
+}
 #endif
 
 /* out columns n0..n1 of out (T,N) = x (T,K) @ w (N,K).T + b: weight rows are streamed
- * once from memory in groups of four and reused from L1 for every token. */
+ * once from memory in groups of four (three from 4 tokens up, on AVX2) and reused from L1
+ * for every token. */
 static void FN(linear_cols)(const LinearArgs *a, long n0, long n1)
 {
     long n = n0;
     if (a->T == 1)
         for (; n + 8 <= n1; n += 8) sm_linear_8x1(a, n, 0, n1);
+#ifdef SM_LINEAR_AVX2
+    if (a->T >= 4) {
+        for (; n + 3 <= n1; n += 3) {
+            if (n + 6 <= n1)
+                for (long r = 3; r < 6; r++)
+                    for (long k = 0; k < a->K; k += 16) __builtin_prefetch(a->w + (n + r) * a->ws + k);
+            sm_linear_3xT(a, n, 3);
+        }
+        if (n1 - n == 2) sm_linear_3xT(a, n, 2);
+        else if (n1 - n == 1) sm_linear_3xT(a, n, 1);
+        return;
+    }
+#endif
     for (; n + 4 <= n1; n += 4) {
         long t = 0;
 #ifdef SM_LINEAR_AVX2
@@ -704,6 +773,48 @@ static void FN(add_rows)(float *out, const float *a, const float *b, long n)
     }
 }
 
+/* The parts of sample_softmax (module.c runs the first two over slices of the vocabulary on
+ * the pool and combines them). */
+static float FN(scaled_max)(const float *x, long n, float scale)
+{
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (long j = 0; j < n; j++) m = x[j] * scale > m ? x[j] * scale : m;
+    return m;
+}
+
+/* p = exp(scale * x - m); returns sum(p) in double */
+static double FN(shifted_exp)(const float *x, float *p, long n, float scale, float m)
+{
+#pragma omp simd
+    for (long j = 0; j < n; j++) p[j] = sm_exp(x[j] * scale - m);
+    double total = 0.0;
+#pragma omp simd reduction(+ : total)
+    for (long j = 0; j < n; j++) total += (double)p[j];
+    return total;
+}
+
+/* the first index whose running sum of p (in double) exceeds target, skipping whole blocks by
+ * their sums; -1 when the sum of all stays at or below it */
+#define SM_SCAN_BLOCK 256
+static long FN(running_sum_above)(const float *p, long n, double target)
+{
+    double run = 0.0;
+    long j = 0;
+    for (; j + SM_SCAN_BLOCK <= n; j += SM_SCAN_BLOCK) {
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (long i = j; i < j + SM_SCAN_BLOCK; i++) s += (double)p[i];
+        if (run + s > target) break;
+        run += s;
+    }
+    for (; j < n; j++) {
+        run += (double)p[j];
+        if (run > target) return j;
+    }
+    return -1;
+}
+
 const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
     .name = SM_ISA_NAME,
     .linear_cols = FN(linear_cols),
@@ -721,4 +832,7 @@ const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
     .cross_entropy_rows = FN(cross_entropy_rows),
     .adamw = FN(adamw),
     .add_rows = FN(add_rows),
+    .scaled_max = FN(scaled_max),
+    .shifted_exp = FN(shifted_exp),
+    .running_sum_above = FN(running_sum_above),
 };

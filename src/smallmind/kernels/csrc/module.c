@@ -7,6 +7,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -40,6 +41,10 @@ static const QuantTable *Q = &sm_qtable_generic;  /* the AVX2 build also serves 
 static long linear_max_t = 32;
 static long linear_max_t_threaded = 128;
 static long parallel_min_work = 32768;  /* below this many flops-ish, stay on one thread */
+/* below this much work a kernel keeps the GIL: it ends within some 10 us, and a thread that lets
+ * go of the GIL waits to get it back while another Python thread runs (up to the switch
+ * interval), which would cost a server's engine thread more than such a kernel itself */
+static long gil_min_work = 1L << 18;
 /* From this many rows on, the products (plain and fused) run on the native GEMM instead of
  * handing over to BLAS. Set per ISA from measurements (benchmarks/gemm_vs_blas.py): the AVX2
  * micro-kernel reaches 90-95% of OpenBLAS's single-thread speed on our shapes and the fused
@@ -299,6 +304,10 @@ static void run(sm_task_fn fn, void *ctx, long total, long grain, double work)
 {
     if (work < (double)parallel_min_work) {
         fn(ctx, 0, total);
+        return;
+    }
+    if (work < (double)gil_min_work) {
+        sm_parallel_for(fn, ctx, total, grain);
         return;
     }
     Py_BEGIN_ALLOW_THREADS
@@ -1191,6 +1200,81 @@ done:
     return finish(v, 4, ok, args[2]);
 }
 
+/* sample_softmax(logits, scale, u, probs) -> the token drawn from softmax(scale * logits) at
+ * u in [0, 1); probs (V,) receives the unnormalised probabilities. The max and the exponentials
+ * run over SM_SAMPLE_PARTS slices on the pool (without the GIL: the server's event loop sends
+ * text meanwhile); the draw scans only the slice whose running sum holds the target. */
+#define SM_SAMPLE_PARTS 16
+
+typedef struct {
+    const float *x;
+    float *p;
+    long V, part;
+    float scale, m;
+    int exp_phase;
+    float part_max[SM_SAMPLE_PARTS];
+    double part_sum[SM_SAMPLE_PARTS];
+} SampleCtx;
+
+static void sample_task(void *ctx, long i0, long i1)
+{
+    SampleCtx *c = ctx;
+    for (long i = i0; i < i1; i++) {
+        long a = i * c->part, n = (a + c->part < c->V ? a + c->part : c->V) - a;
+        if (n <= 0) {
+            c->part_max[i] = -INFINITY;
+            c->part_sum[i] = 0.0;
+        } else if (c->exp_phase) {
+            c->part_sum[i] = K->shifted_exp(c->x + a, c->p + a, n, c->scale, c->m);
+        } else {
+            c->part_max[i] = K->scaled_max(c->x + a, n, c->scale);
+        }
+    }
+}
+
+static PyObject *py_sample_softmax(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 4, "sample_softmax")) return NULL;
+    static const char *const names[2] = {"logits", "probs"};
+    View v[2] = {0};
+    int ok = 0;
+    double scale = 0.0, u = 0.0;
+    long token = -1;
+    if (view_get(&v[0], args[0], "logits", KIND_F32, 1, 0, 0) || get_float(args[1], "scale", &scale) ||
+        get_float(args[2], "u", &u) || view_get(&v[1], args[3], "probs", KIND_F32, 1, 1, 0))
+        goto done;
+    if (same_shape(&v[0], "logits", &v[1], "probs") || views_apart(v, names, 2, 1u << 1, NULL)) goto done;
+    long V = (long)v[0].shape[0];
+    if (V < 1) { fail("logits must hold at least one value"); goto done; }
+    if (!(scale > 0.0 && scale <= FLT_MAX)) { fail("scale must be a positive finite number, got %S", args[1]); goto done; }
+    if (!(u >= 0.0 && u < 1.0)) { fail("u must be in [0, 1), got %S", args[2]); goto done; }
+    SampleCtx c = {F(v[0]), F(v[1]), V, (V + SM_SAMPLE_PARTS - 1) / SM_SAMPLE_PARTS, (float)scale, 0.0f, 0};
+    run(sample_task, &c, SM_SAMPLE_PARTS, 1, 4.0 * V);
+    c.m = -INFINITY;
+    for (int i = 0; i < SM_SAMPLE_PARTS; i++) c.m = c.part_max[i] > c.m ? c.part_max[i] : c.m;
+    c.exp_phase = 1;
+    run(sample_task, &c, SM_SAMPLE_PARTS, 1, 20.0 * V);
+    double total = 0.0;
+    for (int i = 0; i < SM_SAMPLE_PARTS; i++) total += c.part_sum[i];
+    if (!(total > 0.0 && total <= DBL_MAX)) { fail("logits must hold no NaN or +inf, and at least one finite value"); goto done; }
+    double target = u * total, before = 0.0;
+    for (int i = 0; i < SM_SAMPLE_PARTS && token < 0; i++) {
+        long a = i * c.part, len = (a + c.part < V ? a + c.part : V) - a;
+        if (len > 0 && before + c.part_sum[i] > target) {
+            long j = K->running_sum_above(c.p + a, len, target - before);
+            if (j >= 0) token = a + j;
+        }
+        before += c.part_sum[i];
+    }
+    if (token < 0)  /* the sums' rounding left the target unreached: the last possible token */
+        for (token = V - 1; token > 0 && c.p[token] == 0.0f; token--) {}
+    ok = 1;
+done:
+    if (!finish(v, 2, ok, Py_None)) return NULL;
+    Py_DECREF(Py_None);
+    return PyLong_FromLong(token);
+}
+
 typedef struct {
     AdamArgs a;
     int flat;
@@ -1418,7 +1502,7 @@ static PyMethodDef methods[] = {
     FAST(silu), FAST(swiglu), FAST(geglu), FAST(softmax), FAST(causal_softmax), FAST(softmax_backward),
     FAST(rope), FAST(cross_entropy), FAST(adamw_step), FAST(tuning), FAST(quant_linear),
     FAST(quant_embedding), FAST(quant_dequantize), FAST(gemm_linear), FAST(gemm_dx), FAST(gemm_dw),
-    FAST(round_bf16),
+    FAST(round_bf16), FAST(sample_softmax),
     {"select_isa", py_select_isa, METH_O, "select_isa(name) -> name: 'avx512', 'avx2', 'generic' or 'best'"},
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
     {"quant_isa", py_quant_isa, METH_NOARGS, "the ISA whose quantized-weight kernels run"},
