@@ -445,6 +445,179 @@ def test_adamw_step_matches_reference(isa, rng, shape):
         close(got, e, rtol=1e-5, atol=1e-6)
 
 
+# ------------------------------------------------------------------ rows kernels (a decode batch)
+
+def _rows_caches(rng, B, n_layers, Hkv, S, D, dtype):
+    # B pairs of (n_layers, Hkv, S, D) caches, misaligned by one element and padded between rows
+    return ([view(rng, (n_layers, Hkv, S, D), pad=3, dtype=dtype) for _ in range(B)],
+            [view(rng, (n_layers, Hkv, S, D), pad=1, dtype=dtype) for _ in range(B)])
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("pos_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("B,H,D,factors", [(1, 1, 2, False), (3, 4, 34, True), (8, 2, 256, False)])
+def test_rope_rows_equals_rope_per_row_bit_for_bit(isa, rng, neox, pos_dtype, B, H, D, factors):
+    x = view(rng, (B, H + 1, D))[:, 1:]
+    positions = rng.integers(0, 5000, B).astype(pos_dtype)
+    freqs = rng.uniform(1.0, 8.0, D // 2).astype(np.float32) if factors else None
+    out, per_row, twin = (np.empty((B, H, D), np.float32) for _ in range(3))
+    native.rope_rows(x, positions, 10000.0, out, neox, freqs)
+    for b in range(B):
+        native.rope(x[b:b + 1], int(positions[b]), 10000.0, per_row[b:b + 1], neox, freqs)
+    ref.rope_rows(x, positions, 10000.0, twin, neox, freqs)
+    np.testing.assert_array_equal(out, per_row)
+    close(out, twin)
+    inplace = x.copy()
+    native.rope_rows(inplace, positions, 10000.0, inplace, neox, freqs)
+    np.testing.assert_array_equal(inplace, per_row)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("B,Hkv,D", [(1, 1, 8), (3, 2, 33), (8, 1, 256)])
+def test_kv_cache_store_rows_equals_the_store_per_row(rng, dtype, B, Hkv, D):
+    k, v = view(rng, (B, Hkv, D)), view(rng, (B, Hkv, D), pad=2)
+    k_caches, v_caches = _rows_caches(rng, B, 3, Hkv, 20, D, dtype)
+    positions = rng.permutation(20)[:B].astype(np.int64)
+    per_row = [c.copy() for c in k_caches + v_caches]
+    twin = [c.copy() for c in k_caches + v_caches]
+    native.kv_cache_store_rows(k, v, k_caches, v_caches, 2, positions)
+    for b in range(B):
+        native.kv_cache_store(k[b:b + 1], v[b:b + 1], per_row[b][2], per_row[B + b][2], int(positions[b]))
+    ref.kv_cache_store_rows(k, v, twin[:B], twin[B:], 2, positions)
+    for got, want, ref_got in zip(k_caches + v_caches, per_row, twin):
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+        np.testing.assert_array_equal(got.view(np.uint8), ref_got.view(np.uint8))
+
+
+def test_kv_cache_store_rows_writes_one_cache_at_two_positions(rng):
+    k, v = view(rng, (2, 2, 8)), view(rng, (2, 2, 8))
+    kc, vc = np.zeros((1, 2, 6, 8), np.float32), np.zeros((1, 2, 6, 8), np.float32)
+    native.kv_cache_store_rows(k, v, [kc, kc], [vc, vc], 0, np.array([1, 4]))
+    np.testing.assert_array_equal(kc[0][:, [1, 4]], k.transpose(1, 0, 2))
+    np.testing.assert_array_equal(vc[0][:, [1, 4]], v.transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("B,H,Hkv,D", [(1, 1, 1, 8), (3, 4, 2, 33), (8, 4, 1, 256), (5, 6, 3, 64)])
+def test_attention_rows_equals_attention_per_row_bit_for_bit(isa, rng, threads, dtype, window, B, H, Hkv, D):
+    q = view(rng, (B, H + 2, D))[:, 1:H + 1]
+    k_caches, v_caches = _rows_caches(rng, B, 2, Hkv, 300, D, dtype)
+    positions = np.array([0, 299, 17, 4, 130, 64, 1, 200][:B], np.int32)
+    out, per_row, twin = (np.empty((B, H, D), np.float32) for _ in range(3))
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(threads)
+        native.attention_rows(q, k_caches, v_caches, 1, positions, out, 0.125, window)
+        for b in range(B):
+            native.attention(q[b:b + 1], k_caches[b][1], v_caches[b][1], int(positions[b]), per_row[b:b + 1],
+                             0.125, window)
+    finally:
+        kernels.set_threads(before)
+    ref.attention_rows(q, k_caches, v_caches, 1, positions, twin, 0.125, window)
+    np.testing.assert_array_equal(out, per_row)
+    if dtype == np.float16:   # one probability rounded the other way moves a whole head (1/32 of 8 rows x 4)
+        _mostly_equal(out, twin, share=0.9)
+    else:
+        close(out, twin, rtol=1e-4, atol=1e-5)
+
+
+def _caches(B, n_layers=2, Hkv=2, S=6, D=8, dtype=np.float32):
+    return [np.zeros((n_layers, Hkv, S, D), dtype) for _ in range(B)]
+
+
+def _pos(*p):
+    return np.array(p, np.int64)
+
+
+ROWS_REFUSALS = {
+    "rope_rows: positions of another length": lambda k: k.rope_rows(_f(2, 1, 4), _pos(0), 1e4, _f(2, 1, 4)),
+    "rope_rows: a negative position": lambda k: k.rope_rows(_f(2, 1, 4), _pos(0, -1), 1e4, _f(2, 1, 4)),
+    "rope_rows: float positions": lambda k: k.rope_rows(_f(1, 1, 4), np.zeros(1, np.float32), 1e4, _f(1, 1, 4)),
+    "rope_rows: out of another shape": lambda k: k.rope_rows(_f(2, 1, 4), _pos(0, 1), 1e4, _f(2, 2, 4)),
+    "store: a cache per row missing": lambda k: k.kv_cache_store_rows(_f(2, 2, 8), _f(2, 2, 8), _caches(1),
+                                                                      _caches(2), 0, _pos(0, 1)),
+    "store: a float64 cache": lambda k: k.kv_cache_store_rows(_f(1, 2, 8), _f(1, 2, 8), _caches(1, dtype=np.float64),
+                                                              _caches(1, dtype=np.float64), 0, _pos(0)),
+    "store: caches of two dtypes": lambda k: k.kv_cache_store_rows(
+        _f(2, 2, 8), _f(2, 2, 8), _caches(1) + _caches(1, dtype=np.float16), _caches(2), 0, _pos(0, 1)),
+    "store: another head dim": lambda k: k.kv_cache_store_rows(_f(1, 2, 4), _f(1, 2, 4), _caches(1), _caches(1), 0,
+                                                               _pos(0)),
+    "store: other KV heads": lambda k: k.kv_cache_store_rows(_f(1, 1, 8), _f(1, 1, 8), _caches(1), _caches(1), 0,
+                                                             _pos(0)),
+    "store: a layer beyond the caches": lambda k: k.kv_cache_store_rows(_f(1, 2, 8), _f(1, 2, 8), _caches(1),
+                                                                        _caches(1), 2, _pos(0)),
+    "store: a negative layer": lambda k: k.kv_cache_store_rows(_f(1, 2, 8), _f(1, 2, 8), _caches(1), _caches(1), -1,
+                                                               _pos(0)),
+    "store: a position beyond the cache": lambda k: k.kv_cache_store_rows(_f(1, 2, 8), _f(1, 2, 8), _caches(1),
+                                                                          _caches(1), 0, _pos(6)),
+    "store: a read-only cache": lambda k: k.kv_cache_store_rows(
+        _f(1, 2, 8), _f(1, 2, 8), [np.broadcast_to(_f(2, 2, 6, 8), (2, 2, 6, 8))], _caches(1), 0, _pos(0)),
+    "store: caches that are not a sequence": lambda k: k.kv_cache_store_rows(_f(1, 2, 8), _f(1, 2, 8), 3, 4, 0,
+                                                                             _pos(0)),
+    "attention_rows: heads not a multiple of the KV heads": lambda k: k.attention_rows(
+        _f(1, 3, 8), _caches(1), _caches(1), 0, _pos(0), _f(1, 3, 8), 1.0, 0),
+    "attention_rows: a position beyond the cache": lambda k: k.attention_rows(
+        _f(2, 2, 8), _caches(2), _caches(2), 0, _pos(0, 6), _f(2, 2, 8), 1.0, 0),
+    "attention_rows: v cache of another shape": lambda k: k.attention_rows(
+        _f(1, 2, 8), _caches(1), _caches(1, S=5), 0, _pos(0), _f(1, 2, 8), 1.0, 0),
+    "attention_rows: a negative window": lambda k: k.attention_rows(
+        _f(1, 2, 8), _caches(1), _caches(1), 0, _pos(0), _f(1, 2, 8), 1.0, -1),
+    "attention_rows: out of another shape": lambda k: k.attention_rows(
+        _f(2, 2, 8), _caches(2), _caches(2), 0, _pos(0, 0), _f(1, 2, 8), 1.0, 0),
+    "attention_rows: a layer beyond the caches": lambda k: k.attention_rows(
+        _f(1, 2, 8), _caches(1), _caches(1), 5, _pos(0), _f(1, 2, 8), 1.0, 0),
+}
+
+
+@pytest.mark.parametrize("impl", [native, ref], ids=["native", "numpy"])
+@pytest.mark.parametrize("case", ROWS_REFUSALS, ids=list(ROWS_REFUSALS))
+def test_rows_kernels_refuse_bad_input(impl, case):
+    with pytest.raises(KernelInputError):
+        ROWS_REFUSALS[case](impl)
+
+
+@pytest.mark.parametrize("impl", [native, ref], ids=["native", "numpy"])
+def test_kv_cache_store_rows_refuses_two_writes_to_one_slot_before_writing(impl, rng):
+    k = view(rng, (2, 2, 8))
+    kc, vc = _caches(1)[0], _caches(1)[0]
+    with pytest.raises(KernelInputError, match="same position"):
+        impl.kv_cache_store_rows(k, k, [kc, kc], [vc, vc.copy()], 0, _pos(3, 3))
+    with pytest.raises(KernelInputError, match="same position"):   # keys and values in one array
+        impl.kv_cache_store_rows(k, k, [kc, _caches(1)[0]], [kc, vc], 0, _pos(3, 4))
+    assert not kc.any() and not vc.any()
+
+
+@pytest.mark.parametrize("impl", [native, ref], ids=["native", "numpy"])
+def test_rows_kernels_refuse_outputs_overlapping_their_inputs(impl, rng):
+    kc, vc = _caches(2), _caches(2)
+    inside = kc[0][0, :, :2].transpose(1, 0, 2)   # (2, 2, 8): k rows living inside a cache they are written to
+    with pytest.raises(KernelInputError, match="overlap"):
+        impl.kv_cache_store_rows(inside, _f(2, 2, 8), kc, vc, 1, _pos(0, 1))
+    with pytest.raises(KernelInputError, match="overlap"):
+        impl.kv_cache_store_rows(_f(2, 2, 8), kc[1][1, :, :2].transpose(1, 0, 2), kc, vc, 1, _pos(4, 5))
+    flat = _f(2 * 2 * 6 * 8 + 8)
+    shifted = [flat[i:i + 2 * 2 * 6 * 8].reshape(2, 2, 6, 8) for i in (0, 8)]
+    with pytest.raises(KernelInputError, match="overlap"):   # two caches sharing memory, not one array
+        impl.kv_cache_store_rows(_f(2, 2, 8), _f(2, 2, 8), shifted, vc, 0, _pos(0, 1))
+    out_in_cache = kc[1][1, :, :2].transpose(1, 0, 2)   # (2, 2, 8) view of a cache
+    with pytest.raises(KernelInputError, match="overlap"):
+        impl.attention_rows(_f(2, 2, 8), kc, vc, 0, _pos(0, 1), out_in_cache, 1.0, 0)
+    buf = _f(3, 2, 8)
+    with pytest.raises(KernelInputError, match="overlap"):
+        impl.attention_rows(buf[:2], kc, vc, 0, _pos(0, 1), buf[1:], 1.0, 0)
+    positions = np.zeros(4, np.int64)
+    with pytest.raises(KernelInputError, match="overlap"):
+        impl.rope_rows(_f(2, 1, 4), positions[:2], 1e4, positions.view(np.float32).reshape(2, 1, 4))
+
+
+def test_kv_cache_store_rows_refuses_a_cache_it_cannot_write_in_place():
+    strided = np.zeros((2, 2, 6, 16), np.float32)[..., ::2]
+    with pytest.raises(KernelInputError, match="in place"):
+        native.kv_cache_store_rows(_f(1, 2, 8), _f(1, 2, 8), [strided], _caches(1), 0, _pos(0))
+
+
 # ------------------------------------------------------------------ refusals
 
 def _f(*shape):

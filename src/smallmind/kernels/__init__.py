@@ -32,7 +32,8 @@ KERNEL_NAMES = (
     "rms_norm", "gelu", "gelu_backward", "silu", "swiglu", "geglu", "softmax",
     "causal_softmax", "softmax_backward", "rope", "kv_cache_store", "attention",
     "cross_entropy", "adamw_step", "linear_gelu", "linear_residual", "linear_backward_input",
-    "linear_backward_weight", "round_bf16", "sample_softmax",
+    "linear_backward_weight", "round_bf16", "sample_softmax", "rope_rows", "kv_cache_store_rows",
+    "attention_rows",
 )
 ISAS = ("avx512", "avx2", "generic")
 MAX_THREADS = 64  # the native pool's size (csrc/pool.c SM_MAX_THREADS)

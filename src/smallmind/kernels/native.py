@@ -67,6 +67,9 @@ _gemm_dx = _native.gemm_dx
 _gemm_dw = _native.gemm_dw
 _round_bf16 = _native.round_bf16
 _sample_softmax = _native.sample_softmax
+_rope_rows = _native.rope_rows
+_kv_cache_store_rows = _native.kv_cache_store_rows
+_attention_rows = _native.attention_rows
 
 _local = threading.local()
 
@@ -221,6 +224,22 @@ def attention(q, k_cache, v_cache, pos0, out, scale, window=0):
     # q, out (T,H,D); k_cache, v_cache (Hkv,S_max,D) holding positions 0..pos0+T-1; window 0: none
     # a float16 cache: llama.cpp's arithmetic (reference._attention_half)
     return _attention(q, k_cache, v_cache, pos0, out, scale, window)
+
+
+def rope_rows(x, positions, theta, out, neox=False, freq_factors=None):
+    # x, out (B,H,D), positions (B,) int: row b rotated as rope() at pos0 = positions[b]
+    return _rope_rows(x, positions, theta, out, neox, freq_factors)
+
+
+def kv_cache_store_rows(k, v, k_caches, v_caches, layer, positions):
+    # k, v (B,Hkv,D); k_caches, v_caches B arrays (n_layers,Hkv,S_max,D): k_caches[b][layer][:, positions[b]] = k[b]
+    _kv_cache_store_rows(k, v, k_caches, v_caches, layer, positions)
+
+
+def attention_rows(q, k_caches, v_caches, layer, positions, out, scale, window=0):
+    # q, out (B,H,D); k_caches, v_caches B arrays (n_layers,Hkv,S_max,D): row b as attention() over its own
+    # caches' layer at pos0 = positions[b]
+    return _attention_rows(q, k_caches, v_caches, layer, positions, out, scale, window)
 
 
 def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):

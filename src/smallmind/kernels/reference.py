@@ -265,6 +265,95 @@ def _attention_half(q, k_cache, v_cache, pos0, out, scale, window):
     return out
 
 
+def _rows_positions(positions, B) -> list:
+    # positions (B,) int32 or int64 -> B Python ints, each >= 0
+    if not isinstance(positions, np.ndarray) or positions.dtype not in (np.int32, np.int64) \
+            or positions.shape != (B,):
+        raise KernelInputError(f"positions must be a ({B},) int32 or int64 array, one per row")
+    if B and positions.min() < 0:
+        raise KernelInputError(f"positions[{int(positions.argmin())}] must be >= 0, got {positions.min()}")
+    return [int(p) for p in positions]
+
+
+def _rows_caches(k_caches, v_caches, B, layer, positions, heads, D, written) -> None:
+    # the B caches of each sequence: (n_layers, Hkv, S_max, D) float32 or float16, one dtype,
+    # layer and each row's position inside them, heads equal to (written) or a multiple of Hkv
+    if not all(isinstance(c, (list, tuple)) for c in (k_caches, v_caches)):
+        raise KernelInputError("k_caches and v_caches must be sequences of arrays")
+    if len(k_caches) != B or len(v_caches) != B:
+        raise KernelInputError(f"k_caches and v_caches must hold one cache per row ({B})")
+    if not isinstance(layer, (int, np.integer)) or layer < 0:
+        raise KernelInputError(f"layer must be an integer >= 0, got {layer!r}")
+    for b, (kc, vc, pos) in enumerate(zip(k_caches, v_caches, positions)):
+        for name, c in ((f"k_caches[{b}]", kc), (f"v_caches[{b}]", vc)):
+            if not isinstance(c, np.ndarray) or c.ndim != 4 or c.dtype not in (np.float32, np.float16):
+                raise KernelInputError(f"{name} must be a 4D float32 or float16 array")
+            if c.dtype != k_caches[0].dtype:
+                raise KernelInputError(f"every cache must have the same dtype; {name} differs from k_caches[0]")
+            if written and not c.flags.writeable:
+                raise KernelInputError(f"{name} is read-only")
+        n_layers, Hkv, S, d = kc.shape
+        if vc.shape != kc.shape or d != D:
+            raise KernelInputError(f"k_caches[{b}] and v_caches[{b}] must be one shape with head dim {D}")
+        if layer >= n_layers:
+            raise KernelInputError(f"layer {layer} is outside k_caches[{b}]'s {n_layers} layers")
+        if (Hkv != heads) if written else (Hkv < 1 or heads % Hkv):
+            raise KernelInputError(f"k_caches[{b}] has {Hkv} KV heads; the rows have {heads}")
+        if pos >= S:
+            raise KernelInputError(f"positions[{b}] = {pos} is beyond k_caches[{b}]'s length {S}")
+
+
+def rope_rows(x, positions, theta, out, neox=False, freq_factors=None):
+    # x, out (B,H,D), positions (B,) int: row b rotated as rope() at pos0 = positions[b]
+    _apart({"x": x, "out": out, "freq_factors": freq_factors, "positions": positions}, ("out",), {"out": ("x",)})
+    if x.ndim != 3 or out.shape != x.shape:
+        raise KernelInputError(f"x and out must be one (B,H,D) shape, got {x.shape} and {out.shape}")
+    for b, pos in enumerate(_rows_positions(positions, x.shape[0])):
+        rope(x[b:b + 1], pos, theta, out[b:b + 1], neox, freq_factors)
+    return out
+
+
+def kv_cache_store_rows(k, v, k_caches, v_caches, layer, positions):
+    # k, v (B,Hkv,D); k_caches, v_caches B arrays (n_layers,Hkv,S_max,D) float32 or float16:
+    # k_caches[b][layer][:, positions[b]] = k[b] (v alike); no two rows write one slot
+    if k.ndim != 3 or v.shape != k.shape:
+        raise KernelInputError(f"k and v must be one (B,Hkv,D) shape, got {k.shape} and {v.shape}")
+    B, Hkv, D = k.shape
+    pos = _rows_positions(positions, B)
+    _rows_caches(k_caches, v_caches, B, layer, pos, Hkv, D, True)
+    caches = [(f"k_caches[{b}]", c) for b, c in enumerate(k_caches)] + \
+             [(f"v_caches[{b}]", c) for b, c in enumerate(v_caches)]
+    for i, (name, c) in enumerate(caches):
+        _apart({name: c, "k": k, "v": v, "positions": positions}, (name,))
+        for j in range(i + 1, 2 * B):
+            other, d = caches[j]
+            if not _same_array(c, d):
+                _apart({name: c, other: d}, (name,))
+            elif pos[i % B] == pos[j % B]:
+                raise KernelInputError(f"{name} and {other} are one array, written at the same position {pos[j % B]}")
+    for b in range(B):
+        kv_cache_store(k[b:b + 1], v[b:b + 1], k_caches[b][layer], v_caches[b][layer], pos[b])
+
+
+def attention_rows(q, k_caches, v_caches, layer, positions, out, scale, window=0):
+    # q, out (B,H,D); k_caches, v_caches B arrays (n_layers,Hkv,S_max,D): row b as attention()
+    # over its own caches' layer at pos0 = positions[b]
+    if q.ndim != 3 or out.shape != q.shape:
+        raise KernelInputError(f"q and out must be one (B,H,D) shape, got {q.shape} and {out.shape}")
+    if window < 0:
+        raise KernelInputError(f"window must be >= 0 (0: no sliding window), got {window}")
+    B, H, D = q.shape
+    pos = _rows_positions(positions, B)
+    _rows_caches(k_caches, v_caches, B, layer, pos, H, D, False)
+    arrays = {"q": q, "positions": positions, "out": out}
+    arrays.update({f"k_caches[{b}]": c for b, c in enumerate(k_caches)})
+    arrays.update({f"v_caches[{b}]": c for b, c in enumerate(v_caches)})
+    _apart(arrays, ("out",))
+    for b in range(B):
+        attention(q[b:b + 1], k_caches[b][layer], v_caches[b][layer], pos[b], out[b:b + 1], scale, window)
+    return out
+
+
 def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):
     # logits (N,V), targets (N,) int, losses (N,); dlogits (N,V) or None (may alias logits):
     # losses[n] = -log softmax(logits[n])[targets[n]]; dlogits = (softmax - onehot) * dscale

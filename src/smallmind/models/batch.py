@@ -2,19 +2,21 @@
 
 A batched step (net.forward_batch, models/__init__.py) runs B sequences' next tokens through one
 workspace: the products over all B rows at once, and the position-dependent work (RoPE, the KV
-store, attention) row by row against each row's own KV cache. The views it needs are made once
-per workspace, so a step allocates nothing.
+store, attention) with the rows kernels (kernels.rope_rows, kv_cache_store_rows, attention_rows),
+one call a layer in which each row has its own position and KV cache. The views it needs are made
+once per workspace, so a step allocates only the two tuples of its caches' arrays.
 """
+
+import numpy as np
 
 from ..errors import ContextLengthError, SmallMindError
 
 
 class BatchViews:
-    """`first[B]`: the step views of rows 0..B-1; `rows[b]`: those of row b alone."""
+    """`first[B]`: the step views of rows 0..B-1."""
 
     def __init__(self, ws, step_views):
         self.first = [None] + [step_views(ws, B) for B in range(1, ws.max_tokens + 1)]
-        self.rows = [step_views(ws, 1, b) for b in range(ws.max_tokens)]
 
 
 def batch_views(ws, step_views) -> BatchViews:
@@ -25,9 +27,10 @@ def batch_views(ws, step_views) -> BatchViews:
     return views
 
 
-def check_step(ws, kvs, tokens, positions) -> int:
-    """The batch size B, after checking one cache and one position per token and that each
-    position follows its cache's cached positions within its capacity."""
+def check_step(ws, kvs, tokens, positions) -> tuple:
+    """(B, positions as an int64 array, the caller's own when it is one), after checking one
+    cache and one position per token and that each position follows its cache's cached
+    positions within its capacity."""
     B = len(tokens)
     if not 1 <= B <= ws.max_tokens or len(kvs) != B or len(positions) != B:
         raise ContextLengthError(
@@ -40,4 +43,10 @@ def check_step(ws, kvs, tokens, positions) -> int:
             raise ContextLengthError(
                 f"position {pos} does not follow the {kv.length} cached positions within the "
                 f"context length {kv.capacity} of its KV cache")
-    return B
+    return B, np.asarray(positions, np.int64)
+
+
+def cache_arrays(kvs) -> tuple:
+    """(the B caches' key arrays, their value arrays), each (n_layers, Hkv, S_max, D): what every
+    layer's rows kernels take, made once per step."""
+    return tuple(kv.k for kv in kvs), tuple(kv.v for kv in kvs)

@@ -21,7 +21,7 @@ import numpy as np
 from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..scope import scope
-from .batch import batch_views, check_step
+from .batch import batch_views, cache_arrays, check_step
 from .gguf_family import WeightReader, check_config, check_forward, check_kv_cache, kv_dtype_for, step_views
 
 SWA_PATTERN = 6            # llama.cpp: set_swa_pattern(6) for gemma3
@@ -240,14 +240,15 @@ class Gemma3:
     def forward_batch(self, ws: Workspace, kvs, tokens: np.ndarray, positions):
         # tokens (B,) int32, token b at positions[b] of the sequence in kvs[b] -> (B,V) logits
         """One decode step of B sequences (models/batch.py): the products run once over the B
-        rows, RoPE, the KV store and attention row by row against each row's own cache."""
-        B = check_step(ws, kvs, tokens, positions)
+        rows, RoPE, the KV store and attention once a layer, each row at its own position in
+        its own cache."""
+        B, positions = check_step(ws, kvs, tokens, positions)
         if ws.config is not self.config:
             raise SmallMindError("this workspace was made for another model")
         for kv in kvs:
             check_kv_cache(kv, self.kv_spec)
-        views = batch_views(ws, StepViews)
-        act, rows = views.first[B], views.rows
+        act = batch_views(ws, StepViews).first[B]
+        k_caches, v_caches = cache_arrays(kvs)
         eps, scale = self.config.norm_eps, self.config.attn_scale
         with scope("decode"):
             with scope("embedding"):
@@ -255,16 +256,14 @@ class Gemma3:
                 np.multiply(act.x, self.embed_scale, out=act.x)
             for i, layer in enumerate(self.layers):
                 self._attention_inputs(act, layer)
-                for b in range(B):
-                    row, kv, pos = rows[b], kvs[b], int(positions[b])
-                    with scope("rope"):
-                        kernels.rope(row.q_heads, pos, layer.rope_theta, row.q_heads, True, layer.rope_freqs)
-                        kernels.rope(row.k_heads, pos, layer.rope_theta, row.k_heads, True, layer.rope_freqs)
-                    with scope("kv_cache"):
-                        kernels.kv_cache_store(row.k_heads, row.v_heads, kv.k_layers[i], kv.v_layers[i], pos)
-                    with scope("attention"):
-                        kernels.attention(row.q_heads, kv.k_layers[i], kv.v_layers[i], pos, row.att_heads, scale,
-                                          layer.window)
+                with scope("rope"):
+                    kernels.rope_rows(act.q_heads, positions, layer.rope_theta, act.q_heads, True, layer.rope_freqs)
+                    kernels.rope_rows(act.k_heads, positions, layer.rope_theta, act.k_heads, True, layer.rope_freqs)
+                with scope("kv_cache"):
+                    kernels.kv_cache_store_rows(act.k_heads, act.v_heads, k_caches, v_caches, i, positions)
+                with scope("attention"):
+                    kernels.attention_rows(act.q_heads, k_caches, v_caches, i, positions, act.att_heads, scale,
+                                           layer.window)
                 self._attention_output_and_mlp(act, layer)
             for kv, pos in zip(kvs, positions):
                 kv.length = int(pos) + 1

@@ -16,7 +16,7 @@ from .. import kernels
 from ..errors import ContextLengthError, SmallMindError
 from ..memory import require
 from ..scope import scope
-from .batch import check_step
+from .batch import cache_arrays, check_step
 
 
 @dataclass(frozen=True)
@@ -331,49 +331,51 @@ def forward(params: Params, ws: Workspace, kv, tokens: np.ndarray, pos0: int, *,
 
 class BatchViews:
     """A workspace's views for a batched decode step, made once on its first batched forward:
-    `rows[b]` is row b alone (its position, cache and attention are its own) and `first[n]` is
-    rows 0..n-1 together (what every linear layer runs over)."""
+    `first[n]` is rows 0..n-1 (what every kernel of the step runs over), `tokens[n]` and
+    `wpe_rows[n]` hold those rows' token ids and position embeddings."""
 
     def __init__(self, ws: Workspace):
-        self.rows = tuple(StepViews(ws, 1, b) for b in range(ws.max_tokens))
         self.first = (None,) + tuple(StepViews(ws, n) for n in range(1, ws.max_tokens + 1))
         tokens = np.zeros(ws.max_tokens, np.int32)
-        self.token_rows = tuple(tokens[b:b + 1] for b in range(ws.max_tokens))
-        self.token_first = (None,) + tuple(tokens[:n] for n in range(1, ws.max_tokens + 1))
+        wpe_rows = np.zeros((ws.max_tokens, ws.cfg.d_model), np.float32)
+        self.tokens = (None,) + tuple(tokens[:n] for n in range(1, ws.max_tokens + 1))
+        self.wpe_rows = (None,) + tuple(wpe_rows[:n] for n in range(1, ws.max_tokens + 1))
 
 
 def forward_batch(params: Params, ws: Workspace, kvs, tokens, positions):
     # tokens (B,) int, positions (B,) int, kvs B KVCaches -> logits (B,V), a view into ws
     """One decode step for B sequences at once: token b goes to position positions[b] of the
     sequence whose cache is kvs[b]. The linear layers run once over the B rows (the weights are
-    read once for all of them); embedding, the KV store and attention run per row against the
-    row's own cache. Each row's result equals forward() of that token alone."""
-    B = check_step(ws, kvs, tokens, positions)
+    read once for all of them); the KV store and attention run once a layer, each row against
+    its own cache at its own position. Each row's result equals forward() of that token alone."""
+    B, positions = check_step(ws, kvs, tokens, positions)
+    if positions.max() >= ws.cfg.context_length:
+        raise ContextLengthError(f"position {positions.max()} is beyond the context length {ws.cfg.context_length}")
     if ws.params is not params:
         ws.bind(params)
     if ws.batch is None:
         ws.batch = BatchViews(ws)
     views = ws.batch
-    act = views.first[B]
-    rows = views.rows
+    act, wpe_rows = views.first[B], views.wpe_rows[B]
+    k_caches, v_caches = cache_arrays(kvs)
     eps, scale = ws.cfg.layer_norm_eps, ws.scale
-    views.token_first[B][...] = tokens
+    views.tokens[B][...] = tokens
     with scope("decode"):
         with scope("embedding"):
-            for b in range(B):
-                kernels.embedding(views.token_rows[b], ws.wte, ws.wpe, int(positions[b]), rows[b].x)
+            # wte[token] + wpe[position], the one float sum embedding() makes of each row
+            kernels.embedding(views.tokens[B], ws.wte, None, 0, act.x)
+            np.take(ws.wpe, positions, axis=0, out=wpe_rows, mode="clip")  # checked above; "raise" would buffer
+            np.add(act.x, wpe_rows, out=act.x)
         for layer, (ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, up_w, up_b, down_w, down_b) \
                 in enumerate(ws.layers):
             with scope("norm"):
                 kernels.layer_norm(act.x, ln1_w, ln1_b, act.xn, eps)
             with scope("matmul.qkv"):
                 kernels.linear(act.xn, qkv_w, qkv_b, act.qkv)
-            for b in range(B):
-                kv, pos, row = kvs[b], int(positions[b]), rows[b]
-                with scope("kv_cache"):
-                    kernels.kv_cache_store(row.k, row.v, kv.k_layers[layer], kv.v_layers[layer], pos)
-                with scope("attention"):
-                    kernels.attention(row.q, kv.k_layers[layer], kv.v_layers[layer], pos, row.att_heads, scale)
+            with scope("kv_cache"):
+                kernels.kv_cache_store_rows(act.k, act.v, k_caches, v_caches, layer, positions)
+            with scope("attention"):
+                kernels.attention_rows(act.q, k_caches, v_caches, layer, positions, act.att_heads, scale)
             with scope("matmul.attn_out"):
                 kernels.linear(act.att, proj_w, proj_b, act.x, accumulate=True)
             with scope("norm"):

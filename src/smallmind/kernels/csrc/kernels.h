@@ -98,6 +98,10 @@ typedef struct {
     double theta;
     int neox;
     const float *freq_factors;  /* (half,) divisors of each pair's frequency, or NULL */
+    const void *positions;      /* (T,) int32 or int64 (positions_64), row t's position at
+                                   t * ps; NULL: row t is at pos0 + t */
+    int positions_64;
+    long ps;
 } RopeArgs;
 
 typedef struct {

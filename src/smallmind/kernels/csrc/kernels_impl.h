@@ -676,6 +676,14 @@ static void FN(softmax_bwd_rows)(const SoftmaxArgs *a, long r0, long r1)
     }
 }
 
+/* row t's position: its own (rope_rows) or pos0 + t; exact in double either way */
+static inline double sm_rope_position(const RopeArgs *a, long t)
+{
+    if (!a->positions) return (double)a->pos0 + (double)t;
+    return a->positions_64 ? (double)((const int64_t *)a->positions)[t * a->ps]
+                           : (double)((const int32_t *)a->positions)[t * a->ps];
+}
+
 /* rows t0..t1 of (T,H,D): angles in double like the reference, then float rotations */
 static void FN(rope_rows)(const RopeArgs *a, long t0, long t1)
 {
@@ -687,7 +695,7 @@ static void FN(rope_rows)(const RopeArgs *a, long t0, long t1)
         if (a->freq_factors) inv[i] /= (double)a->freq_factors[i];
     }
     for (long t = t0; t < t1; t++) {
-        double pos = (double)a->pos0 + (double)t;
+        double pos = sm_rope_position(a, t);
         for (long i = 0; i < half; i++) {
             double ang = pos * inv[i];
             cs[i] = (float)cos(ang);

@@ -577,6 +577,28 @@ done:
     return finish(v, 4, ok, args[4]);
 }
 
+/* k[t], v[t] (Hkv,D) into position p of the caches' layer (3D caches: layer 0, their dims
+ * shifted by one); a half cache holds them rounded to nearest even, as ggml's f32 -> f16 copy */
+static void kv_store_position(View *k, View *v, long t, View *kc, View *vc, long layer, long p, long Hkv, long D)
+{
+    int c = kc->nd - 3; /* the caches' head dim */
+    for (long h = 0; h < Hkv; h++) {
+        const float *ks = F(*k) + t * k->st[0] + h * k->st[1], *vs = F(*v) + t * v->st[0] + h * v->st[1];
+        long ko = (c ? layer * kc->st[0] : 0) + h * kc->st[c] + p * kc->st[c + 1];
+        long vo = (c ? layer * vc->st[0] : 0) + h * vc->st[c] + p * vc->st[c + 1];
+        if (kc->type == NPY_FLOAT16) {
+            uint16_t *kd = (uint16_t *)kc->data + ko, *vd = (uint16_t *)vc->data + vo;
+            for (long d = 0; d < D; d++) {
+                kd[d] = sm_f32_to_f16(ks[d]);
+                vd[d] = sm_f32_to_f16(vs[d]);
+            }
+        } else {
+            memcpy(F(*kc) + ko, ks, D * 4);
+            memcpy(F(*vc) + vo, vs, D * 4);
+        }
+    }
+}
+
 static PyObject *py_kv_cache_store(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 5, "kv_cache_store")) return NULL;
@@ -601,28 +623,8 @@ static PyObject *py_kv_cache_store(PyObject *self, PyObject *const *args, Py_ssi
                      T, pos0, Smax);
         goto done;
     }
-    if (v[2].type == NPY_FLOAT16) { /* rounded to nearest even, as ggml's f32 -> f16 copy */
-        uint16_t *kc = (uint16_t *)v[2].data, *vc = (uint16_t *)v[3].data;
-        for (long t = 0; t < T; t++)
-            for (long h = 0; h < Hkv; h++) {
-                const float *ks = F(v[0]) + t * v[0].st[0] + h * v[0].st[1];
-                const float *vs = F(v[1]) + t * v[1].st[0] + h * v[1].st[1];
-                uint16_t *kd = kc + h * v[2].st[0] + (pos0 + t) * v[2].st[1];
-                uint16_t *vd = vc + h * v[3].st[0] + (pos0 + t) * v[3].st[1];
-                for (long d = 0; d < D; d++) {
-                    kd[d] = sm_f32_to_f16(ks[d]);
-                    vd[d] = sm_f32_to_f16(vs[d]);
-                }
-            }
-        ok = 1;
-        goto done;
-    }
     for (long t = 0; t < T; t++)
-        for (long h = 0; h < Hkv; h++) {
-            long p = pos0 + t;
-            memcpy(F(v[2]) + h * v[2].st[0] + p * v[2].st[1], F(v[0]) + t * v[0].st[0] + h * v[0].st[1], D * 4);
-            memcpy(F(v[3]) + h * v[3].st[0] + p * v[3].st[1], F(v[1]) + t * v[1].st[0] + h * v[1].st[1], D * 4);
-        }
+        kv_store_position(&v[0], &v[1], t, &v[2], &v[3], 0, pos0 + t, Hkv, D);
     ok = 1;
 done:
     return finish(v, 4, ok, Py_None);
@@ -1127,6 +1129,23 @@ done:
 
 static void rope_task(void *ctx, long a, long b) { K->rope_rows((const RopeArgs *)ctx, a, b); }
 
+/* what rope and rope_rows both need of x (T,H,D), out, freq_factors (D/2,) or absent, theta */
+static int rope_args_ok(View *v, int has_ff, double theta, PyObject *theta_obj)
+{
+    long D = v[0].shape[2];
+    if (same_shape(&v[0], "x", &v[1], "out")) return -1;
+    if (D % 2) return fail("rope needs an even head dim, got %ld", D);
+    if (D / 2 > SM_ROPE_MAX_HALF) return fail("head dim %ld is above the supported %d", D, 2 * SM_ROPE_MAX_HALF);
+    if (!(theta > 0.0)) return fail("theta must be positive, got %S", theta_obj);
+    if (has_ff) {
+        if (want_dim(&v[2], "freq_factors", 0, D / 2, "half the head dim")) return -1;
+        const float *ff = F(v[2]);  /* a unit-stride view (view_get copies otherwise) */
+        for (long i = 0; i < D / 2; i++)
+            if (!(ff[i] > 0.0f) || ff[i] == INFINITY) return fail("freq_factors[%ld] must be positive and finite", i);
+    }
+    return 0;
+}
+
 static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 6, "rope")) return NULL;
@@ -1143,23 +1162,236 @@ static PyObject *py_rope(PyObject *self, PyObject *const *args, Py_ssize_t n)
         (has_ff && view_get(&v[2], args[5], "freq_factors", KIND_F32, 1, 0, 0)))
         goto done;
     long T = v[0].shape[0], H = v[0].shape[1], D = v[0].shape[2];
-    if (same_shape(&v[0], "x", &v[1], "out") || views_apart(v, names, 3, 1u << 1, same_ok)) goto done;
-    if (D % 2) { fail("rope needs an even head dim, got %ld", D); goto done; }
-    if (D / 2 > SM_ROPE_MAX_HALF) { fail("head dim %ld is above the supported %d", D, 2 * SM_ROPE_MAX_HALF); goto done; }
+    if (rope_args_ok(v, has_ff, theta, args[2]) || views_apart(v, names, 3, 1u << 1, same_ok)) goto done;
     if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
-    if (!(theta > 0.0)) { fail("theta must be positive, got %S", args[2]); goto done; }
-    if (has_ff) {
-        if (want_dim(&v[2], "freq_factors", 0, D / 2, "half the head dim")) goto done;
-        const float *ff = F(v[2]);  /* a unit-stride view (view_get copies otherwise) */
-        for (long i = 0; i < D / 2; i++)
-            if (!(ff[i] > 0.0f) || ff[i] == INFINITY) { fail("freq_factors[%ld] must be positive and finite", i); goto done; }
-    }
     RopeArgs ra = {F(v[0]), F(v[1]), T, H, D / 2, pos0, (long)v[0].st[0], (long)v[0].st[1],
                    (long)v[1].st[0], (long)v[1].st[1], theta, neox, has_ff ? F(v[2]) : NULL};
     run(rope_task, &ra, T, 1, 6.0 * T * H * D + 100.0 * T * D);
     ok = 1;
 done:
     return finish(v, 3, ok, args[3]);
+}
+
+/* ---------------------------------------------------------------- rows: a decode batch's rows, each at
+ * its own position in its own KV cache (one call per layer instead of one per row) */
+
+/* positions (B,): one per row, each >= 0 */
+static int positions_ok(View *p, long B)
+{
+    if (want_dim(p, "positions", 0, B, "one per row")) return -1;
+    for (long b = 0; b < B; b++)
+        if (token_at(p, b) < 0) return fail("positions[%ld] must be >= 0, got %ld", b, token_at(p, b));
+    return 0;
+}
+
+/* rope_rows(x, positions, theta, out, neox, freq_factors): rope with row t at positions[t] */
+static PyObject *py_rope_rows(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 6, "rope_rows")) return NULL;
+    static const char *const names[4] = {"x", "out", "freq_factors", "positions"};
+    static const unsigned same_ok[4] = {[1] = 1u << 0};  /* out may be x */
+    View v[4] = {0};
+    int ok = 0, has_ff = args[5] != Py_None;
+    double theta = 0.0;
+    int neox = PyObject_IsTrue(args[4]);
+    if (neox < 0) return NULL;
+    if (view_get(&v[0], args[0], "x", KIND_F32, 3, 0, 0) ||
+        view_get(&v[3], args[1], "positions", KIND_INT, 1, 0, 0) || get_float(args[2], "theta", &theta) ||
+        view_get(&v[1], args[3], "out", KIND_F32, 3, 1, 0) ||
+        (has_ff && view_get(&v[2], args[5], "freq_factors", KIND_F32, 1, 0, 0)))
+        goto done;
+    long T = v[0].shape[0], H = v[0].shape[1], D = v[0].shape[2];
+    if (rope_args_ok(v, has_ff, theta, args[2]) || views_apart(v, names, 4, 1u << 1, same_ok) ||
+        positions_ok(&v[3], T))
+        goto done;
+    RopeArgs ra = {F(v[0]), F(v[1]), T, H, D / 2, 0, (long)v[0].st[0], (long)v[0].st[1],
+                   (long)v[1].st[0], (long)v[1].st[1], theta, neox, has_ff ? F(v[2]) : NULL,
+                   v[3].data, v[3].type == NPY_INT64, (long)v[3].st[0]};
+    run(rope_task, &ra, T, 1, 6.0 * T * H * D + 100.0 * T * D);
+    ok = 1;
+done:
+    return finish(v, 4, ok, args[3]);
+}
+
+/* The caches of B rows: the sequences ko, vo of B arrays (n_layers, Hkv, S_max, D) into kv[b]
+ * (keys) and kv[B + b] (values): row b's pair of one shape, all of one dtype, head dim D,
+ * layer and positions[b] inside them, and heads (written: exactly; read: a multiple of)
+ * their Hkv. Written caches must be usable in place: a copy would be written back over the
+ * other rows' slots when two rows share a cache. */
+static int caches_get(View *kv, PyObject *const *seqs, long B, long layer, View *pos, long heads, long D,
+                      int written)
+{
+    static const char *const which[2] = {"k_caches", "v_caches"};
+    char name[2][48];
+    for (int s = 0; s < 2; s++)
+        if (PySequence_Fast_GET_SIZE(seqs[s]) != B)
+            return fail("%s must hold one cache per row (%ld), got %zd", which[s], B,
+                        PySequence_Fast_GET_SIZE(seqs[s]));
+    for (long b = 0; b < B; b++) {
+        for (int s = 0; s < 2; s++) {
+            View *c = &kv[s * B + b];
+            snprintf(name[s], sizeof name[s], "%s[%ld]", which[s], b);
+            if (view_get(c, PySequence_Fast_GET_ITEM(seqs[s], b), name[s], KIND_CACHE, 4, written, 0)) return -1;
+            if (written && c->tmp)
+                return fail("%s must be an aligned array with a unit-stride last dim (it is written in place)",
+                            name[s]);
+        }
+        View *k = &kv[b];
+        long Hkv = (long)k->shape[1], S = (long)k->shape[2], p = token_at(pos, b);
+        if (same_shape(k, name[0], &kv[B + b], name[1]) || want_dim(k, name[0], 3, D, "the head dim")) return -1;
+        if (k->type != kv[0].type || kv[B + b].type != kv[0].type)
+            return fail("every cache must have the same dtype; %s or %s differs from k_caches[0]", name[0], name[1]);
+        if (layer >= (long)k->shape[0]) return fail("layer %ld is outside %s's %ld layers", layer, name[0], (long)k->shape[0]);
+        if (written ? Hkv != heads : Hkv < 1 || heads % Hkv)
+            return fail("%s has %ld KV heads; the rows have %ld heads, which must be %s", name[0], Hkv, heads,
+                        written ? "the same" : "a multiple of them");
+        if (p >= S) return fail("positions[%ld] = %ld is beyond %s's length %ld", b, p, name[0], S);
+    }
+    return 0;
+}
+
+/* seqs[0], seqs[1]: k_caches and v_caches as fast sequences (new references) */
+static int caches_sequences(PyObject **seqs, PyObject *ko, PyObject *vo)
+{
+    if (!PyList_Check(ko) && !PyTuple_Check(ko)) return fail("k_caches must be a list or tuple of arrays");
+    if (!PyList_Check(vo) && !PyTuple_Check(vo)) return fail("v_caches must be a list or tuple of arrays");
+    seqs[0] = PySequence_Fast(ko, "k_caches");
+    seqs[1] = PySequence_Fast(vo, "v_caches");
+    if (seqs[0] && seqs[1]) return 0;
+    Py_CLEAR(seqs[0]);
+    Py_CLEAR(seqs[1]);
+    return -1;
+}
+
+/* drop caches_get's views (their copies, made only of read caches, need no write back) */
+static void caches_release(View *kv, long n)
+{
+    if (!kv) return;
+    for (long i = 0; i < n; i++) view_done(&kv[i], 0);
+    PyMem_Free(kv);
+}
+
+/* kv_cache_store_rows(k, v, k_caches, v_caches, layer, positions): for each row b,
+ * k_caches[b][layer][:, positions[b]] = k[b] (v alike); no two rows may write one slot */
+static PyObject *py_kv_cache_store_rows(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 6, "kv_cache_store_rows")) return NULL;
+    PyObject *seqs[2] = {NULL, NULL};
+    if (caches_sequences(seqs, args[2], args[3])) return NULL;
+    View io[3] = {0};  /* k, v, positions */
+    View *kv = NULL;
+    long B = 0, layer = 0;
+    int ok = 0;
+    if (view_get(&io[0], args[0], "k", KIND_F32, 3, 0, 0) || view_get(&io[1], args[1], "v", KIND_F32, 3, 0, 0) ||
+        get_long(args[4], "layer", &layer) || view_get(&io[2], args[5], "positions", KIND_INT, 1, 0, 0))
+        goto done;
+    B = io[0].shape[0];
+    long Hkv = io[0].shape[1], D = io[0].shape[2];
+    if (same_shape(&io[0], "k", &io[1], "v") || positions_ok(&io[2], B)) goto done;
+    if (layer < 0) { fail("layer must be >= 0, got %ld", layer); goto done; }
+    kv = PyMem_Calloc(2 * B + 1, sizeof(View));
+    if (!kv) { PyErr_NoMemory(); goto done; }
+    if (caches_get(kv, seqs, B, layer, &io[2], Hkv, D, 1)) goto done;
+    static const char *const in_names[3] = {"k", "v", "positions"};
+    char on[48], in[48];
+    for (long i = 0; i < 2 * B; i++) {
+        snprintf(on, sizeof on, "%s[%ld]", i < B ? "k_caches" : "v_caches", i % B);
+        for (int j = 0; j < 3; j++)
+            if (no_overlap(&kv[i], on, &io[j], in_names[j], 0)) goto done;
+        for (long j = i + 1; j < 2 * B; j++) {
+            snprintf(in, sizeof in, "%s[%ld]", j < B ? "k_caches" : "v_caches", j % B);
+            if (no_overlap(&kv[i], on, &kv[j], in, 1)) goto done;
+            if (same_array(kv[i].arr, kv[j].arr) && token_at(&io[2], i % B) == token_at(&io[2], j % B)) {
+                fail("%s and %s are one array, written at the same position %ld", on, in, token_at(&io[2], i % B));
+                goto done;
+            }
+        }
+    }
+    for (long b = 0; b < B; b++)
+        kv_store_position(&io[0], &io[1], b, &kv[b], &kv[B + b], layer, token_at(&io[2], b), Hkv, D);
+    ok = 1;
+done:
+    caches_release(kv, 2 * B);
+    Py_DECREF(seqs[0]);
+    Py_DECREF(seqs[1]);
+    return finish(io, 3, ok, Py_None);
+}
+
+/* One (row, head) per i = b*H + h: row b's attention, a one-query call of the kernel that
+ * attention() runs for that cache, so each row's result is attention()'s bit for bit. */
+typedef struct {
+    const AttnArgs *rows;
+    long H;
+    int half;
+} AttnRowsArgs;
+
+static void attn_rows_task(void *ctx, long i0, long i1)
+{
+    const AttnRowsArgs *r = ctx;
+    void (*fn)(const AttnArgs *, long, long) = r->half ? K->attention_half : K->attention;
+    for (long i = i0; i < i1;) {
+        long b = i / r->H, h1 = i1 - b * r->H < r->H ? i1 - b * r->H : r->H;
+        fn(&r->rows[b], i - b * r->H, h1);
+        i = b * r->H + h1;
+    }
+}
+
+/* attention_rows(q, k_caches, v_caches, layer, positions, out, scale, window): row b's
+ * query attends to its own caches' layer up to positions[b] */
+static PyObject *py_attention_rows(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 8, "attention_rows")) return NULL;
+    PyObject *seqs[2] = {NULL, NULL};
+    if (caches_sequences(seqs, args[1], args[2])) return NULL;
+    static const char *const names[3] = {"q", "positions", "out"};
+    View io[3] = {0};
+    View *kv = NULL;
+    AttnArgs *rows = NULL;
+    long B = 0, layer = 0, window = 0;
+    double scale = 0.0;
+    int ok = 0;
+    if (view_get(&io[0], args[0], "q", KIND_F32, 3, 0, 0) || get_long(args[3], "layer", &layer) ||
+        view_get(&io[1], args[4], "positions", KIND_INT, 1, 0, 0) ||
+        view_get(&io[2], args[5], "out", KIND_F32, 3, 1, 0) || get_float(args[6], "scale", &scale) ||
+        get_long(args[7], "window", &window))
+        goto done;
+    B = io[0].shape[0];
+    long H = io[0].shape[1], D = io[0].shape[2];
+    if (same_shape(&io[0], "q", &io[2], "out") || positions_ok(&io[1], B)) goto done;
+    if (layer < 0) { fail("layer must be >= 0, got %ld", layer); goto done; }
+    if (window < 0) { fail("window must be >= 0 (0: no sliding window), got %ld", window); goto done; }
+    if (D > SM_ATTN_MAX_D) { fail("head dim %ld is above the supported %d", D, SM_ATTN_MAX_D); goto done; }
+    kv = PyMem_Calloc(2 * B + 1, sizeof(View));
+    rows = PyMem_Calloc(B + 1, sizeof(AttnArgs));
+    if (!kv || !rows) { PyErr_NoMemory(); goto done; }
+    if (caches_get(kv, seqs, B, layer, &io[1], H, D, 0) || views_apart(io, names, 3, 1u << 2, NULL)) goto done;
+    char cn[48];
+    for (long i = 0; i < 2 * B; i++) {
+        snprintf(cn, sizeof cn, "%s[%ld]", i < B ? "k_caches" : "v_caches", i % B);
+        if (no_overlap(&io[2], "out", &kv[i], cn, 0)) goto done;
+    }
+    int half = B > 0 && kv[0].type == NPY_FLOAT16;
+    double work = 0.0;
+    for (long b = 0; b < B; b++) {
+        View *k = &kv[b], *v = &kv[B + b];
+        long pos = token_at(&io[1], b), Hkv = (long)k->shape[1];
+        const char *kd = k->data + layer * k->st[0] * k->elsize, *vd = v->data + layer * v->st[0] * v->elsize;
+        rows[b] = (AttnArgs){F(io[0]) + b * io[0].st[0], half ? NULL : (const float *)kd,
+                             half ? NULL : (const float *)vd, F(io[2]) + b * io[2].st[0], 1, H, D, H / Hkv, pos,
+                             (long)io[0].st[0], (long)io[0].st[1], (long)k->st[1], (long)k->st[2],
+                             (long)v->st[1], (long)v->st[2], (long)io[2].st[0], (long)io[2].st[1], (float)scale,
+                             window, half ? (const uint16_t *)kd : NULL, half ? (const uint16_t *)vd : NULL};
+        work += 4.0 * H * (pos + 1) * D;
+    }
+    AttnRowsArgs ra = {rows, H, half};
+    run(attn_rows_task, &ra, B * H, 1, work);
+    ok = 1;
+done:
+    caches_release(kv, 2 * B);
+    PyMem_Free(rows);
+    Py_DECREF(seqs[0]);
+    Py_DECREF(seqs[1]);
+    return finish(io, 3, ok, args[5]);
 }
 
 /* ---------------------------------------------------------------- loss, optimizer */
@@ -1502,7 +1734,7 @@ static PyMethodDef methods[] = {
     FAST(silu), FAST(swiglu), FAST(geglu), FAST(softmax), FAST(causal_softmax), FAST(softmax_backward),
     FAST(rope), FAST(cross_entropy), FAST(adamw_step), FAST(tuning), FAST(quant_linear),
     FAST(quant_embedding), FAST(quant_dequantize), FAST(gemm_linear), FAST(gemm_dx), FAST(gemm_dw),
-    FAST(round_bf16), FAST(sample_softmax),
+    FAST(round_bf16), FAST(sample_softmax), FAST(rope_rows), FAST(kv_cache_store_rows), FAST(attention_rows),
     {"select_isa", py_select_isa, METH_O, "select_isa(name) -> name: 'avx512', 'avx2', 'generic' or 'best'"},
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
     {"quant_isa", py_quant_isa, METH_NOARGS, "the ISA whose quantized-weight kernels run"},
