@@ -859,7 +859,7 @@ OUTPUTS = {"linear": [3], "embedding": [4], "embedding_backward": [2], "layer_no
            "layer_norm_backward": [5, 6, 7], "rms_norm": [2], "gelu": [1], "gelu_backward": [2], "silu": [1],
            "swiglu": [2], "geglu": [2], "softmax": [1], "causal_softmax": [1], "softmax_backward": [2],
            "rope": [3], "kv_cache_store": [2, 3], "attention": [4], "cross_entropy": [2, 3],
-           "adamw_step": [0, 2, 3]}
+           "adamw_step": [0, 2, 3], "rope_rows": [3], "kv_cache_store_rows": [2, 3], "attention_rows": [5]}
 
 def valid(name):
     # a correct argument list for each kernel, at small random sizes
@@ -885,10 +885,27 @@ def valid(name):
         "attention": lambda: [f(T, 2 * H, D), f(H, S, D), f(H, S, D), S - T, f(T, 2 * H, D), 0.3],
         "cross_entropy": lambda: [f(T, C), ids(T, C), f(T), f(T, C), 0.5],
         "adamw_step": lambda: [f(N), f(N), f(N), np.abs(f(N)), 1e-3, 0.9, 0.95, 1e-8, 0.1, 3],
+        "rope_rows": lambda: [f(T, H, 2 * D), ids(T, 5000), 1e4, f(T, H, 2 * D), bool(rng.integers(2))],
+        "kv_cache_store_rows": lambda: [f(T, H, D), f(T, H, D), [f(3, H, S, D) for _ in range(T)],
+                                        [f(3, H, S, D) for _ in range(T)], int(rng.integers(3)),
+                                        rng.permutation(S)[:T]],
+        "attention_rows": lambda: [f(T, 2 * H, D), [f(2, H, S, D) for _ in range(T)],
+                                   [f(2, H, S, D) for _ in range(T)], int(rng.integers(2)), ids(T, S),
+                                   f(T, 2 * H, D), 0.3, int(rng.integers(3))],
     }[name]()
 
 def mutate(a):
     r = rng.random()
+    if isinstance(a, list):  # the rows kernels' caches: one mutated, one dropped, or one array twice
+        a = list(a)
+        i = int(rng.integers(len(a)))
+        if r < 0.6:
+            a[i] = mutate(a[i])
+        elif r < 0.8:
+            del a[i]
+        else:
+            a[i] = a[int(rng.integers(len(a)))]
+        return a
     if not isinstance(a, np.ndarray):
         return [None, -1, 0, 2**62, -2**62, float("nan"), float("inf"), 1e300, "x", 10**30][rng.integers(10)]
     if r < 0.2:
@@ -935,7 +952,7 @@ def layout(a):
 
 def tame(args):
     # every value finite and moderate: then the native result must equal the reference's
-    for a in args:
+    for a in [x for a in args for x in (a if isinstance(a, list) else [a])]:
         if isinstance(a, np.ndarray):
             if a.size == 0 or (a.dtype.kind == "f" and not (np.isfinite(a).all() and np.abs(a).max() < 1e4)):
                 return False
@@ -946,7 +963,8 @@ def tame(args):
 def reference_twin(args):
     # copies of the arguments that alias each other exactly where the originals do
     copies = {}
-    return [copies.setdefault(layout(a), np.array(a)) if isinstance(a, np.ndarray) else a for a in args]
+    twin = lambda a: copies.setdefault(layout(a), np.array(a)) if isinstance(a, np.ndarray) else a
+    return [[twin(x) for x in a] if isinstance(a, list) else twin(a) for a in args]
 
 def overlap_accepted(name, args):
     # an output sharing memory with another argument that is not exactly it (same layout)
@@ -990,7 +1008,9 @@ for i in range(4000):
             problem = f"{name}: native accepted what the reference refuses ({type(e).__name__}: {e})"
         else:
             compared += 1
-            for j, (got, want) in enumerate(zip(args, twin)):
+            pairs = [(j, g, w) for j, (got, want) in enumerate(zip(args, twin))
+                     for g, w in (zip(got, want) if isinstance(got, list) else [(got, want)])]
+            for j, got, want in pairs:
                 if isinstance(got, np.ndarray) and not np.allclose(got, want, rtol=2e-3, atol=2e-4, equal_nan=True):
                     problem = f"{name}: argument {j} differs from the reference by {np.nanmax(np.abs(got - want))}"
                     break
