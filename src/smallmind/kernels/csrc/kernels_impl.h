@@ -493,7 +493,8 @@ static void FN(attention_half)(const AttnArgs *a, long i0, long i1)
         long S = a->pos0 + t + 1;
         long first = a->window > 0 && S > a->window ? S - a->window : 0;
         long n = S - first;
-        for (long d = 0; d < D; d++) qh[d] = sm_f16_to_f32(sm_f32_to_f16(q[d]));
+        for (long d = 0; d < D; d++) qh[d] = q[d];
+        sm_round_half(qh, D, 1.0f); /* q * 1 is q: the F16C rounding where the ISA has it */
         for (long d = 0; d < D; d++) acc[d] = 0.0f;
         float m = -INFINITY;
         for (long c0 = 0; c0 < n; c0 += CH) {
