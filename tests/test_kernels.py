@@ -1316,7 +1316,7 @@ thread = threading.Thread(target=other)
 thread.start()
 before = ran[0]
 for _ in range(200):
-    native.attention(q, kc, kc, 60, out, 0.1)   # tens of microseconds of work
+    SHORT_CALL   # tens of microseconds of work
 short = ran[0] - before
 before = ran[0]
 for _ in range(20):
@@ -1329,9 +1329,16 @@ print(short, long)
 """
 
 
-def test_a_short_kernel_keeps_the_gil_and_a_long_one_lets_other_threads_run():
+@pytest.mark.parametrize("short_call", [
+    "native.attention(q, kc, kc, 60, out, 0.1)",
+    # a decode batch's 8 rows: 8 times the work, and the GIL kept as by the per-row calls it replaces
+    "native.attention_rows(x[:, :256].reshape(8, 8, 32), [kc[None]] * 8, [kc[None]] * 8, 0, np.full(8, 60), "
+    "y[:, :256].reshape(8, 8, 32), 0.1, 0)",
+], ids=["attention", "attention_rows"])
+def test_a_short_kernel_keeps_the_gil_and_a_long_one_lets_other_threads_run(short_call):
     # in a fresh interpreter: no thread of another test may take the GIL meanwhile
-    result = subprocess.run([sys.executable, "-c", GIL_PROBE], capture_output=True, text=True, timeout=120)
+    probe = GIL_PROBE.replace("SHORT_CALL", short_call)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     short, long = map(int, result.stdout.split())
     assert short == 0 and long > 0

@@ -300,19 +300,26 @@ static int nargs_ok(Py_ssize_t n, Py_ssize_t want, const char *fn)
     return -1;
 }
 
-static void run(sm_task_fn fn, void *ctx, long total, long grain, double work)
+/* run fn over [0, total) of `work`: inline when small, on the pool when not, letting go of the
+ * GIL when gil_work (the work one holding of the GIL is weighed by) is large */
+static void run_gil(sm_task_fn fn, void *ctx, long total, long grain, double work, double gil_work)
 {
     if (work < (double)parallel_min_work) {
         fn(ctx, 0, total);
         return;
     }
-    if (work < (double)gil_min_work) {
+    if (gil_work < (double)gil_min_work) {
         sm_parallel_for(fn, ctx, total, grain);
         return;
     }
     Py_BEGIN_ALLOW_THREADS
     sm_parallel_for(fn, ctx, total, grain);
     Py_END_ALLOW_THREADS
+}
+
+static void run(sm_task_fn fn, void *ctx, long total, long grain, double work)
+{
+    run_gil(fn, ctx, total, grain, work, work);
 }
 
 /* release the caller's views; on success return `ret` (new reference), else NULL */
@@ -1232,7 +1239,10 @@ static PyObject *py_rope_rows(PyObject *self, PyObject *const *args, Py_ssize_t 
     RopeArgs ra = {F(v[0]), F(v[1]), T, H, D / 2, 0, (long)v[0].st[0], (long)v[0].st[1],
                    (long)v[1].st[0], (long)v[1].st[1], theta, neox, has_ff ? F(v[2]) : NULL,
                    v[3].data, v[3].type == NPY_INT64, (long)v[3].st[0]};
-    run(rope_task, &ra, T, 1, 6.0 * T * H * D + 100.0 * T * D);
+    /* the GIL kept or let go of as for one row: a decode batch's rows kernels keep it when the
+     * per-row calls they replace did, since in a server the engine thread that lets go of it
+     * waits to get it back behind the HTTP threads */
+    run_gil(rope_task, &ra, T, 1, 6.0 * T * H * D + 100.0 * T * D, 6.0 * H * D + 100.0 * D);
     ok = 1;
 done:
     return finish(v, 4, ok, args[3]);
@@ -1409,7 +1419,7 @@ static PyObject *py_attention_rows(PyObject *self, PyObject *const *args, Py_ssi
         work += 4.0 * H * (pos + 1) * D;
     }
     AttnRowsArgs ra = {rows, H, half};
-    run(attn_rows_task, &ra, B * H, 1, work);
+    run_gil(attn_rows_task, &ra, B * H, 1, work, B ? work / B : 0.0); /* the GIL as for one row (rope_rows) */
     ok = 1;
 done:
     caches_release(kv, 2 * B);
