@@ -1332,8 +1332,8 @@ print(short, long)
 @pytest.mark.parametrize("short_call", [
     "native.attention(q, kc, kc, 60, out, 0.1)",
     # a decode batch's 8 rows: 8 times the work, and the GIL kept as by the per-row calls it replaces
-    "native.attention_rows(x[:, :256].reshape(8, 8, 32), [kc[None]] * 8, [kc[None]] * 8, 0, np.full(8, 60), "
-    "y[:, :256].reshape(8, 8, 32), 0.1, 0)",
+    ("native.attention_rows(x[:, :256].reshape(8, 8, 32), [kc[None]] * 8, [kc[None]] * 8, 0, np.full(8, 60), "
+     "y[:, :256].reshape(8, 8, 32), 0.1, 0)"),
 ], ids=["attention", "attention_rows"])
 def test_a_short_kernel_keeps_the_gil_and_a_long_one_lets_other_threads_run(short_call):
     # in a fresh interpreter: no thread of another test may take the GIL meanwhile
