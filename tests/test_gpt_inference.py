@@ -372,3 +372,13 @@ def test_forward_batch_refuses_rows_it_cannot_run(rows, positions, message):
     s.prefill(np.array([1, 2], np.int32))
     with pytest.raises(SmallMindError, match=message):
         net.forward_batch(net.workspace(2), [s.kv] * rows, np.full(rows, 3, np.int32), np.array(positions))
+
+
+def test_forward_batch_refuses_a_position_beyond_the_position_embeddings():
+    # a cache longer than the context: the position would index past wpe
+    cfg = preset("tiny")
+    net = GPT(init_params(cfg, seed=5))
+    kv = KVCache(cfg.n_layers, cfg.n_heads, cfg.context_length + 4, cfg.head_dim)
+    kv.length = cfg.context_length
+    with pytest.raises(ContextLengthError, match="beyond the context length"):
+        net.forward_batch(net.workspace(1), [kv], np.array([3], np.int32), np.array([cfg.context_length]))
