@@ -5,6 +5,7 @@ import pytest
 
 from smallmind.errors import ContextLengthError
 from smallmind.formats.tokenizer import train_tokenizer
+from smallmind.memory import map_large_allocations
 from smallmind.models.gpt import init_params, preset
 from smallmind.runtime.engine import Delta, Engine, EngineBusy, Failed, Finished, GenerationRequest
 from smallmind.runtime.model import as_model
@@ -214,6 +215,10 @@ def test_the_kv_pool_is_committed_at_start_not_by_the_first_requests():
     tokenizer = train_tokenizer("bpe", TEXT, 300)
     cfg = preset("tiny", vocab_size=tokenizer.vocab_size, context_length=4096)
     model = as_model((cfg, init_params(cfg, seed=1), tokenizer))
+    # the pool must come from fresh pages: after earlier tests freed large arrays, glibc's moving
+    # threshold would serve it from heap memory that is already resident (smallmind.load fixes
+    # the threshold the same way)
+    map_large_allocations()
     before = resident_bytes()
     engine = Engine(model, parallel=8, ctx=4096)
     try:
