@@ -322,7 +322,7 @@ def test_native_linear_matches_twin_on_real_tensors(isa, rng, which, qtype):
 
 
 @pytest.mark.parametrize("qtype", ["Q6_K", "Q8_0", "Q5_0"])
-@pytest.mark.parametrize("T", [1, 6, 20])
+@pytest.mark.parametrize("T", [1, 6, 20, 130])
 def test_native_linear_gives_the_same_bits_on_one_and_two_threads(rng, qtype, T):
     w = random_qtensor(rng, qtype, 1001, 512)
     x = rng.standard_normal((T, 512)).astype(np.float32)

@@ -21,6 +21,7 @@ typedef struct {                                                  /* Q4_K, Q5_K,
 } sm_q8_k;
 
 #define SM_QTILE 16   /* activation rows sharing one unpacked weight block */
+#define SM_QTBLOCK 64 /* activation rows kept in L2 while a range of weight rows passes */
 
 typedef struct {
     int qtype;

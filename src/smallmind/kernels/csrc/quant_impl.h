@@ -786,9 +786,16 @@ static long QFN(linear_rows_x8)(const QLinearArgs *a, long n0, long n1)
         for (; n + 8 <= n1; n += 8) g(a, n);
         return n;
     }
-    for (; n + 8 <= n1; n += 8)
-        for (long t0 = 0; t0 < a->T; t0 += SM_QTILE) f(a, n, t0, a->T - t0 < SM_QTILE ? a->T - t0 : SM_QTILE);
-    return n;
+    /* activation rows in blocks that stay in the core's L2 while every weight row of the
+     * range passes over them (a long prompt's activations would stream from L3 once per
+     * group of eight weight rows otherwise) */
+    long n_end = n0 + (n1 - n0) / 8 * 8;
+    for (long tb = 0; tb < a->T; tb += SM_QTBLOCK) {
+        long te = a->T - tb < SM_QTBLOCK ? a->T : tb + SM_QTBLOCK;
+        for (n = n0; n < n_end; n += 8)
+            for (long t0 = tb; t0 < te; t0 += SM_QTILE) f(a, n, t0, te - t0 < SM_QTILE ? te - t0 : SM_QTILE);
+    }
+    return n_end;
 }
 #endif
 
