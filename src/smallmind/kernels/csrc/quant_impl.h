@@ -817,6 +817,122 @@ static void QFN(linear_rows)(const QLinearArgs *a, long n0, long n1)
     }
 }
 
+#ifdef SM_QUANT_AVX2
+/* ---------------------------------------------------------------- AVX2: activations
+ *
+ * quant.c's formulas eight values at a time, with the same float32 operations (max, one
+ * multiply, rounding to nearest even) so the bytes are identical, down to non-finite
+ * products (see q_lanes) and NaNs skipped by the maximum as fmaxf and `a > amax` skip them. */
+
+static inline __m256 abs8(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+
+/* the largest lane (no NaN lanes) */
+static inline float hmax8(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* v * s rounded to the nearest integer, ties to even, at most `top`; then NaN and +-inf
+ * become 0, as the scalar conversion to int8 gives (its int32 0x80000000 ends in 0) */
+static inline __m256i q_lanes(__m256 v, __m256 s, __m256 top)
+{
+    __m256 r = _mm256_min_ps(top, _mm256_round_ps(_mm256_mul_ps(v, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    r = _mm256_and_ps(r, _mm256_cmp_ps(abs8(r), _mm256_set1_ps(__builtin_inff()), _CMP_LT_OQ));
+    return _mm256_cvtps_epi32(r);
+}
+
+/* four vectors of 8 int32 in -128..127 -> 32 int8 in order */
+static inline __m256i pack32(const __m256i *r)
+{
+    __m256i v = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+    return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* x (32,) -> q and the sum of q; returns d = amax / 127 (unrounded) */
+static inline float q8_block8(const float *x, int8_t *q, int32_t *sum)
+{
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        m = _mm256_max_ps(abs8(v[i]), m);
+    }
+    float amax = hmax8(m);
+    /* no clamp: quant.c's Q8_0 has none */
+    __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f), top = _mm256_set1_ps(__builtin_inff());
+    __m256i r[4];
+    for (int i = 0; i < 4; i++) r[i] = q_lanes(v[i], id, top);
+    _mm256_storeu_si256((__m256i *)q, pack32(r));
+    *sum = vi_sum(_mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3])));
+    return amax / 127.0f;
+}
+
+/* x (256,) -> one Q8_K block: the first value of largest magnitude maps to -127 */
+static inline void q8_k_block8(const float *x, sm_q8_k *y)
+{
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 32; i++) m = _mm256_max_ps(abs8(_mm256_loadu_ps(x + 8 * i)), m);
+    float amax = hmax8(m), peak = 0.0f;
+    if (amax == 0.0f) {
+        memset(y, 0, sizeof *y);
+        return;
+    }
+    for (int i = 0; i < 32; i++) {
+        int hit = _mm256_movemask_ps(_mm256_cmp_ps(abs8(_mm256_loadu_ps(x + 8 * i)), _mm256_set1_ps(amax), _CMP_EQ_OQ));
+        if (hit) {
+            peak = x[8 * i + __builtin_ctz((unsigned)hit)];
+            break;
+        }
+    }
+    float iscale = -127.0f / peak;
+    __m256 s = _mm256_set1_ps(iscale), top = _mm256_set1_ps(127.0f);
+    for (int c = 0; c < 8; c++) {
+        __m256i r[4];
+        for (int i = 0; i < 4; i++) r[i] = q_lanes(_mm256_loadu_ps(x + 32 * c + 8 * i), s, top);
+        _mm256_storeu_si256((__m256i *)(y->qs + 32 * c), pack32(r));
+        int s0 = vi_sum(_mm256_add_epi32(r[0], r[1])), s1 = vi_sum(_mm256_add_epi32(r[2], r[3]));
+        y->bsum16[2 * c] = (int16_t)s0;
+        y->bsum16[2 * c + 1] = (int16_t)s1;
+        y->bsum32[c] = s0 + s1;
+    }
+    y->d = 1.0f / iscale;
+}
+
+static void QFN(quantize_row)(int qtype, const float *x, uint8_t *dst, long K)
+{
+    switch (qtype) {
+    case SM_Q4_1: case SM_Q5_1: {
+        sm_q8_1 *y = (sm_q8_1 *)dst;
+        for (long b = 0; b < K / 32; b++) {
+            int32_t sum;
+            float d = q8_block8(x + 32 * b, y[b].qs, &sum);
+            y[b].d = sm_round_half(d);
+            y[b].s = sm_round_half(d * (float)sum);
+        }
+        return;
+    }
+    case SM_Q4_0: case SM_Q5_0: case SM_Q8_0: {
+        sm_q8_0 *y = (sm_q8_0 *)dst;
+        for (long b = 0; b < K / 32; b++) y[b].d = sm_round_half(q8_block8(x + 32 * b, y[b].qs, &y[b].sum));
+        return;
+    }
+    case SM_Q4_K: case SM_Q5_K: case SM_Q6_K: {
+        sm_q8_k *y = (sm_q8_k *)dst;
+        for (long b = 0; b < K / 256; b++) q8_k_block8(x + 256 * b, &y[b]);
+        return;
+    }
+    default:
+        sm_quantize_row(qtype, x, dst, K);
+        return;
+    }
+}
+#define SM_QUANTIZE_ROW QFN(quantize_row)
+#else
+#define SM_QUANTIZE_ROW sm_quantize_row
+#endif
+
 /* ---------------------------------------------------------------- dequantize */
 
 /* one row of K values, with the float operations of the reference decoder (gguf) */
@@ -901,4 +1017,4 @@ static void QFN(dequant_row)(int qtype, const uint8_t *src, float *dst, long K)
     }
 }
 
-const QuantTable SM_QCAT(sm_qtable, SM_QSUFFIX) = {SM_QISA_NAME, QFN(linear_rows), QFN(dequant_row)};
+const QuantTable SM_QCAT(sm_qtable, SM_QSUFFIX) = {SM_QISA_NAME, QFN(linear_rows), QFN(dequant_row), SM_QUANTIZE_ROW};
