@@ -12,7 +12,9 @@
  * The AVX2 build works on groups of eight rows (one float lane per row, see "eight weight
  * rows at once"), with decode (one activation row) variants that keep the accumulator in a
  * register and prefetch the weights ahead; leftover rows and F16/BF16 weights take the
- * one-row code. */
+ * one-row code. Many-row products take the activation rows in L2-sized blocks, and the
+ * activations themselves are quantized once per product (module.c) by quantize_row, eight
+ * values at a time in the AVX2 build, to quant.c's exact bytes. */
 #pragma GCC optimize("fp-contract=off")
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
