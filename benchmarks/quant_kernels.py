@@ -3,7 +3,7 @@ per product, effective GB/s of weight bytes read, at 1 and 2 threads, beside the
 on the same shape (whose weights are 4 bytes a value).
 
 Shapes: decode (T=1) on 2048x640 (2048x768 for the K-quants) and 640x2048 (Gemma 3 270M's
-FFN), a few rows (T=8), a prefill (T=128), and the 262144x640 Q8_0 embedding-sized output
+FFN), a few rows (T=8), prefills (T=128 and T=512), and the 262144x640 Q8_0 embedding-sized output
 product at T=1 and T=8. Random bytes with finite half scales stand in for weights (the speed
 does not depend on the values).
 
@@ -67,7 +67,7 @@ def main():
     rng = np.random.default_rng(0)
     # the K-quants need whole super-blocks of 256: 2048x768 stands in for 2048x640
     cases = [(q, N, K if QTYPES[q][1] <= 32 or K % 256 == 0 else 768, T)
-             for q in args.formats for (N, K) in ((2048, 640), (640, 2048)) for T in (1, 8, 128)]
+             for q in args.formats for (N, K) in ((2048, 640), (640, 2048)) for T in (1, 8, 128, 512)]
     if "Q8_0" in args.formats:
         # Gemma 3's tied LM head: once a token (T=1) and for 8 sequences decoded together (T=8)
         cases[:0] = [("Q8_0", 262144, 640, 1), ("Q8_0", 262144, 640, 8)]

@@ -321,8 +321,29 @@ def test_native_linear_matches_twin_on_real_tensors(isa, rng, which, qtype):
         _check_native_linear(w, x, None, False, rng)
 
 
+def awkward_activations(K):
+    # (5, K): a zero row, rounding ties (largest magnitude 127, so the scale is exactly 1),
+    # the largest magnitude reached with both signs (the first decides Q8_K's sign), a
+    # lone nonzero value, and values of wildly different sizes
+    x = np.zeros((5, K), np.float32)
+    ties = np.resize(np.array([2.5, -3.5, 0.5, -0.5, 126.5, 127.0, -1.5, 4.5], np.float32), K)
+    ties[::32] = 127.0
+    x[1] = ties
+    x[2, ::2], x[2, 1::2] = -9.0, 9.0
+    x[2, 1::64] = 3.0
+    x[3, K // 2] = -2.0
+    x[4] = np.resize(np.array([1e-30, 300.0, -7e-3, 1.0], np.float32), K)
+    return x
+
+
+@pytest.mark.parametrize("qtype", BLOCK_FORMATS)
+def test_native_linear_matches_twin_on_awkward_activations(isa, rng, qtype):
+    w = random_qtensor(rng, qtype, 19, cols_for(qtype, 2))
+    _check_native_linear(w, awkward_activations(w.shape[1]), None, False, rng)
+
+
 @pytest.mark.parametrize("qtype", ["Q6_K", "Q8_0", "Q5_0"])
-@pytest.mark.parametrize("T", [1, 6, 20])
+@pytest.mark.parametrize("T", [1, 6, 20, 130])
 def test_native_linear_gives_the_same_bits_on_one_and_two_threads(rng, qtype, T):
     w = random_qtensor(rng, qtype, 1001, 512)
     x = rng.standard_normal((T, 512)).astype(np.float32)

@@ -812,7 +812,7 @@ typedef struct {
 static void quantize_task(void *ctx, long t0, long t1)
 {
     const QuantizeCtx *c = ctx;
-    for (long t = t0; t < t1; t++) sm_quantize_row(c->qtype, c->x + t * c->xs, c->dst + t * c->xrow, c->K);
+    for (long t = t0; t < t1; t++) Q->quantize_row(c->qtype, c->x + t * c->xs, c->dst + t * c->xrow, c->K);
 }
 
 static void qlinear_task(void *ctx, long a, long b) { Q->linear_rows((const QLinearArgs *)ctx, a, b); }

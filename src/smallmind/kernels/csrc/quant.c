@@ -40,7 +40,7 @@ static uint16_t float_to_half(float f)
     return (uint16_t)(sign | ((mant - 0x38000000u) >> 13));
 }
 
-static inline float round_half(float f) { return sm_half_to_float(float_to_half(f)); }
+float sm_round_half(float f) { return sm_half_to_float(float_to_half(f)); }
 
 /* nearest integer, ties to even, for |v| < 2^22 */
 static inline float round_even(float v) { return (v + 12582912.0f) - 12582912.0f; }
@@ -96,7 +96,7 @@ void sm_quantize_row(int qtype, const float *x, uint8_t *dst, long K)
     switch (qtype) {
     case SM_F16: {
         float *o = (float *)dst;
-        for (long i = 0; i < K; i++) o[i] = round_half(x[i]);
+        for (long i = 0; i < K; i++) o[i] = sm_round_half(x[i]);
         return;
     }
     case SM_BF16: {
@@ -114,8 +114,8 @@ void sm_quantize_row(int qtype, const float *x, uint8_t *dst, long K)
             float d = q8_block(x + 32 * b, y[b].qs);
             int32_t sum = 0;
             for (int j = 0; j < 32; j++) sum += y[b].qs[j];
-            y[b].d = round_half(d);
-            y[b].s = round_half(d * (float)sum);
+            y[b].d = sm_round_half(d);
+            y[b].s = sm_round_half(d * (float)sum);
         }
         return;
     }
@@ -127,7 +127,7 @@ void sm_quantize_row(int qtype, const float *x, uint8_t *dst, long K)
     default: {
         sm_q8_0 *y = (sm_q8_0 *)dst;
         for (long b = 0; b < K / 32; b++) {
-            y[b].d = round_half(q8_block(x + 32 * b, y[b].qs));
+            y[b].d = sm_round_half(q8_block(x + 32 * b, y[b].qs));
             int32_t sum = 0;
             for (int j = 0; j < 32; j++) sum += y[b].qs[j];
             y[b].sum = sum;

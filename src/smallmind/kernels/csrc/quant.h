@@ -21,6 +21,7 @@ typedef struct {                                                  /* Q4_K, Q5_K,
 } sm_q8_k;
 
 #define SM_QTILE 16   /* activation rows sharing one unpacked weight block */
+#define SM_QTBLOCK 64 /* activation rows kept in L2 while a range of weight rows passes */
 
 typedef struct {
     int qtype;
@@ -38,12 +39,14 @@ typedef struct {
     const char *name;
     void (*linear_rows)(const QLinearArgs *, long n0, long n1);  /* output features n0..n1-1 */
     void (*dequant_row)(int qtype, const uint8_t *src, float *dst, long K);
+    void (*quantize_row)(int qtype, const float *x, uint8_t *dst, long K);  /* = sm_quantize_row's bytes */
 } QuantTable;
 
 /* portable, identical on every ISA (quant.c): x (K,) -> one row of activations; bytes per row */
 long sm_act_row_bytes(int qtype, long K);
 void sm_quantize_row(int qtype, const float *x, uint8_t *dst, long K);
 float sm_half_to_float(uint16_t h);
+float sm_round_half(float f);  /* the nearest half's value, ties to even */
 
 extern const QuantTable sm_qtable_generic;
 #if defined(__x86_64__) && defined(__GNUC__)

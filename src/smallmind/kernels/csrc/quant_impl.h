@@ -12,7 +12,9 @@
  * The AVX2 build works on groups of eight rows (one float lane per row, see "eight weight
  * rows at once"), with decode (one activation row) variants that keep the accumulator in a
  * register and prefetch the weights ahead; leftover rows and F16/BF16 weights take the
- * one-row code. */
+ * one-row code. Many-row products take the activation rows in L2-sized blocks, and the
+ * activations themselves are quantized once per product (module.c) by quantize_row, eight
+ * values at a time in the AVX2 build, to quant.c's exact bytes. */
 #pragma GCC optimize("fp-contract=off")
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
@@ -786,9 +788,16 @@ static long QFN(linear_rows_x8)(const QLinearArgs *a, long n0, long n1)
         for (; n + 8 <= n1; n += 8) g(a, n);
         return n;
     }
-    for (; n + 8 <= n1; n += 8)
-        for (long t0 = 0; t0 < a->T; t0 += SM_QTILE) f(a, n, t0, a->T - t0 < SM_QTILE ? a->T - t0 : SM_QTILE);
-    return n;
+    /* activation rows in blocks that stay in the core's L2 while every weight row of the
+     * range passes over them (a long prompt's activations would stream from L3 once per
+     * group of eight weight rows otherwise) */
+    long n_end = n0 + (n1 - n0) / 8 * 8;
+    for (long tb = 0; tb < a->T; tb += SM_QTBLOCK) {
+        long te = a->T - tb < SM_QTBLOCK ? a->T : tb + SM_QTBLOCK;
+        for (n = n0; n < n_end; n += 8)
+            for (long t0 = tb; t0 < te; t0 += SM_QTILE) f(a, n, t0, te - t0 < SM_QTILE ? te - t0 : SM_QTILE);
+    }
+    return n_end;
 }
 #endif
 
@@ -809,6 +818,122 @@ static void QFN(linear_rows)(const QLinearArgs *a, long n0, long n1)
     default: QFN(rows_f16)(a, n0, n1); break;
     }
 }
+
+#ifdef SM_QUANT_AVX2
+/* ---------------------------------------------------------------- AVX2: activations
+ *
+ * quant.c's formulas eight values at a time, with the same float32 operations (max, one
+ * multiply, rounding to nearest even) so the bytes are identical, down to non-finite
+ * products (see q_lanes) and NaNs skipped by the maximum as fmaxf and `a > amax` skip them. */
+
+static inline __m256 abs8(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+
+/* the largest lane (no NaN lanes) */
+static inline float hmax8(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* v * s rounded to the nearest integer, ties to even, at most `top`; then NaN and +-inf
+ * become 0, as the scalar conversion to int8 gives (its int32 0x80000000 ends in 0) */
+static inline __m256i q_lanes(__m256 v, __m256 s, __m256 top)
+{
+    __m256 r = _mm256_min_ps(top, _mm256_round_ps(_mm256_mul_ps(v, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    r = _mm256_and_ps(r, _mm256_cmp_ps(abs8(r), _mm256_set1_ps(__builtin_inff()), _CMP_LT_OQ));
+    return _mm256_cvtps_epi32(r);
+}
+
+/* four vectors of 8 int32 in -128..127 -> 32 int8 in order */
+static inline __m256i pack32(const __m256i *r)
+{
+    __m256i v = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+    return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* x (32,) -> q and the sum of q; returns d = amax / 127 (unrounded) */
+static inline float q8_block8(const float *x, int8_t *q, int32_t *sum)
+{
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        m = _mm256_max_ps(abs8(v[i]), m);
+    }
+    float amax = hmax8(m);
+    /* no clamp: quant.c's Q8_0 has none */
+    __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f), top = _mm256_set1_ps(__builtin_inff());
+    __m256i r[4];
+    for (int i = 0; i < 4; i++) r[i] = q_lanes(v[i], id, top);
+    _mm256_storeu_si256((__m256i *)q, pack32(r));
+    *sum = vi_sum(_mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3])));
+    return amax / 127.0f;
+}
+
+/* x (256,) -> one Q8_K block: the first value of largest magnitude maps to -127 */
+static inline void q8_k_block8(const float *x, sm_q8_k *y)
+{
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 32; i++) m = _mm256_max_ps(abs8(_mm256_loadu_ps(x + 8 * i)), m);
+    float amax = hmax8(m), peak = 0.0f;
+    if (amax == 0.0f) {
+        memset(y, 0, sizeof *y);
+        return;
+    }
+    for (int i = 0; i < 32; i++) {
+        int hit = _mm256_movemask_ps(_mm256_cmp_ps(abs8(_mm256_loadu_ps(x + 8 * i)), _mm256_set1_ps(amax), _CMP_EQ_OQ));
+        if (hit) {
+            peak = x[8 * i + __builtin_ctz((unsigned)hit)];
+            break;
+        }
+    }
+    float iscale = -127.0f / peak;
+    __m256 s = _mm256_set1_ps(iscale), top = _mm256_set1_ps(127.0f);
+    for (int c = 0; c < 8; c++) {
+        __m256i r[4];
+        for (int i = 0; i < 4; i++) r[i] = q_lanes(_mm256_loadu_ps(x + 32 * c + 8 * i), s, top);
+        _mm256_storeu_si256((__m256i *)(y->qs + 32 * c), pack32(r));
+        int s0 = vi_sum(_mm256_add_epi32(r[0], r[1])), s1 = vi_sum(_mm256_add_epi32(r[2], r[3]));
+        y->bsum16[2 * c] = (int16_t)s0;
+        y->bsum16[2 * c + 1] = (int16_t)s1;
+        y->bsum32[c] = s0 + s1;
+    }
+    y->d = 1.0f / iscale;
+}
+
+static void QFN(quantize_row)(int qtype, const float *x, uint8_t *dst, long K)
+{
+    switch (qtype) {
+    case SM_Q4_1: case SM_Q5_1: {
+        sm_q8_1 *y = (sm_q8_1 *)dst;
+        for (long b = 0; b < K / 32; b++) {
+            int32_t sum;
+            float d = q8_block8(x + 32 * b, y[b].qs, &sum);
+            y[b].d = sm_round_half(d);
+            y[b].s = sm_round_half(d * (float)sum);
+        }
+        return;
+    }
+    case SM_Q4_0: case SM_Q5_0: case SM_Q8_0: {
+        sm_q8_0 *y = (sm_q8_0 *)dst;
+        for (long b = 0; b < K / 32; b++) y[b].d = sm_round_half(q8_block8(x + 32 * b, y[b].qs, &y[b].sum));
+        return;
+    }
+    case SM_Q4_K: case SM_Q5_K: case SM_Q6_K: {
+        sm_q8_k *y = (sm_q8_k *)dst;
+        for (long b = 0; b < K / 256; b++) q8_k_block8(x + 256 * b, &y[b]);
+        return;
+    }
+    default:
+        sm_quantize_row(qtype, x, dst, K);
+        return;
+    }
+}
+#define SM_QUANTIZE_ROW QFN(quantize_row)
+#else
+#define SM_QUANTIZE_ROW sm_quantize_row
+#endif
 
 /* ---------------------------------------------------------------- dequantize */
 
@@ -894,4 +1019,4 @@ static void QFN(dequant_row)(int qtype, const uint8_t *src, float *dst, long K)
     }
 }
 
-const QuantTable SM_QCAT(sm_qtable, SM_QSUFFIX) = {SM_QISA_NAME, QFN(linear_rows), QFN(dequant_row)};
+const QuantTable SM_QCAT(sm_qtable, SM_QSUFFIX) = {SM_QISA_NAME, QFN(linear_rows), QFN(dequant_row), SM_QUANTIZE_ROW};
