@@ -1,16 +1,14 @@
 /* Thread pool behind sm_parallel_for (see pool.h).
  *
- * A job is split into many small chunks (SM_CHUNKS_PER_THREAD a thread) that the caller and
- * the workers claim from one atomic counter. The caller never waits for a worker to wake up:
- * on a busy machine (more runnable threads than cores) it simply claims the chunks itself,
- * and only waits for chunks a worker has already started, which are small. That wait spins
- * briefly and then sleeps: a worker that lost its core to another process can then be moved
- * onto the caller's idle core instead of finding it taken by the caller's spinning. The
- * counter holds (job id << 32 | next chunk), so a late worker can never claim a chunk of a
- * job it did not read. */
+ * A job is split into a few chunks per thread that the caller and the workers claim from
+ * one atomic counter. The caller never waits for a worker to wake up: on a busy machine
+ * (more runnable threads than cores) it simply claims the chunks itself, and only waits
+ * for chunks a worker has already started. The counter holds (job id << 32 | next chunk),
+ * so a late worker can never claim a chunk of a job it did not read. */
 #include "pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -22,8 +20,7 @@
 #endif
 
 #define SM_MAX_THREADS 64
-#define SM_CHUNKS_PER_THREAD 16
-#define SM_WAIT_SPIN_NS 20000  /* the caller's spin for started chunks before it sleeps */
+#define SM_CHUNKS_PER_THREAD 4
 
 static struct {
     int n;                 /* threads, counting the caller */
@@ -31,11 +28,9 @@ static struct {
     _Atomic uint64_t counter;
     atomic_long done;
     atomic_int sleepers;
-    atomic_int caller_waits;
     atomic_int stop;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    pthread_cond_t done_cv;  /* the caller sleeps here for the last started chunks */
     pthread_mutex_t busy;  /* one job at a time (Python threads may call with the GIL released) */
     sm_task_fn fn;
     void *ctx;
@@ -45,7 +40,6 @@ static struct {
     .n = 1,
     .mu = PTHREAD_MUTEX_INITIALIZER,
     .cv = PTHREAD_COND_INITIALIZER,
-    .done_cv = PTHREAD_COND_INITIALIZER,
     .busy = PTHREAD_MUTEX_INITIALIZER,
     .spin_ns = 50000,
 };
@@ -73,30 +67,8 @@ static void work(uint32_t job)
         long a = units * i / nchunks * grain, b = units * (i + 1) / nchunks * grain;
         if (b > total) b = total;
         if (a < b) fn(ctx, a, b);
-        /* seq_cst pairs with wait_done: either the caller sees this chunk done or this
-         * thread sees the caller asleep and wakes it */
-        if (atomic_fetch_add(&P.done, 1) + 1 == nchunks && atomic_load(&P.caller_waits)) {
-            pthread_mutex_lock(&P.mu);
-            pthread_cond_broadcast(&P.done_cv);
-            pthread_mutex_unlock(&P.mu);
-        }
+        atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
     }
-}
-
-/* the caller, once no chunk is left to claim: wait for those the workers still run */
-static void wait_done(long nchunks)
-{
-    long deadline = now_ns() + SM_WAIT_SPIN_NS;
-    for (int spins = 1; atomic_load_explicit(&P.done, memory_order_acquire) < nchunks; spins++) {
-        SM_RELAX();
-        if ((spins & 63) == 0 && now_ns() > deadline) break;
-    }
-    if (atomic_load(&P.done) >= nchunks) return;
-    pthread_mutex_lock(&P.mu);
-    atomic_store(&P.caller_waits, 1);
-    while (atomic_load(&P.done) < nchunks) pthread_cond_wait(&P.done_cv, &P.mu);
-    atomic_store(&P.caller_waits, 0);
-    pthread_mutex_unlock(&P.mu);
 }
 
 static uint32_t current_job(void) { return (uint32_t)(atomic_load(&P.counter) >> 32); }
@@ -160,10 +132,8 @@ static void after_fork_child(void)
     P.mu = fresh;
     P.busy = fresh;
     P.cv = fresh_cv;
-    P.done_cv = fresh_cv;
     P.n = 1;
     atomic_store(&P.sleepers, 0);
-    atomic_store(&P.caller_waits, 0);
     atomic_store(&P.stop, 0);
 }
 
@@ -208,6 +178,10 @@ void sm_parallel_for(sm_task_fn fn, void *ctx, long total, long grain)
     P.nchunks = units < nchunks ? units : nchunks;
     uint32_t job = publish();
     work(job);
-    wait_done(P.nchunks);
+    /* only chunks a worker already claimed remain; yield if that worker lost its core */
+    for (int spins = 0; atomic_load_explicit(&P.done, memory_order_acquire) < P.nchunks; spins++) {
+        if (spins < 4096) SM_RELAX();
+        else sched_yield();
+    }
     pthread_mutex_unlock(&P.busy);
 }
