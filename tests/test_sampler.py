@@ -31,9 +31,8 @@ def test_greedy_ignores_top_k_top_p_and_the_seed():
     assert draws(a, logits, 10).tolist() == draws(b, logits, 10).tolist() == [int(np.argmax(logits))] * 10
 
 
-def test_greedy_allocates_nothing_that_outlives_a_step():
-    sampler = Sampler(V, temperature=0.0)
-    logits = random_logits(2)
+def _traced_memory_of_100_samples(sampler, logits):
+    # -> (peak, after, before) traced bytes around 100 draws, after one warm-up draw
     sampler.sample(logits)
     tracemalloc.start()
     try:
@@ -44,6 +43,13 @@ def test_greedy_allocates_nothing_that_outlives_a_step():
         peak, after = tracemalloc.get_traced_memory()[1], tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
+    return peak, after, before
+
+
+def test_greedy_allocates_nothing_that_outlives_a_step():
+    sampler = Sampler(V, temperature=0.0)
+    logits = random_logits(2)
+    peak, after, before = _traced_memory_of_100_samples(sampler, logits)
     # the loop's iterator, the argmax scalar and the int made from it, freed at once; a (V,)
     # working array (400 bytes of data plus its header) would not fit under this
     assert peak - before < 256
@@ -150,16 +156,7 @@ def test_settings_of_the_wrong_type_are_refused(kwargs, message):
 def test_temperature_sampling_allocates_nothing_that_outlives_a_step():
     sampler = Sampler(V, temperature=0.8, seed=0)
     logits = random_logits(5)
-    sampler.sample(logits)
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        for _ in range(100):
-            sampler.sample(logits)
-        peak, after = tracemalloc.get_traced_memory()[1], tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
+    peak, after, before = _traced_memory_of_100_samples(sampler, logits)
     assert peak - before < 256   # a (V,) float array would not fit under this
     assert after - before <= 0
 
