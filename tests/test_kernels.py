@@ -1297,8 +1297,11 @@ def test_sample_softmax_refuses_probs_overlapping_the_logits():
 GIL_PROBE = """
 import sys, threading, time
 import numpy as np
+from smallmind import kernels
 from smallmind.kernels import native
 
+# one kernel thread leaves the second core to the other Python thread
+kernels.set_threads(1)
 # with a switch interval of a minute the other thread runs only when a call lets go of the GIL
 ran, stop = [0], threading.Event()
 
@@ -1319,8 +1322,11 @@ for _ in range(200):
     SHORT_CALL   # tens of microseconds of work
 short = ran[0] - before
 before = ran[0]
-for _ in range(20):
-    native.linear(x, w, None, y)               # milliseconds of work
+# milliseconds of work a call, repeated for up to 10 s until the other thread is seen to run: the
+# waiting thread must be scheduled while a call holds no GIL, which a fast CPU makes a short window
+deadline = time.monotonic() + 10.0
+while ran[0] == before and time.monotonic() < deadline:
+    native.linear(x, w, None, y)
 long = ran[0] - before
 stop.set()
 sys.setswitchinterval(0.005)
