@@ -1146,6 +1146,34 @@ def test_linear_backward_weight_accumulates_like_reference(isa, products, rng, T
         close(db, db_ref, atol=1e-4 * np.sqrt(T))
 
 
+@pytest.mark.parametrize("T,K,N", [(50, 300, 70), (13, 520, 1100), (256, 64, 192), (97, 1024, 40)])
+def test_gemm_products_give_the_same_bits_however_the_threads_split_them(isa, rng, T, K, N):
+    # one part of C per thread, split by rows or by columns (the bias gradient summed while
+    # packing): every element's sums run in the same order whatever the split
+    x, w, b = view(rng, (T, K), pad=3), view(rng, (N, K), pad=1), view(rng, (N,))
+    dout, gelu_x = view(rng, (T, N), pad=2), view(rng, (T, K))
+    previous, before = native.gemm_min_rows(0), kernels.get_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            kernels.set_threads(threads)
+            pre, act = np.empty((T, N), np.float32), np.empty((T, N), np.float32)
+            dx, dw, db = np.empty((T, K), np.float32), np.ones((N, K), np.float32), np.ones(N, np.float32)
+            native.linear_gelu(x, w, b, pre, act)
+            native.linear_backward_input(dout, w, dx, 0.5, gelu_x)
+            native.linear_backward_weight(dout, x, dw, db, 0.5)
+            results.append((pre, act, dx, dw, db))
+    finally:
+        kernels.set_threads(before)
+        native.gemm_min_rows(previous)
+    for other in results[1:]:
+        for got, first in zip(other, results[0]):
+            np.testing.assert_array_equal(got, first)
+    dw_ref, db_ref = np.ones((N, K), np.float32), np.ones(N, np.float32)
+    ref.linear_backward_weight(dout, x, dw_ref, db_ref, 0.5)
+    close(results[0][4], db_ref, atol=1e-4 * np.sqrt(T))
+
+
 def test_fused_products_refuse_an_output_overlapping_an_input(rng):
     x, w = rng.standard_normal((8, 16), dtype=np.float32), rng.standard_normal((16, 16), dtype=np.float32)
     buf = np.zeros((8, 16), np.float32)

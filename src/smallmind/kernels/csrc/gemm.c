@@ -1,10 +1,14 @@
-/* The GEMM driver (see gemm.h): blocking, packing of B and the split across the native pool.
+/* The GEMM driver (see gemm.h): blocking, packing and the split across the native pool.
  *
- * For each block of NC columns and KC depth, the threads first pack B's block into panels
- * together, then each takes whole row ranges of C and walks them panel by panel (MC rows
- * at a time, so A's rows stay in L2 while a 16 KB panel stays in L1). */
+ * C is cut into one part per thread, by rows or by columns, and each thread computes its part
+ * alone from start to end: no barrier per block, and equal parts keep both cores busy to the
+ * end. Within a part, for each block of NC columns and KC depth, the thread packs B's block
+ * into panels, then walks its rows MC at a time panel by panel (A's rows stay in L2 while a
+ * 16 KB panel stays in L1). A split by columns repeats A's packing in every thread (when A is
+ * packed at all), one by rows repeats B's: the cheaper one is taken. */
 #include "gemm.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,135 +16,198 @@
 
 #define NR SM_GEMM_NR
 
-typedef struct {
-    const GemmTable *t;
-    const GemmArgs *g;
-    float *bp;
-    long jc, nc, pc, kc;
-    int first, last;
-} Block;
-
 static long min_l(long a, long b) { return a < b ? a : b; }
 
-/* panels q0..q1 of the block: panel q holds columns jc + q*NR.., each k row NR floats,
- * zero beyond the last column */
-static void pack_task(void *ctx, long q0, long q1)
+/* the block of B at depth pc..pc+kc, columns jc..jc+nc into bp: panel q holds columns
+ * jc + q*NR.., each k row NR floats, zero beyond the last column */
+static void pack_b(const GemmArgs *g, float *bp, long jc, long nc, long pc, long kc)
 {
-    const Block *s = ctx;
-    const GemmArgs *g = s->g;
-    for (long q = q0; q < q1; q++) {
-        float *dst = s->bp + q * s->kc * NR;
-        long j = s->jc + q * NR, nr = min_l(NR, s->jc + s->nc - j);
-        const float *src = g->b + s->pc * g->brs + j * g->bcs;
+    for (long q = 0; q * NR < nc; q++) {
+        float *dst = bp + q * kc * NR;
+        long j = jc + q * NR, nr = min_l(NR, jc + nc - j);
+        const float *src = g->b + pc * g->brs + j * g->bcs;
         if (g->bcs == 1 && nr == NR) {
-            for (long k = 0; k < s->kc; k++) memcpy(dst + k * NR, src + k * g->brs, NR * sizeof(float));
+            for (long k = 0; k < kc; k++) memcpy(dst + k * NR, src + k * g->brs, NR * sizeof(float));
         } else {
             /* column by column: the reads run along B's rows when B is a transposed weight */
             for (long c = 0; c < NR; c++)
-                for (long k = 0; k < s->kc; k++) dst[k * NR + c] = c < nr ? src[k * g->brs + c * g->bcs] : 0.0f;
+                for (long k = 0; k < kc; k++) dst[k * NR + c] = c < nr ? src[k * g->brs + c * g->bcs] : 0.0f;
         }
     }
 }
 
-/* A's rows that are not contiguous along k (A = dout.T: one k per row of dout, kilobytes
- * apart, so a tile's kc loads would fall into a few L1 sets) are first copied into panels of
- * mr rows, k-major, by the task that uses them */
-static __thread float a_pack[SM_GEMM_MC * SM_GEMM_KC] __attribute__((aligned(64)));
+/* A is copied when its rows are not contiguous along k (A = dout.T: one k per row of dout,
+ * kilobytes apart, so a tile's kc loads would fall into a few L1 sets), when its rows lie a
+ * multiple of 4 KB apart (the six rows a tile broadcasts from would share one L1 set), and
+ * when the row sums of A are wanted (they are taken from the copy's reads). */
+static int packs_a(const GemmArgs *g) { return g->acs != 1 || g->asum || (g->ars % 1024) == 0; }
 
-/* rows ib..ie of A's block (columns pc..pc+kc) into a_pack: panel of row i at (i-ib)*kc */
-static void pack_a(const GemmArgs *g, long mr, long ib, long ie, long pc, long kc)
+/* rows of a copy of A made from contiguous rows lie kc + SM_A_PAD apart: never 4 KB */
+#define SM_A_PAD 16
+
+/* rows ib..ie of A's block (columns pc..pc+kc) into ap, for tiles that read row i at
+ * ap + (i-ib)*kc with rows 1 and k mr apart (k-major panels of mr rows, the last rows
+ * repeated) when A's rows are not contiguous along k, else at ap + (i-ib)*(kc+SM_A_PAD)
+ * with rows that far apart and k contiguous; with sums, sums[i-ib] += the row's kc values */
+static void pack_a(const GemmArgs *g, float *ap, long mr, long ib, long ie, long pc, long kc, float *sums)
 {
+    const long ars = g->ars, acs = g->acs;
+    if (acs == 1) {
+        const long stride = kc + SM_A_PAD;
+        for (long i = ib; i < ie; i++) {
+            const float *row = g->a + i * ars + pc;
+            memcpy(ap + (i - ib) * stride, row, (size_t)kc * sizeof(float));
+            if (sums) {
+                float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (long k = 0; k < kc; k++) sum += row[k];
+                sums[i - ib] += sum;
+            }
+        }
+        return;
+    }
+    if (ars == 1) {
+        /* A = dout.T: each k is a row of dout, read once across all of the part's rows */
+        const float *src = g->a + ib + pc * acs;
+        const long full = (ie - ib) / mr * mr;
+        for (long k = 0; k < kc; k++, src += acs) {
+            /* the rows are kilobytes apart, past what the hardware prefetcher follows: ask for
+             * the part of the row eight ahead */
+            if (k + 8 < kc)
+                for (long i = 0; i < ie - ib; i += 16) __builtin_prefetch(src + 8 * acs + i);
+            for (long i = 0; i < full; i += mr) {
+                float *dst = ap + i * kc + k * mr;
+                if (mr == 6)
+                    memcpy(dst, src + i, 6 * sizeof(float));
+                else
+                    for (long r = 0; r < mr; r++) dst[r] = src[i + r];
+            }
+            if (sums) {
+#pragma omp simd
+                for (long i = 0; i < ie - ib; i++) sums[i] += src[i];
+            }
+        }
+        for (long i = full; i < ie - ib; i += mr) {
+            float *dst = ap + i * kc;
+            long m = min_l(mr, ie - ib - i);
+            const float *s2 = g->a + ib + i + pc * acs;
+            for (long k = 0; k < kc; k++)
+                for (long r = 0; r < mr; r++) dst[k * mr + r] = s2[k * acs + (r < m ? r : m - 1)];
+        }
+        return;
+    }
+    /* any other layout: k-major panels, element by element */
     for (long i = ib; i < ie; i += mr) {
-        float *dst = a_pack + (i - ib) * kc;
+        float *dst = ap + (i - ib) * kc;
         long m = min_l(mr, ie - i);
-        const float *src = g->a + i * g->ars + pc * g->acs;
-        for (long k = 0; k < kc; k++)
-            for (long r = 0; r < mr; r++) dst[k * mr + r] = src[k * g->acs + (r < m ? r : m - 1) * g->ars];
+        const float *src = g->a + i * ars + pc * acs;
+        for (long r = 0; r < mr; r++) {
+            const float *row = src + (r < m ? r : m - 1) * ars;
+            float sum = 0.0f;
+            for (long k = 0; k < kc; k++) {
+                dst[k * mr + r] = row[k * acs];
+                sum += row[k * acs];
+            }
+            if (sums && r < m) sums[i - ib + r] += sum;
+        }
     }
 }
 
-/* row units u0..u1 (of the table's mr rows) of C for this block */
-static void compute_task(void *ctx, long u0, long u1)
+/* each thread's packing buffers, B's grown to the largest block seen and kept (a training
+ * step's products all fit the first one) */
+static __thread float a_pack_buf[SM_GEMM_MC * (SM_GEMM_KC + SM_A_PAD)] __attribute__((aligned(64)));
+static __thread float *b_pack_buf;
+static __thread long b_pack_cap;
+
+typedef struct {
+    const GemmTable *t;
+    const GemmArgs *g;
+    long parts;
+    int by_cols;
+    atomic_int failed;  /* a thread could not allocate its packing buffer */
+} Job;
+
+/* C's rows i0..i1 (multiples of mr but the last) x columns j0..j1 (multiples of NR but the last) */
+static void run_part(Job *job, long i0, long i1, long j0, long j1)
 {
-    const Block *s = ctx;
-    const GemmArgs *g = s->g;
-    const long mr = s->t->mr, r1 = min_l(u1 * mr, g->M), npanels = (s->nc + NR - 1) / NR;
-    const int packed = g->acs != 1;
-    for (long ib = u0 * mr; ib < r1; ib += SM_GEMM_MC) {
-        long ie = min_l(ib + SM_GEMM_MC, r1);
-        if (packed) pack_a(g, mr, ib, ie, s->pc, s->kc);
-        for (long q = 0; q < npanels; q++) {
-            long j = s->jc + q * NR, nr = min_l(NR, s->jc + s->nc - j);
-            const float *bp = s->bp + q * s->kc * NR;
-            for (long i = ib; i < ie; i += mr) {
-                long m = min_l(mr, ie - i);
-                if (packed)
-                    s->t->tile(g, a_pack + (i - ib) * s->kc, 1, mr, bp, i, j, s->kc, m, nr, s->first, s->last);
-                else
-                    s->t->tile(g, g->a + i * g->ars + s->pc * g->acs, g->ars, 1, bp, i, j, s->kc, m, nr, s->first,
-                               s->last);
+    const GemmTable *t = job->t;
+    const GemmArgs *g = job->g;
+    const long mr = t->mr;
+    long need = min_l(g->K, SM_GEMM_KC) * ((min_l(j1 - j0, SM_GEMM_NC) + NR - 1) / NR * NR);
+    if (need > b_pack_cap) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, (size_t)need * sizeof(float))) {
+            atomic_store(&job->failed, 1);
+            return;
+        }
+        free(b_pack_buf);
+        b_pack_buf = p;
+        b_pack_cap = need;
+    }
+    float *bp = b_pack_buf, *ap = a_pack_buf;
+    const int packed = packs_a(g);
+    float sums[SM_GEMM_MC];
+    for (long jc = j0; jc < j1; jc += SM_GEMM_NC) {
+        const long nc = min_l(SM_GEMM_NC, j1 - jc), npanels = (nc + NR - 1) / NR;
+        /* the row sums once, with the block of the first columns */
+        const int summed = g->asum && jc == 0;
+        for (long pc = 0; pc < g->K; pc += SM_GEMM_KC) {
+            const long kc = min_l(SM_GEMM_KC, g->K - pc);
+            const int first = pc == 0, last = pc + SM_GEMM_KC >= g->K;
+            pack_b(g, bp, jc, nc, pc, kc);
+            for (long ib = i0; ib < i1; ib += SM_GEMM_MC) {
+                long ie = min_l(ib + SM_GEMM_MC, i1);
+                if (summed) memset(sums, 0, sizeof sums);
+                if (packed) pack_a(g, ap, mr, ib, ie, pc, kc, summed ? sums : NULL);
+                if (summed)
+                    for (long i = ib; i < ie; i++) g->asum[i] += g->alpha * sums[i - ib];
+                for (long q = 0; q < npanels; q++) {
+                    long j = jc + q * NR, nr = min_l(NR, jc + nc - j);
+                    const float *panel = bp + q * kc * NR;
+                    for (long i = ib; i < ie; i += mr) {
+                        long m = min_l(mr, ie - i);
+                        if (packed && g->acs == 1)
+                            t->tile(g, ap + (i - ib) * (kc + SM_A_PAD), kc + SM_A_PAD, 1, panel, i, j, kc, m, nr, first,
+                                    last);
+                        else if (packed)
+                            t->tile(g, ap + (i - ib) * kc, 1, mr, panel, i, j, kc, m, nr, first, last);
+                        else
+                            t->tile(g, g->a + i * g->ars + pc * g->acs, g->ars, 1, panel, i, j, kc, m, nr, first,
+                                    last);
+                    }
+                }
             }
         }
     }
 }
 
-/* the calling thread's packing buffer, grown to the largest block seen and kept (a training
- * step's products all fit the first one) */
-static __thread float *pack_buf;
-static __thread long pack_cap;
+/* parts p0..p1: equal shares of C's row units or column panels */
+static void part_task(void *ctx, long p0, long p1)
+{
+    Job *job = ctx;
+    const GemmArgs *g = job->g;
+    const long mr = job->t->mr;
+    for (long p = p0; p < p1; p++) {
+        if (job->by_cols) {
+            long panels = (g->N + NR - 1) / NR;
+            long j0 = panels * p / job->parts * NR, j1 = min_l(panels * (p + 1) / job->parts * NR, g->N);
+            if (j0 < j1) run_part(job, 0, g->M, j0, j1);
+        } else {
+            long units = (g->M + mr - 1) / mr;
+            long i0 = units * p / job->parts * mr, i1 = min_l(units * (p + 1) / job->parts * mr, g->M);
+            if (i0 < i1) run_part(job, i0, i1, 0, g->N);
+        }
+    }
+}
 
 int sm_gemm(const GemmTable *t, const GemmArgs *g)
 {
     if (g->M <= 0 || g->N <= 0 || g->K <= 0) return 0;
-    long ncmax = (min_l(g->N, SM_GEMM_NC) + NR - 1) / NR * NR;
-    long need = min_l(g->K, SM_GEMM_KC) * ncmax;
-    if (need > pack_cap) {
-        void *p = NULL;
-        if (posix_memalign(&p, 64, (size_t)need * sizeof(float))) return -1;
-        free(pack_buf);
-        pack_buf = p;
-        pack_cap = need;
-    }
-    const long units = (g->M + t->mr - 1) / t->mr;
-    for (long jc = 0; jc < g->N; jc += SM_GEMM_NC) {
-        for (long pc = 0; pc < g->K; pc += SM_GEMM_KC) {
-            Block s = {t, g, pack_buf, jc, min_l(SM_GEMM_NC, g->N - jc), pc, min_l(SM_GEMM_KC, g->K - pc),
-                       pc == 0, pc + SM_GEMM_KC >= g->K};
-            sm_parallel_for(pack_task, &s, (s.nc + NR - 1) / NR, 1);
-            sm_parallel_for(compute_task, &s, units, SM_GEMM_MC / t->mr);
-        }
-    }
-    return 0;
-}
-
-typedef struct {
-    const float *x;
-    long xs, M;
-    float alpha;
-    float *db;
-} ColSum;
-
-#define SM_COLSUM_BLOCK 512
-
-/* columns j0..j1: sums over all rows, SM_COLSUM_BLOCK columns at a time on the stack */
-static void colsum_task(void *ctx, long j0, long j1)
-{
-    const ColSum *s = ctx;
-    float acc[SM_COLSUM_BLOCK];
-    for (long jb = j0; jb < j1; jb += SM_COLSUM_BLOCK) {
-        long n = min_l(SM_COLSUM_BLOCK, j1 - jb);
-        memset(acc, 0, (size_t)n * sizeof(float));
-        for (long r = 0; r < s->M; r++) {
-            const float *x = s->x + r * s->xs + jb;
-#pragma omp simd
-            for (long q = 0; q < n; q++) acc[q] += x[q];
-        }
-        for (long q = 0; q < n; q++) s->db[jb + q] += s->alpha * acc[q];
-    }
-}
-
-void sm_colsum(const float *x, long xs, long M, long N, float alpha, float *db)
-{
-    ColSum s = {x, xs, M, alpha, db};
-    sm_parallel_for(colsum_task, &s, N, 64);
+    Job job = {t, g, sm_pool_threads(), 0, 0};
+    /* floats each split packs more than once: by columns A (if packed), by rows B */
+    double repeat_a = packs_a(g) ? (double)g->M * g->K : 0.0, repeat_b = (double)g->K * g->N;
+    long panels = (g->N + NR - 1) / NR, units = (g->M + t->mr - 1) / t->mr;
+    job.by_cols = panels >= job.parts && (repeat_a <= repeat_b || units < job.parts);
+    sm_parallel_for(part_task, &job, job.parts, 1);
+    return atomic_load(&job.failed) ? -1 : 0;
 }

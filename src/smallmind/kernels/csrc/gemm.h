@@ -30,6 +30,7 @@ typedef struct {
     long acts;
     const float *gx;         /* (M,N): C *= gelu'(gx) at the end (rows gxs apart), or NULL */
     long gxs;
+    float *asum;             /* (M,): += alpha * A's row sums (a bias gradient), or NULL */
 } GemmArgs;
 
 typedef struct {
@@ -50,7 +51,5 @@ extern const GemmTable sm_gtable_avx2;
 
 /* C as described by g, on the native pool (call without the GIL): 0, or -1 when the packing buffer cannot be allocated */
 int sm_gemm(const GemmTable *t, const GemmArgs *g);
-/* db (N,) += alpha * the column sums of x (M,N) (rows xs apart), on the native pool */
-void sm_colsum(const float *x, long xs, long M, long N, float alpha, float *db);
 
 #endif

@@ -73,20 +73,70 @@ static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, con
     long o5 = (mr > 5 ? 5 : mr - 1) * ars;
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    for (long k = 0; k < kc; k++, ak += acs, bp += NR) {
-        __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8), x;
-        x = _mm256_broadcast_ss(ak);
-        c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(ak + o1);
-        c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(ak + o2);
-        c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(ak + o3);
-        c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
-        x = _mm256_broadcast_ss(ak + o4);
-        c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
-        x = _mm256_broadcast_ss(ak + o5);
-        c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
+#define SM_GEMM_K_STEP(ak, bp)                                                                                \
+    do {                                                                                                      \
+        __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps((bp) + 8), x;                                     \
+        x = _mm256_broadcast_ss(ak);                                                                          \
+        c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);                                 \
+        x = _mm256_broadcast_ss((ak) + o1);                                                                   \
+        c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);                                 \
+        x = _mm256_broadcast_ss((ak) + o2);                                                                   \
+        c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);                                 \
+        x = _mm256_broadcast_ss((ak) + o3);                                                                   \
+        c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);                                 \
+        x = _mm256_broadcast_ss((ak) + o4);                                                                   \
+        c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);                                 \
+        x = _mm256_broadcast_ss((ak) + o5);                                                                   \
+        c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);                                 \
+    } while (0)
+    if (!first || g->beta) {
+        /* the partial sums this tile adds to: fetched during the k loop, not waited for after it */
+        for (long r = 0; r < mr; r++) {
+            const char *c = (const char *)(g->c + (i + r) * g->crs + j);
+            _mm_prefetch(c, _MM_HINT_T0);
+            _mm_prefetch(c + 60, _MM_HINT_T0);
+        }
+    }
+    long k = 0;
+    if (acs == SM_GMR && ars == 1 && mr == SM_GMR) {
+        /* a packed panel: constant offsets, four k a trip (fewer pointer and loop instructions) */
+        for (; k + 4 <= kc; k += 4, ak += 4 * SM_GMR, bp += 4 * NR) {
+            SM_GEMM_K_STEP(ak, bp);
+            SM_GEMM_K_STEP(ak + SM_GMR, bp + NR);
+            SM_GEMM_K_STEP(ak + 2 * SM_GMR, bp + 2 * NR);
+            SM_GEMM_K_STEP(ak + 3 * SM_GMR, bp + 3 * NR);
+        }
+    }
+    for (; k < kc; k++, ak += acs, bp += NR) SM_GEMM_K_STEP(ak, bp);
+#undef SM_GEMM_K_STEP
+    if (nr == NR && !g->gx && !g->act) {
+        /* a whole tile with at most a bias and a residual to add: stored from the registers */
+        const __m256 va = _mm256_set1_ps(g->alpha);
+        const int load_c = !(first && !g->beta);
+        const float *bias = last && g->bias ? g->bias + j : NULL;
+        const float *resid = last && g->resid ? g->resid + i * g->rrs + j : NULL;
+        __m256 bias0 = _mm256_setzero_ps(), bias1 = bias0;
+        if (bias) bias0 = _mm256_loadu_ps(bias), bias1 = _mm256_loadu_ps(bias + 8);
+#define SM_GEMM_STORE_ROW(r, lo, hi)                                                                          \
+        if ((r) < mr) {                                                                                       \
+            float *c = g->c + (i + (r)) * g->crs + j;                                                         \
+            __m256 v0 = _mm256_mul_ps(va, lo), v1 = _mm256_mul_ps(va, hi);                                    \
+            if (load_c) v0 = _mm256_add_ps(v0, _mm256_loadu_ps(c)), v1 = _mm256_add_ps(v1, _mm256_loadu_ps(c + 8)); \
+            if (bias) v0 = _mm256_add_ps(v0, bias0), v1 = _mm256_add_ps(v1, bias1);                           \
+            if (resid) {                                                                                      \
+                const float *x = resid + (r) * g->rrs;                                                        \
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(x)), v1 = _mm256_add_ps(v1, _mm256_loadu_ps(x + 8));   \
+            }                                                                                                 \
+            _mm256_storeu_ps(c, v0), _mm256_storeu_ps(c + 8, v1);                                             \
+        }
+        SM_GEMM_STORE_ROW(0, c00, c01)
+        SM_GEMM_STORE_ROW(1, c10, c11)
+        SM_GEMM_STORE_ROW(2, c20, c21)
+        SM_GEMM_STORE_ROW(3, c30, c31)
+        SM_GEMM_STORE_ROW(4, c40, c41)
+        SM_GEMM_STORE_ROW(5, c50, c51)
+#undef SM_GEMM_STORE_ROW
+        return;
     }
     float acc[SM_GMR * NR] __attribute__((aligned(32)));
     _mm256_store_ps(acc, c00); _mm256_store_ps(acc + 8, c01);

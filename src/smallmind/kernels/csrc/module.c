@@ -480,19 +480,13 @@ static PyObject *py_gemm_dw(PyObject *self, PyObject *const *args, Py_ssize_t n)
         want_dim(&v[2], "dw", 1, Kd, "x's features") || (has_b && want_dim(&v[3], "db", 0, M, "dout's features")))
         goto done;
     if (views_apart(v, names, 4, 1u << 2 | 1u << 3, NULL)) goto done;
-    if (T < gemm_min_rows) {
+    if (T < gemm_min_rows || Kd == 0) {  /* no features: the bias gradient is BLAS-side work too */
         for (int i = 0; i < 4; i++) view_done(&v[i], 0);
         Py_RETURN_FALSE;
     }
     GemmArgs g = {F(v[0]), 1, (long)v[0].st[0], F(v[1]), (long)v[1].st[0], 1, F(v[2]), (long)v[2].st[0],
-                  M, Kd, T, (float)scale, 1, NULL, NULL, 0, NULL, 0, NULL, 0};
-    if (gemm_run(&g)) goto done;
-    if (has_b) {
-        Py_BEGIN_ALLOW_THREADS
-        sm_colsum(F(v[0]), (long)v[0].st[0], T, M, (float)scale, F(v[3]));
-        Py_END_ALLOW_THREADS
-    }
-    ok = 1;
+                  M, Kd, T, (float)scale, 1, NULL, NULL, 0, NULL, 0, NULL, 0, has_b ? F(v[3]) : NULL};
+    ok = gemm_run(&g) == 0;
 done:
     return finish(v, 4, ok, Py_True);
 }
