@@ -4,7 +4,7 @@
  * alone from start to end: no barrier per block, and equal parts keep both cores busy to the
  * end. Within a part, for each block of NC columns and KC depth, the thread packs B's block
  * into panels, then walks its rows MC at a time panel by panel (A's rows stay in L2 while a
- * 16 KB panel stays in L1). A split by columns repeats A's packing in every thread (when A is
+ * panel is read from L1 and L2). A split by columns repeats A's packing in every thread (when A is
  * packed at all), one by rows repeats B's: the cheaper one is taken. */
 #include "gemm.h"
 
