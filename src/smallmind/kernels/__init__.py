@@ -33,7 +33,7 @@ KERNEL_NAMES = (
     "causal_softmax", "softmax_backward", "rope", "kv_cache_store", "attention",
     "cross_entropy", "adamw_step", "linear_gelu", "linear_residual", "linear_backward_input",
     "linear_backward_weight", "round_bf16", "sample_softmax", "rope_rows", "kv_cache_store_rows",
-    "attention_rows",
+    "attention_rows", "attention_train_forward", "attention_train_backward",
 )
 ISAS = ("avx512", "avx2", "generic")
 MAX_THREADS = 64  # the native pool's size (csrc/pool.c SM_MAX_THREADS)
