@@ -1205,20 +1205,6 @@ def test_set_threads_sets_blas_and_native_together():
         kernels.set_threads(before)
 
 
-def test_one_blas_thread_restores_the_thread_budget():
-    from threadpoolctl import ThreadpoolController
-
-    from smallmind.kernels import one_blas_thread
-
-    blas = ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [lib.get_num_threads() for lib in blas]
-    with pytest.raises(RuntimeError):
-        with one_blas_thread:
-            assert [lib.get_num_threads() for lib in blas] == [1] * len(blas)
-            raise RuntimeError("an error inside still restores the budget")
-    assert [lib.get_num_threads() for lib in blas] == before
-
-
 # ------------------------------------------------------------------ GEMM with fused epilogues
 
 @pytest.fixture(params=["gemm", "blas"])

@@ -138,36 +138,6 @@ def set_threads(n: int) -> None:
     _threads = n
 
 
-class _OneBlasThread:
-    """`with one_blas_thread:` runs the enclosed BLAS calls on a single thread.
-
-    The attention products are B*H tiny matrix products in one np.matmul; a threaded BLAS
-    wakes and joins its threads for each of them, which costs more than the work it splits,
-    and on a busy machine far more (a descheduled helper thread stalls every product).
-    """
-
-    def __init__(self):
-        self.blas = None
-        self.saved = []
-
-    def __enter__(self):
-        if self.blas is None:
-            from threadpoolctl import ThreadpoolController
-
-            self.blas = ThreadpoolController().select(user_api="blas").lib_controllers
-        self.saved = [lib.get_num_threads() for lib in self.blas]
-        for lib in self.blas:
-            lib.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        for lib, n in zip(self.blas, self.saved):
-            lib.set_num_threads(n)
-        return False
-
-
-one_blas_thread = _OneBlasThread()
-
-
 def get_threads() -> int:
     """The thread budget in force (native kernel threads, counting the caller)."""
     if _backend is not None:
