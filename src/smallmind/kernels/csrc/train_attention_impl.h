@@ -86,12 +86,13 @@ static void transpose_rows(const float *src, long Dp, long n, long D, long Tp, f
     for (long d = 0; d < D; d++) memset(dst + d * Tp + n, 0, (size_t)(Tp - n) * sizeof(float));
 }
 
-/* x (T,): softmax of the first n entries (already scaled), the rest 0, as softmax_rows does. The
- * loops run to a whole number of vectors (n8 <= T), selecting past n, so a short row is not
- * left to the scalar remainder loop (sm_exp unvectorized costs as much as the vectors). */
-static void softmax_row(float *x, long n, long T)
+/* x (n8,), 32-byte aligned, n8 = n rounded up to 8: the softmax of the first n entries (already
+ * scaled), zeros after them, as softmax_rows computes it. Whole vectors on aligned rows, so
+ * the compiler neither peels nor leaves a remainder: on short rows those scalar sm_exp calls
+ * would cost as much as the vectors. */
+static void softmax_row(float *x_, long n, long n8)
 {
-    const long n8 = min_l((n + 7) / 8 * 8, T);
+    float *x = __builtin_assume_aligned(x_, 32);
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (long j = 0; j < n8; j++) { float v = j < n ? x[j] : -INFINITY; m = v > m ? v : m; }
@@ -107,8 +108,9 @@ static void softmax_row(float *x, long n, long T)
     float inv = 1.0f / z;
 #pragma omp simd
     for (long j = 0; j < n8; j++) x[j] *= inv;
-    for (long j = n8; j < T; j++) x[j] = 0.0f;
 }
+
+static inline long round8(long n) { return (n + 7) / 8 * 8; }
 
 /* probs = causal softmax(scale * q k^T); out = (probs [* mask]) v, for pair p = b*H + h */
 static void TFN(forward_pair)(const TrainAttnArgs *a, long p, float *s)
@@ -119,32 +121,32 @@ static void TFN(forward_pair)(const TrainAttnArgs *a, long p, float *s)
     float *P = a->probs + b * a->ps_b + h * a->ps_h;
     const float *M = a->mask ? a->mask + b * a->ms_b + h * a->ms_h : NULL;
     float *out = a->out + b * T * os + h * D;
-    float *kt = s, *vp = kt + D * Tp, *kp = vp + T * Dp, *pm = kp + T * Dp;
+    float *kt = s, *vp = kt + D * Tp, *kp = vp + T * Dp, *pm = kp + T * Dp; /* each 64-byte aligned */
     float acc[MR * NR] __attribute__((aligned(32)));
     pack_rows(k, rs, T, D, Dp, kp);
     transpose_rows(kp, Dp, T, D, Tp, kt);
     pack_rows(v, rs, T, D, Dp, vp);
     for (long i0 = 0; i0 < T; i0 += MR) {
         const long mr = min_l(MR, T - i0), kc = i0 + mr; /* the tile's last query sees keys < kc */
+        /* the tile's rows in pm (aligned, Tp wide): scores, softmax, copied to probs, dropped */
         for (long j0 = 0; j0 < kc; j0 += NR) {
             tile(q + i0 * rs, rs, 1, kt + j0, Tp, 0, D, mr, acc);
-            put(acc, mr, min_l(NR, T - j0), a->scale, P + i0 * ps + j0, ps);
+            put(acc, mr, NR, a->scale, pm + j0, Tp);
         }
-        for (long r = 0; r < mr; r++) softmax_row(P + (i0 + r) * ps, i0 + r + 1, T);
-        const float *pa = P + i0 * ps;
-        long pas = ps;
-        if (M) { /* the dropped rows; probs keeps the softmax itself */
-            for (long r = 0; r < mr; r++) {
-                const float *pr = P + (i0 + r) * ps, *mr_ = M + (i0 + r) * a->ms_t;
-                float *o = pm + r * Tp;
-#pragma omp simd
-                for (long j = 0; j < kc; j++) o[j] = pr[j] * mr_[j];
+        for (long r = 0; r < mr; r++) {
+            const long i = i0 + r, n = i + 1, n8 = round8(n);
+            float *x = pm + r * Tp, *pr = P + i * ps;
+            softmax_row(x, n, n8);
+            if (kc > n8) memset(x + n8, 0, (size_t)(kc - n8) * sizeof(float));
+            memcpy(pr, x, (size_t)n * sizeof(float));
+            memset(pr + n, 0, (size_t)(T - n) * sizeof(float));
+            if (M) { /* probs keeps the softmax itself */
+                const float *mk = M + i * a->ms_t;
+                for (long j = 0; j < n; j++) x[j] *= mk[j];
             }
-            pa = pm;
-            pas = Tp;
         }
         for (long d0 = 0; d0 < D; d0 += NR) {
-            tile(pa, pas, 1, vp + d0, Dp, 0, kc, mr, acc);
+            tile(pm, Tp, 1, vp + d0, Dp, 0, kc, mr, acc);
             put(acc, mr, min_l(NR, D - d0), 1.0f, out + i0 * os + d0, os);
         }
     }
@@ -161,7 +163,9 @@ static void TFN(backward_pair)(const TrainAttnArgs *a, long p, float *s)
     const float *M = a->mask ? a->mask + b * a->ms_b + h * a->ms_h : NULL;
     const float *dout = a->dout + b * T * a->dout_rs + h * D;
     float *dq = a->dqkv + b * T * ds + h * D, *dk = dq + C, *dv = dq + 2 * C;
-    const long gs = Tp + NR; /* not a multiple of 512 bytes: the transposed tiles read down g's columns */
+    /* g's rows gs apart: 64-byte aligned, but not a multiple of 512 bytes apart (the transposed
+     * tiles read down g's columns, which would fall into a few L1 sets) */
+    const long gs = Tp + NR;
     float *vt = s, *kp = vt + D * Tp, *qp = kp + T * Dp, *dop = qp + T * Dp, *vp = dop + T * Dp, *g = vp + T * Dp;
     float acc[MR * NR] __attribute__((aligned(32)));
     pack_rows(v, rs, T, D, Dp, vp);
@@ -173,8 +177,8 @@ static void TFN(backward_pair)(const TrainAttnArgs *a, long p, float *s)
     /* g = P' with zeros above the diagonal, so a tile of key rows may start its sum at j0 */
     for (long i = 0; i < T; i++) {
         const float *pr = P + i * ps, *mk = M ? M + i * a->ms_t : NULL;
-        float *o = g + i * gs;
-        const long n = i + 1, n8 = min_l((n + 7) / 8 * 8, T);
+        float *o = __builtin_assume_aligned(g + i * gs, 32); /* g's rows are 64-byte aligned */
+        const long n = i + 1, n8 = min_l(round8(n), T);
 #pragma omp simd
         for (long j = 0; j < n8; j++) { float v = mk ? pr[j] * mk[j] : pr[j]; o[j] = j < n ? v : 0.0f; }
         memset(o + n8, 0, (size_t)(T - n8) * sizeof(float));
@@ -196,8 +200,8 @@ static void TFN(backward_pair)(const TrainAttnArgs *a, long p, float *s)
         }
         for (long i = i0; i < kc; i++) {
             const float *pr = P + i * ps, *mk = M ? M + i * a->ms_t : NULL;
-            float *dp = g + i * gs;
-            const long n = i + 1, n8 = min_l((n + 7) / 8 * 8, T); /* whole vectors, as in softmax_row */
+            float *dp = __builtin_assume_aligned(g + i * gs, 32);
+            const long n = i + 1, n8 = min_l(round8(n), T); /* whole vectors, as in softmax_row */
             if (mk) {
 #pragma omp simd
                 for (long j = 0; j < n8; j++) { float v = dp[j] * mk[j]; dp[j] = j < n ? v : 0.0f; }
