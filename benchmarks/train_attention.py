@@ -3,7 +3,9 @@ twin, at the seed (B=16, T=128, H=8, D=32) and small (D=64) shapes.
 
 Interleaved repetitions, medians in ms per call, and GFLOPS counted over the full (T, T) products
 (forward: q k^T and P v; backward: four products), as the profiler counts attention: the native
-kernel skips the upper triangle, so its useful work is about half of that.
+kernel skips the upper triangle, so its useful work is about half of that. The twin's batched
+np.matmul runs its B*H tiny products on one BLAS thread (a threaded BLAS wakes its threads for
+each, and on a busy machine stalls on every one).
 Run: .venv/bin/python benchmarks/train_attention.py [--threads 2] [--repeats 5]
 """
 
@@ -11,6 +13,7 @@ import argparse
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from smallmind import kernels
 from smallmind.kernels import reference as ref
@@ -64,7 +67,8 @@ def main():
                              2 * flops),
             }
             for what, (make, n) in calls.items():
-                tn, tr = compare(make(kernels), make(ref), args.repeats)
+                with threadpool_limits(limits=1, user_api="blas"):
+                    tn, tr = compare(make(kernels), make(ref), args.repeats)
                 print(f"  {name:<6} B={B} T={T} H={H} D={D} {what + label:<18} native {tn * 1e3:7.2f} ms "
                       f"({n / tn / 1e9:5.1f})   numpy {tr * 1e3:7.2f} ms ({n / tr / 1e9:5.1f})   {tr / tn:5.2f}x")
 
