@@ -22,6 +22,7 @@ typedef float sm_v8u __attribute__((vector_size(32), may_alias, aligned(4)));  /
 
 static inline long min_l(long a, long b) { return a < b ? a : b; }
 static inline long round_nr(long n) { return (n + NR - 1) / NR * NR; }
+static inline long round8(long n) { return (n + 7) / 8 * 8; }
 
 /* acc (MR x NR, rows NR apart) = sum over k in [k0, k1) of A(r, k) * B(k, :), where A(r, k) is
  * a[r*ars + k*acs] and row k of B the NR floats at b + k*brs. Rows from mr on repeat row mr-1
@@ -75,8 +76,8 @@ static void pack_rows(const float *src, long rs, long n, long D, long Dp, float 
     }
 }
 
-/* src (n, Dp) packed rows -> dst (D, Tp) transposed, zero from column n (both in L1 or L2: a
- * transpose straight from the qkv rows, 3C floats apart, would fall into a few L1 sets) */
+/* src (n, Dp) packed rows -> dst (D, Tp) transposed, zero from column n (from the packed copy,
+ * which is in cache, rather than from the qkv rows 3C floats apart) */
 static void transpose_rows(const float *src, long Dp, long n, long D, long Tp, float *dst)
 {
     for (long j = 0; j < n; j++) {
@@ -87,9 +88,8 @@ static void transpose_rows(const float *src, long Dp, long n, long D, long Tp, f
 }
 
 /* x (n8,), 32-byte aligned, n8 = n rounded up to 8: the softmax of the first n entries (already
- * scaled), zeros after them, as softmax_rows computes it. Whole vectors on aligned rows, so
- * the compiler neither peels nor leaves a remainder: on short rows those scalar sm_exp calls
- * would cost as much as the vectors. */
+ * scaled), zeros after them, as softmax_rows computes it; whole vectors on an aligned row, so
+ * no scalar remainder or alignment peel of sm_exp on the short rows near the diagonal */
 static void softmax_row(float *x_, long n, long n8)
 {
     float *x = __builtin_assume_aligned(x_, 32);
@@ -109,8 +109,6 @@ static void softmax_row(float *x_, long n, long n8)
 #pragma omp simd
     for (long j = 0; j < n8; j++) x[j] *= inv;
 }
-
-static inline long round8(long n) { return (n + 7) / 8 * 8; }
 
 /* probs = causal softmax(scale * q k^T); out = (probs [* mask]) v, for pair p = b*H + h */
 static void TFN(forward_pair)(const TrainAttnArgs *a, long p, float *s)
