@@ -11,6 +11,7 @@ Run: .venv/bin/python benchmarks/train_attention.py [--threads 2] [--repeats 5]
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -44,6 +45,15 @@ def compare(fa, fb, repeats):
     return float(np.median(ta)), float(np.median(tb))
 
 
+def call(impl, what, arrays, scale, mask):
+    # one training attention call of impl (native kernels or the twin) on arrays (qkv, probs, out, dout, dqkv)
+    qkv, probs, out, dout, dqkv = arrays
+    if what == "forward":
+        impl.attention_train_forward(qkv, probs, out, scale, mask)
+    else:
+        impl.attention_train_backward(dout, qkv, probs, dqkv, scale, mask)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -61,14 +71,11 @@ def main():
         scale = 1.0 / np.sqrt(D)
         flops = 2.0 * B * H * T * T * D * 2
         for label, m in (("", None), (" +dropout", mask)):
-            calls = {
-                "forward": (lambda impl: lambda: impl.attention_train_forward(qkv, probs, out, scale, m), flops),
-                "backward": (lambda impl: lambda: impl.attention_train_backward(dout, qkv, probs, dqkv, scale, m),
-                             2 * flops),
-            }
-            for what, (make, n) in calls.items():
+            for what, n in (("forward", flops), ("backward", 2 * flops)):
+                arrays = (qkv, probs, out, dout, dqkv)
                 with threadpool_limits(limits=1, user_api="blas"):
-                    tn, tr = compare(make(kernels), make(ref), args.repeats)
+                    tn, tr = compare(partial(call, kernels, what, arrays, scale, m),
+                                     partial(call, ref, what, arrays, scale, m), args.repeats)
                 print(f"  {name:<6} B={B} T={T} H={H} D={D} {what + label:<18} native {tn * 1e3:7.2f} ms "
                       f"({n / tn / 1e9:5.1f})   numpy {tr * 1e3:7.2f} ms ({n / tr / 1e9:5.1f})   {tr / tn:5.2f}x")
 

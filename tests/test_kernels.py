@@ -702,8 +702,8 @@ def test_attention_train_gives_the_same_bits_on_any_thread_count(isa, rng, threa
 def test_attention_train_works_on_strided_last_dims_and_writes_them_back(rng):
     # every array with a non-unit last stride: worked on as contiguous copies, outputs copied back
     qkv, probs, out, dout, dqkv, mask = _train_attention_arrays(rng, 2, 2, 6, 3)
-    strided = lambda a: np.repeat(a, 2, axis=-1)[..., ::2]  # noqa: E731
-    s_qkv, s_probs, s_out, s_dout, s_dqkv, s_mask = map(strided, (qkv, probs, out, dout, dqkv, mask))
+    s_qkv, s_probs, s_out, s_dout, s_dqkv, s_mask = (np.repeat(a, 2, axis=-1)[..., ::2]
+                                                     for a in (qkv, probs, out, dout, dqkv, mask))
     native.attention_train_forward(s_qkv, s_probs, s_out, 0.3, s_mask)
     native.attention_train_backward(s_dout, s_qkv, s_probs, s_dqkv, 0.3, s_mask)
     ref.attention_train_forward(qkv, probs, out, 0.3, mask)
