@@ -618,6 +618,151 @@ def test_kv_cache_store_rows_refuses_a_cache_it_cannot_write_in_place():
         native.kv_cache_store_rows(_f(1, 2, 8), _f(1, 2, 8), [strided], _caches(1), 0, _pos(0))
 
 
+# ------------------------------------------------------------------ training attention
+
+def _train_attention_arrays(rng, B, H, T, D, pad=0):
+    # -> qkv (B*T,3HD), probs (B,H,T,T), out (B*T,HD), dout (B*T,HD), dqkv (B*T,3HD), mask: strided views
+    C = H * D
+    mask = ((rng.random((B, H, T, T)) >= 0.2) / 0.8).astype(np.float32)
+    return (view(rng, (B * T, 3 * C), pad=pad), view(rng, (B, H, T, T), pad=pad), view(rng, (B * T, C), pad=pad),
+            view(rng, (B * T, C), pad=pad), view(rng, (B * T, 3 * C), pad=pad), mask)
+
+
+# T=1, D=1, odd D, T not a multiple of the tiles (6 rows, 16 columns), T past 128, B*H odd
+TRAIN_ATTENTION_SHAPES = [(1, 1, 1, 1), (2, 3, 7, 5), (3, 2, 17, 33), (1, 2, 40, 64), (1, 1, 130, 8), (3, 1, 9, 3),
+                          (2, 2, 16, 16)]
+
+
+@pytest.mark.parametrize("B,H,T,D", TRAIN_ATTENTION_SHAPES)
+@pytest.mark.parametrize("dropout", [False, True])
+def test_attention_train_forward_matches_reference(isa, rng, B, H, T, D, dropout):
+    qkv, probs, out, _, _, mask = _train_attention_arrays(rng, B, H, T, D, pad=3)
+    mask = mask if dropout else None
+    e_probs, e_out = np.empty_like(probs), np.empty_like(out)
+    ref.attention_train_forward(qkv, e_probs, e_out, 0.4, mask)
+    assert native.attention_train_forward(qkv, probs, out, 0.4, mask) is out
+    close(probs, e_probs)
+    close(out, e_out)
+
+
+@pytest.mark.parametrize("B,H,T,D", TRAIN_ATTENTION_SHAPES)
+@pytest.mark.parametrize("dropout", [False, True])
+def test_attention_train_backward_matches_reference(isa, rng, B, H, T, D, dropout):
+    qkv, probs, out, dout, dqkv, mask = _train_attention_arrays(rng, B, H, T, D, pad=2)
+    mask = mask if dropout else None
+    ref.attention_train_forward(qkv, probs, out, 0.4, mask)
+    expect = np.empty_like(dqkv)
+    ref.attention_train_backward(dout, qkv, probs, expect, 0.4, mask)
+    dqkv[...] = np.nan  # written, not accumulated
+    assert native.attention_train_backward(dout, qkv, probs, dqkv, 0.4, mask) is dqkv
+    close(dqkv, expect, atol=1e-5 * np.sqrt(T))
+
+
+def test_attention_train_forward_keeps_the_undropped_probabilities(rng):
+    qkv, probs, out, _, _, mask = _train_attention_arrays(rng, 2, 2, 9, 4)
+    plain_probs, plain_out = np.empty_like(probs), np.empty_like(out)
+    native.attention_train_forward(qkv, plain_probs, plain_out, 0.5)
+    native.attention_train_forward(qkv, probs, out, 0.5, mask)
+    np.testing.assert_array_equal(probs, plain_probs)
+    assert np.triu(probs, 1).max() == 0.0 and not np.allclose(out, plain_out)
+
+
+@pytest.mark.parametrize("impl", [native, ref], ids=["native", "numpy"])
+def test_attention_train_backward_reads_only_the_causal_part(impl, rng):
+    qkv, probs, out, dout, dqkv, mask = _train_attention_arrays(rng, 2, 3, 11, 5)
+    impl.attention_train_forward(qkv, probs, out, 0.3, mask)
+    expect = np.empty_like(dqkv)
+    impl.attention_train_backward(dout, qkv, probs, expect, 0.3, mask)
+    upper = np.triu(np.ones((11, 11), bool), 1)
+    probs[:, :, upper], mask[:, :, upper] = np.nan, np.inf
+    impl.attention_train_backward(dout, qkv, probs, dqkv, 0.3, mask)
+    np.testing.assert_array_equal(dqkv, expect)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_attention_train_gives_the_same_bits_on_any_thread_count(isa, rng, threads):
+    # 5 sequences x 3 heads: 15 pairs, not a multiple of the threads
+    qkv, probs, out, dout, dqkv, mask = _train_attention_arrays(rng, 5, 3, 20, 8)
+    e_probs, e_out, e_dqkv = np.empty_like(probs), np.empty_like(out), np.empty_like(dqkv)
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(1)
+        native.attention_train_forward(qkv, e_probs, e_out, 0.3, mask)
+        native.attention_train_backward(dout, qkv, e_probs, e_dqkv, 0.3, mask)
+        kernels.set_threads(threads)
+        native.attention_train_forward(qkv, probs, out, 0.3, mask)
+        native.attention_train_backward(dout, qkv, probs, dqkv, 0.3, mask)
+    finally:
+        kernels.set_threads(before)
+    np.testing.assert_array_equal(probs, e_probs)
+    np.testing.assert_array_equal(out, e_out)
+    np.testing.assert_array_equal(dqkv, e_dqkv)
+
+
+def test_attention_train_works_on_strided_last_dims_and_writes_them_back(rng):
+    # every array with a non-unit last stride: worked on as contiguous copies, outputs copied back
+    qkv, probs, out, dout, dqkv, mask = _train_attention_arrays(rng, 2, 2, 6, 3)
+    s_qkv, s_probs, s_out, s_dout, s_dqkv, s_mask = (np.repeat(a, 2, axis=-1)[..., ::2]
+                                                     for a in (qkv, probs, out, dout, dqkv, mask))
+    native.attention_train_forward(s_qkv, s_probs, s_out, 0.3, s_mask)
+    native.attention_train_backward(s_dout, s_qkv, s_probs, s_dqkv, 0.3, s_mask)
+    ref.attention_train_forward(qkv, probs, out, 0.3, mask)
+    ref.attention_train_backward(dout, qkv, probs, dqkv, 0.3, mask)
+    close(s_probs, probs)
+    close(s_out, out)
+    close(s_dqkv, dqkv)
+
+
+TRAIN_ATTENTION_REFUSALS = {
+    "probs not 4D": lambda k: k.attention_train_forward(_f(4, 6), _f(2, 2, 2), _f(4, 2), 1.0),
+    "probs not square": lambda k: k.attention_train_forward(_f(4, 6), _f(2, 1, 2, 3), _f(4, 2), 1.0),
+    "no heads": lambda k: k.attention_train_forward(_f(4, 6), _f(2, 0, 2, 2), _f(4, 2), 1.0),
+    "qkv rows not B*T": lambda k: k.attention_train_forward(_f(5, 6), _f(2, 1, 2, 2), _f(4, 2), 1.0),
+    "qkv columns not 3*H*D": lambda k: k.attention_train_forward(_f(4, 7), _f(2, 1, 2, 2), _f(4, 2), 1.0),
+    "qkv narrower than the heads": lambda k: k.attention_train_forward(_f(4, 3), _f(2, 2, 2, 2), _f(4, 1), 1.0),
+    "out of another width": lambda k: k.attention_train_forward(_f(4, 6), _f(2, 1, 2, 2), _f(4, 3), 1.0),
+    "mask of another shape": lambda k: k.attention_train_forward(_f(4, 6), _f(2, 1, 2, 2), _f(4, 2), 1.0,
+                                                                 _f(2, 1, 2, 3)),
+    "float64 qkv": lambda k: k.attention_train_forward(_f(4, 6).astype(np.float64), _f(2, 1, 2, 2), _f(4, 2), 1.0),
+    "float16 mask": lambda k: k.attention_train_forward(_f(4, 6), _f(2, 1, 2, 2), _f(4, 2), 1.0,
+                                                        _f(2, 1, 2, 2).astype(np.float16)),
+    "a list for qkv": lambda k: k.attention_train_forward([[0.0] * 6] * 4, _f(2, 1, 2, 2), _f(4, 2), 1.0),
+    "a string for scale": lambda k: k.attention_train_forward(_f(4, 6), _f(2, 1, 2, 2), _f(4, 2), "x"),
+    "read-only probs": lambda k: k.attention_train_forward(_f(4, 6), np.broadcast_to(_f(1, 1, 2, 2), (2, 1, 2, 2)),
+                                                           _f(4, 2), 1.0),
+    "backward: dout of another width": lambda k: k.attention_train_backward(_f(4, 3), _f(4, 6), _f(2, 1, 2, 2),
+                                                                            _f(4, 6), 1.0),
+    "backward: dqkv of another shape": lambda k: k.attention_train_backward(_f(4, 2), _f(4, 6), _f(2, 1, 2, 2),
+                                                                            _f(4, 3), 1.0),
+    "backward: int32 dqkv": lambda k: k.attention_train_backward(_f(4, 2), _f(4, 6), _f(2, 1, 2, 2),
+                                                                 _f(4, 6).astype(np.int32), 1.0),
+    "backward: mask of another shape": lambda k: k.attention_train_backward(_f(4, 2), _f(4, 6), _f(2, 1, 2, 2),
+                                                                            _f(4, 6), 1.0, _f(1, 1, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("impl", [native, ref], ids=["native", "numpy"])
+@pytest.mark.parametrize("case", TRAIN_ATTENTION_REFUSALS, ids=list(TRAIN_ATTENTION_REFUSALS))
+def test_attention_train_refuses_bad_input(impl, case):
+    with pytest.raises(KernelInputError):
+        TRAIN_ATTENTION_REFUSALS[case](impl)
+
+
+@pytest.mark.parametrize("impl", [native, ref], ids=["native", "numpy"])
+def test_attention_train_refuses_outputs_overlapping_other_arrays(impl):
+    buf = _f(8 * 6 + 2 * 2 * 2 * 2)
+    qkv, probs = buf[:48].reshape(8, 6), buf[48:].reshape(2, 2, 2, 2)
+    with pytest.raises(KernelInputError, match="out must not overlap qkv"):
+        impl.attention_train_forward(qkv[:4], _f(2, 1, 2, 2), qkv[:4, 4:], 1.0)
+    with pytest.raises(KernelInputError, match="overlap"):  # probs sharing the mask's memory
+        impl.attention_train_forward(_f(4, 6), probs[0:1].reshape(2, 1, 2, 2), _f(4, 2), 1.0,
+                                     buf[46:54].reshape(2, 1, 2, 2))
+    with pytest.raises(KernelInputError, match="overlap"):  # dqkv written over qkv
+        impl.attention_train_backward(_f(4, 2), qkv[:4], _f(2, 1, 2, 2), qkv[:4], 1.0)
+    with pytest.raises(KernelInputError, match="overlap"):  # dqkv over part of dout
+        impl.attention_train_backward(buf[:8].reshape(4, 2), _f(4, 6), _f(2, 1, 2, 2), buf[4:28].reshape(4, 6), 1.0)
+
+
 # ------------------------------------------------------------------ refusals
 
 def _f(*shape):
@@ -859,7 +1004,8 @@ OUTPUTS = {"linear": [3], "embedding": [4], "embedding_backward": [2], "layer_no
            "layer_norm_backward": [5, 6, 7], "rms_norm": [2], "gelu": [1], "gelu_backward": [2], "silu": [1],
            "swiglu": [2], "geglu": [2], "softmax": [1], "causal_softmax": [1], "softmax_backward": [2],
            "rope": [3], "kv_cache_store": [2, 3], "attention": [4], "cross_entropy": [2, 3],
-           "adamw_step": [0, 2, 3], "rope_rows": [3], "kv_cache_store_rows": [2, 3], "attention_rows": [5]}
+           "adamw_step": [0, 2, 3], "rope_rows": [3], "kv_cache_store_rows": [2, 3], "attention_rows": [5],
+           "attention_train_forward": [1, 2], "attention_train_backward": [3]}
 
 def valid(name):
     # a correct argument list for each kernel, at small random sizes
@@ -892,6 +1038,10 @@ def valid(name):
         "attention_rows": lambda: [f(T, 2 * H, D), [f(2, H, S, D) for _ in range(T)],
                                    [f(2, H, S, D) for _ in range(T)], int(rng.integers(2)), ids(T, S),
                                    f(T, 2 * H, D), 0.3, int(rng.integers(3))],
+        "attention_train_forward": lambda: [f(N * T, 3 * H * D), f(N, H, T, T), f(N * T, H * D), 0.3,
+                                            None if rng.integers(2) else f(N, H, T, T)],
+        "attention_train_backward": lambda: [f(N * T, H * D), f(N * T, 3 * H * D), f(N, H, T, T),
+                                             f(N * T, 3 * H * D), 0.3, None if rng.integers(2) else f(N, H, T, T)],
     }[name]()
 
 def mutate(a):
@@ -1053,20 +1203,6 @@ def test_set_threads_sets_blas_and_native_together():
         assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
     finally:
         kernels.set_threads(before)
-
-
-def test_one_blas_thread_restores_the_thread_budget():
-    from threadpoolctl import ThreadpoolController
-
-    from smallmind.kernels import one_blas_thread
-
-    blas = ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [lib.get_num_threads() for lib in blas]
-    with pytest.raises(RuntimeError):
-        with one_blas_thread:
-            assert [lib.get_num_threads() for lib in blas] == [1] * len(blas)
-            raise RuntimeError("an error inside still restores the budget")
-    assert [lib.get_num_threads() for lib in blas] == before
 
 
 # ------------------------------------------------------------------ GEMM with fused epilogues

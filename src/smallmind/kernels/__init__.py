@@ -33,7 +33,7 @@ KERNEL_NAMES = (
     "causal_softmax", "softmax_backward", "rope", "kv_cache_store", "attention",
     "cross_entropy", "adamw_step", "linear_gelu", "linear_residual", "linear_backward_input",
     "linear_backward_weight", "round_bf16", "sample_softmax", "rope_rows", "kv_cache_store_rows",
-    "attention_rows",
+    "attention_rows", "attention_train_forward", "attention_train_backward",
 )
 ISAS = ("avx512", "avx2", "generic")
 MAX_THREADS = 64  # the native pool's size (csrc/pool.c SM_MAX_THREADS)
@@ -136,36 +136,6 @@ def set_threads(n: int) -> None:
     if _backend is not None:
         _backend.set_threads(n)
     _threads = n
-
-
-class _OneBlasThread:
-    """`with one_blas_thread:` runs the enclosed BLAS calls on a single thread.
-
-    The attention products are B*H tiny matrix products in one np.matmul; a threaded BLAS
-    wakes and joins its threads for each of them, which costs more than the work it splits,
-    and on a busy machine far more (a descheduled helper thread stalls every product).
-    """
-
-    def __init__(self):
-        self.blas = None
-        self.saved = []
-
-    def __enter__(self):
-        if self.blas is None:
-            from threadpoolctl import ThreadpoolController
-
-            self.blas = ThreadpoolController().select(user_api="blas").lib_controllers
-        self.saved = [lib.get_num_threads() for lib in self.blas]
-        for lib in self.blas:
-            lib.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        for lib, n in zip(self.blas, self.saved):
-            lib.set_num_threads(n)
-        return False
-
-
-one_blas_thread = _OneBlasThread()
 
 
 def get_threads() -> int:

@@ -70,6 +70,8 @@ _sample_softmax = _native.sample_softmax
 _rope_rows = _native.rope_rows
 _kv_cache_store_rows = _native.kv_cache_store_rows
 _attention_rows = _native.attention_rows
+_attention_train_forward = _native.attention_train_forward
+_attention_train_backward = _native.attention_train_backward
 
 _local = threading.local()
 
@@ -241,6 +243,18 @@ def attention_rows(q, k_caches, v_caches, layer, positions, out, scale, window=0
     # caches' layer at pos0 = positions[b]
     return _attention_rows(q, k_caches, v_caches, layer, positions, out, scale, window)
 
+
+
+def attention_train_forward(qkv, probs, out, scale, mask=None):
+    # qkv (B*T,3C) rows [q|k|v], heads of D = C/H columns in each third; probs (B,H,T,T): causal
+    # softmax of scale * q k^T; out (B*T,C): (probs [* mask]) v, heads merged (probs stays undropped)
+    return _attention_train_forward(qkv, probs, out, scale, mask)
+
+
+def attention_train_backward(dout, qkv, probs, dqkv, scale, mask=None):
+    # dout (B*T,C), qkv (B*T,3C), probs (B,H,T,T) (its causal part is read), mask like probs or None
+    # -> dqkv (B*T,3C) written (see reference.attention_train_backward)
+    return _attention_train_backward(dout, qkv, probs, dqkv, scale, mask)
 
 def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):
     # logits (N,V), targets (N,) int, losses (N,); dlogits (N,V) or None (may be logits itself)

@@ -354,6 +354,88 @@ def attention_rows(q, k_caches, v_caches, layer, positions, out, scale, window=0
     return out
 
 
+def _train_attention_dims(qkv, probs, mask, rows: dict, outputs: tuple):
+    # qkv (B*T,3*H*D), probs (B,H,T,T), mask like probs or None, rows: name -> (array, width in
+    # units of H*D), outputs: the names written -> B, H, T, D; refuses what the native kernel refuses
+    for name, a in {"qkv": qkv, "probs": probs, "mask": mask, **{n: a for n, (a, _) in rows.items()}}.items():
+        if a is None and name == "mask":
+            continue
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            raise KernelInputError(f"{name} must be a float32 numpy array, got {getattr(a, 'dtype', type(a).__name__)}")
+        if name in outputs and not a.flags.writeable:
+            raise KernelInputError(f"{name} is read-only")
+    if probs.ndim != 4 or qkv.ndim != 2:
+        raise KernelInputError(f"probs must be 4D (B,H,T,T) and qkv 2D (B*T,3C), got {probs.ndim}D and {qkv.ndim}D")
+    B, H, T, S = probs.shape
+    if min(B, H, T) < 1 or S != T:
+        raise KernelInputError(f"probs must be (B, H, T, T) with B, H and T at least 1, got {probs.shape}")
+    if qkv.shape[0] != B * T or qkv.shape[1] < 3 * H or qkv.shape[1] % (3 * H):
+        raise KernelInputError(f"qkv must be (B*T, 3*H*D) = ({B * T}, 3*{H}*D) for probs {probs.shape}, got {qkv.shape}")
+    D = qkv.shape[1] // (3 * H)
+    for name, (a, k) in rows.items():
+        if a.shape != (B * T, k * H * D):
+            raise KernelInputError(f"{name} must be ({B * T}, {k * H * D}) for qkv {qkv.shape}, got {a.shape}")
+    if mask is not None and mask.shape != probs.shape:
+        raise KernelInputError(f"mask shape {mask.shape} does not match probs shape {probs.shape}")
+    return B, H, T, D
+
+
+def _train_heads(x, B, T, H, D):
+    # x (B*T, k*H*D) -> (k,B,H,T,D) view
+    return x.reshape(B, T, -1, H, D).transpose(2, 0, 3, 1, 4)
+
+
+def _merge_heads(y, out):
+    # y (B,H,T,D) -> out (B*T, H*D) rows, heads side by side
+    B, H, T, D = y.shape
+    out[...] = y.transpose(0, 2, 1, 3).reshape(B * T, H * D)
+
+
+def attention_train_forward(qkv, probs, out, scale, mask=None):
+    # qkv (B*T,3C) rows [q|k|v], heads of D = C/H columns in each third; probs (B,H,T,T): causal
+    # softmax of scale * q k^T; out (B*T,C): (probs [* mask]) v, heads merged (probs stays undropped)
+    B, H, T, D = _train_attention_dims(qkv, probs, mask, {"out": (out, 1)}, ("probs", "out"))
+    scale = _number("scale", scale)
+    _apart({"qkv": qkv, "probs": probs, "out": out, "mask": mask}, ("probs", "out"))
+    q, k, v = _train_heads(qkv, B, T, H, D)
+    np.matmul(q, k.transpose(0, 1, 3, 2), out=probs)
+    causal_softmax(probs, probs, scale)
+    _merge_heads((probs if mask is None else probs * mask) @ v, out)
+    return out
+
+
+def attention_train_backward(dout, qkv, probs, dqkv, scale, mask=None):
+    # dout (B*T,C), qkv (B*T,3C), probs (B,H,T,T) (its causal part is read), mask like probs or None
+    # -> dqkv (B*T,3C) written: dv = P'^T dout (P' = probs [* mask]), dS = the softmax's backward of
+    # dP = dout v^T [* mask], dq = dS k, dk = dS^T q
+    B, H, T, D = _train_attention_dims(qkv, probs, mask, {"dout": (dout, 1), "dqkv": (dqkv, 3)}, ("dqkv",))
+    scale = _number("scale", scale)
+    _apart({"dout": dout, "qkv": qkv, "probs": probs, "dqkv": dqkv, "mask": mask}, ("dqkv",))
+    q, k, v = _train_heads(qkv, B, T, H, D)
+    datt = _train_heads(dout, B, T, H, D)[0]
+    p = np.tril(probs)
+    mask = None if mask is None else np.tril(mask)
+    dropped = p if mask is None else p * mask
+    dp = datt @ v.transpose(0, 1, 3, 2)
+    if mask is not None:
+        dp *= mask
+    ds = softmax_backward(p, dp, np.empty_like(dp), scale)
+    grads = [ds @ k, ds.transpose(0, 1, 3, 2) @ q, dropped.transpose(0, 1, 3, 2) @ datt]
+    for i, g in enumerate(grads):
+        _merge_heads(g, dqkv[:, i * H * D:(i + 1) * H * D])
+    return dqkv
+
+
+def _number(name, x):
+    # x -> float, or KernelInputError naming the argument (as the native kernels read numbers)
+    if isinstance(x, (str, bytes)):
+        raise KernelInputError(f"{name} must be a number, got {type(x).__name__}")
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise KernelInputError(f"{name} must be a number, got {type(x).__name__}") from None
+
+
 def cross_entropy(logits, targets, losses, dlogits=None, dscale=1.0):
     # logits (N,V), targets (N,) int, losses (N,); dlogits (N,V) or None (may alias logits):
     # losses[n] = -log softmax(logits[n])[targets[n]]; dlogits = (softmax - onehot) * dscale

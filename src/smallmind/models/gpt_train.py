@@ -11,9 +11,9 @@ Each layer type is a forward/backward pair of small functions over (N, C) rows (
 Everything goes through smallmind.kernels (NumPy references or native C, chosen at import).
 The linear layers use its fused products: the MLP's up projection writes the GELU beside
 its output, the projections add the residual as they store, and the backward products
-apply the GELU's gradient and sum the bias gradient in the same pass. Attention runs batched
-over (batch, head) pairs, on strided (B,H,T,D) views of the qkv rows (no copies), with BLAS
-on one thread (kernels.one_blas_thread) and the batch's sequences split over the thread budget.
+apply the GELU's gradient and sum the bias gradient in the same pass. Attention is one kernel
+call each way (kernels.attention_train_forward / _backward) over the (batch, head) pairs,
+reading the heads straight from the qkv rows; it keeps only the probabilities.
 
 Mixed precision (precision="bf16"): the weights stay float32 (the optimizer's master copy);
 each forward rounds them once into a BF16 copy, and every linear layer's product, forward
@@ -76,7 +76,6 @@ class TrainWorkspace:
         self.logits = f32(B, T, V)
         self.losses = f32(N)
         self.dlogits = f32(N, V)                # d(mean loss)/d(logits), made by the loss in forward
-        self.scores = f32(B, H, T, T)           # scratch: raw scores, then the scores' gradient
         self.dproj = f32(N, C)                  # scratch: a projection's gradient through dropout
 
         # activation gradients (reused by every layer on the way back)
@@ -85,7 +84,6 @@ class TrainWorkspace:
         self.datt = f32(N, C)
         self.dmlp_pre = f32(N, 4 * C)           # made by the down projection's backward, through the GELU
         self.dqkv = f32(N, 3 * C)
-        self.dprobs = f32(B, H, T, T)
 
         # bf16: the rounded weights (laid out as Params) and a rounded copy of each product's dout
         self.weights_bf16 = self.dout_bf16 = None
@@ -114,7 +112,7 @@ class TrainWorkspace:
         B, T, C, H, L, V = batch, seq, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.vocab_size
         N = B * T
         per_layer = N * C * 5 + N * 4 + N * 3 * C + B * H * T * T + N * 4 * C * 2
-        floats = (L * per_layer + N * C * 2 + N * 2 + N * V * 2 + N + B * H * T * T * 2
+        floats = (L * per_layer + N * C * 2 + N * 2 + N * V * 2 + N
                   + N * C * 4 + N * 4 * C + N * 3 * C)
         if cfg.dropout > 0:
             floats += N * C + L * (B * H * T * T + 2 * N * C)
@@ -176,79 +174,17 @@ def linear_backward(dout, x, weight, dx, dweight, dbias, scale=1.0, gelu_x=None)
     kernels.linear_backward_weight(dout, x, dweight, dbias, scale)
 
 
-def _heads(x, B, T, H, D):
-    # x (B*T, k*H*D) with k = 3 (q,k,v) or 1 -> views (k,B,H,T,D); every (T,D) slice is BLAS-ready
-    return x.reshape(B, T, -1, H, D).transpose(2, 0, 3, 1, 4)
+def attention_forward(qkv, probs, out, mask=None):
+    # qkv (B*T,3C), probs (B,H,T,T), out (B*T,C): causal softmax(q k^T / sqrt(D)) saved in probs,
+    # out = dropout(probs) @ v with the heads merged; mask (B,H,T,T) is the dropout mask or None
+    H = probs.shape[1]
+    kernels.attention_train_forward(qkv, probs, out, 1.0 / math.sqrt(qkv.shape[1] // (3 * H)), mask)
 
 
-def attention_forward(qkv, scores, probs, out, mask=None):
-    # qkv (B,T,3C) flat as (B*T,3C); scores, probs (B,H,T,T); out (B*T,C): heads merged
-    B, H, T, _ = probs.shape
-    D = qkv.shape[1] // (3 * H)
-
-    def sequences(b0, b1):
-        rows = slice(b0 * T, b1 * T)
-        q, k, v = _heads(qkv[rows], b1 - b0, T, H, D)
-        s, p = scores[b0:b1], probs[b0:b1]
-        np.matmul(q, k.transpose(0, 1, 3, 2), out=s)
-        kernels.causal_softmax(s, p, 1.0 / np.sqrt(D))
-        if mask is not None:
-            # scores is free again: it holds the dropped-out probabilities
-            p = np.multiply(p, mask[b0:b1], out=s)
-        np.matmul(p, v, out=_heads(out[rows], b1 - b0, T, H, D)[0])
-
-    _over_sequences(sequences, B)
-
-
-def attention_backward(dout, qkv, probs, dprobs, dscores, dqkv, mask=None):
-    # dout (B*T,C), qkv (B*T,3C), probs (B,H,T,T) -> dqkv (B*T,3C); dprobs, dscores (B,H,T,T) scratch
-    B, H, T, _ = probs.shape
-    D = qkv.shape[1] // (3 * H)
-
-    def sequences(b0, b1):
-        rows, n = slice(b0 * T, b1 * T), b1 - b0
-        q, k, v = _heads(qkv[rows], n, T, H, D)
-        dq, dk, dv = _heads(dqkv[rows], n, T, H, D)
-        datt = _heads(dout[rows], n, T, H, D)[0]
-        p, dp, ds = probs[b0:b1], dprobs[b0:b1], dscores[b0:b1]
-        np.matmul(datt, v.transpose(0, 1, 3, 2), out=dp)
-        if mask is None:
-            np.matmul(p.transpose(0, 1, 3, 2), datt, out=dv)
-        else:
-            np.multiply(p, mask[b0:b1], out=ds)
-            np.matmul(ds.transpose(0, 1, 3, 2), datt, out=dv)
-            dp *= mask[b0:b1]
-        kernels.softmax_backward(p, dp, ds, 1.0 / np.sqrt(D))
-        np.matmul(ds, k, out=dq)
-        np.matmul(ds.transpose(0, 1, 3, 2), q, out=dk)
-
-    _over_sequences(sequences, B)
-
-
-_sequence_threads = {"n": 0, "pool": None}
-
-
-def _over_sequences(fn, B):
-    # fn(b0, b1) for the batch's sequences split over the thread budget: the attention products
-    # are many tiny matrices that BLAS runs on one thread (kernels.one_blas_thread), so the split
-    # happens here; each sequence's math is the same whichever thread runs it
-    n = min(kernels.get_threads(), B)
-    if n <= 1:
-        fn(0, B)
-        return
-    if _sequence_threads["n"] != n:
-        from concurrent.futures import ThreadPoolExecutor
-
-        if _sequence_threads["pool"] is not None:
-            _sequence_threads["pool"].shutdown()
-        _sequence_threads.update(n=n, pool=ThreadPoolExecutor(n - 1, thread_name_prefix="smallmind-attention"))
-    bounds = [B * i // n for i in range(n + 1)]
-    others = [_sequence_threads["pool"].submit(fn, bounds[i], bounds[i + 1]) for i in range(1, n)]
-    try:
-        fn(bounds[0], bounds[1])
-    finally:
-        for future in others:
-            future.result()
+def attention_backward(dout, qkv, probs, dqkv, mask=None):
+    # dout (B*T,C), qkv (B*T,3C), probs (B,H,T,T) -> dqkv (B*T,3C) written; mask as in the forward
+    H = probs.shape[1]
+    kernels.attention_train_backward(dout, qkv, probs, dqkv, 1.0 / math.sqrt(qkv.shape[1] // (3 * H)), mask)
 
 
 def loss_forward(logits, targets, losses, dlogits):
@@ -315,9 +251,8 @@ def forward(params: Params, ws: TrainWorkspace, tokens, targets=None, *, dropout
                 _product_input(bf16, ws.ln_1[l])
             with scope("matmul.qkv"):
                 linear_forward(ws.ln_1[l], w[h + "attn.qkv.weight"], params[h + "attn.qkv.bias"], ws.qkv[l])
-            with scope("attention"), kernels.one_blas_thread:
-                attention_forward(ws.qkv[l], ws.scores, ws.probs[l], ws.att[l],
-                                  None if masks is None else masks["probs"][l])
+            with scope("attention"):
+                attention_forward(ws.qkv[l], ws.probs[l], ws.att[l], None if masks is None else masks["probs"][l])
                 _product_input(bf16, ws.att[l])
             with scope("matmul.attn_out"):
                 _residual_linear(x, ws.att[l], w[h + "attn.proj.weight"], params[h + "attn.proj.bias"],
@@ -411,9 +346,8 @@ def backward(params: Params, grads: Params, ws: TrainWorkspace, loss_scale: floa
                 dproj = _residual_linear_grad(dresid, ws.dproj, None if masks is None else masks["attn_out"][l])
                 linear_backward(_product_grad(ws, dproj), ws.att[l], w[h + "attn.proj.weight"], ws.datt,
                                 grads[h + "attn.proj.weight"], grads[h + "attn.proj.bias"])
-            with scope("attention"), kernels.one_blas_thread:
-                attention_backward(ws.datt, ws.qkv[l], ws.probs[l], ws.dprobs, ws.scores, ws.dqkv,
-                                   None if masks is None else masks["probs"][l])
+            with scope("attention"):
+                attention_backward(ws.datt, ws.qkv[l], ws.probs[l], ws.dqkv, None if masks is None else masks["probs"][l])
             with scope("matmul.qkv"):
                 linear_backward(_product_grad(ws, ws.dqkv), ws.ln_1[l], w[h + "attn.qkv.weight"], dln,
                                 grads[h + "attn.qkv.weight"], grads[h + "attn.qkv.bias"])

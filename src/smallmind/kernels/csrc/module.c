@@ -17,6 +17,7 @@
 #include "kernels.h"
 #include "pool.h"
 #include "quant.h"
+#include "train_attention.h"
 
 #ifdef SM_HAVE_X86
 #include <cpuid.h>
@@ -32,7 +33,8 @@ static PyObject *KernelInputError;
 static PyObject *np_shares_memory, *np_too_hard;
 static const KernelTable *K = &sm_table_generic;
 static const GemmTable *G = &sm_gtable_generic;
-static const QuantTable *Q = &sm_qtable_generic;  /* the AVX2 build also serves AVX-512 machines */
+static const QuantTable *Q = &sm_qtable_generic;
+static const TrainAttnTable *TA = &sm_tatable_generic;  /* AVX-512 machines run the AVX2 build too */  /* the AVX2 build also serves AVX-512 machines */
 /* Above this many rows linear() hands over to BLAS. With more than one thread the cut-over
  * is higher: after each call OpenBLAS's idle threads spin for ~0.1 s (its default thread
  * timeout), fighting our pool for the cores, which halves decode speed after a prefill;
@@ -1423,6 +1425,106 @@ done:
     return finish(io, 3, ok, args[5]);
 }
 
+/* ---------------------------------------------------------------- training attention */
+
+/* the pairs' dims from probs (B,H,T,T) and qkv (B*T, 3*H*D), and mask (when given) against probs */
+static int train_attn_dims(View *qkv, View *probs, View *mask, TrainAttnArgs *ta)
+{
+    long B = (long)probs->shape[0], H = (long)probs->shape[1], T = (long)probs->shape[2];
+    if (B < 1 || H < 1 || T < 1) return fail("probs must be (B, H, T, T) with B, H and T at least 1");
+    if (want_dim(probs, "probs", 3, T, "T, probs dim 2") || want_dim(qkv, "qkv", 0, B * T, "B*T of probs"))
+        return -1;
+    long W = (long)qkv->shape[1];
+    if (W < 3 * H || W % (3 * H))
+        return fail("qkv has %ld columns but must hold q, k and v of %ld heads (3*H*D columns)", W, H);
+    if (mask->arr && same_shape(probs, "probs", mask, "mask")) return -1;
+    ta->B = B;
+    ta->H = H;
+    ta->T = T;
+    ta->D = W / (3 * H);
+    ta->qkv = F(*qkv);
+    ta->qkv_rs = (long)qkv->st[0];
+    ta->probs = F(*probs);
+    ta->ps_b = (long)probs->st[0], ta->ps_h = (long)probs->st[1], ta->ps_t = (long)probs->st[2];
+    if (mask->arr) {
+        ta->mask = F(*mask);
+        ta->ms_b = (long)mask->st[0], ta->ms_h = (long)mask->st[1], ta->ms_t = (long)mask->st[2];
+    }
+    return 0;
+}
+
+/* every pair on the pool, without the GIL unless the call is short; MemoryError when a thread's
+ * scratch cannot be had */
+static int train_attn_run(const TrainAttnArgs *ta, int backward)
+{
+    int rc;
+    if (2.0 * ta->B * ta->H * ta->T * ta->T * ta->D < (double)gil_min_work) {
+        rc = sm_train_attention(TA, ta, backward);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        rc = sm_train_attention(TA, ta, backward);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc) PyErr_NoMemory();
+    return rc;
+}
+
+/* attention_train_forward(qkv, probs, out, scale, mask): probs = causal softmax(scale * q k^T)
+ * per (sequence, head), out = (probs [* mask]) v with the heads merged */
+static PyObject *py_attention_train_forward(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 5, "attention_train_forward")) return NULL;
+    static const char *const names[4] = {"qkv", "probs", "out", "mask"};
+    View v[4] = {0};
+    int ok = 0;
+    double scale = 0.0;
+    TrainAttnArgs ta = {0};
+    int has_mask = args[4] != Py_None;
+    if (view_get(&v[0], args[0], "qkv", KIND_F32, 2, 0, 0) || view_get(&v[1], args[1], "probs", KIND_F32, 4, 1, 0) ||
+        view_get(&v[2], args[2], "out", KIND_F32, 2, 1, 0) || get_float(args[3], "scale", &scale) ||
+        (has_mask && view_get(&v[3], args[4], "mask", KIND_F32, 4, 0, 0)))
+        goto done;
+    if (train_attn_dims(&v[0], &v[1], &v[3], &ta) || want_dim(&v[2], "out", 0, ta.B * ta.T, "B*T of probs") ||
+        want_dim(&v[2], "out", 1, ta.H * ta.D, "H*D, a third of qkv's columns"))
+        goto done;
+    if (views_apart(v, names, 4, 1u << 1 | 1u << 2, NULL)) goto done;
+    ta.out = F(v[2]);
+    ta.out_rs = (long)v[2].st[0];
+    ta.scale = (float)scale;
+    ok = train_attn_run(&ta, 0) == 0;
+done:
+    return finish(v, 4, ok, args[2]);
+}
+
+/* attention_train_backward(dout, qkv, probs, dqkv, scale, mask): dqkv written from dout */
+static PyObject *py_attention_train_backward(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 6, "attention_train_backward")) return NULL;
+    static const char *const names[5] = {"dout", "qkv", "probs", "dqkv", "mask"};
+    View v[5] = {0};
+    int ok = 0;
+    double scale = 0.0;
+    TrainAttnArgs ta = {0};
+    int has_mask = args[5] != Py_None;
+    if (view_get(&v[0], args[0], "dout", KIND_F32, 2, 0, 0) || view_get(&v[1], args[1], "qkv", KIND_F32, 2, 0, 0) ||
+        view_get(&v[2], args[2], "probs", KIND_F32, 4, 0, 0) || view_get(&v[3], args[3], "dqkv", KIND_F32, 2, 1, 0) ||
+        get_float(args[4], "scale", &scale) || (has_mask && view_get(&v[4], args[5], "mask", KIND_F32, 4, 0, 0)))
+        goto done;
+    if (train_attn_dims(&v[1], &v[2], &v[4], &ta) || same_shape(&v[1], "qkv", &v[3], "dqkv") ||
+        want_dim(&v[0], "dout", 0, ta.B * ta.T, "B*T of probs") ||
+        want_dim(&v[0], "dout", 1, ta.H * ta.D, "H*D, a third of qkv's columns"))
+        goto done;
+    if (views_apart(v, names, 5, 1u << 3, NULL)) goto done;
+    ta.dout = F(v[0]);
+    ta.dout_rs = (long)v[0].st[0];
+    ta.dqkv = F(v[3]);
+    ta.dqkv_rs = (long)v[3].st[0];
+    ta.scale = (float)scale;
+    ok = train_attn_run(&ta, 1) == 0;
+done:
+    return finish(v, 5, ok, args[3]);
+}
+
 /* ---------------------------------------------------------------- loss, optimizer */
 
 static void xent_task(void *ctx, long a, long b) { K->cross_entropy_rows((const XentArgs *)ctx, a, b); }
@@ -1624,6 +1726,15 @@ static const QuantTable *qtable_for(const KernelTable *t)
     return &sm_qtable_generic;
 }
 
+static const TrainAttnTable *tatable_for(const KernelTable *t)
+{
+#ifdef SM_HAVE_X86
+    if (t != &sm_table_generic) return &sm_tatable_avx2;
+#endif
+    (void)t;
+    return &sm_tatable_generic;
+}
+
 static const GemmTable *gtable_for(const KernelTable *t)
 {
 #ifdef SM_HAVE_X86
@@ -1651,6 +1762,7 @@ static PyObject *py_select_isa(PyObject *self, PyObject *arg)
     if (!t) return PyErr_Format(PyExc_ValueError, "ISA %R is unknown or not supported by this CPU", arg);
     K = t;
     G = gtable_for(t);
+    TA = tatable_for(t);
     gemm_min_rows = gemm_min_rows_for(t);
     Q = qtable_for(t);
     return PyUnicode_FromString(K->name);
@@ -1764,6 +1876,7 @@ static PyMethodDef methods[] = {
     FAST(rope), FAST(cross_entropy), FAST(adamw_step), FAST(tuning), FAST(quant_linear),
     FAST(quant_embedding), FAST(quant_dequantize), FAST(gemm_linear), FAST(gemm_dx), FAST(gemm_dw),
     FAST(round_bf16), FAST(sample_softmax), FAST(rope_rows), FAST(kv_cache_store_rows), FAST(attention_rows),
+    FAST(attention_train_forward), FAST(attention_train_backward),
     {"select_isa", py_select_isa, METH_O, "select_isa(name) -> name: 'avx512', 'avx2', 'generic' or 'best'"},
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
     {"quant_isa", py_quant_isa, METH_NOARGS, "the ISA whose quantized-weight kernels run"},
@@ -1795,6 +1908,7 @@ PyMODINIT_FUNC PyInit__native(void)
     if (!np_shares_memory || !np_too_hard) return NULL;
     K = table_for("best");
     G = gtable_for(K);
+    TA = tatable_for(K);
     gemm_min_rows = gemm_min_rows_for(K);
     Q = qtable_for(K);
     PyObject *m = PyModule_Create(&moduledef);
