@@ -89,12 +89,27 @@ static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, con
         x = _mm256_broadcast_ss((ak) + o5);                                                                   \
         c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);                                 \
     } while (0)
-    if (!first || g->beta) {
-        /* the partial sums this tile adds to: fetched during the k loop, not waited for after it */
-        for (long r = 0; r < mr; r++) {
-            const char *c = (const char *)(g->c + (i + r) * g->crs + j);
-            _mm_prefetch(c, _MM_HINT_T0);
-            _mm_prefetch(c + 60, _MM_HINT_T0);
+    /* what the store reads and writes, fetched during the k loop rather than waited for after
+     * it (training's arrays are megabytes, far out of cache, and a tile's rows are kilobytes
+     * apart, a pattern the hardware prefetcher does not follow) */
+    for (long r = 0; r < mr; r++) {
+        const char *c = (const char *)(g->c + (i + r) * g->crs + j);
+        __builtin_prefetch(c, 1, 3);
+        __builtin_prefetch(c + 60, 1, 3);
+        if (last && g->gx) {
+            const char *x = (const char *)(g->gx + (i + r) * g->gxs + j);
+            __builtin_prefetch(x, 0, 3);
+            __builtin_prefetch(x + 60, 0, 3);
+        }
+        if (last && g->resid) {
+            const char *x = (const char *)(g->resid + (i + r) * g->rrs + j);
+            __builtin_prefetch(x, 0, 3);
+            __builtin_prefetch(x + 60, 0, 3);
+        }
+        if (last && g->act) {
+            const char *o = (const char *)(g->act + (i + r) * g->acts + j);
+            __builtin_prefetch(o, 1, 3);
+            __builtin_prefetch(o + 60, 1, 3);
         }
     }
     long k = 0;
