@@ -22,17 +22,22 @@ static long min_l(long a, long b) { return a < b ? a : b; }
  * jc + q*NR.., each k row NR floats, zero beyond the last column */
 static void pack_b(const GemmArgs *g, float *bp, long jc, long nc, long pc, long kc)
 {
-    for (long q = 0; q * NR < nc; q++) {
+    const long full = g->bcs == 1 ? nc / NR : 0;
+    if (full) {
+        /* B's rows contiguous (x, or a weight read as is): each row read once from start to
+         * end, a pattern the hardware prefetcher follows, its NR-column pieces to their panels */
+        const float *src = g->b + pc * g->brs + jc;
+        for (long k = 0; k < kc; k++, src += g->brs)
+            for (long q = 0; q < full; q++) memcpy(bp + q * kc * NR + k * NR, src + q * NR, NR * sizeof(float));
+    }
+    /* the rest (a transposed weight, or the last, partial panel) column by column: the reads
+     * run along B's rows when B is a transposed weight; zeros past the last column */
+    for (long q = full; q * NR < nc; q++) {
         float *dst = bp + q * kc * NR;
         long j = jc + q * NR, nr = min_l(NR, jc + nc - j);
         const float *src = g->b + pc * g->brs + j * g->bcs;
-        if (g->bcs == 1 && nr == NR) {
-            for (long k = 0; k < kc; k++) memcpy(dst + k * NR, src + k * g->brs, NR * sizeof(float));
-        } else {
-            /* column by column: the reads run along B's rows when B is a transposed weight */
-            for (long c = 0; c < NR; c++)
-                for (long k = 0; k < kc; k++) dst[k * NR + c] = c < nr ? src[k * g->brs + c * g->bcs] : 0.0f;
-        }
+        for (long c = 0; c < NR; c++)
+            for (long k = 0; k < kc; k++) dst[k * NR + c] = c < nr ? src[k * g->brs + c * g->bcs] : 0.0f;
     }
 }
 
