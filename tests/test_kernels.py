@@ -258,7 +258,7 @@ def test_layer_norm_in_place(isa, rng):
     close(x, expect)
 
 
-@pytest.mark.parametrize("T,C", [(1, 1), (7, 33), (64, 256), (2, 4097)])
+@pytest.mark.parametrize("T,C", [(1, 1), (7, 33), (64, 256), (2, 4097), (3000, 40)])
 def test_layer_norm_backward_matches_reference(isa, rng, T, C):
     x, w, dout = view(rng, (T, C), pad=2), view(rng, (C,)), view(rng, (T, C), pad=1)
     mean, rstd = np.empty(T, np.float32), np.empty(T, np.float32)
@@ -269,6 +269,26 @@ def test_layer_norm_backward_matches_reference(isa, rng, T, C):
     native.layer_norm_backward(dout, x, w, mean, rstd, *grads)
     for g, e in zip(grads, expect):
         close(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("T", [31, 33, 2048, 5000])
+def test_layer_norm_backward_gives_the_same_bits_however_the_threads_split_the_rows(isa, rng, T):
+    # blocks of rows fixed by T alone, their parameter-gradient sums added in block order
+    x, w, dout = view(rng, (T, 24)), view(rng, (24,)), view(rng, (T, 24))
+    mean, rstd = np.empty(T, np.float32), np.empty(T, np.float32)
+    ref.layer_norm(x, w, w, np.empty((T, 24), np.float32), 1e-5, mean, rstd)
+    before, results = kernels.get_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            kernels.set_threads(threads)
+            grads = [np.ones((T, 24), np.float32), np.ones(24, np.float32), np.ones(24, np.float32)]
+            native.layer_norm_backward(dout, x, w, mean, rstd, *grads)
+            results.append(grads)
+    finally:
+        kernels.set_threads(before)
+    for other in results[1:]:
+        for got, first in zip(other, results[0]):
+            np.testing.assert_array_equal(got, first)
 
 
 @pytest.mark.parametrize("T,C", [(1, 7), (9, 4097)])

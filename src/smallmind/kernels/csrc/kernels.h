@@ -129,8 +129,8 @@ typedef struct {
     void (*attention_half)(const AttnArgs *, long i0, long i1);
     void (*layer_norm_rows)(const NormArgs *, long r0, long r1);
     void (*rms_norm_rows)(const NormArgs *, long r0, long r1);
-    void (*layer_norm_bwd_rows)(const NormBwdArgs *, long r0, long r1);
-    void (*layer_norm_bwd_cols)(const NormBwdArgs *, long c0, long c1);
+    /* rows r0..r1: dx += their gradient; pdw, pdb (C,) = these rows' dweight, dbias sums */
+    void (*layer_norm_bwd_block)(const NormBwdArgs *, long r0, long r1, float *pdw, float *pdb);
     void (*elementwise)(int op, const float *a, const float *b, float *out, long n);
     void (*softmax_rows)(const SoftmaxArgs *, long r0, long r1);
     void (*softmax_bwd_rows)(const SoftmaxArgs *, long r0, long r1);

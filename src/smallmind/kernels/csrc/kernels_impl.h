@@ -569,11 +569,15 @@ static void FN(rms_norm_rows)(const NormArgs *a, long r0, long r1)
     }
 }
 
-/* dx rows: dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w */
-static void FN(layer_norm_bwd_rows)(const NormBwdArgs *a, long r0, long r1)
+/* rows r0..r1 in one pass: dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
+ * dxhat = dout * w, while pdw = sum of dout * xhat and pdb = sum of dout over these rows (the
+ * row is still in L1 for its second loop; dx may be dout or x, each element read first) */
+static void FN(layer_norm_bwd_block)(const NormBwdArgs *a, long r0, long r1, float *pdw, float *pdb)
 {
     const long C = a->C;
     const float *w = a->w;
+    memset(pdw, 0, (size_t)C * sizeof(float));
+    memset(pdb, 0, (size_t)C * sizeof(float));
     for (long r = r0; r < r1; r++) {
         const float *dout = a->dout + r * a->ds, *x = a->x + r * a->xs;
         float *dx = a->dx + r * a->dxs;
@@ -589,24 +593,10 @@ static void FN(layer_norm_bwd_rows)(const NormBwdArgs *a, long r0, long r1)
         s2 /= (float)C;
 #pragma omp simd
         for (long c = 0; c < C; c++) {
-            float xhat = (x[c] - mean) * rstd;
-            dx[c] += rstd * (dout[c] * w[c] - s1 - xhat * s2);
-        }
-    }
-}
-
-/* dweight, dbias columns c0..c1, summed over all rows (columns split across threads) */
-static void FN(layer_norm_bwd_cols)(const NormBwdArgs *a, long c0, long c1)
-{
-    float *dw = a->dw + c0, *db = a->db + c0;
-    const long n = c1 - c0;
-    for (long r = 0; r < a->T; r++) {
-        const float *dout = a->dout + r * a->ds + c0, *x = a->x + r * a->xs + c0;
-        float mean = a->mean[r * a->ms], rstd = a->rstd[r * a->rs];
-#pragma omp simd
-        for (long c = 0; c < n; c++) {
-            db[c] += dout[c];
-            dw[c] += dout[c] * ((x[c] - mean) * rstd);
+            float g = dout[c], xhat = (x[c] - mean) * rstd;
+            pdb[c] += g;
+            pdw[c] += g * xhat;
+            dx[c] += rstd * (g * w[c] - s1 - xhat * s2);
         }
     }
 }
@@ -832,8 +822,7 @@ const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
     .attention_half = FN(attention_half),
     .layer_norm_rows = FN(layer_norm_rows),
     .rms_norm_rows = FN(rms_norm_rows),
-    .layer_norm_bwd_rows = FN(layer_norm_bwd_rows),
-    .layer_norm_bwd_cols = FN(layer_norm_bwd_cols),
+    .layer_norm_bwd_block = FN(layer_norm_bwd_block),
     .elementwise = FN(elementwise),
     .softmax_rows = FN(softmax_rows),
     .softmax_bwd_rows = FN(softmax_bwd_rows),

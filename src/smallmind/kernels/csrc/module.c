@@ -980,8 +980,27 @@ done:
     return finish(v, 3, ok, args[2]);
 }
 
-static void lnb_rows_task(void *ctx, long a, long b) { K->layer_norm_bwd_rows((const NormBwdArgs *)ctx, a, b); }
-static void lnb_cols_task(void *ctx, long a, long b) { K->layer_norm_bwd_cols((const NormBwdArgs *)ctx, a, b); }
+/* LayerNorm's backward runs over blocks of rows fixed by T alone (at most SM_LNB_BLOCKS), each
+ * leaving its parameter-gradient sums in a slot of `part`, added in block order afterwards: the
+ * same bits whatever the thread count, and one pass over dout and x */
+#define SM_LNB_BLOCKS 64
+#define SM_LNB_MIN_ROWS 32
+
+typedef struct {
+    const NormBwdArgs *a;
+    long rows;   /* per block */
+    float *part; /* blocks x (dw, db) x C */
+} LnbJob;
+
+static void lnb_task(void *ctx, long b0, long b1)
+{
+    const LnbJob *j = ctx;
+    const long C = j->a->C;
+    for (long b = b0; b < b1; b++) {
+        long r0 = b * j->rows, r1 = r0 + j->rows < j->a->T ? r0 + j->rows : j->a->T;
+        K->layer_norm_bwd_block(j->a, r0, r1, j->part + 2 * b * C, j->part + (2 * b + 1) * C);
+    }
+}
 
 static PyObject *py_layer_norm_backward(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
@@ -1004,9 +1023,24 @@ static PyObject *py_layer_norm_backward(PyObject *self, PyObject *const *args, P
     if (views_apart(v, names, 8, 1u << 5 | 1u << 6 | 1u << 7, same_ok)) goto done;
     NormBwdArgs a = {F(v[0]), F(v[1]), F(v[2]), F(v[3]), F(v[4]), F(v[5]), F(v[6]), F(v[7]), T, C,
                      (long)v[0].st[0], (long)v[1].st[0], (long)v[5].st[0], (long)v[3].st[0], (long)v[4].st[0]};
-    /* parameter gradients first: they read dout and x, which dx may overwrite */
-    run(lnb_cols_task, &a, C, 16, 4.0 * T * C);
-    run(lnb_rows_task, &a, T, 1, 10.0 * T * C);
+    long rows = (T + SM_LNB_BLOCKS - 1) / SM_LNB_BLOCKS;
+    if (rows < SM_LNB_MIN_ROWS) rows = SM_LNB_MIN_ROWS;
+    long blocks = (T + rows - 1) / rows;
+    LnbJob job = {&a, rows, malloc((size_t)(blocks > 0 ? blocks : 1) * 2 * C * sizeof(float) + 1)};
+    if (!job.part) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    run(lnb_task, &job, blocks, 1, 14.0 * T * C);
+    for (long b = 0; b < blocks; b++) {
+        const float *pdw = job.part + 2 * b * C, *pdb = pdw + C;
+        float *dw = F(v[6]), *db = F(v[7]);
+        for (long c = 0; c < C; c++) {
+            dw[c] += pdw[c];
+            db[c] += pdb[c];
+        }
+    }
+    free(job.part);
     ok = 1;
 done:
     return finish(v, 8, ok, args[5]);
