@@ -175,6 +175,9 @@ def main():
                 rows.append(summary(f"1 stream #{round_ + 1}", results, wall, 1))
                 results, wall = run_clients(port, model_id, 8, 1, args.tokens)
                 rows.append(summary(f"8 streams #{round_ + 1}", results, wall, 8))
+                if rows[-2]["tok_s"] == 0:
+                    errors = rows[-2]["errors"] or ["no tokens generated"]
+                    raise SystemExit(f"serve_load: a single stream generated nothing: {errors[0]}")
                 ratios.append(rows[-1]["tok_s"] / rows[-2]["tok_s"])
             results, wall = run_clients(port, model_id, args.clients, 1, args.tokens)
             rows.append(summary(f"{args.clients} clients", results, wall, args.clients))
