@@ -70,8 +70,6 @@ def seed_cases(rng):
         ("swiglu 64x1024", lambda: (f(T, 4 * C), f(T, 4 * C), f(T, 4 * C))),
         ("geglu 64x1024", lambda: (f(T, 4 * C), f(T, 4 * C), f(T, 4 * C))),
         ("softmax 1x512 (logits)", lambda: (f(1, V), f(1, V))),
-        ("causal_softmax 4x8x64x64", lambda: (f(4, H, T, T), f(4, H, T, T), 0.17)),
-        ("softmax_backward 4x8x64x64", lambda: (f(4, H, T, T), f(4, H, T, T), f(4, H, T, T), 0.17)),
         ("rope T=1 (8 heads of 32)", lambda: (f(1, H, D), 100, 10000.0, f(1, H, D))),
         ("rope T=64", lambda: (f(T, H, D), 0, 10000.0, f(T, H, D))),
         ("kv_cache_store T=1", lambda: (f(1, H, D), f(1, H, D), f(H, S, D), f(H, S, D), 100)),

@@ -361,25 +361,6 @@ def test_softmax_matches_reference(isa, rng, R, N):
     close(out, expect)
 
 
-@pytest.mark.parametrize("shape,pos0", [((1, 1), 0), ((7, 7), 0), ((2, 3, 5, 40), 9), ((4, 33), 29)])
-def test_causal_softmax_matches_reference(isa, rng, shape, pos0):
-    s, out = view(rng, shape, pad=2, scale=3.0), view(rng, shape)
-    expect = np.empty(shape, np.float32)
-    ref.causal_softmax(s, expect, 0.7, pos0)
-    native.causal_softmax(s, out, 0.7, pos0)
-    close(out, expect)
-
-
-@pytest.mark.parametrize("shape", [(1,), (7, 33), (2, 3, 4097)])
-def test_softmax_backward_matches_reference(isa, rng, shape):
-    p, dp, ds = view(rng, shape), view(rng, shape, pad=1), view(rng, shape)
-    ref.softmax(p.reshape(-1, shape[-1]).copy(), p.reshape(-1, shape[-1]))  # real probabilities
-    expect = np.empty(shape, np.float32)
-    ref.softmax_backward(p, dp, expect, 0.5)
-    native.softmax_backward(p, dp, ds, 0.5)
-    close(ds, expect, rtol=1e-4, atol=1e-5)
-
-
 @pytest.mark.parametrize("neox", [False, True])
 @pytest.mark.parametrize("T,H,D,pos0", [(1, 1, 2, 0), (7, 3, 34, 5), (3, 2, 128, 1000)])
 def test_rope_matches_reference(isa, rng, neox, T, H, D, pos0):
@@ -812,7 +793,6 @@ def _f(*shape):
     lambda: native.adamw_step(_f(3), _f(3), _f(3), _f(3), 1e-3, 0.9, 0.95, 1e-8, 0.0, 0),  # step 0
     lambda: native.adamw_step(_f(3), _f(3), _f(4), _f(3), 1e-3, 0.9, 0.95, 1e-8, 0.0, 1),
     lambda: native.softmax(_f(2, 3), _f(3, 2)),
-    lambda: native.causal_softmax(_f(3), _f(3), 1.0, 0),                        # needs (T, S)
 ])
 def test_invalid_input_is_refused(call):
     with pytest.raises(KernelInputError):
@@ -1022,7 +1002,7 @@ ids = lambda n, hi: rng.integers(0, hi, n).astype(np.int32)
 # the arguments each kernel writes
 OUTPUTS = {"linear": [3], "embedding": [4], "embedding_backward": [2], "layer_norm": [3, 5, 6],
            "layer_norm_backward": [5, 6, 7], "rms_norm": [2], "gelu": [1], "gelu_backward": [2], "silu": [1],
-           "swiglu": [2], "geglu": [2], "softmax": [1], "causal_softmax": [1], "softmax_backward": [2],
+           "swiglu": [2], "geglu": [2], "softmax": [1],
            "rope": [3], "kv_cache_store": [2, 3], "attention": [4], "cross_entropy": [2, 3],
            "adamw_step": [0, 2, 3], "rope_rows": [3], "kv_cache_store_rows": [2, 3], "attention_rows": [5],
            "attention_train_forward": [1, 2], "attention_train_backward": [3]}
@@ -1044,8 +1024,6 @@ def valid(name):
         "swiglu": lambda: [f(T, C), f(T, C), f(T, C)],
         "geglu": lambda: [f(T, C), f(T, C), f(T, C)],
         "softmax": lambda: [f(T, C), f(T, C)],
-        "causal_softmax": lambda: [f(H, T, S), f(H, T, S), 0.5, S - T],
-        "softmax_backward": lambda: [f(T, C), f(T, C), f(T, C), 0.5],
         "rope": lambda: [f(T, H, 2 * D), 3, 1e4, f(T, H, 2 * D), bool(rng.integers(2))],
         "kv_cache_store": lambda: [f(T, H, D), f(T, H, D), f(H, S, D), f(H, S, D), S - T],
         "attention": lambda: [f(T, 2 * H, D), f(H, S, D), f(H, S, D), S - T, f(T, 2 * H, D), 0.3],

@@ -30,7 +30,7 @@ from .qtensor import QTensor
 KERNEL_NAMES = (
     "linear", "embedding", "embedding_backward", "layer_norm", "layer_norm_backward",
     "rms_norm", "gelu", "gelu_backward", "silu", "swiglu", "geglu", "softmax",
-    "causal_softmax", "softmax_backward", "rope", "kv_cache_store", "attention",
+    "rope", "kv_cache_store", "attention",
     "cross_entropy", "adamw_step", "linear_gelu", "linear_residual", "linear_backward_input",
     "linear_backward_weight", "round_bf16", "sample_softmax", "rope_rows", "kv_cache_store_rows",
     "attention_rows", "attention_train_forward", "attention_train_backward",

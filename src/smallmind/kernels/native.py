@@ -52,8 +52,6 @@ _silu = _native.silu
 _swiglu = _native.swiglu
 _geglu = _native.geglu
 _softmax = _native.softmax
-_causal_softmax = _native.causal_softmax
-_softmax_backward = _native.softmax_backward
 _rope = _native.rope
 _kv_cache_store = _native.kv_cache_store
 _attention = _native.attention
@@ -200,16 +198,6 @@ def geglu(gate, up, out):
 def softmax(x, out):
     # x, out (R,N): row-wise softmax
     return _softmax(x, out)
-
-
-def causal_softmax(scores, out, scale, pos0=0):
-    # scores, out (..., T, S): row t sees columns j <= pos0 + t; masked entries are 0
-    return _causal_softmax(scores, out, scale, pos0)
-
-
-def softmax_backward(probs, dprobs, dscores, scale):
-    # probs, dprobs, dscores (..., S)
-    return _softmax_backward(probs, dprobs, dscores, scale)
 
 
 def rope(x, pos0, theta, out, neox=False, freq_factors=None):

@@ -166,11 +166,10 @@ def softmax(x, out):
     return out
 
 
-def causal_softmax(scores, out, scale, pos0=0):
-    # scores, out (..., T, S): row t sees columns j <= pos0 + t; masked entries are 0 and never exponentiated
-    _apart({"scores": scores, "out": out}, ("out",), {"out": ("scores",)})
+def _causal_softmax(scores, out, scale):
+    # scores, out (..., T, T): row t sees columns j <= t; masked entries are 0 and never exponentiated
     T, S = scores.shape[-2:]
-    allowed = np.arange(S)[None, :] <= (pos0 + np.arange(T))[:, None]
+    allowed = np.arange(S)[None, :] <= np.arange(T)[:, None]
     s = np.where(allowed, scores * scale, -np.inf)
     m = s.max(axis=-1, keepdims=True)
     e = np.where(allowed, np.exp(s - m), 0.0)
@@ -178,9 +177,8 @@ def causal_softmax(scores, out, scale, pos0=0):
     return out
 
 
-def softmax_backward(probs, dprobs, dscores, scale):
+def _softmax_backward(probs, dprobs, dscores, scale):
     # probs, dprobs, dscores (..., S): gradient through out = softmax(scale * scores)
-    _apart({"probs": probs, "dprobs": dprobs, "dscores": dscores}, ("dscores",), {"dscores": ("probs", "dprobs")})
     dscores[...] = scale * probs * (dprobs - (probs * dprobs).sum(axis=-1, keepdims=True))
     return dscores
 
@@ -399,7 +397,7 @@ def attention_train_forward(qkv, probs, out, scale, mask=None):
     _apart({"qkv": qkv, "probs": probs, "out": out, "mask": mask}, ("probs", "out"))
     q, k, v = _train_heads(qkv, B, T, H, D)
     np.matmul(q, k.transpose(0, 1, 3, 2), out=probs)
-    causal_softmax(probs, probs, scale)
+    _causal_softmax(probs, probs, scale)
     _merge_heads((probs if mask is None else probs * mask) @ v, out)
     return out
 
@@ -419,7 +417,7 @@ def attention_train_backward(dout, qkv, probs, dqkv, scale, mask=None):
     dp = datt @ v.transpose(0, 1, 3, 2)
     if mask is not None:
         dp *= mask
-    ds = softmax_backward(p, dp, np.empty_like(dp), scale)
+    ds = _softmax_backward(p, dp, np.empty_like(dp), scale)
     grads = [ds @ k, ds.transpose(0, 1, 3, 2) @ q, dropped.transpose(0, 1, 3, 2) @ datt]
     for i, g in enumerate(grads):
         _merge_heads(g, dqkv[:, i * H * D:(i + 1) * H * D])

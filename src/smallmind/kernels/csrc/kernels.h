@@ -82,13 +82,11 @@ typedef struct {
     long T, C, ds, xs, dxs, ms, rs;
 } NormBwdArgs;
 
-/* softmax, causal_softmax (causal=1), softmax_backward: rows of S */
+/* softmax: rows of S */
 typedef struct {
-    const float *x, *y;     /* x: scores or probs; y: dprobs for backward */
+    const float *x;
     float *out;
-    long S, T, pos0, xs, ys, os;
-    float scale;
-    int causal;
+    long S, xs, os;
 } SoftmaxArgs;
 
 typedef struct {
@@ -133,7 +131,6 @@ typedef struct {
     void (*layer_norm_bwd_block)(const NormBwdArgs *, long r0, long r1, float *pdw, float *pdb);
     void (*elementwise)(int op, const float *a, const float *b, float *out, long n);
     void (*softmax_rows)(const SoftmaxArgs *, long r0, long r1);
-    void (*softmax_bwd_rows)(const SoftmaxArgs *, long r0, long r1);
     void (*rope_rows)(const RopeArgs *, long t0, long t1);
     void (*cross_entropy_rows)(const XentArgs *, long r0, long r1);
     void (*adamw)(const AdamArgs *, long i0, long i1);

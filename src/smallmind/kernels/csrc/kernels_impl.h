@@ -628,42 +628,23 @@ static void FN(elementwise)(int op, const float *a, const float *b, float *out, 
     }
 }
 
-/* softmax(scale * x) per row; with causal, row r (query t = r % T) sees columns <= pos0 + t
- * and the rest are written as 0 without being exponentiated. */
+/* softmax per row */
 static void FN(softmax_rows)(const SoftmaxArgs *a, long r0, long r1)
 {
-    const float scale = a->scale;
+    const long n = a->S;
     for (long r = r0; r < r1; r++) {
         const float *x = a->x + r * a->xs;
         float *o = a->out + r * a->os;
-        long n = a->S;
-        if (a->causal) {
-            long lim = a->pos0 + r % a->T + 1;
-            n = lim < a->S ? lim : a->S;
-        }
         float m = -INFINITY;
 #pragma omp simd reduction(max : m)
-        for (long j = 0; j < n; j++) m = x[j] * scale > m ? x[j] * scale : m;
+        for (long j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
         if (m == -INFINITY) m = 0.0f; /* an all -inf row gives NaN like the reference */
         float z = 0.0f;
 #pragma omp simd reduction(+ : z)
-        for (long j = 0; j < n; j++) { float e = sm_exp(x[j] * scale - m); o[j] = e; z += e; }
+        for (long j = 0; j < n; j++) { float e = sm_exp(x[j] - m); o[j] = e; z += e; }
         float inv = 1.0f / z;
 #pragma omp simd
         for (long j = 0; j < n; j++) o[j] *= inv;
-        for (long j = n; j < a->S; j++) o[j] = 0.0f;
-    }
-}
-
-/* rows of probs (x), dprobs (y), dscores (out) (R,S): scale * p * (dp - sum(p * dp)) */
-static void FN(softmax_bwd_rows)(const SoftmaxArgs *a, long r0, long r1)
-{
-    for (long r = r0; r < r1; r++) {
-        const float *p = a->x + r * a->xs, *dp = a->y + r * a->ys;
-        float *o = a->out + r * a->os;
-        float dot = sm_dot(p, dp, a->S);
-#pragma omp simd
-        for (long j = 0; j < a->S; j++) o[j] = a->scale * p[j] * (dp[j] - dot);
     }
 }
 
@@ -825,7 +806,6 @@ const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
     .layer_norm_bwd_block = FN(layer_norm_bwd_block),
     .elementwise = FN(elementwise),
     .softmax_rows = FN(softmax_rows),
-    .softmax_bwd_rows = FN(softmax_bwd_rows),
     .rope_rows = FN(rope_rows),
     .cross_entropy_rows = FN(cross_entropy_rows),
     .adamw = FN(adamw),

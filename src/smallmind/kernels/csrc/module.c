@@ -1104,62 +1104,23 @@ static PyObject *py_geglu(PyObject *s, PyObject *const *a, Py_ssize_t n) { retur
 /* ---------------------------------------------------------------- softmax family */
 
 static void softmax_task(void *ctx, long a, long b) { K->softmax_rows((const SoftmaxArgs *)ctx, a, b); }
-static void softmax_bwd_task(void *ctx, long a, long b) { K->softmax_bwd_rows((const SoftmaxArgs *)ctx, a, b); }
 
-static PyObject *softmax_common(PyObject *const *args, int causal, double scale, long pos0, PyObject *xo, PyObject *oo)
-{
-    const char *names[2] = {causal ? "scores" : "x", "out"};
-    static const unsigned same_ok[2] = {[1] = 1u << 0};  /* out may be the input */
-    View v[2] = {0};
-    int ok = 0;
-    if (view_get(&v[0], xo, causal ? "scores" : "x", KIND_F32, causal ? -3 : -2, 0, 1) ||
-        view_get(&v[1], oo, "out", KIND_F32, causal ? -3 : -2, 1, 1))
-        goto done;
-    if (same_shape(&v[0], names[0], &v[1], "out") || views_apart(v, names, 2, 1u << 1, same_ok)) goto done;
-    if (pos0 < 0) { fail("pos0 must be >= 0, got %ld", pos0); goto done; }
-    if (pos0 > v[0].cols) pos0 = v[0].cols;  /* every column visible already; keeps pos0 + t small */
-    long T = causal ? (long)v[0].shape[v[0].nd - 2] : 1;
-    SoftmaxArgs sa = {F(v[0]), NULL, F(v[1]), v[0].cols, T ? T : 1, pos0, v[0].rs, 0, v[1].rs, (float)scale, causal};
-    run(softmax_task, &sa, v[0].rows, 1, 20.0 * v[0].rows * v[0].cols);
-    ok = 1;
-done:
-    return finish(v, 2, ok, oo);
-}
-
+/* softmax(x, out): row-wise over the last dim; out may be x itself */
 static PyObject *py_softmax(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 2, "softmax")) return NULL;
-    return softmax_common(args, 0, 1.0, 0, args[0], args[1]);
-}
-
-static PyObject *py_causal_softmax(PyObject *self, PyObject *const *args, Py_ssize_t n)
-{
-    if (nargs_ok(n, 4, "causal_softmax")) return NULL;
-    double scale = 0.0;
-    long pos0 = 0;
-    if (get_float(args[2], "scale", &scale) || get_long(args[3], "pos0", &pos0)) return NULL;
-    return softmax_common(args, 1, scale, pos0, args[0], args[1]);
-}
-
-static PyObject *py_softmax_backward(PyObject *self, PyObject *const *args, Py_ssize_t n)
-{
-    if (nargs_ok(n, 4, "softmax_backward")) return NULL;
-    static const char *const names[3] = {"probs", "dprobs", "dscores"};
-    static const unsigned same_ok[3] = {[2] = 1u << 0 | 1u << 1};  /* dscores may be an input */
-    View v[3] = {0};
+    static const char *const names[2] = {"x", "out"};
+    static const unsigned same_ok[2] = {[1] = 1u << 0};  /* out may be the input */
+    View v[2] = {0};
     int ok = 0;
-    double scale = 0.0;
-    if (view_get(&v[0], args[0], "probs", KIND_F32, -2, 0, 1) || view_get(&v[1], args[1], "dprobs", KIND_F32, -2, 0, 1) ||
-        view_get(&v[2], args[2], "dscores", KIND_F32, -2, 1, 1) || get_float(args[3], "scale", &scale))
+    if (view_get(&v[0], args[0], "x", KIND_F32, -2, 0, 1) || view_get(&v[1], args[1], "out", KIND_F32, -2, 1, 1))
         goto done;
-    if (same_shape(&v[0], "probs", &v[1], "dprobs") || same_shape(&v[0], "probs", &v[2], "dscores") ||
-        views_apart(v, names, 3, 1u << 2, same_ok))
-        goto done;
-    SoftmaxArgs sa = {F(v[0]), F(v[1]), F(v[2]), v[0].cols, 1, 0, v[0].rs, v[1].rs, v[2].rs, (float)scale, 0};
-    run(softmax_bwd_task, &sa, v[0].rows, 1, 5.0 * v[0].rows * v[0].cols);
+    if (same_shape(&v[0], "x", &v[1], "out") || views_apart(v, names, 2, 1u << 1, same_ok)) goto done;
+    SoftmaxArgs sa = {F(v[0]), F(v[1]), v[0].cols, v[0].rs, v[1].rs};
+    run(softmax_task, &sa, v[0].rows, 1, 20.0 * v[0].rows * v[0].cols);
     ok = 1;
 done:
-    return finish(v, 3, ok, args[2]);
+    return finish(v, 2, ok, args[1]);
 }
 
 /* ---------------------------------------------------------------- rope */
@@ -1906,7 +1867,7 @@ static PyObject *py_gemm_min_rows(PyObject *self, PyObject *arg)
 static PyMethodDef methods[] = {
     FAST(linear), FAST(attention), FAST(kv_cache_store), FAST(embedding), FAST(embedding_backward),
     FAST(layer_norm), FAST(layer_norm_backward), FAST(rms_norm), FAST(gelu), FAST(gelu_backward),
-    FAST(silu), FAST(swiglu), FAST(geglu), FAST(softmax), FAST(causal_softmax), FAST(softmax_backward),
+    FAST(silu), FAST(swiglu), FAST(geglu), FAST(softmax),
     FAST(rope), FAST(cross_entropy), FAST(adamw_step), FAST(tuning), FAST(quant_linear),
     FAST(quant_embedding), FAST(quant_dequantize), FAST(gemm_linear), FAST(gemm_dx), FAST(gemm_dw),
     FAST(round_bf16), FAST(sample_softmax), FAST(rope_rows), FAST(kv_cache_store_rows), FAST(attention_rows),
