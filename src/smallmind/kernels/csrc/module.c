@@ -33,8 +33,9 @@ static PyObject *KernelInputError;
 static PyObject *np_shares_memory, *np_too_hard;
 static const KernelTable *K = &sm_table_generic;
 static const GemmTable *G = &sm_gtable_generic;
+/* the AVX2 builds of these two also serve AVX-512 machines */
 static const QuantTable *Q = &sm_qtable_generic;
-static const TrainAttnTable *TA = &sm_tatable_generic;  /* AVX-512 machines run the AVX2 build too */  /* the AVX2 build also serves AVX-512 machines */
+static const TrainAttnTable *TA = &sm_tatable_generic;
 /* Above this many rows linear() hands over to BLAS. With more than one thread the cut-over
  * is higher: after each call OpenBLAS's idle threads spin for ~0.1 s (its default thread
  * timeout), fighting our pool for the cores, which halves decode speed after a prefill;
@@ -1101,7 +1102,7 @@ static PyObject *py_gelu_backward(PyObject *s, PyObject *const *a, Py_ssize_t n)
 static PyObject *py_swiglu(PyObject *s, PyObject *const *a, Py_ssize_t n) { return elementwise(SM_SWIGLU, a, n, 2, "swiglu", "gate", "up", 20); }
 static PyObject *py_geglu(PyObject *s, PyObject *const *a, Py_ssize_t n) { return elementwise(SM_GEGLU, a, n, 2, "geglu", "gate", "up", 20); }
 
-/* ---------------------------------------------------------------- softmax family */
+/* ---------------------------------------------------------------- softmax */
 
 static void softmax_task(void *ctx, long a, long b) { K->softmax_rows((const SoftmaxArgs *)ctx, a, b); }
 
