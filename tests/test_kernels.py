@@ -1045,6 +1045,8 @@ def valid(name):
 def mutate(a):
     r = rng.random()
     if isinstance(a, list):  # the rows kernels' caches: one mutated, one dropped, or one array twice
+        if not a:
+            return a
         a = list(a)
         i = int(rng.integers(len(a)))
         if r < 0.6:
