@@ -10,8 +10,9 @@ Run: .venv/bin/python benchmarks/train_attention.py [--threads 2] [--repeats 5]
 """
 
 import argparse
-import time
+import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -19,30 +20,11 @@ from threadpoolctl import threadpool_limits
 from smallmind import kernels
 from smallmind.kernels import reference as ref
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernels_vs_numpy import compare  # noqa: E402
+
 SHAPES = {"seed": (16, 128, 8, 32), "small": (16, 128, 8, 64)}
-
-
-def timed(fn, min_time=0.05):
-    # fn() -> seconds per call, calling it enough times to last about min_time
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        t = time.perf_counter() - t0
-        if t >= min_time:
-            return t / n
-        n *= 2
-
-
-def compare(fa, fb, repeats):
-    # interleaved repetitions -> (median seconds of a, median seconds of b)
-    fa(), fb()
-    ta, tb = [], []
-    for _ in range(repeats):
-        ta.append(timed(fa))
-        tb.append(timed(fb))
-    return float(np.median(ta)), float(np.median(tb))
 
 
 def call(impl, what, arrays, scale, mask):
