@@ -92,26 +92,15 @@ static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, con
     /* what the store reads and writes, fetched during the k loop rather than waited for after
      * it (training's arrays are megabytes, far out of cache, and a tile's rows are kilobytes
      * apart, a pattern the hardware prefetcher does not follow) */
+#define SM_GEMM_PREFETCH_ROW(p, rw) \
+    (__builtin_prefetch((const char *)(p), rw, 3), __builtin_prefetch((const char *)(p) + 60, rw, 3))
     for (long r = 0; r < mr; r++) {
-        const char *c = (const char *)(g->c + (i + r) * g->crs + j);
-        __builtin_prefetch(c, 1, 3);
-        __builtin_prefetch(c + 60, 1, 3);
-        if (last && g->gx) {
-            const char *x = (const char *)(g->gx + (i + r) * g->gxs + j);
-            __builtin_prefetch(x, 0, 3);
-            __builtin_prefetch(x + 60, 0, 3);
-        }
-        if (last && g->resid) {
-            const char *x = (const char *)(g->resid + (i + r) * g->rrs + j);
-            __builtin_prefetch(x, 0, 3);
-            __builtin_prefetch(x + 60, 0, 3);
-        }
-        if (last && g->act) {
-            const char *o = (const char *)(g->act + (i + r) * g->acts + j);
-            __builtin_prefetch(o, 1, 3);
-            __builtin_prefetch(o + 60, 1, 3);
-        }
+        SM_GEMM_PREFETCH_ROW(g->c + (i + r) * g->crs + j, 1);
+        if (last && g->gx) SM_GEMM_PREFETCH_ROW(g->gx + (i + r) * g->gxs + j, 0);
+        if (last && g->resid) SM_GEMM_PREFETCH_ROW(g->resid + (i + r) * g->rrs + j, 0);
+        if (last && g->act) SM_GEMM_PREFETCH_ROW(g->act + (i + r) * g->acts + j, 1);
     }
+#undef SM_GEMM_PREFETCH_ROW
     long k = 0;
     if (acs == SM_GMR && ars == 1 && mr == SM_GMR) {
         /* a packed panel: constant offsets, four k a trip (fewer pointer and loop instructions) */
