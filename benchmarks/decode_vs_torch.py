@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from side_by_side import Worker, cpu_model, load_average, serve  # noqa: E402
+from side_by_side import Worker, cpu_model, load_average, positive_int, preset_names, serve  # noqa: E402
 
 
 class SmallMindSide:
@@ -118,13 +118,13 @@ def worker(side, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="seed")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=50)
-    parser.add_argument("--prefill-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=5, help="runs back to back in one timed sample")
+    parser.add_argument("--preset", default="seed", choices=preset_names())
+    parser.add_argument("--threads", type=positive_int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=positive_int, default=7)
+    parser.add_argument("--prompt-tokens", type=positive_int, default=32)
+    parser.add_argument("--new-tokens", type=positive_int, default=50)
+    parser.add_argument("--prefill-tokens", type=positive_int, default=128)
+    parser.add_argument("--rounds", type=positive_int, default=5, help="runs back to back in one timed sample")
     parser.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed sample")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

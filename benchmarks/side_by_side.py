@@ -6,11 +6,30 @@ benchmark runs each side in a worker process of its own: the parent sends one JS
 per line on the worker's stdin and reads one JSON line back, so repetitions interleave.
 """
 
+import argparse
 import json
 import platform
 import subprocess
 import sys
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a bad one is a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
+def preset_names() -> list[str]:
+    """The trainable GPT's presets, for an argparse choices list."""
+    from smallmind.models.gpt import PRESETS
+
+    return list(PRESETS)
 
 
 class Worker:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from side_by_side import Worker, cpu_model, load_average, serve  # noqa: E402
+from side_by_side import Worker, cpu_model, load_average, positive_int, preset_names, serve  # noqa: E402
 
 CALLS = 5   # calls per timed repetition
 
@@ -82,9 +82,9 @@ def worker(side: str, preset_name: str, threads: int) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="seed")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--preset", default="seed", choices=preset_names())
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=7)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
