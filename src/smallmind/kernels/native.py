@@ -21,6 +21,7 @@ get_threads = _native.get_threads
 tuning = _native.tuning
 gemm_min_rows = _native.gemm_min_rows
 bf16_support = _native.bf16_support
+pool_stalls = _native.pool_stalls   # tests: widen the thread pool's race windows (pool.h)
 
 
 

@@ -1852,6 +1852,18 @@ static PyObject *py_tuning(PyObject *self, PyObject *const *args, Py_ssize_t n)
     return old;
 }
 
+/* pool_stalls(claim_ns, publish_ns): tests widen the thread pool's race windows (pool.h) */
+static PyObject *py_pool_stalls(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (nargs_ok(n, 2, "pool_stalls")) return NULL;
+    long v[2] = {0};
+    if (get_long(args[0], "claim_ns", &v[0]) || get_long(args[1], "publish_ns", &v[1])) return NULL;
+    if (v[0] < 0 || v[1] < 0 || v[0] > 1000000000L || v[1] > 1000000000L)
+        return fail("pool_stalls: each pause must be 0..1e9 ns, got %ld and %ld", v[0], v[1]), NULL;
+    sm_pool_set_stalls_ns(v[0], v[1]);
+    Py_RETURN_NONE;
+}
+
 /* gemm_min_rows(n) -> the old value; n < 0 leaves it (tests force the native GEMM with 0,
  * benchmarks compare it with BLAS) */
 static PyObject *py_gemm_min_rows(PyObject *self, PyObject *arg)
@@ -1872,7 +1884,7 @@ static PyMethodDef methods[] = {
     FAST(rope), FAST(cross_entropy), FAST(adamw_step), FAST(tuning), FAST(quant_linear),
     FAST(quant_embedding), FAST(quant_dequantize), FAST(gemm_linear), FAST(gemm_dx), FAST(gemm_dw),
     FAST(round_bf16), FAST(sample_softmax), FAST(rope_rows), FAST(kv_cache_store_rows), FAST(attention_rows),
-    FAST(attention_train_forward), FAST(attention_train_backward),
+    FAST(attention_train_forward), FAST(attention_train_backward), FAST(pool_stalls),
     {"select_isa", py_select_isa, METH_O, "select_isa(name) -> name: 'avx512', 'avx2', 'generic' or 'best'"},
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
     {"quant_isa", py_quant_isa, METH_NOARGS, "the ISA whose quantized-weight kernels run"},

@@ -3,8 +3,12 @@
  * A job is split into a few chunks per thread that the caller and the workers claim from
  * one atomic counter. The caller never waits for a worker to wake up: on a busy machine
  * (more runnable threads than cores) it simply claims the chunks itself, and only waits
- * for chunks a worker has already started. The counter holds (job id << 32 | next chunk),
- * so a late worker can never claim a chunk of a job it did not read. */
+ * for chunks a worker has already started. The counter holds the job id, the job's chunk
+ * count and the next chunk (job << 32 | nchunks << 16 | next) in one word, so a worker can
+ * only claim a chunk of the job it read, and only one that exists: a worker that read the
+ * exhausted counter of the last job must not compare its chunk with the count of a job the
+ * caller is setting up but has not published (it would run a chunk outside that job's
+ * accounting, and the caller could return while it still reads the caller's stack). */
 #include "pool.h"
 
 #include <pthread.h>
@@ -20,7 +24,11 @@
 #endif
 
 #define SM_MAX_THREADS 64
-#define SM_CHUNKS_PER_THREAD 4
+#define SM_CHUNKS_PER_THREAD 4   /* SM_MAX_THREADS * SM_CHUNKS_PER_THREAD must fit in 16 bits */
+
+#define JOB_OF(c) ((uint32_t)((c) >> 32))
+#define NCHUNKS_OF(c) ((long)(((c) >> 16) & 0xFFFF))
+#define NEXT_OF(c) ((long)((c) & 0xFFFF))
 
 static struct {
     int n;                 /* threads, counting the caller */
@@ -36,6 +44,8 @@ static struct {
     void *ctx;
     long total, grain, nchunks;
     long spin_ns;
+    long claim_stall_ns;   /* tests: a pause after a claimer reads the counter */
+    long publish_stall_ns; /* tests: a pause between setting up a job and publishing it */
 } P = {
     .n = 1,
     .mu = PTHREAD_MUTEX_INITIALIZER,
@@ -51,17 +61,24 @@ static long now_ns(void)
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
+static void stall(long ns)
+{
+    struct timespec ts = {ns / 1000000000L, ns % 1000000000L};
+    nanosleep(&ts, NULL);
+}
+
 /* claim and run chunks of job `job` until none are left */
 static void work(uint32_t job)
 {
     for (;;) {
         uint64_t c = atomic_load_explicit(&P.counter, memory_order_acquire);
-        if ((uint32_t)(c >> 32) != job) return;
-        long i = (long)(uint32_t)c;
-        if (i >= P.nchunks) return;
+        if (P.claim_stall_ns) stall(P.claim_stall_ns);
+        if (JOB_OF(c) != job || NEXT_OF(c) >= NCHUNKS_OF(c)) return;
+        /* the job's fields: if the claim below succeeds, the counter was still c, so job
+         * `job` had chunk NEXT_OF(c) unclaimed and its caller had not moved on */
         sm_task_fn fn = P.fn;
         void *ctx = P.ctx;
-        long total = P.total, grain = P.grain, nchunks = P.nchunks;
+        long total = P.total, grain = P.grain, nchunks = NCHUNKS_OF(c), i = NEXT_OF(c);
         if (!atomic_compare_exchange_weak(&P.counter, &c, c + 1)) continue;
         long units = (total + grain - 1) / grain;
         long a = units * i / nchunks * grain, b = units * (i + 1) / nchunks * grain;
@@ -71,7 +88,7 @@ static void work(uint32_t job)
     }
 }
 
-static uint32_t current_job(void) { return (uint32_t)(atomic_load(&P.counter) >> 32); }
+static uint32_t current_job(void) { return JOB_OF(atomic_load(&P.counter)); }
 
 static void *worker(void *arg)
 {
@@ -99,12 +116,12 @@ static void *worker(void *arg)
     }
 }
 
-/* publish a new job id (with chunk 0 next) and wake sleeping workers */
+/* publish a new job id with P.nchunks chunks, chunk 0 next, and wake sleeping workers */
 static uint32_t publish(void)
 {
     uint32_t job = current_job() + 1;
     atomic_store(&P.done, 0);
-    atomic_store(&P.counter, (uint64_t)job << 32);
+    atomic_store(&P.counter, (uint64_t)job << 32 | (uint64_t)P.nchunks << 16);
     if (atomic_load(&P.sleepers) > 0) {
         pthread_mutex_lock(&P.mu);
         pthread_cond_broadcast(&P.cv);
@@ -160,6 +177,11 @@ int sm_pool_set_threads(int n)
 int sm_pool_threads(void) { return P.n; }
 void sm_pool_set_spin_us(long us) { P.spin_ns = us < 0 ? 0 : us * 1000; }
 long sm_pool_spin_us(void) { return P.spin_ns / 1000; }
+void sm_pool_set_stalls_ns(long claim, long publish)
+{
+    P.claim_stall_ns = claim < 0 ? 0 : claim;
+    P.publish_stall_ns = publish < 0 ? 0 : publish;
+}
 
 void sm_parallel_for(sm_task_fn fn, void *ctx, long total, long grain)
 {
@@ -176,6 +198,7 @@ void sm_parallel_for(sm_task_fn fn, void *ctx, long total, long grain)
     P.total = total;
     P.grain = grain;
     P.nchunks = units < nchunks ? units : nchunks;
+    if (P.publish_stall_ns) stall(P.publish_stall_ns);
     uint32_t job = publish();
     work(job);
     /* only chunks a worker already claimed remain; yield if that worker lost its core */
