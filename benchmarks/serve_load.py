@@ -1,7 +1,9 @@
 """Load on `smallmind serve`: many concurrent streaming clients over loopback.
 
 Starts the server as a subprocess on 127.0.0.1 (a free port), then measures:
-  1. one stream at a time, then 8 concurrent streams, alternating for --rounds rounds:
+  1. one stream, then 8 concurrent streams, alternating for --rounds rounds, each stream
+     --requests completions one after another (the same on both sides, so that the 8 streams
+     are measured while 8 are running, not mostly while the first start and the last finish):
      aggregate generated tokens/s of each, and their ratio (target >= 3x: the engine decodes
      the 8 in one batched forward per step);
   3. 32 concurrent streaming clients, one request each: none lost, every response complete
@@ -11,7 +13,7 @@ Prints a table, stops the server and exits; every request has a timeout.
 
     .venv/bin/python benchmarks/serve_load.py                   # --preset seed: random weights
     .venv/bin/python benchmarks/serve_load.py --model PATH      # a GGUF file or a checkpoint
-    [--tokens 48] [--parallel 8] [--clients 32] [--threads N] [--ctx N]
+    [--tokens 48] [--requests 4] [--parallel 8] [--clients 32] [--threads N] [--ctx N]
 
 The `seed` preset gets random weights and a byte-level BPE tokenizer trained here on this
 file's text (so the server has something to tokenize with); its generations are gibberish of
@@ -30,6 +32,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from side_by_side import positive_int
 
 REQUEST_TIMEOUT = 300.0   # seconds: a bound per request, so the script always ends
 START_TIMEOUT = 120.0
@@ -155,12 +159,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="a GGUF file or checkpoint directory (default: --preset seed)")
     p.add_argument("--preset", default="seed", choices=["seed"], help="random weights when no --model")
-    p.add_argument("--tokens", type=int, default=48, help="max_tokens of every request (default 48)")
-    p.add_argument("--parallel", type=int, default=8, help="the server's --parallel (default 8)")
-    p.add_argument("--clients", type=int, default=32, help="concurrent clients in the load phase (default 32)")
-    p.add_argument("--threads", type=int, default=None, help="the server's --threads")
-    p.add_argument("--ctx", type=int, default=None, help="the server's --ctx")
-    p.add_argument("--rounds", type=int, default=3, help="alternating 1- and 8-stream rounds (default 3)")
+    p.add_argument("--tokens", type=positive_int, default=48, help="max_tokens of every request (default 48)")
+    p.add_argument("--requests", type=positive_int, default=4,
+                   help="completions each stream asks for in turn, in both the 1- and the 8-stream rounds (default 4)")
+    p.add_argument("--parallel", type=positive_int, default=8, help="the server's --parallel (default 8)")
+    p.add_argument("--clients", type=positive_int, default=32, help="concurrent clients in the load phase (default 32)")
+    p.add_argument("--threads", type=positive_int, default=None, help="the server's --threads")
+    p.add_argument("--ctx", type=positive_int, default=None, help="the server's --ctx")
+    p.add_argument("--rounds", type=positive_int, default=3, help="alternating 1- and 8-stream rounds (default 3)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,9 +177,9 @@ def main():
             rows, ratios = [], []
             # 1 and 8 streams alternate, so that both see the same share of a busy machine
             for round_ in range(args.rounds):
-                results, wall = run_clients(port, model_id, 1, 4, args.tokens)
+                results, wall = run_clients(port, model_id, 1, args.requests, args.tokens)
                 rows.append(summary(f"1 stream #{round_ + 1}", results, wall, 1))
-                results, wall = run_clients(port, model_id, 8, 1, args.tokens)
+                results, wall = run_clients(port, model_id, 8, args.requests, args.tokens)
                 rows.append(summary(f"8 streams #{round_ + 1}", results, wall, 8))
                 if rows[-2]["tok_s"] == 0:
                     errors = rows[-2]["errors"] or ["no tokens generated"]

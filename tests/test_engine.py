@@ -111,6 +111,22 @@ def test_a_prompt_with_one_token_left_to_prefill_joins_the_decode_batch(engine, 
     assert forwards == []   # no prefill forward: the last prompt token went through the batch
 
 
+def test_prompt_prefills_compute_no_logits_and_the_last_token_joins_the_batch(model, monkeypatch):
+    engine = Engine(model, parallel=2, ctx=64, prefill_chunk=8)
+    wanted = []   # each prefill forward's `logits`
+    forward = model.net.forward
+    monkeypatch.setattr(model.net, "forward", lambda *a, **k: (wanted.append(k.get("logits", True)), forward(*a, **k))[1])
+    try:
+        prompt = "plain words and café, naïve café: emoji 🙂🚀"   # more than one chunk of 8
+        run = Run(engine, model.tokenize(prompt), 8, temperature=0.0)
+        text, end = run.result()
+    finally:
+        engine.close()
+    assert len(wanted) >= 2 and not any(wanted)
+    assert text == "".join(model.generate(prompt, max_new_tokens=8, temperature=0.0))
+    assert end == Finished("length", len(model.tokenize(prompt)), 8, 0)
+
+
 def test_logprobs_are_the_log_softmax_of_the_raw_logits(engine, model):
     ids = model.tokenize("plain words")
     run = Run(engine, ids, 5, seed=1, temperature=1.5, top_p=0.9, logprobs=3)
@@ -133,7 +149,8 @@ def test_the_events_of_a_step_are_delivered_together_after_all_its_sampling(mode
     engine = Engine(model, parallel=3, ctx=64, prefill_chunk=8)
     log = []   # "step", "sample" and "deliver" in the order the engine thread did them
     step, take = engine._step, engine._take
-    engine._step = lambda: (log.append("step"), step())[1]
+    submitted = threading.Event()   # the first step waits for all three, so that they batch
+    engine._step = lambda: (submitted.wait(WAIT), log.append("step"), step())[2]
     engine._take = lambda *a: (log.append("sample"), take(*a))[1]
 
     class Logged(Run):
@@ -143,6 +160,7 @@ def test_the_events_of_a_step_are_delivered_together_after_all_its_sampling(mode
 
     try:
         runs = [Logged(engine, model.tokenize(p), 6, temperature=0.0) for p in PROMPTS[:3]]
+        submitted.set()
         for run in runs:
             run.result()
     finally:

@@ -132,6 +132,19 @@ def test_last_position_logits_equal_the_all_logits_row(tiny):
     np.testing.assert_allclose(last, full_logits(net, toks)[-1], rtol=1e-5, atol=1e-5)
 
 
+def test_a_forward_without_logits_fills_the_cache_alone(tiny):
+    # the prompt but its last token without logits, then the last: the logits of one prefill,
+    # and the logits buffers untouched by the forward that wanted none
+    _, net = tiny
+    toks = tokens(9, 80, seed=5)
+    ws, kv = net.workspace(9), cache(net)
+    ws.logits_row.fill(np.nan)
+    assert net.forward(ws, kv, toks[:8], 0, logits=False) is None
+    assert kv.length == 8 and np.isnan(ws.logits_row).all()
+    last = net.forward(ws, kv, toks[8:], 8).copy()
+    np.testing.assert_allclose(last, full_logits(net, toks)[-1], rtol=1e-5, atol=1e-5)
+
+
 def test_a_decode_step_allocates_no_buffers(tiny):
     _, net = tiny
     toks = tokens(10, 80)

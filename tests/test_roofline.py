@@ -89,8 +89,8 @@ class TinyQ8Net:
     def workspace(self, max_tokens: int) -> TinyWorkspace:
         return TinyWorkspace(self.config, max_tokens)
 
-    def forward(self, ws, kv, tokens, pos0, all_logits=False):
-        # tokens (T,) int32 -> (V,) logits of the last position
+    def forward(self, ws, kv, tokens, pos0, all_logits=False, logits=True):
+        # tokens (T,) int32 -> (V,) logits of the last position (None without logits)
         cfg, T = self.config, len(tokens)
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         x, xn, y, q, k, v, att = (a[:T] for a in (ws.x, ws.xn, ws.y, ws.q, ws.k, ws.v, ws.att))
@@ -123,6 +123,8 @@ class TinyQ8Net:
                     kernels.linear(hidden, layer["down"], None, y)
                 np.add(x, y, out=x)
             kv.length = pos0 + T
+            if not logits:
+                return None
             with scope("norm"):
                 kernels.rms_norm(x[T - 1:], self.norm, xn[T - 1:], 1e-6)
             with scope("matmul.lm_head"):

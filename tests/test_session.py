@@ -27,6 +27,28 @@ def test_prefill_in_workspace_sized_chunks_equals_one_prefill(net):
     np.testing.assert_array_equal(chunked.ids[:40], tokens)
 
 
+def test_prefill_computes_the_logits_of_its_last_chunk_only(net):
+    from smallmind.profiler.recorder import Recorder, recording
+
+    tokens = ids(40, seed=6)
+    s = Session(net, 64, prefill_chunk=7)
+    recorder = Recorder()
+    with recording(recorder):
+        logits = s.prefill(tokens).copy()
+        assert s.prefill(ids(5, seed=7), logits=False) is None
+    heads = sum(node.calls for node in recorder.nodes() if node.name == "matmul.lm_head")
+    assert heads == 1   # 6 chunks of the 40, then 1 of the 5: only the 40's last chunk wanted them
+    np.testing.assert_allclose(logits, Session(net, 64).prefill(tokens), rtol=1e-5, atol=1e-5)
+    assert s.length == 45
+
+
+def test_a_prefill_without_logits_then_a_step_equals_one_prefill(net):
+    tokens = ids(17, seed=8)
+    s = Session(net, 32, prefill_chunk=5)
+    s.prefill(tokens[:-1], logits=False)
+    np.testing.assert_allclose(s.step(int(tokens[-1])), Session(net, 32).prefill(tokens), rtol=1e-5, atol=1e-5)
+
+
 def test_steps_give_the_logits_of_the_whole_sequence(net):
     tokens = ids(20, seed=1)
     s = Session(net, 32, prefill_chunk=8)

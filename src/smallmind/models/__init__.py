@@ -16,11 +16,14 @@ nothing else assumes more of:
     net.workspace(max_tokens) -> ws
                       every activation buffer of a forward of up to max_tokens tokens, made once
                       per session, so that a decode step allocates nothing
-    net.forward(ws, kv, tokens, pos0, all_logits=False) -> logits
+    net.forward(ws, kv, tokens, pos0, all_logits=False, logits=True) -> logits
                       tokens (T,) int32 at positions pos0..pos0+T-1; kv holds this sequence's
                       first pos0 positions; the forward writes the T new positions and sets
                       kv.length = pos0 + T. Returns the last position's (V,) logits, or (T,V)
-                      with all_logits: views into ws, overwritten by the next forward
+                      with all_logits: views into ws, overwritten by the next forward; with
+                      logits=False, None, and neither the final norm nor the LM head runs (a
+                      prompt chunk whose logits nobody reads: the 262k-row head of Gemma 3 is
+                      more than half of its one-token forward)
     net.forward_batch(ws, kvs, tokens, positions) -> logits          (optional)
                       one decode step of B sequences: tokens (B,) int, token b at positions[b]
                       of the sequence whose KVCache is kvs[b] (which holds its first positions[b]

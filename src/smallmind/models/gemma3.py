@@ -208,7 +208,8 @@ class Gemma3:
                                      f"(the context length), not {max_tokens}")
         return Workspace(self.config, max_tokens)
 
-    def forward(self, ws: Workspace, kv, tokens: np.ndarray, pos0: int, all_logits: bool = False):
+    def forward(self, ws: Workspace, kv, tokens: np.ndarray, pos0: int, all_logits: bool = False,
+                logits: bool = True):
         # tokens (T,) int32 at positions pos0..pos0+T-1 -> logits (V,) of the last one, or (T,V)
         T = len(tokens)
         act = step_views(ws, T, StepViews)
@@ -229,6 +230,8 @@ class Gemma3:
                     kernels.attention(act.q_heads, k_cache, v_cache, pos0, act.att_heads, scale, layer.window)
                 self._attention_output_and_mlp(act, layer)
             kv.length = pos0 + T
+            if not logits:
+                return None
             out = act if all_logits else act.tail  # only the rows whose logits are wanted
             with scope("norm"):
                 kernels.rms_norm(out.x, self.output_norm, out.xn, eps)

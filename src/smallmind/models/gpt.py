@@ -267,8 +267,10 @@ class Workspace:
         self.params = params
 
 
-def forward(params: Params, ws: Workspace, kv, tokens: np.ndarray, pos0: int, *, all_logits: bool = False):
-    # tokens (T,) int32 at positions pos0..pos0+T-1 -> logits (V,) of the last one, or (T,V) if all_logits
+def forward(params: Params, ws: Workspace, kv, tokens: np.ndarray, pos0: int, *, all_logits: bool = False,
+            logits: bool = True):
+    # tokens (T,) int32 at positions pos0..pos0+T-1 -> logits (V,) of the last one, or (T,V) if all_logits,
+    # or None without logits (then the last block only stores its keys and values)
     """One forward over the workspace: prefill when T > 1, a decode step when T == 1.
 
     Keys and values of the T positions go into `kv` (a runtime.kv_cache.KVCache of this model's
@@ -308,6 +310,8 @@ def forward(params: Params, ws: Workspace, kv, tokens: np.ndarray, pos0: int, *,
                 kernels.linear(act.xn, qkv_w, qkv_b, act.qkv)
             with scope("kv_cache"):
                 kernels.kv_cache_store(act.k, act.v, k_cache, v_cache, pos0)
+            if not logits and k_cache is last_k_cache:
+                break   # the last block's output feeds only the logits
             with scope("attention"):
                 kernels.attention(out.q, k_cache, v_cache, out_pos0, out.att_heads, scale)
             with scope("matmul.attn_out"):
@@ -321,6 +325,8 @@ def forward(params: Params, ws: Workspace, kv, tokens: np.ndarray, pos0: int, *,
             with scope("matmul.mlp_down"):
                 kernels.linear(out.hg, down_w, down_b, out.x, accumulate=True)  # x += mlp(x)
         kv.length = pos0 + T
+        if not logits:
+            return None
         out = last_block_rows
         with scope("norm"):
             kernels.layer_norm(out.x, ws.ln_f_w, ws.ln_f_b, out.xf, eps)
@@ -407,9 +413,10 @@ class GPT:
     def workspace(self, max_tokens: int) -> Workspace:
         return Workspace(self.config, max_tokens)
 
-    def forward(self, ws: Workspace, kv, tokens: np.ndarray, pos0: int, all_logits: bool = False):
-        # tokens (T,) int32 -> logits (V,) of the last position, or (T,V)
-        return forward(self.params, ws, kv, tokens, pos0, all_logits=all_logits)
+    def forward(self, ws: Workspace, kv, tokens: np.ndarray, pos0: int, all_logits: bool = False,
+                logits: bool = True):
+        # tokens (T,) int32 -> logits (V,) of the last position, or (T,V), or None without logits
+        return forward(self.params, ws, kv, tokens, pos0, all_logits=all_logits, logits=logits)
 
     def forward_batch(self, ws: Workspace, kvs, tokens, positions):
         # tokens (B,) int, positions (B,) int, kvs B KVCaches -> logits (B,V)

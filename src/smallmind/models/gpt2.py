@@ -153,7 +153,8 @@ class GPT2:
                                      f"(the context length), not {max_tokens}")
         return Workspace(self.config, max_tokens)
 
-    def forward(self, ws: Workspace, kv, tokens: np.ndarray, pos0: int, all_logits: bool = False):
+    def forward(self, ws: Workspace, kv, tokens: np.ndarray, pos0: int, all_logits: bool = False,
+                logits: bool = True):
         # tokens (T,) int32 at positions pos0..pos0+T-1 -> logits (V,) of the last one, or (T,V)
         T = len(tokens)
         if T == 1:
@@ -195,6 +196,8 @@ class GPT2:
                 with scope("matmul.mlp_down"):
                     kernels.linear(act.hg, layer.w_down, layer.b_down, act.x, accumulate=True)  # x += mlp(x)
             kv.length = pos0 + T
+            if not logits:
+                return None
             out = act if all_logits else act.tail  # only the rows whose logits are wanted
             with scope("norm"):
                 kernels.layer_norm(out.x, self.output_norm_w, self.output_norm_b, out.xn, eps)

@@ -10,9 +10,11 @@ Requests wait in a bounded queue (EngineBusy when it is full). Each step of the 
   2. admits waiting requests into free KV slots (runtime/kv_pool.py: a prompt that extends a
      cached sequence keeps that prefix);
   3. prefills at most `prefill_chunk` prompt tokens in all, so a long prompt is spread over
-     several steps and never stalls the sequences already decoding; a prompt with one token
-     left (the usual case after prefix reuse) feeds it to the decode batch instead, which is
-     the same computation without a forward of its own;
+     several steps and never stalls the sequences already decoding. A prompt's last token is
+     never prefilled: it joins the decode batch, whose one LM head serves every row, so the
+     prefill forwards skip the LM head (for Gemma 3, the larger part of a short prompt's
+     forward), and a prompt with one token left (the usual case after prefix reuse) needs
+     no forward of its own;
   4. runs one batched decode step for every sequence that has a token to feed
      (runtime/batch_decode.py), then samples each row with the request's own sampler, seed,
      stop strings, max_tokens and logprobs.
@@ -275,23 +277,21 @@ class Engine:
         self.active.append(sequence)
 
     def _prefill(self) -> None:
+        # every prompt token but the last, without logits; the last to the decode batch
         budget = self.prefill_chunk
         for sequence in list(self.active):
             remaining = sequence.prompt.shape[0] - sequence.prefilled
             if remaining == 0:
                 continue
+            if remaining > 1 and budget > 0:
+                n = min(remaining - 1, budget)
+                sequence.session.prefill(sequence.prompt[sequence.prefilled:sequence.prefilled + n], logits=False)
+                sequence.prefilled += n
+                budget -= n
+                remaining -= n
             if remaining == 1:
                 sequence.next_token = int(sequence.prompt[-1])
                 sequence.prefilled += 1
-                continue
-            n = min(remaining, budget)
-            logits = sequence.session.prefill(sequence.prompt[sequence.prefilled:sequence.prefilled + n])
-            sequence.prefilled += n
-            budget -= n
-            if sequence.prefilled == sequence.prompt.shape[0]:
-                self._take(sequence, logits)
-            if budget == 0:
-                return
 
     def _decode(self) -> None:
         rows = [s for s in self.active if s.next_token >= 0]

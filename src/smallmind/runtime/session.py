@@ -5,6 +5,7 @@ holds one per sequence), so the decode loop exists once:
 
     s = Session(net, ctx=2048)
     logits = s.prefill(prompt_ids)      # (V,) logits after the last prompt token
+    s.prefill(more_ids, logits=False)   # positions only: no final norm, no LM head
     logits = s.step(token)              # one decode step: (V,) logits after `token`
 
 The network (models/__init__.py has its contract) owns nothing between calls: the KV cache, its
@@ -81,15 +82,16 @@ class Session:
         self.kv.length = keep
         return keep
 
-    def prefill(self, ids) -> np.ndarray:
-        # ids (T,) int appended after the cached positions -> (V,) logits of the last one (a view)
+    def prefill(self, ids, logits: bool = True) -> np.ndarray | None:
+        # ids (T,) int appended after the cached positions -> (V,) logits of the last one (a view),
+        # or None without logits; only the last chunk's forward computes them
         ids = self._checked(ids)
-        start, chunk = self.kv.length, self.ws.max_tokens
-        logits = None
-        for a in range(0, ids.shape[0], chunk):
-            logits = self.net.forward(self.ws, self.kv, ids[a:a + chunk], start + a)
-        self.ids[start:start + ids.shape[0]] = ids
-        return logits
+        start, chunk, T = self.kv.length, self.ws.max_tokens, ids.shape[0]
+        out = None
+        for a in range(0, T, chunk):
+            out = self.net.forward(self.ws, self.kv, ids[a:a + chunk], start + a, logits=logits and a + chunk >= T)
+        self.ids[start:start + T] = ids
+        return out
 
     def step(self, token: int) -> np.ndarray:
         # one decode step: token at the next position -> (V,) logits (a view, overwritten next step)
