@@ -2,6 +2,7 @@
 awkward sizes, strided and misaligned views; and the refusals of bad input."""
 
 import subprocess
+import threading
 import sys
 
 import numpy as np
@@ -452,6 +453,78 @@ def _rows_caches(rng, B, n_layers, Hkv, S, D, dtype):
     # B pairs of (n_layers, Hkv, S, D) caches, misaligned by one element and padded between rows
     return ([view(rng, (n_layers, Hkv, S, D), pad=3, dtype=dtype) for _ in range(B)],
             [view(rng, (n_layers, Hkv, S, D), pad=1, dtype=dtype) for _ in range(B)])
+
+
+def _rope_rows_afresh(x, positions, theta, neox, freqs):
+    # padded to more rows than module.c's angle tables hold: every row's angles made anew
+    pad = 65 - x.shape[0]
+    xx = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.float32)])
+    pp = np.concatenate([positions, np.zeros(pad, positions.dtype)])
+    out = np.empty_like(xx)
+    native.rope_rows(xx, pp, theta, out, neox, freqs)
+    return out[:x.shape[0]]
+
+
+def test_rope_angle_tables_serve_only_calls_of_the_same_angles(isa, rng):
+    # each call after the first changes one thing its angles depend on (the arrays in place
+    # too), and must still equal the rotation computed afresh
+    x = view(rng, (4, 2, 16))
+    positions = np.array([3, 9, 4, 100], np.int64)
+    freqs = rng.uniform(1.0, 8.0, 8).astype(np.float32)
+    calls = [(10000.0, freqs), (10000.0, freqs), (10000.0, None), (500000.0, None), (500000.0, freqs)]
+    for step, (theta, ff) in enumerate(calls + [(10000.0, freqs)] * 3):
+        if step == 5:
+            positions[2] = 5          # the same array, one position moved
+        if step == 6:
+            freqs[7] *= 2.0           # the same factors array, one factor changed
+        rows = 3 if step == 7 else 4  # fewer rows at the same positions
+        out = np.empty((rows, 2, 16), np.float32)
+        native.rope_rows(x[:rows], positions[:rows], theta, out, True, ff)
+        np.testing.assert_array_equal(out, _rope_rows_afresh(x[:rows], positions[:rows], theta, True, ff))
+        pos0_out = np.empty((rows, 2, 16), np.float32)
+        native.rope(x[:rows], 7, theta, pos0_out, False, ff)
+        np.testing.assert_array_equal(pos0_out, _rope_rows_afresh(x[:rows], np.arange(7, 7 + rows), theta, False, ff))
+
+
+def test_rope_angle_tables_hold_while_threads_rotate_at_other_angles(rng):
+    # one thread's long rotation lets go of the GIL while the other cycles through more bases
+    # than there are tables: the table in use is the least recently taken, and must not be
+    # the one the other thread rewrites
+    big = rng.standard_normal((64, 256, 64)).astype(np.float32)
+    small = rng.standard_normal((64, 1, 64)).astype(np.float32)   # a whole table's rows, one head
+    thetas = [10000.0, 500000.0, 1000000.0, 20000.0, 777.0, 123456.0]
+    expect_big = np.empty_like(big)
+    ref.rope(big, 11, 31.0, expect_big, False)
+    expect_small = {}
+    for theta in thetas:
+        expect_small[theta] = np.empty_like(small)
+        ref.rope(small, 5, theta, expect_small[theta], False)
+    wrong, running = [], threading.Event()
+
+    def long_rotations():
+        out = np.empty_like(big)
+        for _ in range(15):
+            native.rope(big, 11, 31.0, out, False)
+            if not np.allclose(out, expect_big, rtol=1e-5, atol=1e-5):
+                wrong.append("long")
+        running.set()
+
+    def short_rotations():
+        out = np.empty_like(small)
+        i = 0
+        while not running.is_set():
+            theta = thetas[i % len(thetas)]
+            native.rope(small, 5, theta, out, False)
+            if not np.allclose(out, expect_small[theta], rtol=1e-5, atol=1e-5):
+                wrong.append(theta)
+            i += 1
+
+    threads = [threading.Thread(target=long_rotations), threading.Thread(target=short_rotations)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
 
 
 @pytest.mark.parametrize("neox", [False, True])

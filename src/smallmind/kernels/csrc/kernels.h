@@ -100,6 +100,7 @@ typedef struct {
                                    t * ps; NULL: row t is at pos0 + t */
     int positions_64;
     long ps;
+    const float *table;         /* (2,T,half): row t's cos and sin, or NULL: computed per row */
 } RopeArgs;
 
 typedef struct {

@@ -656,22 +656,21 @@ static inline double sm_rope_position(const RopeArgs *a, long t)
                            : (double)((const int32_t *)a->positions)[t * a->ps];
 }
 
-/* rows t0..t1 of (T,H,D): angles in double like the reference, then float rotations */
+/* rows t0..t1 of (T,H,D): angles in double like the reference (sm_rope_angles), then float
+ * rotations; with a->table, the angles' cos and sin made once per call (module.c) */
 static void FN(rope_rows)(const RopeArgs *a, long t0, long t1)
 {
-    float cs[SM_ROPE_MAX_HALF], sn[SM_ROPE_MAX_HALF];
+    float cs_row[SM_ROPE_MAX_HALF], sn_row[SM_ROPE_MAX_HALF];
     double inv[SM_ROPE_MAX_HALF];
-    const long half = a->half, D = 2 * half;
-    for (long i = 0; i < half; i++) {
-        inv[i] = pow(a->theta, -(double)(2 * i) / (double)D);
-        if (a->freq_factors) inv[i] /= (double)a->freq_factors[i];
-    }
+    const long half = a->half;
+    if (!a->table) sm_rope_inverse_frequencies(a->theta, a->freq_factors, half, inv);
     for (long t = t0; t < t1; t++) {
-        double pos = sm_rope_position(a, t);
-        for (long i = 0; i < half; i++) {
-            double ang = pos * inv[i];
-            cs[i] = (float)cos(ang);
-            sn[i] = (float)sin(ang);
+        const float *cs = cs_row, *sn = sn_row;
+        if (a->table) {
+            cs = a->table + t * half;
+            sn = a->table + (a->T + t) * half;
+        } else {
+            sm_rope_angles(sm_rope_position(a, t), inv, half, cs_row, sn_row);
         }
         for (long h = 0; h < a->H; h++) {
             const float *x = a->x + t * a->xs_t + h * a->xs_h;

@@ -55,4 +55,23 @@ static inline float sm_gelu_grad(float x)
     return s + 2.0f * x * du * e * inv * inv;
 }
 
+/* RoPE, as the reference computes it: pair i turns by position * inv[i] radians, inv[i] =
+ * theta^(-2i/D) / freq_factors[i], in double, its cos and sin then rounded to float */
+static inline void sm_rope_inverse_frequencies(double theta, const float *freq_factors, long half, double *inv)
+{
+    for (long i = 0; i < half; i++) {
+        inv[i] = pow(theta, -(double)(2 * i) / (double)(2 * half));
+        if (freq_factors) inv[i] /= (double)freq_factors[i];
+    }
+}
+
+static inline void sm_rope_angles(double pos, const double *inv, long half, float *cs, float *sn)
+{
+    for (long i = 0; i < half; i++) {
+        double ang = pos * inv[i];
+        cs[i] = (float)cos(ang);
+        sn[i] = (float)sin(ang);
+    }
+}
+
 #endif
