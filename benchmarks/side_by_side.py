@@ -15,7 +15,9 @@ from pathlib import Path
 
 
 def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (a bad one is a one-line usage error)."""
+    """argparse type: a whole number of at least 1 (a bad one is a one-line usage error). The
+    CLI has its own; importing smallmind.cli here would start SmallMind's kernel pool inside
+    the PyTorch workers that import this file."""
     try:
         value = int(text)
     except ValueError:
