@@ -5,7 +5,9 @@
 
 Each side runs in its own long-lived worker process (two libraries' thread pools in one process
 slow each other) with the model loaded once; the parent asks each worker in turn for one
-measurement, so repetitions are interleaved, and reports medians. Measured, per model:
+measurement, so repetitions are interleaved, and reports medians. A worker answers only once its
+threads have gone quiet (side_by_side.settle: llama.cpp's threads, like PyTorch's, spin for about
+10 ms after their work), so each turn starts on idle cores. Measured, per model:
   decode@128   decode tokens/s of 64 greedy tokens after a 128-token prompt
   decode@2000  decode tokens/s of 32 greedy tokens after a 2,000-token prompt
   prefill128, prefill512   prefill tokens/s of a 128 / 512-token prompt into an empty cache
@@ -27,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from side_by_side import settle
 
 TASKS = ("decode@128", "decode@2000", "prefill128", "prefill512")
 CTX = 2100
@@ -127,6 +131,7 @@ def worker(side: str, path: str, threads: int) -> None:
             seconds, tokens = impl.decode(ids, n)
             result = {"seconds": seconds, "tok_s": n / seconds, "tokens": tokens}
         result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["settle_ms"] = settle() * 1e3
         print(json.dumps(result), flush=True)
 
 
@@ -209,8 +214,16 @@ def bench_model(path: Path, threads: int, repeats: int) -> dict:
     for task in TASKS + ("rss",):
         sm, lc = (statistics.median(samples[s][task]) for s in ("smallmind", "llama.cpp"))
         rows[task] = {"smallmind": sm, "llama.cpp": lc, "ratio": sm / lc if task != "rss" else lc / sm}
-    same = {task: sides["smallmind"] == sides["llama.cpp"] for task, sides in agree.items()}
-    return {"model": path.name, "rows": rows, "same_greedy_tokens": same}
+    return {"model": path.name, "rows": rows,
+            "same_greedy_tokens": {task: leading_agreement(sides["smallmind"], sides["llama.cpp"])
+                                   for task, sides in agree.items()}}
+
+
+def leading_agreement(ours: list, theirs: list) -> str:
+    """'n of m': how many greedy tokens the two sides share before the first difference (two
+    runtimes' float sums differ in their last bits, so a near-tie can go either way)."""
+    same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    return f"{same} of {len(ours)}"
 
 
 def main() -> int:
@@ -237,7 +250,8 @@ def main() -> int:
             unit = "MB" if task == "rss" else "tok/s"
             print(f"| {task + ' ' + unit:<12} | {row['smallmind']:>10.1f} | {row['llama.cpp']:>10.1f} | "
                   f"{row['ratio']:>5.2f}x |")
-        print("same greedy tokens: " + ", ".join(f"{t} {'yes' if s else 'no'}" for t, s in r["same_greedy_tokens"].items()))
+        print("greedy tokens the same before the first difference: "
+              + ", ".join(f"{t} {n}" for t, n in r["same_greedy_tokens"].items()))
         print("(ratio: SmallMind's speed over llama.cpp's; for rss, llama.cpp's memory over SmallMind's)")
     if args.json:
         print(json.dumps({"cpu": cpu_model(), "threads": args.threads, "results": results}))

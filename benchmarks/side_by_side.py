@@ -11,6 +11,7 @@ import json
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -60,11 +61,33 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
+def settle(limit: float = 1.0, window: float = 0.010, idle: float = 0.0005) -> float:
+    """Wait until this process's threads have stopped using the CPU (at most `limit` seconds);
+    return the seconds waited.
+
+    A library's worker threads keep spinning after its work (PyTorch's OpenMP threads, measured
+    on this project's machines, kept a core busy for 10-13 ms after each parallel product). In
+    an interleaved comparison that spin would take a core from the other side's next turn, so
+    each worker answers only once it is quiet: every turn starts on idle cores. The kernel adds
+    a running thread's time to the process clock at its scheduler ticks (4 ms apart at 250 Hz),
+    so a window must span more than one tick to see a spinning thread."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        before = time.process_time()
+        time.sleep(window)
+        if time.process_time() - before < idle:
+            break
+    return time.perf_counter() - start
+
+
 def serve(handler, ready: dict) -> None:
-    """The worker's loop: announce `ready`, then answer each request line with handler(request)."""
+    """The worker's loop: announce `ready`, then answer each request line with handler(request),
+    once this process is quiet (settle()), with the wait in the answer's `settle_ms`."""
     print(json.dumps(ready), flush=True)
     for line in sys.stdin:
-        print(json.dumps(handler(json.loads(line))), flush=True)
+        answer = handler(json.loads(line))
+        answer["settle_ms"] = settle() * 1e3
+        print(json.dumps(answer), flush=True)
 
 
 def cpu_model() -> str:
