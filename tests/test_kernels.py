@@ -68,7 +68,7 @@ def test_linear_matches_reference(isa, rng, T, K, N, bias, accumulate):
 
 @pytest.mark.parametrize("T,pos0", [(1, 0), (1, 5), (1, 130), (7, 0), (33, 10), (130, 0)])
 @pytest.mark.parametrize("H,Hkv", [(4, 4), (4, 2), (6, 1)])
-@pytest.mark.parametrize("D", [8, 33])
+@pytest.mark.parametrize("D", [8, 32, 33])  # 8 and 32: eight keys a step, one and four vectors deep
 def test_attention_matches_reference(isa, rng, T, pos0, H, Hkv, D):
     smax = pos0 + T + 3
     qkv = view(rng, (T, 3, H, D))

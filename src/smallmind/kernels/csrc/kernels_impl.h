@@ -256,6 +256,39 @@ static void FN(linear_cols)(const LinearArgs *a, long n0, long n1)
             sm_linear_store(a, t, n, sm_dot(a->x + t * a->xs, a->w + n * a->ws, a->K));
 }
 
+#ifdef SM_LINEAR_AVX2
+/* sc[j] = scale * (q . key j) for nb keys ks floats apart, D a multiple of 8: eight keys at a
+ * time, whose eight partial-sum vectors are reduced together by one transpose-add (a dot
+ * product each, as sm_dot takes, ends in a horizontal sum that costs more than its FMAs at
+ * the head dims of small models) */
+static inline void sm_scores(const float *q, const float *k, long ks, long D, long nb, float scale, float *sc)
+{
+    long j = 0;
+    for (; j + 8 <= nb; j += 8) {
+        const float *kj = k + j * ks;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+        for (long d = 0; d < D; d += 8) {
+            __m256 qv = _mm256_loadu_ps(q + d);
+            s0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + d), s0);
+            s1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + ks + d), s1);
+            s2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + 2 * ks + d), s2);
+            s3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + 3 * ks + d), s3);
+            s4 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + 4 * ks + d), s4);
+            s5 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + 5 * ks + d), s5);
+            s6 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + 6 * ks + d), s6);
+            s7 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + 7 * ks + d), s7);
+        }
+        /* lanes 0..3 of each 128-bit half: keys 0..3 (low half) and 4..7 (high half) of
+         * each vector's low and high halves; the two halves then add */
+        __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+        __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(s4, s5), _mm256_hadd_ps(s6, s7));
+        __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+        _mm256_storeu_ps(sc + j, _mm256_mul_ps(sum, _mm256_set1_ps(scale)));
+    }
+    for (; j < nb; j++) sc[j] = sm_dot(q, k + j * ks, D) * scale;
+}
+#endif
+
 /* One (head, query) pair per i = h*T + t: online softmax over key tiles, so memory is
  * O(tile) however long the context, and masked keys (beyond pos0+t, or before the sliding
  * window) are never touched. */
@@ -275,7 +308,12 @@ static void FN(attention)(const AttnArgs *a, long i0, long i1)
         for (long j0 = first; j0 < S; j0 += SM_ATTN_TILE) {
             long nb = S - j0 < SM_ATTN_TILE ? S - j0 : SM_ATTN_TILE;
             float bm = -INFINITY;
-            for (long j = 0; j < nb; j++) sc[j] = sm_dot(q, kbase + (j0 + j) * a->ks_s, D) * a->scale;
+#ifdef SM_LINEAR_AVX2
+            if (D % 8 == 0)
+                sm_scores(q, kbase + j0 * a->ks_s, a->ks_s, D, nb, a->scale, sc);
+            else
+#endif
+                for (long j = 0; j < nb; j++) sc[j] = sm_dot(q, kbase + (j0 + j) * a->ks_s, D) * a->scale;
 #pragma omp simd reduction(max : bm)
             for (long j = 0; j < nb; j++) bm = sc[j] > bm ? sc[j] : bm;
             float mnew = bm > m ? bm : m;
@@ -288,6 +326,22 @@ static void FN(attention)(const AttnArgs *a, long i0, long i1)
                 bl += p;
             }
             l = l * corr + bl;
+#ifdef SM_LINEAR_AVX2
+            if (D % 8 == 0) {
+                /* eight values of acc at a time kept in a register across the tile's keys: per
+                 * element the same operations in the same order as the loop below */
+                const __m256 vc = _mm256_set1_ps(corr);
+                const float *vt = vbase + j0 * a->vs_s;
+                for (long d = 0; d < D; d += 8) {
+                    __m256 x = _mm256_mul_ps(_mm256_loadu_ps(acc + d), vc);
+                    for (long j = 0; j < nb; j++)
+                        x = _mm256_fmadd_ps(_mm256_set1_ps(sc[j]), _mm256_loadu_ps(vt + j * a->vs_s + d), x);
+                    _mm256_storeu_ps(acc + d, x);
+                }
+                m = mnew;
+                continue;
+            }
+#endif
 #pragma omp simd
             for (long d = 0; d < D; d++) acc[d] *= corr;
             for (long j = 0; j < nb; j++) {
