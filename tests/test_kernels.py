@@ -189,6 +189,30 @@ def test_half_cache_attention_beyond_the_stacked_scores_matches_reference(isa, r
     _mostly_equal(out, expect, share=0.9)
 
 
+@pytest.mark.parametrize("T,pos0,window", [(1, 130, 0), (1, 2500, 0), (1, 9000, 600), (6, 3000, 0), (20, 40, 7)])
+@pytest.mark.parametrize("H,Hkv,D", [(4, 1, 256), (9, 3, 24), (8, 2, 33)])
+def test_half_cache_attention_gives_the_same_bits_whatever_heads_share_a_key(isa, rng, T, pos0, window, H, Hkv,
+                                                                                 D):
+    # one thread takes a KV group's query heads together (each key and value widened once for
+    # all of them, scores kept in chunks of 8192 / heads); eight threads take them one by one
+    q = view(rng, (T, H, D), pad=1)
+    k = view(rng, (Hkv, pos0 + T, D), dtype=np.float16)
+    v = view(rng, (Hkv, pos0 + T, D), dtype=np.float16)
+    outs = []
+    before = kernels.get_threads()
+    try:
+        for threads in (1, 8):
+            kernels.set_threads(threads)
+            assert kernels.get_threads() == threads
+            out = np.empty((T, H, D), np.float32)
+            native.attention(q, k, v, pos0, out, 0.3, window)
+            outs.append(out)
+    finally:
+        kernels.set_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert np.isfinite(outs[0]).all()
+
+
 def test_attention_refuses_caches_of_different_dtypes(rng):
     q, k = view(rng, (1, 1, 4)), view(rng, (1, 3, 4))
     with pytest.raises(KernelInputError, match="same dtype"):

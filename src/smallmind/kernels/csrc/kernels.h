@@ -11,6 +11,10 @@
 #define SM_ATTN_BLOCKED_MAX_D 128
 #define SM_ATTN_SCORES 8192   /* f16-cache attention keeps this many scores on the stack; longer
                                  spans recompute them per pass instead */
+#define SM_ATTN_GROUP_MAX 8       /* and at most this many of them */
+#define SM_ATTN_GROUP_FLOATS 2048 /* f16-cache attention: query heads sharing a KV head taken
+                                     together (one conversion of each key and value) hold at
+                                     most this many floats of queries and of outputs */
 
 #include <stdint.h>
 #include <string.h>
@@ -66,6 +70,9 @@ typedef struct {
     float scale;
     long window;  /* > 0: query at position p sees keys j with p - j < window (sliding window) */
     const uint16_t *kh, *vh;  /* the cache as IEEE half (kc, vc unused), for attention_half */
+    long hsub;  /* attention_half: query heads per unit (0 or 1: one; else a divisor of group,
+                   at most SM_ATTN_GROUP_MAX, hsub * D <= SM_ATTN_GROUP_FLOATS); unit i =
+                   (h / hsub) * T + t */
 } AttnArgs;
 
 /* layer_norm / rms_norm over rows of C features */

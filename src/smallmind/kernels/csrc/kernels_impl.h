@@ -445,6 +445,18 @@ static void FN(attention_blocked)(const AttnArgs *a, long i0, long i1)
 
 #if defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
+/* the dot's two accumulators summed, then the values from d on one by one */
+static inline float sm_dot_half_end(__m256 s0, __m256 s1, const float *q, const uint16_t *k, long d, long D)
+{
+    s0 = _mm256_add_ps(s0, s1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float s = _mm_cvtss_f32(h);
+    for (; d < D; d++) s += q[d] * sm_f16_to_f32(k[d]);
+    return s;
+}
+
 /* dot of float q with a half row (F16C widens 8 halves a load) */
 static inline float sm_dot_half(const float *q, const uint16_t *k, long D)
 {
@@ -457,13 +469,7 @@ static inline float sm_dot_half(const float *q, const uint16_t *k, long D)
     }
     for (; d + 8 <= D; d += 8)
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d))), s0);
-    s0 = _mm256_add_ps(s0, s1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    float s = _mm_cvtss_f32(h);
-    for (; d < D; d++) s += q[d] * sm_f16_to_f32(k[d]);
-    return s;
+    return sm_dot_half_end(s0, s1, q, k, d, D);
 }
 
 /* acc += p * v for a half row v */
@@ -516,6 +522,102 @@ static inline float sm_scores_half(float *sc, const float *q, const uint16_t *k,
     return m;
 }
 
+#if defined(__F16C__) && defined(__FMA__)
+/* sm_dot_half of GN queries (D floats apart) with one half row, each key vector widened once
+ * for all of them: every query's sum takes sm_dot_half's operations in its order */
+static inline __attribute__((always_inline)) void sm_dot_half_n(float *s, const float *q, const uint16_t *k,
+                                                                 long D, const int GN)
+{
+    __m256 a0[4], a1[4];
+    for (int g = 0; g < GN; g++) a0[g] = a1[g] = _mm256_setzero_ps();
+    long d = 0;
+    for (; d + 16 <= D; d += 16) {
+        __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d)));
+        __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d + 8)));
+        for (int g = 0; g < GN; g++) {
+            a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), k0, a0[g]);
+            a1[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d + 8), k1, a1[g]);
+        }
+    }
+    for (; d + 8 <= D; d += 8) {
+        __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d)));
+        for (int g = 0; g < GN; g++) a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), k0, a0[g]);
+    }
+    for (int g = 0; g < GN; g++) s[g] = sm_dot_half_end(a0[g], a1[g], q + g * D, k, d, D);
+}
+#endif
+
+/* sc[g * scs + j] = scale * (query g . k_{j0+j}) for G queries (qh: D floats apart) and n keys
+ * of a half cache, the same values as sm_scores_half per query; m[g] = max(m[g], their max) */
+static inline void sm_scores_half_heads(float *sc, long scs, const float *qh, long G, const uint16_t *k, long ks,
+                                        long j0, long n, long D, float scale, float *m)
+{
+#if defined(__F16C__) && defined(__FMA__)
+    for (long g0 = 0; g0 < G; g0 += 4) {
+        const long gn = G - g0 < 4 ? G - g0 : 4;
+        const float *q = qh + g0 * D;
+        for (long j = 0; j < n; j++) {
+            float s[4];
+            const uint16_t *kj = k + (j0 + j) * ks;
+            switch (gn) {
+            case 4: sm_dot_half_n(s, q, kj, D, 4); break;
+            case 3: sm_dot_half_n(s, q, kj, D, 3); break;
+            case 2: sm_dot_half_n(s, q, kj, D, 2); break;
+            default: sm_dot_half_n(s, q, kj, D, 1); break;
+            }
+            for (long g = 0; g < gn; g++) {
+                float v = s[g] * scale;
+                sc[(g0 + g) * scs + j] = v;
+                m[g0 + g] = v > m[g0 + g] ? v : m[g0 + g];
+            }
+        }
+    }
+#else
+    for (long g = 0; g < G; g++) {
+        float cm = sm_scores_half(sc + g * scs, qh + g * D, k, ks, j0, n, D, scale);
+        m[g] = cm > m[g] ? cm : m[g];
+    }
+#endif
+}
+
+/* acc += p[j] * v_{j0+j} for the n keys whose p[j] is not 0, in key order: sm_axpy_half's
+ * operations per value, with eight vectors of acc held in registers across 32 keys at a time
+ * (their values re-read from L1) instead of loaded and stored for every key */
+static inline void sm_axpy_half_keys(float *acc, const float *p, const uint16_t *v, long vs, long j0, long n, long D)
+{
+#if defined(__F16C__) && defined(__FMA__)
+    if (D % 8 == 0) {
+        for (long b0 = 0; b0 < n; b0 += 32) {
+            const long bn = n - b0 < 32 ? n - b0 : 32;
+            long d = 0;
+            for (; d + 64 <= D; d += 64) {
+                __m256 x[8];
+                for (int u = 0; u < 8; u++) x[u] = _mm256_loadu_ps(acc + d + 8 * u);
+                for (long j = b0; j < b0 + bn; j++) {
+                    if (p[j] == 0.0f) continue;
+                    const __m256 pv = _mm256_set1_ps(p[j]);
+                    const uint16_t *vj = v + (j0 + j) * vs + d;
+                    for (int u = 0; u < 8; u++)
+                        x[u] = _mm256_fmadd_ps(pv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vj + 8 * u))), x[u]);
+                }
+                for (int u = 0; u < 8; u++) _mm256_storeu_ps(acc + d + 8 * u, x[u]);
+            }
+            for (; d < D; d += 8) {
+                __m256 x = _mm256_loadu_ps(acc + d);
+                for (long j = b0; j < b0 + bn; j++)
+                    if (p[j] != 0.0f)
+                        x = _mm256_fmadd_ps(_mm256_set1_ps(p[j]),
+                                            _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + (j0 + j) * vs + d))), x);
+                _mm256_storeu_ps(acc + d, x);
+            }
+        }
+        return;
+    }
+#endif
+    for (long j = 0; j < n; j++)
+        if (p[j] != 0.0f) sm_axpy_half(acc, p[j], v + (j0 + j) * vs, D);
+}
+
 /* sc[j] = exp(sc[j] - m) for n scores; returns their sum in double, as ggml's softmax */
 static inline double sm_exp_sum(float *sc, long n, float m)
 {
@@ -535,50 +637,61 @@ static inline double sm_exp_sum(float *sc, long n, float m)
  * recomputing each chunk's scores in the sum and output passes. */
 static void FN(attention_half)(const AttnArgs *a, long i0, long i1)
 {
+    const long G = a->hsub > 1 ? a->hsub : 1, D = a->D;
     float sc[SM_ATTN_SCORES];
-    float qh[SM_ATTN_MAX_D];
-    float acc[SM_ATTN_MAX_D];
-    const long D = a->D, CH = SM_ATTN_SCORES;
+    float qh[SM_ATTN_GROUP_FLOATS > SM_ATTN_MAX_D ? SM_ATTN_GROUP_FLOATS : SM_ATTN_MAX_D];
+    float acc[SM_ATTN_GROUP_FLOATS > SM_ATTN_MAX_D ? SM_ATTN_GROUP_FLOATS : SM_ATTN_MAX_D];
+    float m[SM_ATTN_GROUP_MAX], inv[SM_ATTN_GROUP_MAX];
+    double sum[SM_ATTN_GROUP_MAX];
+    const long CH = SM_ATTN_SCORES / G; /* keys whose scores stay on the stack, per head */
     const float scale = a->scale;
     for (long i = i0; i < i1; i++) {
-        long h = i / a->T, t = i % a->T, kvh = h / a->group;
-        const float *q = a->q + t * a->qs_t + h * a->qs_h;
+        long h0 = i / a->T * G, t = i % a->T, kvh = h0 / a->group;
         const uint16_t *kbase = a->kh + kvh * a->ks_h, *vbase = a->vh + kvh * a->vs_h;
         long S = a->pos0 + t + 1;
         long first = a->window > 0 && S > a->window ? S - a->window : 0;
         long n = S - first;
-        for (long d = 0; d < D; d++) qh[d] = q[d];
-        sm_round_half(qh, D, 1.0f); /* q * 1 is q: the F16C rounding where the ISA has it */
-        for (long d = 0; d < D; d++) acc[d] = 0.0f;
-        float m = -INFINITY;
+        for (long g = 0; g < G; g++) {
+            const float *q = a->q + t * a->qs_t + (h0 + g) * a->qs_h;
+            for (long d = 0; d < D; d++) qh[g * D + d] = q[d];
+            m[g] = -INFINITY;
+            sum[g] = 0.0;
+        }
+        sm_round_half(qh, G * D, 1.0f); /* q * 1 is q: the F16C rounding where the ISA has it */
+        for (long d = 0; d < G * D; d++) acc[d] = 0.0f;
         for (long c0 = 0; c0 < n; c0 += CH) {
             long cn = n - c0 < CH ? n - c0 : CH;
-            float cm = sm_scores_half(sc, qh, kbase, a->ks_s, first + c0, cn, D, scale);
-            m = cm > m ? cm : m;
+            sm_scores_half_heads(sc, CH, qh, G, kbase, a->ks_s, first + c0, cn, D, scale, m);
         }
-        double sum = 0.0;
         if (n <= CH) {
-            sum = sm_exp_sum(sc, n, m);
+            for (long g = 0; g < G; g++) sum[g] = sm_exp_sum(sc + g * CH, n, m[g]);
         } else {
             for (long c0 = 0; c0 < n; c0 += CH) {
                 long cn = n - c0 < CH ? n - c0 : CH;
-                sm_scores_half(sc, qh, kbase, a->ks_s, first + c0, cn, D, scale);
-                sum += sm_exp_sum(sc, cn, m);
+                float dummy[SM_ATTN_GROUP_MAX];
+                for (long g = 0; g < G; g++) dummy[g] = -INFINITY;
+                sm_scores_half_heads(sc, CH, qh, G, kbase, a->ks_s, first + c0, cn, D, scale, dummy);
+                for (long g = 0; g < G; g++) sum[g] += sm_exp_sum(sc + g * CH, cn, m[g]);
             }
         }
-        float inv = (float)(1.0 / sum);
+        for (long g = 0; g < G; g++) inv[g] = (float)(1.0 / sum[g]);
         for (long c0 = 0; c0 < n; c0 += CH) {
             long cn = n - c0 < CH ? n - c0 : CH;
             if (n > CH) {
-                sm_scores_half(sc, qh, kbase, a->ks_s, first + c0, cn, D, scale);
-                sm_exp_sum(sc, cn, m);
+                float dummy[SM_ATTN_GROUP_MAX];
+                for (long g = 0; g < G; g++) dummy[g] = -INFINITY;
+                sm_scores_half_heads(sc, CH, qh, G, kbase, a->ks_s, first + c0, cn, D, scale, dummy);
+                for (long g = 0; g < G; g++) sm_exp_sum(sc + g * CH, cn, m[g]);
             }
-            sm_round_half(sc, cn, inv);
-            for (long j = 0; j < cn; j++)
-                if (sc[j] != 0.0f) sm_axpy_half(acc, sc[j], vbase + (first + c0 + j) * a->vs_s, D);
+            for (long g = 0; g < G; g++) {
+                sm_round_half(sc + g * CH, cn, inv[g]);
+                sm_axpy_half_keys(acc + g * D, sc + g * CH, vbase, a->vs_s, first + c0, cn, D);
+            }
         }
-        float *o = a->out + t * a->os_t + h * a->os_h;
-        for (long d = 0; d < D; d++) o[d] = acc[d];
+        for (long g = 0; g < G; g++) {
+            float *o = a->out + t * a->os_t + (h0 + g) * a->os_h;
+            for (long d = 0; d < D; d++) o[d] = acc[g * D + d];
+        }
     }
 }
 

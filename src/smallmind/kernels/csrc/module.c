@@ -538,6 +538,17 @@ static void attn_task(void *ctx, long a, long b) { K->attention((const AttnArgs 
 static void attn_blocked_task(void *ctx, long a, long b) { K->attention_blocked((const AttnArgs *)ctx, a, b); }
 static void attn_half_task(void *ctx, long a, long b) { K->attention_half((const AttnArgs *)ctx, a, b); }
 
+/* Query heads an f16-cache attention unit takes together (AttnArgs.hsub): the largest divisor
+ * of the group within SM_ATTN_GROUP_MAX heads and SM_ATTN_GROUP_FLOATS floats that still
+ * leaves each thread a unit of the `rows` queries. Any choice gives the same bits. */
+static long attn_hsub(long H, long group, long D, long rows)
+{
+    long threads = sm_pool_threads();
+    for (long g = group < SM_ATTN_GROUP_MAX ? group : SM_ATTN_GROUP_MAX; g > 1; g--)
+        if (group % g == 0 && g * D <= SM_ATTN_GROUP_FLOATS && H / g * rows >= threads) return g;
+    return 1;
+}
+
 static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (nargs_ok(n, 7, "attention")) return NULL;
@@ -570,7 +581,8 @@ static PyObject *py_attention(PyObject *self, PyObject *const *args, Py_ssize_t 
                    (long)v[2].st[0], (long)v[2].st[1], (long)v[3].st[0], (long)v[3].st[1], (float)scale,
                    window, half ? (const uint16_t *)v[1].data : NULL, half ? (const uint16_t *)v[2].data : NULL};
     if (half) {
-        run(attn_half_task, &aa, H * T, 1, 4.0 * H * T * (pos0 + T) * D);
+        aa.hsub = attn_hsub(H, aa.group, D, T);
+        run(attn_half_task, &aa, H / aa.hsub * T, 1, 4.0 * H * T * (pos0 + T) * D);
     } else if (T >= 4 && D <= SM_ATTN_BLOCKED_MAX_D) {
         long nblocks = (T + SM_ATTN_QBLOCK - 1) / SM_ATTN_QBLOCK;
         run(attn_blocked_task, &aa, H * nblocks, 1, 4.0 * H * T * (pos0 + T) * D);
@@ -1435,11 +1447,12 @@ done:
     return finish(io, 3, ok, Py_None);
 }
 
-/* One (row, head) per i = b*H + h: row b's attention, a one-query call of the kernel that
- * attention() runs for that cache, so each row's result is attention()'s bit for bit. */
+/* One (row, unit) per i = b*H + u (a unit: a head, or over a half cache hsub heads): row b's
+ * attention, a one-query call of the kernel that attention() runs for that cache, so each
+ * row's result is attention()'s bit for bit. */
 typedef struct {
     const AttnArgs *rows;
-    long H;
+    long H;  /* units per row */
     int half;
 } AttnRowsArgs;
 
@@ -1490,6 +1503,7 @@ static PyObject *py_attention_rows(PyObject *self, PyObject *const *args, Py_ssi
     }
     int half = B > 0 && kv[0].type == NPY_FLOAT16;
     double work = 0.0;
+    long units = H; /* per row: heads, or groups of hsub heads over a half cache */
     for (long b = 0; b < B; b++) {
         View *k = &kv[b], *v = &kv[B + b];
         long pos = token_at(&io[1], b), Hkv = (long)k->shape[1];
@@ -1501,8 +1515,16 @@ static PyObject *py_attention_rows(PyObject *self, PyObject *const *args, Py_ssi
                              window, half ? (const uint16_t *)kd : NULL, half ? (const uint16_t *)vd : NULL};
         work += 4.0 * H * (pos + 1) * D;
     }
-    AttnRowsArgs ra = {rows, H, half};
-    run_gil(attn_rows_task, &ra, B * H, 1, work, B ? work / B : 0.0); /* the GIL as for one row (rope_rows) */
+    if (half && B > 0) {
+        /* one choice for all rows, a divisor of every row's group (rows may differ in KV heads) */
+        long hsub = attn_hsub(H, rows[0].group, D, B);
+        for (long b = 0; b < B; b++)
+            if (rows[b].group % hsub) hsub = 1;
+        for (long b = 0; b < B; b++) rows[b].hsub = hsub;
+        units = H / hsub;
+    }
+    AttnRowsArgs ra = {rows, units, half};
+    run_gil(attn_rows_task, &ra, B * units, 1, work, B ? work / B : 0.0); /* the GIL as for one row (rope_rows) */
     ok = 1;
 done:
     caches_release(kv, 2 * B);
