@@ -539,13 +539,18 @@ static void attn_blocked_task(void *ctx, long a, long b) { K->attention_blocked(
 static void attn_half_task(void *ctx, long a, long b) { K->attention_half((const AttnArgs *)ctx, a, b); }
 
 /* Query heads an f16-cache attention unit takes together (AttnArgs.hsub): the largest divisor
- * of the group within SM_ATTN_GROUP_MAX heads and SM_ATTN_GROUP_FLOATS floats that still
- * leaves each thread a unit of the `rows` queries. Any choice gives the same bits. */
+ * of the group within SM_ATTN_GROUP_MAX heads and SM_ATTN_GROUP_FLOATS floats whose units of
+ * the `rows` queries still share out evenly over the threads (a multiple of them, or at least
+ * four each): 3 units on 2 threads would leave one thread twice the other's work. Any choice
+ * gives the same bits. */
 static long attn_hsub(long H, long group, long D, long rows)
 {
     long threads = sm_pool_threads();
-    for (long g = group < SM_ATTN_GROUP_MAX ? group : SM_ATTN_GROUP_MAX; g > 1; g--)
-        if (group % g == 0 && g * D <= SM_ATTN_GROUP_FLOATS && H / g * rows >= threads) return g;
+    for (long g = group < SM_ATTN_GROUP_MAX ? group : SM_ATTN_GROUP_MAX; g > 1; g--) {
+        long units = H / g * rows;
+        if (group % g == 0 && g * D <= SM_ATTN_GROUP_FLOATS && (units % threads == 0 || units >= 4 * threads))
+            return g;
+    }
     return 1;
 }
 
