@@ -11,22 +11,15 @@ two versions, run it under each (an older checkout through PYTHONPATH=that/src),
 """
 
 import argparse
-import time
 
 import numpy as np
-from side_by_side import positive_int
+from side_by_side import call_times, positive_int
 
 from smallmind import kernels
 
 
 def median_us(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e6
+    return float(np.median(call_times(fn, repeats))) * 1e6
 
 
 def main():
@@ -48,7 +41,8 @@ def main():
     def half(*shape):
         return rng.standard_normal(shape).astype(np.float16)
 
-    print(f"f16-cache attention, {H} heads on {Hkv} KV heads of {D}, {kernels.get_threads()} threads, "
+    print(f"f16-cache attention, {H} heads on {Hkv} KV head{'s' if Hkv > 1 else ''} of {D}, "
+          f"{kernels.get_threads()} threads, "
           f"kernels {kernels.path}; median us of {args.repeats}")
     for T, pos in ((1, 128), (1, 2000), (128, 0), (512, 0)):
         q = rng.standard_normal((T, H, D), dtype=np.float32)

@@ -10,9 +10,9 @@ about as fast as BLAS bare, its fused epilogues make it the faster choice.
 """
 
 import argparse
-import time
 
 import numpy as np
+from side_by_side import call_times
 
 from smallmind import kernels
 from smallmind.bench.train import BATCH, SEQ
@@ -21,13 +21,7 @@ from smallmind.models.gpt import preset
 
 
 def best_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times) * 1e3
+    return min(call_times(fn, repeats)) * 1e3
 
 
 def main():

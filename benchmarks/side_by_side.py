@@ -61,6 +61,18 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
+def call_times(fn, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of fn(), after one call that is not timed (first-call
+    costs: page faults, pool start-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def settle(limit: float = 1.0, window: float = 0.010, idle: float = 0.0005) -> float:
     """Wait until this process's threads have stopped using the CPU (at most `limit` seconds);
     return the seconds waited.

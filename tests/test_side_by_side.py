@@ -1,10 +1,11 @@
 """benchmarks/side_by_side.py's settle(): a comparison's worker answers only once its own threads
-have stopped using the CPU, so that the other side's next turn starts on idle cores."""
+have stopped using the CPU, so that the other side's next turn starts on idle cores; and
+call_times(), the kernel benchmarks' timer."""
 
 import threading
 import time
 
-from side_by_side import settle
+from side_by_side import call_times, settle
 
 
 def spinner(seconds: float, done: threading.Event, stop: threading.Event | None = None) -> threading.Thread:
@@ -43,3 +44,15 @@ def test_settle_gives_up_at_its_limit():
     finally:
         stop.set()
         thread.join()
+
+
+def test_call_times_times_each_call_after_an_untimed_first():
+    calls = []
+
+    def work():
+        calls.append(time.perf_counter())
+        time.sleep(0.002 if len(calls) > 1 else 0.05)   # the first call is slow and not counted
+
+    times = call_times(work, 4)
+    assert len(calls) == 5 and len(times) == 4
+    assert all(0.0015 < t < 0.045 for t in times), times
