@@ -13,9 +13,13 @@ two versions, run it under each (an older checkout through PYTHONPATH=that/src),
 import argparse
 
 import numpy as np
-from side_by_side import call_times, positive_int
+from side_by_side import call_times, cpu_model, positive_int
 
 from smallmind import kernels
+from smallmind.errors import SmallMindError
+
+MAX_REPEATS = 100_000
+MAX_HEADS = 256  # a 512-token prefill's queries and outputs stay within a few hundred MB
 
 
 def median_us(fn, repeats):
@@ -32,6 +36,17 @@ def main():
     args = p.parse_args()
     if args.heads % args.kv_heads:
         raise SystemExit("attention_half: --heads must be a multiple of --kv-heads")
+    if args.heads > MAX_HEADS:
+        raise SystemExit(f"attention_half: --heads must be at most {MAX_HEADS}")
+    if args.repeats > MAX_REPEATS:
+        raise SystemExit(f"attention_half: --repeats must be at most {MAX_REPEATS}")
+    try:
+        return run(args)
+    except SmallMindError as e:   # a shape the kernels refuse (a head dim above what they take)
+        raise SystemExit(f"attention_half: {e}") from None
+
+
+def run(args):
     if args.threads:
         kernels.set_threads(args.threads)
     H, Hkv, D = args.heads, args.kv_heads, args.head_dim
@@ -41,7 +56,8 @@ def main():
     def half(*shape):
         return rng.standard_normal(shape).astype(np.float16)
 
-    print(f"f16-cache attention, {H} heads on {Hkv} KV head{'s' if Hkv > 1 else ''} of {D}, "
+    print(f"CPU: {cpu_model()}")
+    print(f"f16-cache attention, {H} head{'s' if H > 1 else ''} on {Hkv} KV head{'s' if Hkv > 1 else ''} of {D}, "
           f"{kernels.get_threads()} threads, "
           f"kernels {kernels.path}; median us of {args.repeats}")
     for T, pos in ((1, 128), (1, 2000), (128, 0), (512, 0)):
