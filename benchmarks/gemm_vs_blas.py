@@ -1,23 +1,26 @@
 """The native GEMM against NumPy's BLAS on training's product shapes, per direction.
 
-    .venv/bin/python benchmarks/gemm_vs_blas.py [--preset seed] [--threads 2] [--repeats 15]
+    .venv/bin/python benchmarks/gemm_vs_blas.py [--preset seed] [--threads 2] [--repeats 15] [--gemm-isa avx512]
 
 For each linear layer of the preset at bench.train's batch (16 x min(128, context) rows):
 the forward (x @ w.T), the input gradient (dout @ w) and the weight gradient (dout.T @ x),
 bare products only (no fused work), best of --repeats, in GFLOPS. This is the measurement
 behind the kernels' gemm_min_rows table (kernels/csrc/module.c): where the native GEMM is
-about as fast as BLAS bare, its fused epilogues make it the faster choice.
+about as fast as BLAS bare, its fused epilogues make it the faster choice. --gemm-isa picks
+the micro-kernel build (native.supported_gemm_isas(); default: the one the kernels' ISA uses):
+on an AVX-512 machine, `--gemm-isa avx512` measures the AVX-512 tile that BLAS still stands in
+for there.
 """
 
 import argparse
 
 import numpy as np
-from side_by_side import call_times
+from side_by_side import call_times, cpu_model, positive_int
 
 from smallmind import kernels
 from smallmind.bench.train import BATCH, SEQ
 from smallmind.kernels import native
-from smallmind.models.gpt import preset
+from smallmind.models.gpt import PRESETS, preset
 
 
 def best_ms(fn, repeats):
@@ -26,17 +29,29 @@ def best_ms(fn, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="seed")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=15)
+    parser.add_argument("--gemm-isa", default=None, help="the GEMM micro-kernel build to measure")
     args = parser.parse_args()
+    if args.threads > kernels.MAX_THREADS:
+        raise SystemExit(f"gemm_vs_blas: --threads must be at most {kernels.MAX_THREADS}")
+    if args.repeats > 1000:
+        raise SystemExit("gemm_vs_blas: --repeats must be at most 1000")
+    if args.gemm_isa:
+        try:
+            native.select_gemm_isa(args.gemm_isa)
+        except ValueError:
+            raise SystemExit(f"gemm_vs_blas: this CPU does not run the GEMM build {args.gemm_isa!r}; it runs "
+                             f"{', '.join(native.supported_gemm_isas())}") from None
     kernels.set_threads(args.threads)
     cfg = preset(args.preset)
     T, C = BATCH * min(SEQ, cfg.context_length), cfg.d_model
     rng = np.random.default_rng(0)
     native.gemm_min_rows(0)
-    print(f"preset {args.preset}, {T} rows, threads {args.threads}, kernels {kernels.path}; GFLOPS, best of "
-          f"{args.repeats}")
+    print(f"CPU: {cpu_model()}")
+    print(f"preset {args.preset}, {T} rows, threads {args.threads}, kernels {kernels.path}, GEMM micro-kernel "
+          f"{native.gemm_isa()}; GFLOPS, best of {args.repeats}")
     print(f"{'layer (K -> N)':22s} {'fwd gemm':>9s} {'blas':>7s} {'dx gemm':>9s} {'blas':>7s} {'dw gemm':>9s} {'blas':>7s}")
     for name, K, N in (("qkv", C, 3 * C), ("proj", C, C), ("mlp up", C, 4 * C), ("mlp down", 4 * C, C),
                        ("lm head", C, cfg.vocab_size)):

@@ -7,7 +7,13 @@ FFN), a few rows (T=8), prefills (T=128 and T=512), and the 262144x640 Q8_0 embe
 product at T=1 and T=8. Random bytes with finite half scales stand in for weights (the speed
 does not depend on the values).
 
+With --builds, the quantized-kernel builds named (native.supported_quant_isas(): "amx",
+"avx512vnni", "avx2", "generic", and the emulated "amx-emulated" / "avx512vnni-emulated", which
+only check logic and are slow) run the same products in turn, repetitions interleaved, at
+--threads threads: median time per product for each build and its speed against the first.
+
 Run: .venv/bin/python benchmarks/quant_kernels.py [--formats Q8_0 Q4_K] [--repeats 5]
+     .venv/bin/python benchmarks/quant_kernels.py --builds avx2 avx512vnni amx --formats Q4_K Q6_K Q8_0
 """
 
 import argparse
@@ -15,6 +21,7 @@ import statistics
 import time
 
 import numpy as np
+from side_by_side import cpu_model, positive_int
 
 from smallmind import kernels
 from smallmind.kernels.qtensor import QTYPES, QTensor
@@ -61,9 +68,16 @@ def median_time(fn, repeats):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--formats", nargs="*", default=list(QTYPES))
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--formats", nargs="+", default=list(QTYPES), choices=list(QTYPES), metavar="FORMAT")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--builds", nargs="+", metavar="BUILD",
+                   help="quantized-kernel builds to compare (the first is the baseline)")
+    p.add_argument("--threads", type=positive_int, default=2, help="threads for --builds (default 2)")
     args = p.parse_args()
+    if args.repeats > 100:
+        raise SystemExit("quant_kernels: --repeats must be at most 100")
+    if args.threads > kernels.MAX_THREADS:
+        raise SystemExit(f"quant_kernels: --threads must be at most {kernels.MAX_THREADS}")
     rng = np.random.default_rng(0)
     # the K-quants need whole super-blocks of 256: 2048x768 stands in for 2048x640
     cases = [(q, N, K if QTYPES[q][1] <= 32 or K % 256 == 0 else 768, T)
@@ -71,6 +85,9 @@ def main():
     if "Q8_0" in args.formats:
         # Gemma 3's tied LM head: once a token (T=1) and for 8 sequences decoded together (T=8)
         cases[:0] = [("Q8_0", 262144, 640, 1), ("Q8_0", 262144, 640, 8)]
+    print(f"CPU: {cpu_model()}")
+    if args.builds:
+        return compare_builds(args, cases, rng)
     print(f"kernel path: {kernels.path}")
     # "cpu GB/s": weight bytes per CPU-second of this process on one thread, which stays
     # meaningful when other processes share the cores (wall figures then understate)
@@ -100,5 +117,39 @@ def main():
         kernels.set_threads(threads)
 
 
+def compare_builds(args, cases, rng):
+    native = kernels._backend
+    if native is None:
+        raise SystemExit("quant_kernels: --builds needs the native kernels (they are not in use)")
+    found = native.supported_quant_isas()
+    unknown = [b for b in args.builds if b not in found]
+    if unknown:
+        raise SystemExit(f"quant_kernels: this CPU does not run the build(s) {', '.join(unknown)}; "
+                         f"it runs {', '.join(found)}")
+    previous, threads = native.quant_isa(), kernels.get_threads()
+    print(f"{args.threads} threads, median us per product over {args.repeats} interleaved repetitions; "
+          f"speed against {args.builds[0]}")
+    print(f"{'format':6} {'N x K':>12} {'T':>4} | " + " | ".join(f"{b:>20}" for b in args.builds))
+    kernels.set_threads(args.threads)
+    try:
+        for qtype, N, K, T in cases:
+            w = random_qtensor(rng, qtype, N, K)
+            x = rng.standard_normal((T, K)).astype(np.float32)
+            out = np.empty((T, N), np.float32)
+            times = {b: [] for b in args.builds}
+            for _ in range(args.repeats):
+                for b in args.builds:
+                    native.select_quant_isa(b)
+                    times[b].append(per_call(lambda: kernels.linear(x, w, None, out))[0])  # noqa: B023
+            med = {b: statistics.median(v) for b, v in times.items()}
+            base = med[args.builds[0]]
+            cells = [f"{med[b] * 1e6:9.1f}us {base / med[b]:5.2f}x" for b in args.builds]
+            print(f"{qtype:6} {f'{N}x{K}':>12} {T:>4} | " + " | ".join(f"{c:>20}" for c in cells))
+    finally:
+        native.select_quant_isa(previous)
+        kernels.set_threads(threads)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

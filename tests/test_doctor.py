@@ -15,6 +15,8 @@ def test_doctor_prints_path_and_features(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert f"kernel path  : {kernels.path}" in out
+    expect = kernels._backend.quant_isa() if kernels._backend else "numpy"
+    assert f"quantized    : {expect} " in out
     info = kernels.get_info()
     for name, present in info["cpu_features"].items():
         if present:
@@ -39,6 +41,7 @@ def test_doctor_reports_the_numpy_path_when_forced():
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
     assert info["kernel_path"] == "numpy"
+    assert info["quant_kernels"] == "numpy"
     assert info["native_available"] is False
     assert "avx2" in info["cpu_features"] or info["machine"] != "x86_64"
 

@@ -381,6 +381,8 @@ def _kernel_paths():
             except ValueError:
                 pass
         native.select_isa("best")
+        if "avx2" in paths and "avx512-emulated" in native.supported_gemm_isas():
+            paths.append("avx2+gemm-avx512-emulated")  # the AVX-512 GEMM tile, emulated on AVX2
     return paths
 
 
@@ -397,7 +399,10 @@ def kernel_path(request, monkeypatch):
         return
     from smallmind.kernels import native
 
-    native.select_isa(request.param)
+    isa, _, gemm = request.param.partition("+gemm-")
+    native.select_isa(isa)
+    if gemm:
+        native.select_gemm_isa(gemm)
     previous = native.gemm_min_rows(0)
     yield request.param
     native.gemm_min_rows(previous)

@@ -1304,12 +1304,20 @@ def test_set_threads_sets_blas_and_native_together():
 
 # ------------------------------------------------------------------ GEMM with fused epilogues
 
-@pytest.fixture(params=["gemm", "blas"])
-def products(request):
-    # the native GEMM (forced on every ISA, the portable build included) or the BLAS hand-over
-    previous = native.gemm_min_rows(0 if request.param == "gemm" else 1 << 62)
+@pytest.fixture(params=["gemm", "blas", "gemm-avx512-emulated"])
+def products(request, isa):
+    # the native GEMM (forced on every ISA, the portable build included), the BLAS hand-over,
+    # or the AVX-512 micro-kernel's emulated build (its 16-float vector code on AVX2 register
+    # pairs) beside the AVX2 kernels, so that tile is checked on CPUs without AVX-512
+    emulated = request.param == "gemm-avx512-emulated"
+    if emulated and (isa != "avx2" or "avx512-emulated" not in native.supported_gemm_isas()):
+        pytest.skip("the emulated AVX-512 GEMM tile runs beside the avx2 kernels")
+    previous = native.gemm_min_rows(1 << 62 if request.param == "blas" else 0)
+    if emulated:
+        native.select_gemm_isa("avx512-emulated")
     yield request.param
     native.gemm_min_rows(previous)
+    native.select_gemm_isa("best")
 
 
 # (T, K, N): one micro-tile and less, ragged edges on every side, several k blocks (K > 256)
@@ -1380,9 +1388,11 @@ def test_linear_backward_weight_accumulates_like_reference(isa, products, rng, T
 
 
 @pytest.mark.parametrize("T,K,N", [(50, 300, 70), (13, 520, 1100), (256, 64, 192), (97, 1024, 40)])
-def test_gemm_products_give_the_same_bits_however_the_threads_split_them(isa, rng, T, K, N):
+def test_gemm_products_give_the_same_bits_however_the_threads_split_them(isa, products, rng, T, K, N):
     # one part of C per thread, split by rows or by columns (the bias gradient summed while
     # packing): every element's sums run in the same order whatever the split
+    if products == "blas":
+        pytest.skip("the native GEMM's splits (BLAS makes its own)")
     x, w, b = view(rng, (T, K), pad=3), view(rng, (N, K), pad=1), view(rng, (N,))
     dout, gelu_x = view(rng, (T, N), pad=2), view(rng, (T, K))
     previous, before = native.gemm_min_rows(0), kernels.get_threads()

@@ -186,6 +186,41 @@ def test_real_model_greedy_continuation_follows_llama_cpp_up_to_a_near_tie(name)
                 logits = net.forward(ws, kv, np.array([token], np.int32), len(ids) + i)
 
 
+def _greedy(net, ids, steps):
+    # the logits of the prompt's last position and of `steps` greedy tokens after it
+    n_layers, n_kv_heads, head_dim = net.kv_spec
+    kv = KVCache(n_layers, n_kv_heads, len(ids) + steps, head_dim, dtype=net.kv_dtype)
+    ws = net.workspace(len(ids))
+    rows = [net.forward(ws, kv, np.asarray(ids, np.int32), 0).copy()]
+    for i in range(steps):
+        token = np.array([rows[-1].argmax()], np.int32)
+        rows.append(net.forward(ws, kv, token, len(ids) + i).copy())
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_model_greedy_continuation_is_the_same_bits_on_every_quantized_kernel_build(name):
+    # every build computes the twins' exact integers and float expressions, so the prompt's
+    # logits and the greedy continuation are identical whichever runs (the VNNI build is
+    # emulated on CPUs without VNNI)
+    native = pytest.importorskip("smallmind.kernels.native")
+    builds = [b for b in native.supported_quant_isas() if b != native.quant_isa()]
+    if not builds:
+        pytest.skip("one quantized-kernel build on this CPU")
+    previous = native.quant_isa()
+    with GGUFFile(REAL[name]) as f:
+        net = family(f.architecture).from_gguf(f)
+        ids = _reference(name)["long_text"]["ids"][:40]  # prefill products of 40 rows: the AMX tiles
+        expect = _greedy(net, ids, 6)
+        try:
+            for build in builds:
+                native.select_quant_isa(build)
+                got = _greedy(net, ids, 6)
+                assert np.array_equal(got.view(np.uint32), expect.view(np.uint32)), f"{name}: {build} differs from {previous}"
+        finally:
+            native.select_quant_isa(previous)
+
+
 @pytest.mark.slow
 def test_tiny_model_matches_llama_cpp(tiny, tmp_path):
     # llama.cpp on the same F32 file with an F32 KV cache: only its GELU (an f16 table) differs

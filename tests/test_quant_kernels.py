@@ -44,6 +44,16 @@ def isa(request):
     native.select_isa(previous)
 
 
+@pytest.fixture(params=native.supported_quant_isas())
+def qisa(request):
+    # every build of the quantized kernels this CPU runs, and the VNNI and AMX kernels
+    # emulated on AVX2 (their instructions replaced by exact stand-ins) on every AVX2 CPU
+    previous = native.quant_isa()
+    native.select_quant_isa(request.param)
+    yield request.param
+    native.select_quant_isa(previous)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(2024)
@@ -131,7 +141,7 @@ def test_dequantize_twin_matches_gguf_on_real_tensors(which, qtype):
 
 
 @pytest.mark.parametrize("qtype", FORMATS)
-def test_native_dequantize_matches_twin_bit_for_bit(isa, rng, qtype):
+def test_native_dequantize_matches_twin_bit_for_bit(qisa, rng, qtype):
     w = random_qtensor(rng, qtype, 37, cols_for(qtype, 3))
     expect, got = np.empty(w.shape, np.float32), np.full(w.shape, np.nan, np.float32)
     qr.dequantize(w, expect)
@@ -141,7 +151,7 @@ def test_native_dequantize_matches_twin_bit_for_bit(isa, rng, qtype):
 
 @pytest.mark.parametrize("qtype", FORMATS)
 @pytest.mark.parametrize("with_wpe", [False, True])
-def test_embedding_rows_are_the_dequantized_rows(isa, rng, qtype, with_wpe):
+def test_embedding_rows_are_the_dequantized_rows(qisa, rng, qtype, with_wpe):
     w = random_qtensor(rng, qtype, 50, cols_for(qtype, 2))
     C = w.shape[1]
     tokens = np.array([3, 0, 49, 3, 17], np.int64)
@@ -275,7 +285,7 @@ def _check_native_linear(w, x, b, accumulate, rng):
 
 @pytest.mark.parametrize("qtype", FORMATS)
 @pytest.mark.parametrize("T", [1, 2, 3, 5, 16, 17, 33, 100])
-def test_native_linear_matches_twin(isa, rng, qtype, T):
+def test_native_linear_matches_twin(qisa, rng, qtype, T):
     w = random_qtensor(rng, qtype, 37, cols_for(qtype, 2))
     x = rng.standard_normal((T, w.shape[1])).astype(np.float32)
     _check_native_linear(w, x, None, False, rng)
@@ -293,14 +303,15 @@ def test_linear_takes_no_rows_and_gives_zero_for_zero_activations(rng, qtype, li
 
 @pytest.mark.parametrize("qtype", FORMATS)
 @pytest.mark.parametrize("blocks,N", [(1, 1), (1, 193), (9, 50)])
-def test_native_linear_matches_twin_on_block_counts_bias_and_accumulate(isa, rng, qtype, blocks, N):
+@pytest.mark.parametrize("T", [5, 40])
+def test_native_linear_matches_twin_on_block_counts_bias_and_accumulate(qisa, rng, qtype, blocks, N, T):
     w = random_qtensor(rng, qtype, N, cols_for(qtype, blocks))
-    x = rng.standard_normal((5, w.shape[1])).astype(np.float32)
+    x = rng.standard_normal((T, w.shape[1])).astype(np.float32)
     b = rng.standard_normal(N).astype(np.float32)
     _check_native_linear(w, x, b, True, rng)
 
 
-def test_native_linear_takes_strided_activations_and_outputs(isa, rng):
+def test_native_linear_takes_strided_activations_and_outputs(qisa, rng):
     w = random_qtensor(rng, "Q4_K", 40, 512)
     xbuf = rng.standard_normal((7, 600)).astype(np.float32)
     x = xbuf[:, 3:515]
@@ -314,9 +325,9 @@ def test_native_linear_takes_strided_activations_and_outputs(isa, rng):
 
 
 @pytest.mark.parametrize("which,qtype", REAL)
-def test_native_linear_matches_twin_on_real_tensors(isa, rng, which, qtype):
+def test_native_linear_matches_twin_on_real_tensors(qisa, rng, which, qtype):
     w = real_tensor(which, qtype)
-    for T in (1, 7):
+    for T in (1, 7, 21):
         x = rng.standard_normal((T, w.shape[1])).astype(np.float32)
         _check_native_linear(w, x, None, False, rng)
 
@@ -337,14 +348,17 @@ def awkward_activations(K):
 
 
 @pytest.mark.parametrize("qtype", BLOCK_FORMATS)
-def test_native_linear_matches_twin_on_awkward_activations(isa, rng, qtype):
-    w = random_qtensor(rng, qtype, 19, cols_for(qtype, 2))
-    _check_native_linear(w, awkward_activations(w.shape[1]), None, False, rng)
+def test_native_linear_matches_twin_on_awkward_activations(qisa, rng, qtype):
+    w = random_qtensor(rng, qtype, 35, cols_for(qtype, 2))
+    x = awkward_activations(w.shape[1])
+    _check_native_linear(w, x, None, False, rng)
+    # and in a product of many rows (the tiles of the AMX build, the L2 blocks of the others)
+    _check_native_linear(w, np.tile(x, (4, 1)), None, False, rng)
 
 
 @pytest.mark.parametrize("qtype", ["Q6_K", "Q8_0", "Q5_0"])
 @pytest.mark.parametrize("T", [1, 6, 20, 130])
-def test_native_linear_gives_the_same_bits_on_one_and_two_threads(rng, qtype, T):
+def test_native_linear_gives_the_same_bits_on_one_and_two_threads(qisa, rng, qtype, T):
     w = random_qtensor(rng, qtype, 1001, 512)
     x = rng.standard_normal((T, 512)).astype(np.float32)
     threads = native.get_threads()
@@ -361,8 +375,35 @@ def test_native_linear_gives_the_same_bits_on_one_and_two_threads(rng, qtype, T)
 
 
 def test_quantized_kernels_follow_the_selected_isa(isa):
-    # AVX-512 machines run the AVX2 build of the quantized kernels
-    assert native.quant_isa() == ("generic" if isa == "generic" else "avx2")
+    # AVX-512 machines run the AMX build where the process may use AMX-INT8, else the VNNI
+    # build where the CPU has VNNI, else the AVX2 build
+    found = native.supported_quant_isas()
+    best512 = "amx" if "amx" in found else "avx512vnni" if "avx512vnni" in found else "avx2"
+    expect = {"generic": "generic", "avx2": "avx2", "avx512": best512}[isa]
+    assert native.quant_isa() == expect
+
+
+def test_quantized_kernels_are_chosen_alone_and_refuse_unknown_builds():
+    previous, float_isa = native.quant_isa(), native.isa()
+    try:
+        assert native.select_quant_isa("generic") == "generic" and native.quant_isa() == "generic"
+        assert native.isa() == float_isa
+        assert native.select_quant_isa("best") == previous
+        with pytest.raises(ValueError, match="not supported"):
+            native.select_quant_isa("avx1024")
+        assert native.quant_isa() == previous
+    finally:
+        native.select_quant_isa(previous)
+
+
+def test_the_emulated_builds_run_wherever_avx2_does():
+    # the VNNI and AMX kernels' logic is tested on every AVX2 machine, VNNI and AMX or not
+    found = native.supported_quant_isas()
+    assert ("avx2" in found) == ("avx512vnni-emulated" in found) == ("amx-emulated" in found)
+    if "avx512vnni" in found:
+        assert native.cpu_features()["avx512vnni"]
+    if "amx" in found:
+        assert "avx512vnni" in found
 
 
 def test_kernels_entry_points_route_qtensors_to_the_native_kernels(rng):

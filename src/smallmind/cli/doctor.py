@@ -33,6 +33,7 @@ def format_info(info: dict) -> str:
         ("cpu features", " ".join(have) or "none detected"),
         ("not present", " ".join(missing) or "-"),
         ("kernel path", path),
+        ("quantized", f"{info['quant_kernels']} (the GGUF weight products)"),
         ("threads", f"{info['threads']} (native kernels and BLAS share this budget)"),
     ]
     for blas in info["blas"] or [{"name": "none found", "version": None, "threads": None}]:

@@ -16,6 +16,11 @@ cpu_features = _native.cpu_features
 select_isa = _native.select_isa
 isa = _native.isa
 quant_isa = _native.quant_isa
+select_quant_isa = _native.select_quant_isa
+gemm_isa = _native.gemm_isa
+select_gemm_isa = _native.select_gemm_isa
+GEMM_ISAS = ("avx512", "avx2", "avx512-emulated", "generic")
+QUANT_ISAS = ("amx", "avx512vnni", "avx2", "amx-emulated", "avx512vnni-emulated", "generic")
 set_threads = _native.set_threads
 get_threads = _native.get_threads
 tuning = _native.tuning
@@ -38,6 +43,37 @@ def supported_isas() -> list[str]:
         except ValueError:
             pass
     select_isa(current)
+    return found
+
+
+def supported_gemm_isas() -> list[str]:
+    """The GEMM micro-kernel builds (GEMM_ISAS) this CPU runs; the selection in force is kept.
+    "avx512-emulated" is the AVX-512 tile's vector code on AVX2 register pairs, for the tests."""
+    current = gemm_isa()
+    found = []
+    for name in GEMM_ISAS:
+        try:
+            select_gemm_isa(name)
+            found.append(name)
+        except ValueError:
+            pass
+    select_gemm_isa(current)
+    return found
+
+
+def supported_quant_isas() -> list[str]:
+    """The quantized-kernel builds (QUANT_ISAS) this CPU runs; the selection in force is kept.
+    "avx512vnni-emulated" is the VNNI kernels with AVX2 stand-ins for their instructions: the
+    tests run it so that those kernels' logic is checked on CPUs without VNNI."""
+    current = quant_isa()
+    found = []
+    for name in QUANT_ISAS:
+        try:
+            select_quant_isa(name)
+            found.append(name)
+        except ValueError:
+            pass
+    select_quant_isa(current)
     return found
 
 

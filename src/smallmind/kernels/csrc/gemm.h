@@ -7,8 +7,8 @@
 #ifndef SMALLMIND_GEMM_H
 #define SMALLMIND_GEMM_H
 
-#define SM_GEMM_NR 16    /* columns of a packed B panel (two AVX2 vectors) */
-#define SM_GEMM_MAX_MR 6 /* the largest micro-tile's rows */
+#define SM_GEMM_NR 16    /* columns of a packed B panel (two AVX2 vectors, one AVX-512 vector) */
+#define SM_GEMM_MAX_MR 12 /* the largest micro-tile's rows */
 /* depth of one packed block: a 32 KB panel, read from L1 and L2; half the passes over C that 256
  * makes, measured 2-5% faster on training's products */
 #define SM_GEMM_KC 512
@@ -49,6 +49,8 @@ typedef struct {
 extern const GemmTable sm_gtable_generic;
 #if defined(__x86_64__) && defined(__GNUC__)
 extern const GemmTable sm_gtable_avx2;
+extern const GemmTable sm_gtable_avx512;
+extern const GemmTable sm_gtable_avx512_emulated;  /* tests only: the AVX-512 tile on AVX2 */
 #endif
 
 /* C as described by g, on the native pool (call without the GIL): 0, or -1 when the packing buffer cannot be allocated */

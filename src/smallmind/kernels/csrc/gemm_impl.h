@@ -1,5 +1,6 @@
 /* GEMM micro-kernel and fused store, compiled once per ISA: the including file sets
- * `#pragma GCC target` and defines SM_GSUFFIX (and SM_GEMM_AVX2 for the intrinsics build). */
+ * `#pragma GCC target` and defines SM_GSUFFIX, and SM_GEMM_AVX2 for the AVX2 intrinsics
+ * build or SM_GEMM_V16 for the 16-float-vector one (AVX-512, and its emulation on AVX2). */
 #include <stdint.h>
 #include <string.h>
 #include "gemm.h"
@@ -10,9 +11,11 @@
 #define GFN(name) SM_GCAT(name, SM_GSUFFIX)
 #define NR SM_GEMM_NR
 
-#ifdef SM_GEMM_AVX2
+#if defined(SM_GEMM_AVX2)
 #include <immintrin.h>
 #define SM_GMR 6
+#elif defined(SM_GEMM_V16)
+#define SM_GMR 12
 #else
 #define SM_GMR 4
 #endif
@@ -149,6 +152,62 @@ static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, con
     _mm256_store_ps(acc + 48, c30); _mm256_store_ps(acc + 56, c31);
     _mm256_store_ps(acc + 64, c40); _mm256_store_ps(acc + 72, c41);
     _mm256_store_ps(acc + 80, c50); _mm256_store_ps(acc + 88, c51);
+    GFN(store)(g, acc, i, j, mr, nr, first, last);
+}
+#elif defined(SM_GEMM_V16)
+/* 12 x 16 tile on 16-float vectors (GCC vector extensions): one zmm register a row of the tile
+ * in the AVX-512 build, so per k one panel load and twelve broadcast FMAs into twelve of the 32
+ * registers; the emulated build (AVX2) runs the same operations on register pairs, for the
+ * tests. Rows past mr repeat the last row and are dropped. */
+typedef float v16f __attribute__((vector_size(64)));
+
+static inline v16f v16f_loadu(const float *p) { v16f v; memcpy(&v, p, 64); return v; }
+
+static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, const float *bp, long i, long j,
+                      long kc, long mr, long nr, int first, int last)
+{
+    v16f c[SM_GMR];
+    for (int r = 0; r < SM_GMR; r++) c[r] = (v16f){0};
+    for (long r = 0; r < mr; r++) {
+        __builtin_prefetch(g->c + (i + r) * g->crs + j, 1, 3);
+        if (last && g->resid) __builtin_prefetch(g->resid + (i + r) * g->rrs + j, 0, 3);
+    }
+    if (acs == SM_GMR && ars == 1 && mr == SM_GMR) {
+        /* a packed panel: the twelve values of each k side by side */
+        for (long k = 0; k < kc; k++) {
+            const v16f b = *(const v16f *)(bp + k * NR);
+            const float *ak = a + k * SM_GMR;
+#pragma GCC unroll 12
+            for (int r = 0; r < SM_GMR; r++) c[r] += ak[r] * b;
+        }
+    } else {
+        long off[SM_GMR];
+        for (long r = 0; r < SM_GMR; r++) off[r] = (r < mr ? r : mr - 1) * ars;
+        for (long k = 0; k < kc; k++) {
+            const v16f b = *(const v16f *)(bp + k * NR);
+            const float *ak = a + k * acs;
+#pragma GCC unroll 12
+            for (int r = 0; r < SM_GMR; r++) c[r] += ak[off[r]] * b;
+        }
+    }
+    if (nr == NR && !g->gx && !g->act) {
+        /* a whole tile with at most a bias and a residual to add: stored from the registers */
+        const int load_c = !(first && !g->beta);
+        const float *bias = last && g->bias ? g->bias + j : NULL;
+        const float *resid = last && g->resid ? g->resid + i * g->rrs + j : NULL;
+        const v16f vb = bias ? v16f_loadu(bias) : (v16f){0};
+        for (long r = 0; r < mr; r++) {
+            float *cr = g->c + (i + r) * g->crs + j;
+            v16f v = g->alpha * c[r];
+            if (load_c) v = v + v16f_loadu(cr);
+            if (bias) v = v + vb;
+            if (resid) v = v + v16f_loadu(resid + r * g->rrs);
+            memcpy(cr, &v, 64);
+        }
+        return;
+    }
+    float acc[SM_GMR * NR] __attribute__((aligned(64)));
+    for (int r = 0; r < SM_GMR; r++) memcpy(acc + r * NR, &c[r], 64);
     GFN(store)(g, acc, i, j, mr, nr, first, last);
 }
 #else

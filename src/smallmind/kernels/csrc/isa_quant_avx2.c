@@ -1,5 +1,5 @@
 /* AVX2 + FMA + F16C build of the quantized-weight kernels: integer dot products through
- * maddubs/madd. AVX-512 machines run this build too (no AVX-512 path is tested yet). */
+ * maddubs/madd. AVX-512 machines without VNNI run this build too. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma,f16c,bmi2")
 #define SM_QUANT_AVX2 1

@@ -34,8 +34,9 @@ static PyObject *KernelInputError;
 static PyObject *np_shares_memory, *np_too_hard;
 static const KernelTable *K = &sm_table_generic;
 static const GemmTable *G = &sm_gtable_generic;
-/* the AVX2 builds of these two also serve AVX-512 machines */
+/* the quantized kernels' build: AMX, AVX-512 VNNI, AVX2 or portable (qtable_for) */
 static const QuantTable *Q = &sm_qtable_generic;
+/* the AVX2 build of the training attention also serves AVX-512 machines */
 static const TrainAttnTable *TA = &sm_tatable_generic;
 /* Above this many rows linear() hands over to BLAS. With more than one thread the cut-over
  * is higher: after each call OpenBLAS's idle threads spin for ~0.1 s (its default thread
@@ -53,8 +54,9 @@ static long gil_min_work = 1L << 18;
  * handing over to BLAS. Set per ISA from measurements (benchmarks/gemm_vs_blas.py): the AVX2
  * micro-kernel reaches 90-95% of OpenBLAS's single-thread speed on our shapes and the fused
  * epilogues save whole passes, so it runs everything there; on AVX-512 machines BLAS keeps
- * the products until an AVX-512 micro-kernel is measured on one; the portable build's
- * kernel is for tests (forced through gemm_min_rows). */
+ * the products until the AVX-512 micro-kernel (isa_gemm_avx512.c, so far tested only in its
+ * emulated build) is measured on one; the portable build's kernel is for tests (forced
+ * through gemm_min_rows). */
 static long gemm_min_rows = LONG_MAX;
 
 /* ---------------------------------------------------------------- array views */
@@ -863,7 +865,7 @@ static PyObject *py_quant_linear(PyObject *self, PyObject *const *args, Py_ssize
         run(quantize_task, &qc, T, 1, 8.0 * T * Kd);
         QLinearArgs la = {q.qtype, PyArray_DATA(q.data.arr), q.wrow, xq, xrow, has_b ? F(v[1]) : NULL,
                           F(v[2]), (long)v[2].st[0], T, Kd, N, acc};
-        run(qlinear_task, &la, N, 8, 2.0 * T * N * Kd);
+        run(qlinear_task, &la, N, Q->row_grain, 2.0 * T * N * Kd);
         scratch_give(xq, owned);
     }
     ok = 1;
@@ -1829,15 +1831,45 @@ static const KernelTable *table_for(const char *name)
     return NULL;
 }
 
-/* the quantized kernels of the float kernels' ISA: AVX-512 machines run the AVX2 build (no
- * AVX-512 path yet), which also needs F16C (absent on no AVX2 CPU we know, but a VM may mask it) */
+/* the quantized kernels of the float kernels' ISA: the VNNI build on AVX-512 machines that
+ * have VNNI, else the AVX2 build, which also needs F16C and BMI2 (absent on no AVX2 CPU we
+ * know, but a VM may mask them). __builtin_cpu_supports counts AVX-512 features only where
+ * the OS saves their registers (libgcc reads XCR0). */
+static int amx_int8_granted(void);
+
 static const QuantTable *qtable_for(const KernelTable *t)
 {
 #ifdef SM_HAVE_X86
-    if (t != &sm_table_generic && __builtin_cpu_supports("f16c")) return &sm_qtable_avx2;
+    __builtin_cpu_init();
+    int x86 = t != &sm_table_generic && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+    int vnni = x86 && t == &sm_table_avx512 && __builtin_cpu_supports("avx512vnni");
+    if (vnni && amx_int8_granted()) return &sm_qtable_amx;
+    if (vnni) return &sm_qtable_avx512vnni;
+    if (x86) return &sm_qtable_avx2;
 #endif
     (void)t;
     return &sm_qtable_generic;
+}
+
+/* a quantized-kernel build by name, if this CPU runs it: "best" (the float kernels' choice),
+ * "amx", "avx512vnni", "avx2", "generic", or "amx-emulated" and "avx512vnni-emulated" (those
+ * kernels on AVX2, for the tests) */
+static const QuantTable *qtable_named(const char *name)
+{
+    if (!strcmp(name, "best")) return qtable_for(K);
+    if (!strcmp(name, "generic")) return &sm_qtable_generic;
+#ifdef SM_HAVE_X86
+    const QuantTable *avx2 = qtable_for(&sm_table_avx2);
+    if (avx2 != &sm_qtable_avx2 || !table_for("avx2")) return NULL;
+    if (!strcmp(name, "avx2")) return &sm_qtable_avx2;
+    if (!strcmp(name, "avx512vnni-emulated")) return &sm_qtable_vnni_emulated;
+    if (!strcmp(name, "amx-emulated")) return &sm_qtable_amx_emulated;
+    const QuantTable *best512 = table_for("avx512") ? qtable_for(&sm_table_avx512) : NULL;
+    int vnni = best512 == &sm_qtable_avx512vnni || best512 == &sm_qtable_amx;
+    if (!strcmp(name, "avx512vnni") && vnni) return &sm_qtable_avx512vnni;
+    if (!strcmp(name, "amx") && best512 == &sm_qtable_amx) return &sm_qtable_amx;
+#endif
+    return NULL;
 }
 
 static const TrainAttnTable *tatable_for(const KernelTable *t)
@@ -1852,10 +1884,27 @@ static const TrainAttnTable *tatable_for(const KernelTable *t)
 static const GemmTable *gtable_for(const KernelTable *t)
 {
 #ifdef SM_HAVE_X86
+    if (t == &sm_table_avx512) return &sm_gtable_avx512;
     if (t != &sm_table_generic) return &sm_gtable_avx2;
 #endif
     (void)t;
     return &sm_gtable_generic;
+}
+
+/* a GEMM micro-kernel build by name, if this CPU runs it: "best" (the float kernels'
+ * choice), "avx512", "avx2", "generic", or "avx512-emulated" (the AVX-512 tile on AVX2, for
+ * the tests) */
+static const GemmTable *gtable_named(const char *name)
+{
+    if (!strcmp(name, "best")) return gtable_for(K);
+    if (!strcmp(name, "generic")) return &sm_gtable_generic;
+#ifdef SM_HAVE_X86
+    if (!table_for("avx2")) return NULL;
+    if (!strcmp(name, "avx2")) return &sm_gtable_avx2;
+    if (!strcmp(name, "avx512-emulated")) return &sm_gtable_avx512_emulated;
+    if (!strcmp(name, "avx512") && table_for("avx512")) return &sm_gtable_avx512;
+#endif
+    return NULL;
 }
 
 /* the measured table behind gemm_min_rows (see its definition) */
@@ -1881,6 +1930,30 @@ static PyObject *py_select_isa(PyObject *self, PyObject *arg)
     Q = qtable_for(t);
     return PyUnicode_FromString(K->name);
 }
+
+/* select_quant_isa(name) -> name: the quantized kernels alone (select_isa resets them) */
+static PyObject *py_select_quant_isa(PyObject *self, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const QuantTable *q = qtable_named(name);
+    if (!q) return PyErr_Format(PyExc_ValueError, "quantized-kernel ISA %R is unknown or not supported by this CPU", arg);
+    Q = q;
+    return PyUnicode_FromString(Q->name);
+}
+
+/* select_gemm_isa(name) -> name: the GEMM micro-kernel alone (select_isa resets it) */
+static PyObject *py_select_gemm_isa(PyObject *self, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const GemmTable *g = gtable_named(name);
+    if (!g) return PyErr_Format(PyExc_ValueError, "GEMM ISA %R is unknown or not supported by this CPU", arg);
+    G = g;
+    return PyUnicode_FromString(G->name);
+}
+
+static PyObject *py_gemm_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(G->name); }
 
 static PyObject *py_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(K->name); }
 static PyObject *py_quant_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(Q->name); }
@@ -1911,6 +1984,26 @@ static unsigned long long xcr0(void)
     return (unsigned long long)hi << 32 | lo;
 }
 #endif
+
+/* 1 where the CPU has AMX-TILE and AMX-INT8, the OS saves the tile state (XCR0 bits 17 and
+ * 18) and Linux granted this process the tile data (ARCH_REQ_XCOMP_PERM; the grant covers
+ * all its threads); asked once */
+static int amx_int8_granted(void)
+{
+    static int known = -1;
+    if (known >= 0) return known;
+    known = 0;
+#if defined(SM_HAVE_X86) && defined(__linux__)
+    unsigned a, b, c, d;
+    if (__get_cpuid(1, &a, &b, &c, &d) && (c >> 27 & 1) && __get_cpuid_max(0, NULL) >= 7) { /* OSXSAVE */
+        __cpuid_count(7, 0, a, b, c, d);
+        int amx_tile = d >> 24 & 1, amx_int8 = d >> 25 & 1;
+        int tiles_saved = (xcr0() & (3ull << 17)) == (3ull << 17);
+        if (amx_tile && amx_int8 && tiles_saved) known = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    }
+#endif
+    return known;
+}
 
 /* {"avx512_bf16", "amx_bf16"}: True where the CPU has the instructions AND the OS saves their
  * registers (XCR0), and for AMX where Linux granted this process the tile data
@@ -2006,6 +2099,12 @@ static PyMethodDef methods[] = {
     {"select_isa", py_select_isa, METH_O, "select_isa(name) -> name: 'avx512', 'avx2', 'generic' or 'best'"},
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
     {"quant_isa", py_quant_isa, METH_NOARGS, "the ISA whose quantized-weight kernels run"},
+    {"select_gemm_isa", py_select_gemm_isa, METH_O,
+     "select_gemm_isa(name) -> name: 'avx512', 'avx2', 'generic', 'avx512-emulated' or 'best'"},
+    {"gemm_isa", py_gemm_isa, METH_NOARGS, "the ISA whose GEMM micro-kernel runs"},
+    {"select_quant_isa", py_select_quant_isa, METH_O,
+     "select_quant_isa(name) -> name: 'amx', 'avx512vnni', 'avx2', 'generic', 'amx-emulated', "
+     "'avx512vnni-emulated' or 'best'"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "CPU features the kernels care about"},
     {"gemm_min_rows", py_gemm_min_rows, METH_O, "rows from which products run on the native GEMM"},
     {"bf16_support", py_bf16_support, METH_NOARGS, "BF16 instructions usable here: avx512_bf16, amx_bf16"},

@@ -40,6 +40,7 @@ typedef struct {
     void (*linear_rows)(const QLinearArgs *, long n0, long n1);  /* output features n0..n1-1 */
     void (*dequant_row)(int qtype, const uint8_t *src, float *dst, long K);
     void (*quantize_row)(int qtype, const float *x, uint8_t *dst, long K);  /* = sm_quantize_row's bytes */
+    long row_grain;  /* output features a thread takes at a time: its kernels' row group */
 } QuantTable;
 
 /* portable, identical on every ISA (quant.c): x (K,) -> one row of activations; bytes per row */
@@ -51,6 +52,10 @@ float sm_round_half(float f);  /* the nearest half's value, ties to even */
 extern const QuantTable sm_qtable_generic;
 #if defined(__x86_64__) && defined(__GNUC__)
 extern const QuantTable sm_qtable_avx2;
+extern const QuantTable sm_qtable_avx512vnni;
+extern const QuantTable sm_qtable_vnni_emulated;  /* tests only: the VNNI kernels on AVX2 */
+extern const QuantTable sm_qtable_amx;
+extern const QuantTable sm_qtable_amx_emulated;   /* tests only: the AMX kernels on AVX2 */
 #endif
 
 #endif

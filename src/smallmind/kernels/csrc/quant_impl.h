@@ -1,5 +1,8 @@
 /* Quantized-weight kernel bodies, compiled once per ISA: the including file sets
- * `#pragma GCC target`, SM_QSUFFIX and (for the AVX2 build) SM_QUANT_AVX2.
+ * `#pragma GCC target`, SM_QSUFFIX, and SM_QUANT_AVX2 for the AVX2 build, which
+ * SM_QUANT_VNNI turns into the AVX-512 VNNI one (and SM_QUANT_VNNI_EMULATED into that one's
+ * AVX2 stand-in for the tests); SM_QUANT_AMX adds the AMX-INT8 many-row products
+ * (quant_amx_impl.h; SM_QUANT_AMX_EMULATED, their stand-in).
  *
  * A product walks its output features; for each weight row and each tile of up to
  * SM_QTILE activation rows it unpacks every weight block once and takes its integer dot
@@ -19,6 +22,7 @@
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
+#include <stdlib.h>
 #include <string.h>
 
 #include "quant.h"
@@ -503,6 +507,34 @@ static inline void prefetch_step(Prefetch *f)
 
 static inline __m256i madd1(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
 
+#ifdef SM_QUANT_VNNI
+/* AVX-512 VNNI on 256-bit vectors: dpbusd adds four unsigned-by-signed byte products to each
+ * int32 lane in one instruction (maddubs, madd and add before, and no int16 stage that could
+ * saturate); dpwssd adds the int16 pair products (madd and add). Both wrap as the sequences
+ * they replace do, so every integer sum is the same. The emulated build (the stand-ins below,
+ * from AVX2 instructions) runs these kernels' exact integer steps on CPUs without VNNI, so
+ * the tests check their logic on every machine. */
+#ifdef SM_QUANT_VNNI_EMULATED
+static inline __m256i vnni_dpbusd(__m256i acc, __m256i u, __m256i s)
+{
+    /* the even and the odd bytes widened to int16 (u zero-extended, s sign-extended): each
+     * product fits int16 and madd sums two of them exactly into int32 */
+    const __m256i low = _mm256_set1_epi16(0x00FF);
+    __m256i ue = _mm256_and_si256(u, low), uo = _mm256_srli_epi16(u, 8);
+    __m256i se = _mm256_srai_epi16(_mm256_slli_epi16(s, 8), 8), so = _mm256_srai_epi16(s, 8);
+    return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(ue, se), _mm256_madd_epi16(uo, so)));
+}
+static inline __m256i vnni_dpwssd(__m256i acc, __m256i a, __m256i b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+#else
+static inline __m256i vnni_dpbusd(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+static inline __m256i vnni_dpwssd(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_epi32(acc, a, b); }
+#endif
+/* acc + madd(p16, scale) */
+#define ADD_MADD(acc, p16, sc) vnni_dpwssd(acc, p16, sc)
+#else
+#define ADD_MADD(acc, p16, sc) _mm256_add_epi32(acc, _mm256_madd_epi16(p16, sc))
+#endif
+
 /* The 32-value formats pair rows: rows i and i+4 of a group share a vector, row i in the
  * low 128-bit lane and row i+4 in the high one; `lo` holds each row's values 0..15 and
  * `hi` its values 16..31, dotted with the activation halves broadcast to both lanes. So a
@@ -552,7 +584,21 @@ static inline __m256i reduce4x2(const __m256i *v)
 
 /* UNPACK sets lo[i], hi[i] from the blocks p (row i) and q (row i+4). Signed quants (Q8_0)
  * dot as |w| times y with w's sign, |w| taken once per block; unsigned ones (nibbles, at
- * most 31 * 127 * 2 a pair) add their two halves' int16 pair sums before widening. */
+ * most 31 * 127 * 2 a pair) add their two halves' int16 pair sums before widening. With
+ * VNNI both are one dpbusd a half: signed quants are made unsigned as w + 128 (w xor 0x80),
+ * and 128 times the activations' block sum comes off the integer sum after. */
+#ifdef SM_QUANT_VNNI
+#define X8_UNSIGN(v) _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80))
+#define X8_DOT(SIGNED, i) vnni_dpbusd(vnni_dpbusd(_mm256_setzero_si256(), lu[i], yl), hu[i], yh)
+#define X8_SIGNED_OFFSET 128
+#else
+#define X8_UNSIGN(v) _mm256_sign_epi8(v, v)
+#define X8_DOT(SIGNED, i)                                                                    \
+    (SIGNED ? _mm256_add_epi32(madd1(p16_us(lu[i], _mm256_sign_epi8(yl, lo[i]))),             \
+                               madd1(p16_us(hu[i], _mm256_sign_epi8(yh, hi[i]))))             \
+            : madd1(_mm256_add_epi16(p16_us(lu[i], yl), p16_us(hu[i], yh))))
+#define X8_SIGNED_OFFSET 0
+#endif
 #define X8_32(name, BYTES, UNPACK, SIGNED, ACTT, HAS_M, OFFSET, TERM)                           \
     static inline __attribute__((always_inline)) void QFN(name##_body)(const QLinearArgs *a, long n, \
                                                                       long t0, long tn)      \
@@ -568,8 +614,8 @@ static inline __m256i reduce4x2(const __m256i *v)
             for (int i = 0; i < 4; i++) {                                                  \
                 const uint8_t *p = wr + i * a->wrow + ib * (BYTES), *q = p + 4 * a->wrow;  \
                 UNPACK;                                                                    \
-                lu[i] = SIGNED ? _mm256_sign_epi8(lo[i], lo[i]) : lo[i];                   \
-                hu[i] = SIGNED ? _mm256_sign_epi8(hi[i], hi[i]) : hi[i];                   \
+                lu[i] = SIGNED ? X8_UNSIGN(lo[i]) : lo[i];                                 \
+                hu[i] = SIGNED ? X8_UNSIGN(hi[i]) : hi[i];                                 \
             }                                                                              \
             __m256 dx, mx;                                                                 \
             if (HAS_M) halves8x2(a, wr, ib * (BYTES), &dx, &mx);                           \
@@ -580,12 +626,10 @@ static inline __m256i reduce4x2(const __m256i *v)
                 __m256i yl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)y->qs)); \
                 __m256i yh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(y->qs + 16))); \
                 __m256i s[4];                                                              \
-                for (int i = 0; i < 4; i++)                                                \
-                    s[i] = SIGNED ? _mm256_add_epi32(madd1(p16_us(lu[i], _mm256_sign_epi8(yl, lo[i]))), \
-                                                     madd1(p16_us(hu[i], _mm256_sign_epi8(yh, hi[i])))) \
-                                  : madd1(_mm256_add_epi16(p16_us(lu[i], yl), p16_us(hu[i], yh))); \
+                for (int i = 0; i < 4; i++) s[i] = X8_DOT(SIGNED, i);                      \
                 __m256i is = reduce4x2(s);                                                 \
-                if (OFFSET) is = _mm256_sub_epi32(is, _mm256_set1_epi32((OFFSET) * SUM_OF(y))); \
+                int off = (OFFSET) + (SIGNED ? X8_SIGNED_OFFSET : 0);                      \
+                if (off) is = _mm256_sub_epi32(is, _mm256_set1_epi32(off * SUM_OF(y)));    \
                 __m256 isum = _mm256_cvtepi32_ps(is);                                      \
                 __m256 dy = _mm256_set1_ps(y->d);                                          \
                 acc[t] = _mm256_add_ps(acc[t], TERM);                                      \
@@ -668,8 +712,8 @@ static inline __attribute__((always_inline)) void QFN(q45_k_rows)(const QLinearA
                 __m256i s_lo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(4 * c | (4 * c + 1) << 8)));
                 __m256i s_hi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((4 * c + 2) | (4 * c + 3) << 8)));
                 for (int t = 0; t < TW; t++) {
-                    v[t] = _mm256_add_epi32(v[t], _mm256_madd_epi16(p16_us(lo, vb_load(y[t]->qs + 64 * c)), s_lo));
-                    v[t] = _mm256_add_epi32(v[t], _mm256_madd_epi16(p16_us(hi, vb_load(y[t]->qs + 64 * c + 32)), s_hi));
+                    v[t] = ADD_MADD(v[t], p16_us(lo, vb_load(y[t]->qs + 64 * c)), s_lo);
+                    v[t] = ADD_MADD(v[t], p16_us(hi, vb_load(y[t]->qs + 64 * c + 32)), s_hi);
                 }
             }
             for (int t = 0; t < TW; t++) s[t][r] = v[t];
@@ -721,7 +765,7 @@ static inline __attribute__((always_inline)) void QFN(q6_k_rows)(const QLinearAr
                 __m256i scv = _mm256_shuffle_epi8(g < 4 ? sca : scb, ctrl);
 #pragma GCC unroll 4
                 for (int t = 0; t < TW; t++)
-                    v[t] = _mm256_add_epi32(v[t], _mm256_madd_epi16(p16_us(q, vb_load(y[t]->qs + 32 * g)), scv));
+                    v[t] = ADD_MADD(v[t], p16_us(q, vb_load(y[t]->qs + 32 * g)), scv);
             }
             for (int t = 0; t < TW; t++) s[t][r] = v[t];
         }
@@ -801,8 +845,15 @@ static long QFN(linear_rows_x8)(const QLinearArgs *a, long n0, long n1)
 }
 #endif
 
+#ifdef SM_QUANT_AMX
+#include "quant_amx_impl.h"
+#endif
+
 static void QFN(linear_rows)(const QLinearArgs *a, long n0, long n1)
 {
+#ifdef SM_QUANT_AMX
+    n0 = QFN(linear_rows_amx)(a, n0, n1);
+#endif
 #ifdef SM_QUANT_AVX2
     n0 = QFN(linear_rows_x8)(a, n0, n1);
 #endif
@@ -1019,4 +1070,10 @@ static void QFN(dequant_row)(int qtype, const uint8_t *src, float *dst, long K)
     }
 }
 
-const QuantTable SM_QCAT(sm_qtable, SM_QSUFFIX) = {SM_QISA_NAME, QFN(linear_rows), QFN(dequant_row), SM_QUANTIZE_ROW};
+#ifdef SM_QUANT_AMX
+#define SM_QROW_GRAIN 16
+#else
+#define SM_QROW_GRAIN 8
+#endif
+const QuantTable SM_QCAT(sm_qtable, SM_QSUFFIX) = {SM_QISA_NAME, QFN(linear_rows), QFN(dequant_row), SM_QUANTIZE_ROW,
+                                                   SM_QROW_GRAIN};
