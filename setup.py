@@ -32,7 +32,7 @@ native = Extension(
                                                       "isa_quant_avx512", "isa_quant_vnni_emulated",
                                                       "isa_quant_amx", "isa_quant_amx_emulated",
                                                       "gemm", "isa_gemm_generic", "isa_gemm_avx2", "isa_gemm_avx512",
-                                                      "isa_gemm_avx512_emulated",
+                                                      "isa_gemm_avx512_emulated", "isa_gemm_avx512bf16",
                                                       "train_attention", "isa_tattn_generic", "isa_tattn_avx2")],
     depends=[f"{CSRC}/{name}.h" for name in ("kernels", "kernels_impl", "pool", "quant", "quant_impl", "quant_amx_impl", "gemm",
                                                           "gemm_impl", "sm_math", "train_attention",

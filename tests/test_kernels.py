@@ -1417,6 +1417,78 @@ def test_gemm_products_give_the_same_bits_however_the_threads_split_them(isa, pr
     close(results[0][4], db_ref, atol=1e-4 * np.sqrt(T))
 
 
+BF16_GEMMS = [b for b in native.supported_gemm_isas() if b in ("avx512bf16", "avx512-emulated")]
+
+
+def _rounded(a):
+    out = np.empty_like(a)
+    ref.round_bf16(np.ascontiguousarray(a), out)
+    return out
+
+
+@pytest.fixture(params=BF16_GEMMS or [pytest.param(None, marks=pytest.mark.skip("no BF16 GEMM tile here"))])
+def bf16_gemm(request):
+    # the GEMM builds with a BF16 tile: the AVX512-BF16 one where the CPU has it, and its
+    # emulated build (dpbf16ps by its exact steps on AVX2) on every AVX2 machine
+    previous_rows = native.gemm_min_rows(0)
+    native.select_gemm_isa(request.param)
+    assert native.gemm_bf16_tile()
+    yield request.param
+    native.select_gemm_isa("best")
+    native.gemm_min_rows(previous_rows)
+
+
+@pytest.mark.parametrize("T,K,N", GEMM_SHAPES)
+def test_bf16_products_are_float32_sums_of_the_bf16_rounded_inputs(bf16_gemm, rng, T, K, N):
+    # unrounded inputs: the BF16 tile reads them rounded to nearest even, sums in float32
+    x, w, b = view(rng, (T, K), pad=3), view(rng, (N, K), pad=1), view(rng, (N,))
+    dout, gelu_x = view(rng, (T, N), pad=2), view(rng, (T, K))
+    xr, wr, doutr = _rounded(x), _rounded(w), _rounded(dout)
+    pre, act = np.empty((T, N), np.float32), np.empty((T, N), np.float32)
+    dx, dw, db = np.empty((T, K), np.float32), np.ones((N, K), np.float32), np.ones(N, np.float32)
+    previous = native.tuning(0, 0, -1, -1)  # past the few-row kernel at once
+    try:
+        with kernels.bf16_products():
+            native.linear_gelu(x, w, b, pre, act)
+            native.linear_backward_input(dout, w, dx, 0.5, gelu_x)
+            native.linear_backward_weight(dout, x, dw, db, 0.5)
+        plain = np.empty((T, N), np.float32)
+        native.linear(x, w, b, plain, False)  # outside the block: float32 again
+    finally:
+        native.tuning(*previous[:2], -1, -1)
+    pre_ref, act_ref = np.empty_like(pre), np.empty_like(act)
+    ref.linear_gelu(xr, wr, b, pre_ref, act_ref)
+    dx_ref, dw_ref, db_ref = np.empty_like(dx), np.ones_like(dw), np.ones_like(db)
+    ref.linear_backward_input(doutr, wr, dx_ref, 0.5, gelu_x)
+    ref.linear_backward_weight(doutr, xr, dw_ref, None, 0.5)
+    ref.linear_backward_weight(dout, x, np.ones_like(dw), db_ref, 0.5)  # a sum, not a product: of dout as given
+    close(pre, pre_ref, atol=1e-4 * np.sqrt(K))
+    close(act, act_ref, atol=1e-4 * np.sqrt(K))
+    close(dx, dx_ref, atol=1e-4 * np.sqrt(N))
+    close(dw, dw_ref, atol=1e-4 * np.sqrt(T))
+    close(db, db_ref, atol=1e-4 * np.sqrt(T))
+    expect = np.empty_like(plain)
+    ref.linear(x, w, b, expect)
+    close(plain, expect, atol=1e-4 * np.sqrt(K))
+    if K >= 33:  # the rounding is really there: float32 products of these inputs differ by more
+        assert np.abs(pre - expect).max() > 1e-3
+
+
+def test_bf16_products_change_nothing_on_a_gemm_without_a_bf16_tile(isa, rng):
+    if native.gemm_bf16_tile():
+        pytest.skip("this ISA's GEMM has a BF16 tile")
+    x, w = view(rng, (256, 96)), view(rng, (64, 96))
+    previous = native.gemm_min_rows(0)
+    try:
+        a, b = np.empty((256, 64), np.float32), np.empty((256, 64), np.float32)
+        native.linear_residual(x, w, None, np.zeros((256, 64), np.float32), a)
+        with kernels.bf16_products():
+            native.linear_residual(x, w, None, np.zeros((256, 64), np.float32), b)
+    finally:
+        native.gemm_min_rows(previous)
+    np.testing.assert_array_equal(a, b)
+
+
 def test_fused_products_refuse_an_output_overlapping_an_input(rng):
     x, w = rng.standard_normal((8, 16), dtype=np.float32), rng.standard_normal((16, 16), dtype=np.float32)
     buf = np.zeros((8, 16), np.float32)

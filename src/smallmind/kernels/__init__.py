@@ -19,6 +19,7 @@ together; default: the CPUs this process may use); get_info() describes the mach
 kernel path and the libraries, as `smallmind doctor` prints it.
 """
 
+import contextlib
 import importlib.util
 import os
 import warnings
@@ -109,6 +110,21 @@ def bf16_support() -> dict:
 
     flags = cpuinfo()[1]  # Linux lists a feature only when it enables its register state
     return {"avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags and "amx_tile" in flags}
+
+
+@contextlib.contextmanager
+def bf16_products(on: bool = True):
+    """Within the block, the products on the native GEMM run in BF16 (their inputs rounded to
+    it, float32 sums, as dpbf16ps does) where the GEMM build has a BF16 tile (AVX512-BF16
+    CPUs); elsewhere they run as before, on whatever inputs they are given."""
+    if _backend is None:
+        yield
+        return
+    previous = _backend.bf16_products(on)
+    try:
+        yield
+    finally:
+        _backend.bf16_products(previous)
 
 
 def select_isa(name: str) -> str:

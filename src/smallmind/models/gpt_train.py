@@ -18,8 +18,10 @@ reading the heads straight from the qkv rows; it keeps only the probabilities.
 Mixed precision (precision="bf16"): the weights stay float32 (the optimizer's master copy);
 each forward rounds them once into a BF16 copy, and every linear layer's product, forward
 and backward, takes BF16-rounded inputs (weights, the activations it reads, the gradient it
-receives) with float32 sums and outputs, as BF16 hardware products do. Norms, softmax, loss,
-attention and the optimizer stay float32.
+receives) with float32 sums and outputs, as BF16 hardware products do: on CPUs with
+AVX512-BF16 the native GEMM runs them on its BF16 tile (kernels.bf16_products), elsewhere the
+float32 kernels take the rounded values. Norms, softmax, loss, attention and the optimizer
+stay float32.
 
 Dropout (cfg.dropout > 0) is active only when forward is given a `dropout_rng`: on the
 embeddings, on the attention probabilities and on the outputs of the attention projection
@@ -237,7 +239,7 @@ def forward(params: Params, ws: TrainWorkspace, tokens, targets=None, *, dropout
         w = ws.weights_bf16
         kernels.round_bf16(params.flat, w.flat)
 
-    with scope("forward"):
+    with scope("forward"), kernels.bf16_products(bf16):
         with scope("embedding"):
             embedding_forward(ws.tokens, params["wte"], params["wpe"], ws.embedded)
             if masks is not None:
@@ -318,9 +320,10 @@ def backward(params: Params, grads: Params, ws: TrainWorkspace, loss_scale: floa
         raise SmallMindError("backward needs a forward with targets first")
     masks = ws.dropout_masks if ws.dropout_active else None
     dresid, dln = ws.dresid, ws.dln
-    w = ws.weights_bf16 if ws.precision == "bf16" else params  # rounded by the forward
+    bf16 = ws.precision == "bf16"
+    w = ws.weights_bf16 if bf16 else params  # rounded by the forward
 
-    with scope("backward"):
+    with scope("backward"), kernels.bf16_products(bf16):
         with scope("matmul.lm_head"):
             linear_backward(_product_grad(ws, ws.dlogits), ws.ln_f, w.lm_head, dln, grads.lm_head, None, loss_scale)
         with scope("norm"):

@@ -13,8 +13,8 @@ Out directory (when `out` is set):
 
 precision="bf16" runs the products in BF16 with float32 master weights and optimizer state
 (models/gpt_train.py); it is refused on CPUs without AVX512-BF16 or AMX-BF16. Where the CPU
-has them, the products still run the float32 kernels on BF16-rounded inputs (the numerics of
-BF16 hardware, not its speed): no hardware BF16 kernel is built yet. Given the
+has AVX512-BF16, the native GEMM runs them on its BF16 tile (dpbf16ps; tested here through
+its emulated build, its speed not yet measured on such a CPU). Given the
 machine's measured peak (peak_gflops), each evaluation's log line and the result report the
 model FLOPs utilisation: achieved training FLOPs / that peak.
 """

@@ -132,22 +132,121 @@ typedef struct {
     atomic_int failed;  /* a thread could not allocate its packing buffer */
 } Job;
 
-/* C's rows i0..i1 (multiples of mr but the last) x columns j0..j1 (multiples of NR but the last) */
-static void run_part(Job *job, long i0, long i1, long j0, long j1)
+/* ---- BF16 products: A and B packed as pairs of BF16 values along k, one 32-bit word a pair */
+
+/* x -> its nearest BF16 (ties to even; NaN stays a quiet NaN), as the hardware conversion */
+static inline uint32_t bf16_of(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if (x != x) return (u >> 16) | 0x40u;
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+
+static inline uint32_t bf16_pair(float lo, float hi) { return bf16_of(lo) | bf16_of(hi) << 16; }
+
+/* B's block (depth pc..pc+kc, columns jc..jc+nc) into bp: panel q, pair p, column c at
+ * bp[q*kp*NR + p*NR + c]; zeros past the last column and, for an odd kc, in the last pair */
+static void pack_b_bf16(const GemmArgs *g, uint32_t *bp, long jc, long nc, long pc, long kc)
+{
+    const long kp = (kc + 1) / 2;
+    for (long q = 0; q * NR < nc; q++) {
+        uint32_t *dst = bp + q * kp * NR;
+        long j = jc + q * NR, nr = min_l(NR, jc + nc - j);
+        for (long p = 0; p < kp; p++) {
+            const int odd = 2 * p + 1 < kc;
+            const float *r0 = g->b + (pc + 2 * p) * g->brs + j * g->bcs, *r1 = odd ? r0 + g->brs : r0;
+            for (long c = 0; c < NR; c++)
+                dst[p * NR + c] = c < nr ? bf16_pair(r0[c * g->bcs], odd ? r1[c * g->bcs] : 0.0f) : 0u;
+        }
+    }
+}
+
+/* rows ib..ie of A's block into ap: panels of mr rows (the last rows repeated), pair p of
+ * row r at ap[(i-ib)*kp + p*mr + r]; with sums, sums[i-ib] += the row's kc values */
+static void pack_a_bf16(const GemmArgs *g, uint32_t *ap, long mr, long ib, long ie, long pc, long kc, float *sums)
+{
+    const long kp = (kc + 1) / 2, ars = g->ars, acs = g->acs;
+    for (long i = ib; i < ie; i += mr) {
+        uint32_t *dst = ap + (i - ib) * kp;
+        long m = min_l(mr, ie - i);
+        for (long r = 0; r < mr; r++) {
+            const float *row = g->a + (i + (r < m ? r : m - 1)) * ars + pc * acs;
+            float sum = 0.0f;
+            for (long p = 0; p < kp; p++) {
+                float lo = row[2 * p * acs], hi = 2 * p + 1 < kc ? row[(2 * p + 1) * acs] : 0.0f;
+                dst[p * mr + r] = bf16_pair(lo, hi);
+                sum += lo;
+                sum += hi;
+            }
+            if (sums && r < m) sums[i - ib + r] += sum;
+        }
+    }
+}
+
+static int grow_b_pack(long need);
+
+/* run_part for BF16 products: the same blocking, on BF16 pairs */
+static void run_part_bf16(Job *job, long i0, long i1, long j0, long j1)
 {
     const GemmTable *t = job->t;
     const GemmArgs *g = job->g;
     const long mr = t->mr;
-    long need = min_l(g->K, SM_GEMM_KC) * ((min_l(j1 - j0, SM_GEMM_NC) + NR - 1) / NR * NR);
-    if (need > b_pack_cap) {
-        void *p = NULL;
-        if (posix_memalign(&p, 64, (size_t)need * sizeof(float))) {
-            atomic_store(&job->failed, 1);
-            return;
+    if (grow_b_pack((min_l(g->K, SM_GEMM_KC) + 1) / 2 * ((min_l(j1 - j0, SM_GEMM_NC) + NR - 1) / NR * NR))) {
+        atomic_store(&job->failed, 1);
+        return;
+    }
+    uint32_t *bp = (uint32_t *)b_pack_buf, *ap = (uint32_t *)a_pack_buf;
+    float sums[SM_GEMM_MC];
+    for (long jc = j0; jc < j1; jc += SM_GEMM_NC) {
+        const long nc = min_l(SM_GEMM_NC, j1 - jc), npanels = (nc + NR - 1) / NR;
+        const int summed = g->asum && jc == 0;
+        for (long pc = 0; pc < g->K; pc += SM_GEMM_KC) {
+            const long kc = min_l(SM_GEMM_KC, g->K - pc), kp = (kc + 1) / 2;
+            const int first = pc == 0, last = pc + SM_GEMM_KC >= g->K;
+            pack_b_bf16(g, bp, jc, nc, pc, kc);
+            for (long ib = i0; ib < i1; ib += SM_GEMM_MC) {
+                long ie = min_l(ib + SM_GEMM_MC, i1);
+                if (summed) memset(sums, 0, sizeof sums);
+                pack_a_bf16(g, ap, mr, ib, ie, pc, kc, summed ? sums : NULL);
+                if (summed)
+                    for (long i = ib; i < ie; i++) g->asum[i] += g->alpha * sums[i - ib];
+                for (long q = 0; q < npanels; q++) {
+                    long j = jc + q * NR, nr = min_l(NR, jc + nc - j);
+                    for (long i = ib; i < ie; i += mr)
+                        t->tile_bf16(g, ap + (i - ib) * kp, bp + q * kp * NR, i, j, kp, min_l(mr, ie - i), nr, first,
+                                     last);
+                }
+            }
         }
-        free(b_pack_buf);
-        b_pack_buf = p;
-        b_pack_cap = need;
+    }
+}
+
+/* B's packing buffer holds at least `need` floats (or words): 0, or -1 without memory */
+static int grow_b_pack(long need)
+{
+    if (need <= b_pack_cap) return 0;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, (size_t)need * sizeof(float))) return -1;
+    free(b_pack_buf);
+    b_pack_buf = p;
+    b_pack_cap = need;
+    return 0;
+}
+
+/* C's rows i0..i1 (multiples of mr but the last) x columns j0..j1 (multiples of NR but the last) */
+static void run_part(Job *job, long i0, long i1, long j0, long j1)
+{
+    if (job->g->bf16) {
+        run_part_bf16(job, i0, i1, j0, j1);
+        return;
+    }
+    const GemmTable *t = job->t;
+    const GemmArgs *g = job->g;
+    const long mr = t->mr;
+    if (grow_b_pack(min_l(g->K, SM_GEMM_KC) * ((min_l(j1 - j0, SM_GEMM_NC) + NR - 1) / NR * NR))) {
+        atomic_store(&job->failed, 1);
+        return;
     }
     float *bp = b_pack_buf, *ap = a_pack_buf;
     const int packed = packs_a(g);
@@ -208,6 +307,7 @@ static void part_task(void *ctx, long p0, long p1)
 int sm_gemm(const GemmTable *t, const GemmArgs *g)
 {
     if (g->M <= 0 || g->N <= 0 || g->K <= 0) return 0;
+    if (g->bf16 && !t->tile_bf16) return -1;  /* module.c asks only tables that have it */
     Job job = {t, g, sm_pool_threads(), 0, 0};
     /* floats each split packs more than once: by columns A (if packed), by rows B */
     double repeat_a = packs_a(g) ? (double)g->M * g->K : 0.0, repeat_b = (double)g->K * g->N;

@@ -7,6 +7,8 @@
 #ifndef SMALLMIND_GEMM_H
 #define SMALLMIND_GEMM_H
 
+#include <stdint.h>
+
 #define SM_GEMM_NR 16    /* columns of a packed B panel (two AVX2 vectors, one AVX-512 vector) */
 #define SM_GEMM_MAX_MR 12 /* the largest micro-tile's rows */
 /* depth of one packed block: a 32 KB panel, read from L1 and L2; half the passes over C that 256
@@ -33,6 +35,8 @@ typedef struct {
     const float *gx;         /* (M,N): C *= gelu'(gx) at the end (rows gxs apart), or NULL */
     long gxs;
     float *asum;             /* (M,): += alpha * A's row sums (a bias gradient), or NULL */
+    int bf16;                /* 1: the products in BF16 (A and B rounded to it, float32 sums) on the
+                                table's tile_bf16, which must exist */
 } GemmArgs;
 
 typedef struct {
@@ -44,13 +48,18 @@ typedef struct {
     void (*tile)(const GemmArgs *g, const float *a, long ars, long acs, const float *bp, long i, long j, long kc,
                  long mr, long nr, int first, int last);
     void (*round_bf16)(const float *x, float *out, long n);
+    /* the BF16 tile, or NULL: as tile, from kp k pairs; ap holds mr words a pair (row r's two
+     * BF16 values of k = 2p, 2p+1, the first in the low half), the panel bp NR words a pair */
+    void (*tile_bf16)(const GemmArgs *g, const uint32_t *ap, const uint32_t *bp, long i, long j, long kp, long mr,
+                      long nr, int first, int last);
 } GemmTable;
 
 extern const GemmTable sm_gtable_generic;
 #if defined(__x86_64__) && defined(__GNUC__)
 extern const GemmTable sm_gtable_avx2;
 extern const GemmTable sm_gtable_avx512;
-extern const GemmTable sm_gtable_avx512_emulated;  /* tests only: the AVX-512 tile on AVX2 */
+extern const GemmTable sm_gtable_avx512bf16;      /* and the AVX512-BF16 tile */
+extern const GemmTable sm_gtable_avx512_emulated;  /* tests only: both AVX-512 tiles on AVX2 */
 #endif
 
 /* C as described by g, on the native pool (call without the GIL): 0, or -1 when the packing buffer cannot be allocated */

@@ -1,6 +1,7 @@
 /* GEMM micro-kernel and fused store, compiled once per ISA: the including file sets
  * `#pragma GCC target` and defines SM_GSUFFIX, and SM_GEMM_AVX2 for the AVX2 intrinsics
- * build or SM_GEMM_V16 for the 16-float-vector one (AVX-512, and its emulation on AVX2). */
+ * build or SM_GEMM_V16 for the 16-float-vector one (AVX-512, and its emulation on AVX2),
+ * with SM_GEMM_BF16 for its BF16 tile (SM_GEMM_BF16_EMULATED: dpbf16ps in plain vector code). */
 #include <stdint.h>
 #include <string.h>
 #include "gemm.h"
@@ -163,6 +164,31 @@ typedef float v16f __attribute__((vector_size(64)));
 
 static inline v16f v16f_loadu(const float *p) { v16f v; memcpy(&v, p, 64); return v; }
 
+/* the tile's rows c[0..mr-1] -> C: a whole tile with at most a bias and a residual to add
+ * straight from the registers, else through GFN(store) */
+static inline void GFN(store16)(const GemmArgs *g, const v16f *c, long i, long j, long mr, long nr, int first,
+                                int last)
+{
+    if (nr == NR && !g->gx && !g->act) {
+        const int load_c = !(first && !g->beta);
+        const float *bias = last && g->bias ? g->bias + j : NULL;
+        const float *resid = last && g->resid ? g->resid + i * g->rrs + j : NULL;
+        const v16f vb = bias ? v16f_loadu(bias) : (v16f){0};
+        for (long r = 0; r < mr; r++) {
+            float *cr = g->c + (i + r) * g->crs + j;
+            v16f v = g->alpha * c[r];
+            if (load_c) v = v + v16f_loadu(cr);
+            if (bias) v = v + vb;
+            if (resid) v = v + v16f_loadu(resid + r * g->rrs);
+            memcpy(cr, &v, 64);
+        }
+        return;
+    }
+    float acc[SM_GMR * NR] __attribute__((aligned(64)));
+    for (int r = 0; r < SM_GMR; r++) memcpy(acc + r * NR, &c[r], 64);
+    GFN(store)(g, acc, i, j, mr, nr, first, last);
+}
+
 static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, const float *bp, long i, long j,
                       long kc, long mr, long nr, int first, int last)
 {
@@ -190,26 +216,49 @@ static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, con
             for (int r = 0; r < SM_GMR; r++) c[r] += ak[off[r]] * b;
         }
     }
-    if (nr == NR && !g->gx && !g->act) {
-        /* a whole tile with at most a bias and a residual to add: stored from the registers */
-        const int load_c = !(first && !g->beta);
-        const float *bias = last && g->bias ? g->bias + j : NULL;
-        const float *resid = last && g->resid ? g->resid + i * g->rrs + j : NULL;
-        const v16f vb = bias ? v16f_loadu(bias) : (v16f){0};
-        for (long r = 0; r < mr; r++) {
-            float *cr = g->c + (i + r) * g->crs + j;
-            v16f v = g->alpha * c[r];
-            if (load_c) v = v + v16f_loadu(cr);
-            if (bias) v = v + vb;
-            if (resid) v = v + v16f_loadu(resid + r * g->rrs);
-            memcpy(cr, &v, 64);
-        }
-        return;
-    }
-    float acc[SM_GMR * NR] __attribute__((aligned(64)));
-    for (int r = 0; r < SM_GMR; r++) memcpy(acc + r * NR, &c[r], 64);
-    GFN(store)(g, acc, i, j, mr, nr, first, last);
+    GFN(store16)(g, c, i, j, mr, nr, first, last);
 }
+
+#ifdef SM_GEMM_BF16
+/* 12 x 16 BF16 tile: per k pair one panel load and twelve dpbf16ps, each adding two
+ * products a lane (the pair's second, then its first, as the instruction does) */
+typedef uint32_t v16u __attribute__((vector_size(64)));
+#ifdef SM_GEMM_BF16_EMULATED
+/* (pointers: 64-byte vectors passed by value draw ABI notes from GCC without AVX-512) */
+static inline void dpbf16(v16f *c, uint32_t a, const v16u *b)
+{
+    uint32_t lo = a << 16, hi = a & 0xFFFF0000u;
+    float alo, ahi;
+    memcpy(&alo, &lo, 4);
+    memcpy(&ahi, &hi, 4);
+    /* BF16 x BF16 is exact in float32, so each step rounds once, as the instruction's does */
+    *c = *c + ahi * (v16f)(*b & 0xFFFF0000u);
+    *c = *c + alo * (v16f)(*b << 16);
+}
+#else
+#include <immintrin.h>
+static inline void dpbf16(v16f *c, uint32_t a, const v16u *b)
+{
+    *c = (v16f)_mm512_dpbf16_ps((__m512)*c, (__m512bh)_mm512_set1_epi32((int)a), (__m512bh)*b);
+}
+#endif
+
+static void GFN(tile_bf16)(const GemmArgs *g, const uint32_t *ap, const uint32_t *bp, long i, long j, long kp,
+                           long mr, long nr, int first, int last)
+{
+    v16f c[SM_GMR];
+    for (int r = 0; r < SM_GMR; r++) c[r] = (v16f){0};
+    for (long r = 0; r < mr; r++) __builtin_prefetch(g->c + (i + r) * g->crs + j, 1, 3);
+    for (long p = 0; p < kp; p++) {
+        const v16u b = *(const v16u *)(bp + p * NR);
+        const uint32_t *a = ap + p * SM_GMR;
+#pragma GCC unroll 12
+        for (int r = 0; r < SM_GMR; r++) dpbf16(&c[r], a[r], &b);
+    }
+    GFN(store16)(g, c, i, j, mr, nr, first, last);
+}
+#define SM_GTILE_BF16 GFN(tile_bf16)
+#endif
 #else
 /* 4 x 16 tile in plain C (the compiler vectorizes the 16 columns with what the baseline has) */
 static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, const float *bp, long i, long j,
@@ -244,9 +293,13 @@ static void GFN(round_bf16)(const float *x, float *out, long n)
     }
 }
 
+#ifndef SM_GTILE_BF16
+#define SM_GTILE_BF16 NULL
+#endif
 const GemmTable SM_GCAT(sm_gtable, SM_GSUFFIX) = {
     .name = SM_GISA_NAME,
     .mr = SM_GMR,
     .tile = GFN(tile),
     .round_bf16 = GFN(round_bf16),
+    .tile_bf16 = SM_GTILE_BF16,
 };

@@ -58,6 +58,14 @@ static long gil_min_work = 1L << 18;
  * emulated build) is measured on one; the portable build's kernel is for tests (forced
  * through gemm_min_rows). */
 static long gemm_min_rows = LONG_MAX;
+/* bf16_products(on): the products of the native GEMM in BF16 (inputs rounded to it, float32
+ * sums: dpbf16ps) on tables that have the BF16 tile, whatever gemm_min_rows (BLAS has none);
+ * `--precision bf16` training turns it on around its steps */
+static int bf16_products;
+
+static int gemm_bf16(void);
+/* the native GEMM takes a product of T rows */
+static int gemm_takes(long T) { return T >= gemm_min_rows || gemm_bf16(); }
 
 /* ---------------------------------------------------------------- array views */
 
@@ -342,11 +350,15 @@ static PyObject *finish(View *views, int n, int ok, PyObject *ret)
 /* ---------------------------------------------------------------- linear */
 
 /* run the GEMM without the GIL; MemoryError when its packing buffer cannot be had */
-static int gemm_run(const GemmArgs *g)
+static int gemm_bf16(void) { return bf16_products && G->tile_bf16 != NULL; }
+
+static int gemm_run(const GemmArgs *g0)
 {
     int rc;
+    GemmArgs g = *g0;
+    g.bf16 = gemm_bf16();
     Py_BEGIN_ALLOW_THREADS
-    rc = sm_gemm(G, g);
+    rc = sm_gemm(G, &g);
     Py_END_ALLOW_THREADS
     if (rc) PyErr_NoMemory();
     return rc;
@@ -376,7 +388,7 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t n)
         goto done;
     if (views_apart(v, names, 4, 1u << 3, NULL)) goto done;
     if (T > (sm_pool_threads() > 1 ? linear_max_t_threaded : linear_max_t)) {
-        if (T < gemm_min_rows) {
+        if (!gemm_takes(T)) {
             for (int i = 0; i < 4; i++) view_done(&v[i], 0);
             Py_RETURN_FALSE;
         }
@@ -424,7 +436,7 @@ static PyObject *py_gemm_linear(PyObject *self, PyObject *const *args, Py_ssize_
         (has_r && same_shape(&v[4], "out", &v[3], "resid")) || (has_a && same_shape(&v[4], "out", &v[5], "act")))
         goto done;
     if (views_apart(v, names, 6, 1u << 4 | 1u << 5, NULL)) goto done;
-    if (T < gemm_min_rows || Kd == 0) {
+    if (!gemm_takes(T) || Kd == 0) {
         for (int i = 0; i < 6; i++) view_done(&v[i], 0);
         Py_RETURN_FALSE;
     }
@@ -455,7 +467,7 @@ static PyObject *py_gemm_dx(PyObject *self, PyObject *const *args, Py_ssize_t n)
         want_dim(&v[2], "dx", 1, Kd, "w's columns") || (has_g && same_shape(&v[2], "dx", &v[3], "gelu_x")))
         goto done;
     if (views_apart(v, names, 4, 1u << 2, NULL)) goto done;
-    if (T < gemm_min_rows || M == 0) {
+    if (!gemm_takes(T) || M == 0) {
         for (int i = 0; i < 4; i++) view_done(&v[i], 0);
         Py_RETURN_FALSE;
     }
@@ -486,7 +498,7 @@ static PyObject *py_gemm_dw(PyObject *self, PyObject *const *args, Py_ssize_t n)
         want_dim(&v[2], "dw", 1, Kd, "x's features") || (has_b && want_dim(&v[3], "db", 0, M, "dout's features")))
         goto done;
     if (views_apart(v, names, 4, 1u << 2 | 1u << 3, NULL)) goto done;
-    if (T < gemm_min_rows || Kd == 0) {  /* no features: the bias gradient is BLAS-side work too */
+    if (!gemm_takes(T) || Kd == 0) {  /* no features: the bias gradient is BLAS-side work too */
         for (int i = 0; i < 4; i++) view_done(&v[i], 0);
         Py_RETURN_FALSE;
     }
@@ -1881,10 +1893,12 @@ static const TrainAttnTable *tatable_for(const KernelTable *t)
     return &sm_tatable_generic;
 }
 
+static int avx512_bf16_usable(void);
+
 static const GemmTable *gtable_for(const KernelTable *t)
 {
 #ifdef SM_HAVE_X86
-    if (t == &sm_table_avx512) return &sm_gtable_avx512;
+    if (t == &sm_table_avx512) return avx512_bf16_usable() ? &sm_gtable_avx512bf16 : &sm_gtable_avx512;
     if (t != &sm_table_generic) return &sm_gtable_avx2;
 #endif
     (void)t;
@@ -1892,8 +1906,8 @@ static const GemmTable *gtable_for(const KernelTable *t)
 }
 
 /* a GEMM micro-kernel build by name, if this CPU runs it: "best" (the float kernels'
- * choice), "avx512", "avx2", "generic", or "avx512-emulated" (the AVX-512 tile on AVX2, for
- * the tests) */
+ * choice), "avx512bf16" (with the BF16 tile), "avx512", "avx2", "generic", or
+ * "avx512-emulated" (both AVX-512 tiles on AVX2, for the tests) */
 static const GemmTable *gtable_named(const char *name)
 {
     if (!strcmp(name, "best")) return gtable_for(K);
@@ -1903,6 +1917,7 @@ static const GemmTable *gtable_named(const char *name)
     if (!strcmp(name, "avx2")) return &sm_gtable_avx2;
     if (!strcmp(name, "avx512-emulated")) return &sm_gtable_avx512_emulated;
     if (!strcmp(name, "avx512") && table_for("avx512")) return &sm_gtable_avx512;
+    if (!strcmp(name, "avx512bf16") && table_for("avx512") && avx512_bf16_usable()) return &sm_gtable_avx512bf16;
 #endif
     return NULL;
 }
@@ -1954,6 +1969,19 @@ static PyObject *py_select_gemm_isa(PyObject *self, PyObject *arg)
 }
 
 static PyObject *py_gemm_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(G->name); }
+
+/* bf16_products(on) -> the old setting: the native GEMM's products in BF16 where the selected
+ * micro-kernel build has a BF16 tile (gemm_bf16_tile() says whether it has) */
+static PyObject *py_bf16_products(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    PyObject *old = PyBool_FromLong(bf16_products);
+    bf16_products = on;
+    return old;
+}
+
+static PyObject *py_gemm_bf16_tile(PyObject *self, PyObject *unused) { return PyBool_FromLong(G->tile_bf16 != NULL); }
 
 static PyObject *py_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(K->name); }
 static PyObject *py_quant_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(Q->name); }
@@ -2008,9 +2036,9 @@ static int amx_int8_granted(void)
 /* {"avx512_bf16", "amx_bf16"}: True where the CPU has the instructions AND the OS saves their
  * registers (XCR0), and for AMX where Linux granted this process the tile data
  * (ARCH_REQ_XCOMP_PERM), without which the first tile instruction would kill it. */
-static PyObject *py_bf16_support(PyObject *self, PyObject *unused)
+static void bf16_detect(int *avx512_bf16, int *amx_bf16)
 {
-    int avx512_bf16 = 0, amx_bf16 = 0;
+    *avx512_bf16 = *amx_bf16 = 0;
 #ifdef SM_HAVE_X86
     unsigned a, b, c, d;
     if (__get_cpuid(1, &a, &b, &c, &d) && (c >> 27 & 1) && __get_cpuid_max(0, NULL) >= 7) { /* OSXSAVE */
@@ -2021,12 +2049,29 @@ static PyObject *py_bf16_support(PyObject *self, PyObject *unused)
         int avx512_bf16_cpu = a >> 5 & 1;
         int zmm_saved = (x & 0xE6) == 0xE6;                    /* SSE, AVX, opmask, both ZMM halves */
         int tiles_saved = (x & (3ull << 17)) == (3ull << 17);  /* XTILECFG, XTILEDATA */
-        avx512_bf16 = avx512f && avx512_bf16_cpu && zmm_saved;
+        *avx512_bf16 = avx512f && avx512_bf16_cpu && zmm_saved;
 #ifdef __linux__
-        if (amx_bf16_cpu && amx_tile && tiles_saved) amx_bf16 = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+        if (amx_bf16_cpu && amx_tile && tiles_saved) *amx_bf16 = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 #endif
     }
 #endif
+}
+
+/* 1 where this process may run AVX512-BF16 instructions; asked once */
+static int avx512_bf16_usable(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        int amx;
+        bf16_detect(&known, &amx);
+    }
+    return known;
+}
+
+static PyObject *py_bf16_support(PyObject *self, PyObject *unused)
+{
+    int avx512_bf16, amx_bf16;
+    bf16_detect(&avx512_bf16, &amx_bf16);
     return Py_BuildValue("{s:O,s:O}", "avx512_bf16", avx512_bf16 ? Py_True : Py_False, "amx_bf16",
                          amx_bf16 ? Py_True : Py_False);
 }
@@ -2100,8 +2145,10 @@ static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
     {"quant_isa", py_quant_isa, METH_NOARGS, "the ISA whose quantized-weight kernels run"},
     {"select_gemm_isa", py_select_gemm_isa, METH_O,
-     "select_gemm_isa(name) -> name: 'avx512', 'avx2', 'generic', 'avx512-emulated' or 'best'"},
+     "select_gemm_isa(name) -> name: 'avx512bf16', 'avx512', 'avx2', 'generic', 'avx512-emulated' or 'best'"},
     {"gemm_isa", py_gemm_isa, METH_NOARGS, "the ISA whose GEMM micro-kernel runs"},
+    {"bf16_products", py_bf16_products, METH_O, "bf16_products(on) -> old: the native GEMM's products in BF16"},
+    {"gemm_bf16_tile", py_gemm_bf16_tile, METH_NOARGS, "whether the selected GEMM build has a BF16 tile"},
     {"select_quant_isa", py_select_quant_isa, METH_O,
      "select_quant_isa(name) -> name: 'amx', 'avx512vnni', 'avx2', 'generic', 'amx-emulated', "
      "'avx512vnni-emulated' or 'best'"},
