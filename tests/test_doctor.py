@@ -17,6 +17,8 @@ def test_doctor_prints_path_and_features(capsys):
     assert f"kernel path  : {kernels.path}" in out
     expect = kernels._backend.quant_isa() if kernels._backend else "numpy"
     assert f"quantized    : {expect} " in out
+    expect = kernels._backend.gemm_isa() if kernels._backend else "numpy"
+    assert f"gemm         : {expect} " in out
     info = kernels.get_info()
     for name, present in info["cpu_features"].items():
         if present:
@@ -41,7 +43,7 @@ def test_doctor_reports_the_numpy_path_when_forced():
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
     assert info["kernel_path"] == "numpy"
-    assert info["quant_kernels"] == "numpy"
+    assert info["quant_kernels"] == info["gemm_kernels"] == "numpy"
     assert info["native_available"] is False
     assert "avx2" in info["cpu_features"] or info["machine"] != "x86_64"
 

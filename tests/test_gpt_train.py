@@ -381,8 +381,9 @@ def _kernel_paths():
             except ValueError:
                 pass
         native.select_isa("best")
-        if "avx2" in paths and "avx512-emulated" in native.supported_gemm_isas():
-            paths.append("avx2+gemm-avx512-emulated")  # the AVX-512 GEMM tile, emulated on AVX2
+        for gemm in ("avx512-emulated", "amx-emulated"):  # the AVX-512 and AMX GEMM builds on AVX2
+            if "avx2" in paths and gemm in native.supported_gemm_isas():
+                paths.append(f"avx2+gemm-{gemm}")
     return paths
 
 

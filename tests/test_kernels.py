@@ -1304,17 +1304,18 @@ def test_set_threads_sets_blas_and_native_together():
 
 # ------------------------------------------------------------------ GEMM with fused epilogues
 
-@pytest.fixture(params=["gemm", "blas", "gemm-avx512-emulated"])
+@pytest.fixture(params=["gemm", "blas", "gemm-avx512-emulated", "gemm-amx-emulated"])
 def products(request, isa):
     # the native GEMM (forced on every ISA, the portable build included), the BLAS hand-over,
-    # or the AVX-512 micro-kernel's emulated build (its 16-float vector code on AVX2 register
-    # pairs) beside the AVX2 kernels, so that tile is checked on CPUs without AVX-512
-    emulated = request.param == "gemm-avx512-emulated"
-    if emulated and (isa != "avx2" or "avx512-emulated" not in native.supported_gemm_isas()):
-        pytest.skip("the emulated AVX-512 GEMM tile runs beside the avx2 kernels")
+    # or the AVX-512 and AMX micro-kernels' emulated builds (their 16-float vector code on
+    # AVX2 register pairs, 12 and 16 rows a tile) beside the AVX2 kernels, so those tiles are
+    # checked on CPUs without AVX-512
+    emulated = request.param.partition("gemm-")[2]
+    if emulated and (isa != "avx2" or emulated not in native.supported_gemm_isas()):
+        pytest.skip("the emulated GEMM tiles run beside the avx2 kernels")
     previous = native.gemm_min_rows(1 << 62 if request.param == "blas" else 0)
     if emulated:
-        native.select_gemm_isa("avx512-emulated")
+        native.select_gemm_isa(emulated)
     yield request.param
     native.gemm_min_rows(previous)
     native.select_gemm_isa("best")
@@ -1417,7 +1418,7 @@ def test_gemm_products_give_the_same_bits_however_the_threads_split_them(isa, pr
     close(results[0][4], db_ref, atol=1e-4 * np.sqrt(T))
 
 
-BF16_GEMMS = [b for b in native.supported_gemm_isas() if b in ("avx512bf16", "avx512-emulated")]
+BF16_GEMMS = [b for b in native.supported_gemm_isas() if b in ("amx", "avx512bf16", "amx-emulated", "avx512-emulated")]
 
 
 def _rounded(a):
@@ -1428,8 +1429,9 @@ def _rounded(a):
 
 @pytest.fixture(params=BF16_GEMMS or [pytest.param(None, marks=pytest.mark.skip("no BF16 GEMM tile here"))])
 def bf16_gemm(request):
-    # the GEMM builds with a BF16 tile: the AVX512-BF16 one where the CPU has it, and its
-    # emulated build (dpbf16ps by its exact steps on AVX2) on every AVX2 machine
+    # the GEMM builds with a BF16 tile: the AMX and AVX512-BF16 ones where the CPU has them,
+    # and their emulated builds (dpbf16ps by its steps on AVX2, the AMX tiles in C) on every
+    # AVX2 machine
     previous_rows = native.gemm_min_rows(0)
     native.select_gemm_isa(request.param)
     assert native.gemm_bf16_tile()

@@ -34,6 +34,7 @@ def format_info(info: dict) -> str:
         ("not present", " ".join(missing) or "-"),
         ("kernel path", path),
         ("quantized", f"{info['quant_kernels']} (the GGUF weight products)"),
+        ("gemm", f"{info['gemm_kernels']} (training's and prefill's float products)"),
         ("threads", f"{info['threads']} (native kernels and BLAS share this budget)"),
     ]
     for blas in info["blas"] or [{"name": "none found", "version": None, "threads": None}]:

@@ -54,6 +54,7 @@ def collect(native, path: str, threads: int) -> dict:
         "cpu_features": features,
         "kernel_path": path,
         "quant_kernels": native.quant_isa() if native is not None else "numpy",
+        "gemm_kernels": native.gemm_isa() if native is not None else "numpy",
         "native_available": native is not None,
         "native_threads": threads if native is not None else 0,
         "threads": threads,

@@ -19,7 +19,7 @@ quant_isa = _native.quant_isa
 select_quant_isa = _native.select_quant_isa
 gemm_isa = _native.gemm_isa
 select_gemm_isa = _native.select_gemm_isa
-GEMM_ISAS = ("avx512bf16", "avx512", "avx2", "avx512-emulated", "generic")
+GEMM_ISAS = ("amx", "avx512bf16", "avx512", "avx2", "amx-emulated", "avx512-emulated", "generic")
 bf16_products = _native.bf16_products
 gemm_bf16_tile = _native.gemm_bf16_tile
 QUANT_ISAS = ("amx", "avx512vnni", "avx2", "amx-emulated", "avx512vnni-emulated", "generic")
@@ -50,7 +50,8 @@ def supported_isas() -> list[str]:
 
 def supported_gemm_isas() -> list[str]:
     """The GEMM micro-kernel builds (GEMM_ISAS) this CPU runs; the selection in force is kept.
-    "avx512-emulated" is the AVX-512 tile's vector code on AVX2 register pairs, for the tests."""
+    "avx512-emulated" and "amx-emulated" are those builds' tiles on AVX2 register pairs and in
+    C, for the tests."""
     current = gemm_isa()
     found = []
     for name in GEMM_ISAS:

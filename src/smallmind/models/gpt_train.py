@@ -19,7 +19,7 @@ Mixed precision (precision="bf16"): the weights stay float32 (the optimizer's ma
 each forward rounds them once into a BF16 copy, and every linear layer's product, forward
 and backward, takes BF16-rounded inputs (weights, the activations it reads, the gradient it
 receives) with float32 sums and outputs, as BF16 hardware products do: on CPUs with
-AVX512-BF16 the native GEMM runs them on its BF16 tile (kernels.bf16_products), elsewhere the
+AVX512-BF16 the native GEMM runs them on its BF16 tiles (kernels.bf16_products), elsewhere the
 float32 kernels take the rounded values. Norms, softmax, loss, attention and the optimizer
 stay float32.
 

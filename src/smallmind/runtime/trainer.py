@@ -13,8 +13,9 @@ Out directory (when `out` is set):
 
 precision="bf16" runs the products in BF16 with float32 master weights and optimizer state
 (models/gpt_train.py); it is refused on CPUs without AVX512-BF16 or AMX-BF16. Where the CPU
-has AVX512-BF16, the native GEMM runs them on its BF16 tile (dpbf16ps; tested here through
-its emulated build, its speed not yet measured on such a CPU). Given the
+has AVX512-BF16, the native GEMM runs them on its BF16 tiles (AMX-BF16 where the process may
+use AMX, else dpbf16ps; tested through their emulated builds, their speed not yet measured on
+such a CPU). Given the
 machine's measured peak (peak_gflops), each evaluation's log line and the result report the
 model FLOPs utilisation: achieved training FLOPs / that peak.
 """

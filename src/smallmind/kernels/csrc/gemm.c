@@ -145,15 +145,22 @@ static inline uint32_t bf16_of(float x)
 
 static inline uint32_t bf16_pair(float lo, float hi) { return bf16_of(lo) | bf16_of(hi) << 16; }
 
-/* B's block (depth pc..pc+kc, columns jc..jc+nc) into bp: panel q, pair p, column c at
- * bp[q*kp*NR + p*NR + c]; zeros past the last column and, for an odd kc, in the last pair */
-static void pack_b_bf16(const GemmArgs *g, uint32_t *bp, long jc, long nc, long pc, long kc)
+/* pairs of a block of kc: (kc + 1) / 2, padded to the table's multiple */
+static long bf16_pairs(const GemmTable *t, long kc)
 {
-    const long kp = (kc + 1) / 2;
+    long kp = (kc + 1) / 2, pad = t->bf16_kpad > 1 ? t->bf16_kpad : 1;
+    return (kp + pad - 1) / pad * pad;
+}
+
+/* B's block (depth pc..pc+kc, columns jc..jc+nc) into bp: panel q, pair p, column c at
+ * bp[q*kp*NR + p*NR + c]; zeros past the last column, past k and in the padding pairs */
+static void pack_b_bf16(const GemmArgs *g, uint32_t *bp, long jc, long nc, long pc, long kc, long kp)
+{
     for (long q = 0; q * NR < nc; q++) {
         uint32_t *dst = bp + q * kp * NR;
         long j = jc + q * NR, nr = min_l(NR, jc + nc - j);
-        for (long p = 0; p < kp; p++) {
+        memset(dst, 0, (size_t)kp * NR * sizeof *dst);
+        for (long p = 0; 2 * p < kc; p++) {
             const int odd = 2 * p + 1 < kc;
             const float *r0 = g->b + (pc + 2 * p) * g->brs + j * g->bcs, *r1 = odd ? r0 + g->brs : r0;
             for (long c = 0; c < NR; c++)
@@ -162,23 +169,28 @@ static void pack_b_bf16(const GemmArgs *g, uint32_t *bp, long jc, long nc, long 
     }
 }
 
-/* rows ib..ie of A's block into ap: panels of mr rows (the last rows repeated), pair p of
- * row r at ap[(i-ib)*kp + p*mr + r]; with sums, sums[i-ib] += the row's kc values */
-static void pack_a_bf16(const GemmArgs *g, uint32_t *ap, long mr, long ib, long ie, long pc, long kc, float *sums)
+/* rows ib..ie of A's block into ap: panels of mr rows (the last rows repeated) at
+ * ap + (i-ib)*kp, pair p of row r at p*mr + r in the panel, or at r*kp + p with rows (the
+ * AMX layout); zeros in the padding pairs; with sums, sums[i-ib] += the row's kc values */
+static void pack_a_bf16(const GemmArgs *g, uint32_t *ap, long mr, int rows, long ib, long ie, long pc, long kc,
+                        long kp, float *sums)
 {
-    const long kp = (kc + 1) / 2, ars = g->ars, acs = g->acs;
+    const long ars = g->ars, acs = g->acs;
+    const long sp = rows ? 1 : mr, sr = rows ? kp : 1;  /* strides of pairs and rows */
     for (long i = ib; i < ie; i += mr) {
         uint32_t *dst = ap + (i - ib) * kp;
         long m = min_l(mr, ie - i);
         for (long r = 0; r < mr; r++) {
             const float *row = g->a + (i + (r < m ? r : m - 1)) * ars + pc * acs;
             float sum = 0.0f;
-            for (long p = 0; p < kp; p++) {
+            long p = 0;
+            for (; 2 * p < kc; p++) {
                 float lo = row[2 * p * acs], hi = 2 * p + 1 < kc ? row[(2 * p + 1) * acs] : 0.0f;
-                dst[p * mr + r] = bf16_pair(lo, hi);
+                dst[p * sp + r * sr] = bf16_pair(lo, hi);
                 sum += lo;
                 sum += hi;
             }
+            for (; p < kp; p++) dst[p * sp + r * sr] = 0u;
             if (sums && r < m) sums[i - ib + r] += sum;
         }
     }
@@ -192,23 +204,24 @@ static void run_part_bf16(Job *job, long i0, long i1, long j0, long j1)
     const GemmTable *t = job->t;
     const GemmArgs *g = job->g;
     const long mr = t->mr;
-    if (grow_b_pack((min_l(g->K, SM_GEMM_KC) + 1) / 2 * ((min_l(j1 - j0, SM_GEMM_NC) + NR - 1) / NR * NR))) {
+    if (grow_b_pack(bf16_pairs(t, min_l(g->K, SM_GEMM_KC)) * ((min_l(j1 - j0, SM_GEMM_NC) + NR - 1) / NR * NR))) {
         atomic_store(&job->failed, 1);
         return;
     }
     uint32_t *bp = (uint32_t *)b_pack_buf, *ap = (uint32_t *)a_pack_buf;
     float sums[SM_GEMM_MC];
+    if (t->bf16_begin) t->bf16_begin();
     for (long jc = j0; jc < j1; jc += SM_GEMM_NC) {
         const long nc = min_l(SM_GEMM_NC, j1 - jc), npanels = (nc + NR - 1) / NR;
         const int summed = g->asum && jc == 0;
         for (long pc = 0; pc < g->K; pc += SM_GEMM_KC) {
-            const long kc = min_l(SM_GEMM_KC, g->K - pc), kp = (kc + 1) / 2;
+            const long kc = min_l(SM_GEMM_KC, g->K - pc), kp = bf16_pairs(t, kc);
             const int first = pc == 0, last = pc + SM_GEMM_KC >= g->K;
-            pack_b_bf16(g, bp, jc, nc, pc, kc);
+            pack_b_bf16(g, bp, jc, nc, pc, kc, kp);
             for (long ib = i0; ib < i1; ib += SM_GEMM_MC) {
                 long ie = min_l(ib + SM_GEMM_MC, i1);
                 if (summed) memset(sums, 0, sizeof sums);
-                pack_a_bf16(g, ap, mr, ib, ie, pc, kc, summed ? sums : NULL);
+                pack_a_bf16(g, ap, mr, t->bf16_a_rows, ib, ie, pc, kc, kp, summed ? sums : NULL);
                 if (summed)
                     for (long i = ib; i < ie; i++) g->asum[i] += g->alpha * sums[i - ib];
                 for (long q = 0; q < npanels; q++) {
@@ -220,6 +233,7 @@ static void run_part_bf16(Job *job, long i0, long i1, long j0, long j1)
             }
         }
     }
+    if (t->bf16_end) t->bf16_end();
 }
 
 /* B's packing buffer holds at least `need` floats (or words): 0, or -1 without memory */

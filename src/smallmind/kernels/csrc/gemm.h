@@ -52,6 +52,9 @@ typedef struct {
      * BF16 values of k = 2p, 2p+1, the first in the low half), the panel bp NR words a pair */
     void (*tile_bf16)(const GemmArgs *g, const uint32_t *ap, const uint32_t *bp, long i, long j, long kp, long mr,
                       long nr, int first, int last);
+    int bf16_kpad;    /* the BF16 packs' pairs padded with zeros to a multiple of this (AMX: 16) */
+    int bf16_a_rows;  /* 1: A's BF16 panel row by row (row r's pair p at r*kp + p: AMX's A tile) */
+    void (*bf16_begin)(void), (*bf16_end)(void);  /* around a thread's BF16 part, or NULL */
 } GemmTable;
 
 extern const GemmTable sm_gtable_generic;
@@ -60,6 +63,8 @@ extern const GemmTable sm_gtable_avx2;
 extern const GemmTable sm_gtable_avx512;
 extern const GemmTable sm_gtable_avx512bf16;      /* and the AVX512-BF16 tile */
 extern const GemmTable sm_gtable_avx512_emulated;  /* tests only: both AVX-512 tiles on AVX2 */
+extern const GemmTable sm_gtable_amx;             /* the AVX-512 tiles, BF16 products on AMX */
+extern const GemmTable sm_gtable_amx_emulated;    /* tests only: that build on AVX2 */
 #endif
 
 /* C as described by g, on the native pool (call without the GIL): 0, or -1 when the packing buffer cannot be allocated */

@@ -1,7 +1,8 @@
 /* GEMM micro-kernel and fused store, compiled once per ISA: the including file sets
  * `#pragma GCC target` and defines SM_GSUFFIX, and SM_GEMM_AVX2 for the AVX2 intrinsics
  * build or SM_GEMM_V16 for the 16-float-vector one (AVX-512, and its emulation on AVX2),
- * with SM_GEMM_BF16 for its BF16 tile (SM_GEMM_BF16_EMULATED: dpbf16ps in plain vector code). */
+ * with SM_GEMM_BF16 for its BF16 tile (SM_GEMM_BF16_EMULATED: dpbf16ps in plain vector code),
+ * on AMX tiles with SM_GEMM_AMX (amx.h; SM_AMX_EMULATED: in C). */
 #include <stdint.h>
 #include <string.h>
 #include "gemm.h"
@@ -15,6 +16,8 @@
 #if defined(SM_GEMM_AVX2)
 #include <immintrin.h>
 #define SM_GMR 6
+#elif defined(SM_GEMM_V16) && defined(SM_GEMM_AMX)
+#define SM_GMR 16 /* an AMX tile's rows */
 #elif defined(SM_GEMM_V16)
 #define SM_GMR 12
 #else
@@ -203,7 +206,7 @@ static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, con
         for (long k = 0; k < kc; k++) {
             const v16f b = *(const v16f *)(bp + k * NR);
             const float *ak = a + k * SM_GMR;
-#pragma GCC unroll 12
+#pragma GCC unroll 16
             for (int r = 0; r < SM_GMR; r++) c[r] += ak[r] * b;
         }
     } else {
@@ -212,14 +215,46 @@ static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, con
         for (long k = 0; k < kc; k++) {
             const v16f b = *(const v16f *)(bp + k * NR);
             const float *ak = a + k * acs;
-#pragma GCC unroll 12
+#pragma GCC unroll 16
             for (int r = 0; r < SM_GMR; r++) c[r] += ak[off[r]] * b;
         }
     }
     GFN(store16)(g, c, i, j, mr, nr, first, last);
 }
 
-#ifdef SM_GEMM_BF16
+#if defined(SM_GEMM_BF16) && defined(SM_GEMM_AMX)
+/* 16 x 16 BF16 tile on AMX: A's panel row by row (16 rows of kp pairs, kp a multiple of 16)
+ * and B's panel (kp rows of 16 pairs, the VNNI layout a B tile wants) go through tiles of 16
+ * pairs each; C stays in its tile until the end, then takes the fused store */
+#include "amx.h"
+
+static void GFN(bf16_begin)(void)
+{
+    AmxConfig c;
+    amx_setup(&c, 16, 64);
+}
+
+static void GFN(bf16_end)(void) { amx_release(); }
+
+static void GFN(tile_bf16)(const GemmArgs *g, const uint32_t *ap, const uint32_t *bp, long i, long j, long kp,
+                           long mr, long nr, int first, int last)
+{
+    float acc[SM_GMR * NR] __attribute__((aligned(64)));
+    amx_zero_c();
+    for (long p = 0; p < kp; p += 16) {
+        amx_load(1, ap + p, kp * 4);
+        amx_load(2, bp + p * NR, 64);
+        amx_dot_bf16();
+    }
+    amx_store_c(acc, 64);
+    GFN(store)(g, acc, i, j, mr, nr, first, last);
+}
+#define SM_GTILE_BF16 GFN(tile_bf16)
+#define SM_GBF16_KPAD 16
+#define SM_GBF16_A_ROWS 1
+#define SM_GBF16_BEGIN GFN(bf16_begin)
+#define SM_GBF16_END GFN(bf16_end)
+#elif defined(SM_GEMM_BF16)
 /* 12 x 16 BF16 tile: per k pair one panel load and twelve dpbf16ps, each adding two
  * products a lane (the pair's second, then its first, as the instruction does) */
 typedef uint32_t v16u __attribute__((vector_size(64)));
@@ -252,7 +287,7 @@ static void GFN(tile_bf16)(const GemmArgs *g, const uint32_t *ap, const uint32_t
     for (long p = 0; p < kp; p++) {
         const v16u b = *(const v16u *)(bp + p * NR);
         const uint32_t *a = ap + p * SM_GMR;
-#pragma GCC unroll 12
+#pragma GCC unroll 16
         for (int r = 0; r < SM_GMR; r++) dpbf16(&c[r], a[r], &b);
     }
     GFN(store16)(g, c, i, j, mr, nr, first, last);
@@ -296,10 +331,20 @@ static void GFN(round_bf16)(const float *x, float *out, long n)
 #ifndef SM_GTILE_BF16
 #define SM_GTILE_BF16 NULL
 #endif
+#ifndef SM_GBF16_KPAD
+#define SM_GBF16_KPAD 1
+#define SM_GBF16_A_ROWS 0
+#define SM_GBF16_BEGIN NULL
+#define SM_GBF16_END NULL
+#endif
 const GemmTable SM_GCAT(sm_gtable, SM_GSUFFIX) = {
     .name = SM_GISA_NAME,
     .mr = SM_GMR,
     .tile = GFN(tile),
     .round_bf16 = GFN(round_bf16),
     .tile_bf16 = SM_GTILE_BF16,
+    .bf16_kpad = SM_GBF16_KPAD,
+    .bf16_a_rows = SM_GBF16_A_ROWS,
+    .bf16_begin = SM_GBF16_BEGIN,
+    .bf16_end = SM_GBF16_END,
 };

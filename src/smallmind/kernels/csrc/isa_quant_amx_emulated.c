@@ -8,7 +8,7 @@
 #define SM_QUANT_VNNI 1
 #define SM_QUANT_VNNI_EMULATED 1
 #define SM_QUANT_AMX 1
-#define SM_QUANT_AMX_EMULATED 1
+#define SM_AMX_EMULATED 1
 #define SM_QSUFFIX amx_emulated
 #define SM_QISA_NAME "amx-emulated"
 #include "quant_impl.h"

@@ -1893,11 +1893,12 @@ static const TrainAttnTable *tatable_for(const KernelTable *t)
     return &sm_tatable_generic;
 }
 
-static int avx512_bf16_usable(void);
+static int avx512_bf16_usable(void), amx_bf16_usable(void);
 
 static const GemmTable *gtable_for(const KernelTable *t)
 {
 #ifdef SM_HAVE_X86
+    if (t == &sm_table_avx512 && avx512_bf16_usable() && amx_bf16_usable()) return &sm_gtable_amx;
     if (t == &sm_table_avx512) return avx512_bf16_usable() ? &sm_gtable_avx512bf16 : &sm_gtable_avx512;
     if (t != &sm_table_generic) return &sm_gtable_avx2;
 #endif
@@ -1906,8 +1907,9 @@ static const GemmTable *gtable_for(const KernelTable *t)
 }
 
 /* a GEMM micro-kernel build by name, if this CPU runs it: "best" (the float kernels'
- * choice), "avx512bf16" (with the BF16 tile), "avx512", "avx2", "generic", or
- * "avx512-emulated" (both AVX-512 tiles on AVX2, for the tests) */
+ * choice), "amx" (BF16 products on AMX tiles), "avx512bf16" (with the AVX512-BF16 tile),
+ * "avx512", "avx2", "generic", or "avx512-emulated" and "amx-emulated" (those builds on AVX2,
+ * for the tests) */
 static const GemmTable *gtable_named(const char *name)
 {
     if (!strcmp(name, "best")) return gtable_for(K);
@@ -1918,6 +1920,8 @@ static const GemmTable *gtable_named(const char *name)
     if (!strcmp(name, "avx512-emulated")) return &sm_gtable_avx512_emulated;
     if (!strcmp(name, "avx512") && table_for("avx512")) return &sm_gtable_avx512;
     if (!strcmp(name, "avx512bf16") && table_for("avx512") && avx512_bf16_usable()) return &sm_gtable_avx512bf16;
+    if (!strcmp(name, "amx") && table_for("avx512") && avx512_bf16_usable() && amx_bf16_usable()) return &sm_gtable_amx;
+    if (!strcmp(name, "amx-emulated")) return &sm_gtable_amx_emulated;
 #endif
     return NULL;
 }
@@ -2057,15 +2061,19 @@ static void bf16_detect(int *avx512_bf16, int *amx_bf16)
 #endif
 }
 
-/* 1 where this process may run AVX512-BF16 instructions; asked once */
+/* 1 where this process may run AVX512-BF16 instructions, AMX-BF16 ones; asked once */
+static int bf16_known = -1, amx_bf16_known;
+
 static int avx512_bf16_usable(void)
 {
-    static int known = -1;
-    if (known < 0) {
-        int amx;
-        bf16_detect(&known, &amx);
-    }
-    return known;
+    if (bf16_known < 0) bf16_detect(&bf16_known, &amx_bf16_known);
+    return bf16_known;
+}
+
+static int amx_bf16_usable(void)
+{
+    avx512_bf16_usable();
+    return amx_bf16_known;
 }
 
 static PyObject *py_bf16_support(PyObject *self, PyObject *unused)
@@ -2145,7 +2153,8 @@ static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "the ISA whose kernels run"},
     {"quant_isa", py_quant_isa, METH_NOARGS, "the ISA whose quantized-weight kernels run"},
     {"select_gemm_isa", py_select_gemm_isa, METH_O,
-     "select_gemm_isa(name) -> name: 'avx512bf16', 'avx512', 'avx2', 'generic', 'avx512-emulated' or 'best'"},
+     "select_gemm_isa(name) -> name: 'amx', 'avx512bf16', 'avx512', 'avx2', 'generic', 'amx-emulated', "
+     "'avx512-emulated' or 'best'"},
     {"gemm_isa", py_gemm_isa, METH_NOARGS, "the ISA whose GEMM micro-kernel runs"},
     {"bf16_products", py_bf16_products, METH_O, "bf16_products(on) -> old: the native GEMM's products in BF16"},
     {"gemm_bf16_tile", py_gemm_bf16_tile, METH_NOARGS, "whether the selected GEMM build has a BF16 tile"},

@@ -12,10 +12,8 @@
  * offset and the scales with the twin's expressions in block order, one lane a weight row, so
  * the results are the twins' bits as on every other path.
  *
- * Tiles: 0 = C (rows x 64 bytes: 16 int32), 1 = A (rows x 32 bytes), 2 = B (8 x 64 bytes).
- * The real build uses the tile instructions, only where the OS saves the tile state and Linux
- * granted this process the tile data (module.c); SM_QUANT_AMX_EMULATED replaces them by plain
- * C with the instructions' exact integer semantics so the tests check this code everywhere. */
+ * Tiles (amx.h): 0 = C (rows x 64 bytes: 16 int32), 1 = A (rows x 32 bytes), 2 = B (8 x 64
+ * bytes); the emulated build (SM_AMX_EMULATED) runs their exact integer semantics in C. */
 
 #define SM_AMX_MIN_T 16 /* activation rows from which a product runs on the tiles */
 
@@ -23,81 +21,7 @@
  * AVX-512 (the emulated build) GCC warns of an ABI that never applies to them */
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} AmxConfig;
-
-#ifdef SM_QUANT_AMX_EMULATED
-static __thread struct { int rows, colsb; int8_t d[16][64]; } amx_emu[3];
-
-static inline void amx_config(const AmxConfig *c)
-{
-    for (int i = 0; i < 3; i++) {
-        amx_emu[i].rows = c->rows[i];
-        amx_emu[i].colsb = c->colsb[i];
-    }
-}
-static inline void amx_load(int t, const void *p, long stride)
-{
-    for (int r = 0; r < amx_emu[t].rows; r++) memcpy(amx_emu[t].d[r], (const uint8_t *)p + r * stride, (size_t)amx_emu[t].colsb);
-}
-static inline void amx_zero_c(void) { memset(amx_emu[0].d, 0, sizeof amx_emu[0].d); }
-static inline void amx_store_c(void *p, long stride)
-{
-    for (int r = 0; r < amx_emu[0].rows; r++) memcpy((uint8_t *)p + r * stride, amx_emu[0].d[r], (size_t)amx_emu[0].colsb);
-}
-/* C[m][n] += sum over k, i of A[m][4k+i] (signed) * B[k][4n+i] (signed or unsigned), int32 wrapping */
-static inline void amx_dot(int b_signed)
-{
-    for (int m = 0; m < amx_emu[1].rows; m++)
-        for (int n = 0; n < amx_emu[2].colsb / 4; n++) {
-            int32_t c;
-            memcpy(&c, &amx_emu[0].d[m][4 * n], 4);
-            uint32_t s = (uint32_t)c;
-            for (int k = 0; k < amx_emu[1].colsb / 4; k++)
-                for (int i = 0; i < 4; i++) {
-                    int av = amx_emu[1].d[m][4 * k + i], bv = amx_emu[2].d[k][4 * n + i];
-                    s += (uint32_t)(av * (b_signed ? bv : (int)(uint8_t)bv));
-                }
-            c = (int32_t)s;
-            memcpy(&amx_emu[0].d[m][4 * n], &c, 4);
-        }
-}
-static inline void amx_release(void) {}
-#else
-/* the instructions by inline assembly (AT&T operand order): unlike the compiler's tile
- * intrinsics, the loads and the store tell the compiler that they read or write memory, so
- * no store to the panel or the activations is delayed past a tile load and no read of C
- * comes before its tile store */
-static inline void amx_config(const AmxConfig *c) { __asm__ volatile("ldtilecfg %0" ::"m"(*c)); }
-#define amx_load(t, p, stride) \
-    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void *)(p)), "r"((long)(stride)) : "memory")
-#define amx_zero_c() __asm__ volatile("tilezero %%tmm0" ::)
-#define amx_store_c(p, stride) \
-    __asm__ volatile("tilestored %%tmm0, (%0,%1,1)" ::"r"((void *)(p)), "r"((long)(stride)) : "memory")
-#define amx_dot(b_signed)                                              \
-    do {                                                               \
-        if (b_signed) __asm__ volatile("tdpbssd %%tmm2, %%tmm1, %%tmm0" ::); \
-        else __asm__ volatile("tdpbsud %%tmm2, %%tmm1, %%tmm0" ::);          \
-    } while (0)
-#define amx_release() __asm__ volatile("tilerelease" ::)
-#endif
-
-/* tiles for tn activation rows and blocks of kb values (32, or Q6_K's 16) */
-static inline void amx_setup(AmxConfig *c, int tn, int kb)
-{
-    memset(c, 0, sizeof *c);
-    c->palette = 1;
-    c->rows[0] = (uint8_t)tn;
-    c->colsb[0] = 64;
-    c->rows[1] = (uint8_t)tn;
-    c->colsb[1] = (uint16_t)kb;
-    c->rows[2] = (uint8_t)(kb / 4);
-    c->colsb[2] = 64;
-    amx_config(c);
-}
+#include "amx.h"
 
 /* sixteen float or int32 lanes, one a weight row (GCC vector extensions: zmm code in the AMX
  * build, two ymm halves in the emulated one; each operation rounds as the scalar one does) */

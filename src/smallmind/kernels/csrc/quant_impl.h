@@ -2,7 +2,7 @@
  * `#pragma GCC target`, SM_QSUFFIX, and SM_QUANT_AVX2 for the AVX2 build, which
  * SM_QUANT_VNNI turns into the AVX-512 VNNI one (and SM_QUANT_VNNI_EMULATED into that one's
  * AVX2 stand-in for the tests); SM_QUANT_AMX adds the AMX-INT8 many-row products
- * (quant_amx_impl.h; SM_QUANT_AMX_EMULATED, their stand-in).
+ * (quant_amx_impl.h, on the tiles of amx.h; SM_AMX_EMULATED, their stand-in).
  *
  * A product walks its output features; for each weight row and each tile of up to
  * SM_QTILE activation rows it unpacks every weight block once and takes its integer dot
