@@ -32,52 +32,39 @@ pool_stalls = _native.pool_stalls   # tests: widen the thread pool's race window
 
 
 
+def _runnable(names, current, select) -> list[str]:
+    # the names `select` accepts on this CPU, in order; `current` selected again after
+    found = []
+    for name in names:
+        try:
+            select(name)
+            found.append(name)
+        except ValueError:
+            pass
+    select(current)
+    return found
+
+
 def supported_isas() -> list[str]:
     """The ISAs (kernels.ISAS) this CPU runs, best first; the selection in force is kept."""
     from . import ISAS
 
-    current = isa()
-    found = []
-    for name in ISAS:
-        try:
-            select_isa(name)
-            found.append(name)
-        except ValueError:
-            pass
-    select_isa(current)
-    return found
+    return _runnable(ISAS, isa(), select_isa)
 
 
 def supported_gemm_isas() -> list[str]:
     """The GEMM micro-kernel builds (GEMM_ISAS) this CPU runs; the selection in force is kept.
     "avx512-emulated" and "amx-emulated" are those builds' tiles on AVX2 register pairs and in
     C, for the tests."""
-    current = gemm_isa()
-    found = []
-    for name in GEMM_ISAS:
-        try:
-            select_gemm_isa(name)
-            found.append(name)
-        except ValueError:
-            pass
-    select_gemm_isa(current)
-    return found
+    return _runnable(GEMM_ISAS, gemm_isa(), select_gemm_isa)
 
 
 def supported_quant_isas() -> list[str]:
     """The quantized-kernel builds (QUANT_ISAS) this CPU runs; the selection in force is kept.
-    "avx512vnni-emulated" is the VNNI kernels with AVX2 stand-ins for their instructions: the
-    tests run it so that those kernels' logic is checked on CPUs without VNNI."""
-    current = quant_isa()
-    found = []
-    for name in QUANT_ISAS:
-        try:
-            select_quant_isa(name)
-            found.append(name)
-        except ValueError:
-            pass
-    select_quant_isa(current)
-    return found
+    "avx512vnni-emulated" and "amx-emulated" are the VNNI and AMX kernels with exact stand-ins
+    for their instructions: the tests run them so that those kernels' logic is checked on CPUs
+    without VNNI or AMX."""
+    return _runnable(QUANT_ISAS, quant_isa(), select_quant_isa)
 
 
 _linear = _native.linear
