@@ -22,7 +22,6 @@ Q4_1) from their packages.
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from side_by_side import settle
+from side_by_side import cpu_model, settle
 
 TASKS = ("decode@128", "decode@2000", "prefill128", "prefill512")
 CTX = 2100
@@ -159,16 +158,6 @@ class Worker:
     def close(self):
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def default_models() -> list[Path]:
