@@ -1476,6 +1476,19 @@ def test_bf16_products_are_float32_sums_of_the_bf16_rounded_inputs(bf16_gemm, rn
         assert np.abs(pre - expect).max() > 1e-3
 
 
+def test_bf16_products_nest_and_restore_the_setting_on_an_error():
+    assert native.bf16_products(False) is False  # off by default
+    with kernels.bf16_products():
+        assert native.bf16_products(True) is True
+        with kernels.bf16_products(False):
+            assert native.bf16_products(False) is False
+        assert native.bf16_products(True) is True
+        with pytest.raises(ZeroDivisionError), kernels.bf16_products(False):
+            1 / 0
+        assert native.bf16_products(True) is True
+    assert native.bf16_products(False) is False
+
+
 def test_bf16_products_change_nothing_on_a_gemm_without_a_bf16_tile(isa, rng):
     if native.gemm_bf16_tile():
         pytest.skip("this ISA's GEMM has a BF16 tile")
