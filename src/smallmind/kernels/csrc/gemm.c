@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "pool.h"
+#include "sm_math.h"
 
 #define NR SM_GEMM_NR
 
@@ -134,16 +135,11 @@ typedef struct {
 
 /* ---- BF16 products: A and B packed as pairs of BF16 values along k, one 32-bit word a pair */
 
-/* x -> its nearest BF16 (ties to even; NaN stays a quiet NaN), as the hardware conversion */
-static inline uint32_t bf16_of(float x)
+/* the nearest BF16s of lo and hi in one word, lo's in the low half */
+static inline uint32_t bf16_pair(float lo, float hi)
 {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if (x != x) return (u >> 16) | 0x40u;
-    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    return sm_bf16_round_bits(lo) >> 16 | sm_bf16_round_bits(hi);
 }
-
-static inline uint32_t bf16_pair(float lo, float hi) { return bf16_of(lo) | bf16_of(hi) << 16; }
 
 /* pairs of a block of kc: (kc + 1) / 2, padded to the table's multiple */
 static long bf16_pairs(const GemmTable *t, long kc)

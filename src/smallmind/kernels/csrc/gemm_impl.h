@@ -316,16 +316,11 @@ static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, con
 }
 #endif
 
-/* x, out (n,): round to the nearest BF16 (ties to even), kept as float32 with the low 16 bits
- * zero; NaN stays NaN (quietened) and overflow rounds to inf, as hardware conversion does */
+/* x, out (n,): each value's nearest BF16 kept as float32 (sm_bf16_round_bits) */
 static void GFN(round_bf16)(const float *x, float *out, long n)
 {
 #pragma omp simd
-    for (long i = 0; i < n; i++) {
-        uint32_t u = sm_float_bits(x[i]);
-        uint32_t r = x[i] != x[i] ? (u | 0x00400000u) : u + 0x7FFFu + ((u >> 16) & 1u);
-        out[i] = sm_bits_to_float(r & 0xFFFF0000u);
-    }
+    for (long i = 0; i < n; i++) out[i] = sm_bits_to_float(sm_bf16_round_bits(x[i]));
 }
 
 #ifndef SM_GTILE_BF16

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "quant.h"
+#include "sm_math.h"
 
 static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
@@ -101,11 +102,7 @@ void sm_quantize_row(int qtype, const float *x, uint8_t *dst, long K)
     }
     case SM_BF16: {
         float *o = (float *)dst;
-        for (long i = 0; i < K; i++) {
-            uint32_t u = f2u(x[i]);
-            o[i] = x[i] != x[i] ? u2f((u & 0xFFFF0000u) | 0x00400000u)
-                                : u2f((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u);
-        }
+        for (long i = 0; i < K; i++) o[i] = u2f(sm_bf16_round_bits(x[i]));
         return;
     }
     case SM_Q4_1: case SM_Q5_1: {

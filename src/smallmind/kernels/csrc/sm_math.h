@@ -9,6 +9,14 @@
 static inline float sm_bits_to_float(uint32_t i) { float f; memcpy(&f, &i, 4); return f; }
 static inline uint32_t sm_float_bits(float f) { uint32_t i; memcpy(&i, &f, 4); return i; }
 
+/* x -> the float32 bits of its nearest BF16 (ties to even), the low 16 bits zero; NaN stays
+ * NaN (quietened) and overflow rounds to inf, as the hardware conversion does */
+static inline uint32_t sm_bf16_round_bits(float x)
+{
+    uint32_t u = sm_float_bits(x);
+    return (x != x ? (u | 0x00400000u) : u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+}
+
 /* exp with about 1 ulp error (Cephes expf polynomial). Range reduction x = n ln2 + r with
  * round-to-nearest through the 1.5*2^23 trick, reading n from the float's low bits (no libm
  * call and no float-to-int conversion, so loops stay vectorized and NaN is well defined);
