@@ -12,7 +12,8 @@ from gguf_tiny import write_tiny
 from model_files import gemma3_path, smollm2_path
 
 from smallmind.errors import GGUFError, SmallMindError
-from smallmind.formats.gguf import GGML_TYPES, GGUFFile
+from smallmind import memory
+from smallmind.formats.gguf import GGML_TYPES, HUGE_PAGE, GGUFFile
 from smallmind.formats.string_array import StringArray
 from smallmind.kernels import QTensor
 from smallmind.models import family
@@ -139,6 +140,53 @@ def test_tensors_handed_out_outlive_close_and_new_reads_are_refused(sample):
     np.testing.assert_array_equal(mat, arrays["mat"])  # the map lives while a view does
     with pytest.raises(GGUFError, match="closed"):
         f.tensor("mat")
+
+
+def test_read_into_memory_gives_the_same_tensors_from_an_aligned_read_only_copy(sample):
+    path, arrays, _ = sample
+    with GGUFFile(path) as mapped, GGUFFile(path) as f:
+        assert not f.in_memory
+        f.read_into_memory()
+        f.read_into_memory()  # a second call keeps the copy
+        assert f.in_memory and not mapped.in_memory
+        assert f.data_bytes == path.stat().st_size - f._data_start
+        names = [t.name for t in f.tensor_infos]
+        first = min(f.tensor_infos, key=lambda t: t.offset)
+        for name in names:
+            ours, theirs = f.tensor(name), mapped.tensor(name)
+            a, b = (ours.data, theirs.data) if isinstance(ours, QTensor) else (ours, theirs)
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == b.dtype and a.shape == b.shape
+            if isinstance(ours, QTensor) or ours.ndim == 2 or name == "vec":
+                assert not a.flags.writeable
+        # the data section starts on a 2 MiB boundary (huge pages), so every tensor keeps the
+        # file's alignment in memory too
+        start = f.tensor(first.name)
+        start = start.data if isinstance(start, QTensor) else start
+        assert start.ctypes.data % HUGE_PAGE == first.offset % HUGE_PAGE
+        kept = f.tensor("mat")
+    np.testing.assert_array_equal(kept, arrays["mat"])  # the copy lives while a view does
+    with pytest.raises(GGUFError, match="closed"):
+        f.read_into_memory()
+
+
+def test_read_into_memory_refuses_a_file_that_shrank_after_it_was_opened(sample, tmp_path):
+    path = tmp_path / "shrinking.gguf"
+    path.write_bytes(sample[0].read_bytes())
+    with GGUFFile(path) as f:
+        with open(path, "r+b") as fh:
+            fh.truncate(path.stat().st_size - 10)
+        with pytest.raises(GGUFError, match="ended 10 bytes before the end of its tensors"):
+            f.read_into_memory()
+        assert not f.in_memory
+
+
+def test_read_into_memory_refuses_more_than_the_memory_available(sample, monkeypatch):
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 20)
+    with GGUFFile(sample[0]) as f:
+        with pytest.raises(SmallMindError, match="into memory would need .* load it mapped instead"):
+            f.read_into_memory()
+        assert not f.in_memory and f.tensor("mat").shape == (3, 32)
 
 
 def test_string_arrays_come_back_as_one_blob(sample):

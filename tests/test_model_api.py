@@ -136,3 +136,34 @@ def test_inspect_describes_a_checkpoint_as_json(checkpoint_dir, capsys):
 def test_inspect_of_a_missing_file_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nope.gguf")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_gguf_models_weights_are_read_into_memory_unless_mapping_is_asked_for():
+    from model_files import smollm2_path
+
+    path = smollm2_path()
+    read, mapped = smallmind.load(path), smallmind.load(path, mmap=True)
+    assert read.source.in_memory and not mapped.source.in_memory
+    emb = read.net.token_embd
+    assert not emb.data.flags.writeable
+    ids = read.tokenize("The weights are read once", add_bos=True)
+    np.testing.assert_array_equal(read.logits(ids), mapped.logits(ids))
+    with pytest.raises(SmallMindError, match="mmap must be True, False or None"):
+        smallmind.load(path, mmap="no")
+
+
+def test_weights_go_into_memory_when_they_take_at_most_half_of_what_is_available(monkeypatch):
+    from smallmind import memory
+    from smallmind.runtime import model as model_module
+
+    monkeypatch.setattr(model_module, "available_bytes", lambda: 1000)
+    assert model_module.weights_in_memory(500) and not model_module.weights_in_memory(501)
+    assert model_module.weights_in_memory(10**9, mmap=False) and not model_module.weights_in_memory(1, mmap=True)
+    monkeypatch.setattr(model_module, "available_bytes", lambda: None)
+    assert model_module.weights_in_memory(10**12)
+    # asked for in memory and not fitting: one clear error, nothing half-loaded
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 20)
+    from model_files import smollm2_path
+
+    with pytest.raises(SmallMindError, match="load it mapped instead"):
+        smallmind.load(smollm2_path(), mmap=False)

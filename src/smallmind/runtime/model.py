@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import ContextLengthError, SmallMindError
-from ..memory import map_large_allocations
+from ..memory import available_bytes, map_large_allocations
 from ..scope import scope
 from .generate import stop_strings, stream_text
 from .sampler import Sampler
@@ -187,14 +187,30 @@ class ChatSession:
         self.messages.append({"role": "assistant", "content": "".join(reply)})
 
 
-def load(path=None) -> Model:
+def load(path=None, *, mmap: bool | None = None) -> Model:
     """Open a GGUF file or a SmallMind checkpoint directory (a training run's out directory
-    loads its best checkpoint). Without a path: the default model (Gemma 3 270M)."""
+    loads its best checkpoint). Without a path: the default model (Gemma 3 270M).
+
+    A GGUF file's weights are read into memory the process owns, on huge pages where the OS
+    gives them, when they take at most half the memory available (decode is faster so: see
+    formats.gguf); otherwise they are used in place from the file's read-only map. mmap=True
+    always maps them, mmap=False always reads them (refused if they do not fit)."""
+    if mmap is not None and not isinstance(mmap, bool):
+        raise SmallMindError(f"mmap must be True, False or None, not {mmap!r}")
     if path is None:
         path = default_model_path()
     p = Path(path)
     map_large_allocations()
-    return _from_checkpoint(p) if model_kind(p) == "checkpoint" else _from_gguf(p)
+    return _from_checkpoint(p) if model_kind(p) == "checkpoint" else _from_gguf(p, mmap)
+
+
+def weights_in_memory(nbytes: int, mmap: bool | None = None) -> bool:
+    """Whether load reads a GGUF file's `nbytes` of tensors into memory (else it maps them): as asked,
+    or, when mmap is None, when they take at most half the memory available."""
+    if mmap is not None:
+        return not mmap
+    room = available_bytes()
+    return room is None or nbytes <= room // 2
 
 
 def model_kind(path) -> str:
@@ -217,7 +233,7 @@ def model_kind(path) -> str:
     return "gguf"
 
 
-def _from_gguf(path: Path) -> Model:
+def _from_gguf(path: Path, mmap: bool | None) -> Model:
     from ..formats.chat_template import ChatTemplate
     from ..formats.gguf import GGUFFile
     from ..formats.gguf_tokenizer import tokenizer_from_gguf
@@ -225,9 +241,13 @@ def _from_gguf(path: Path) -> Model:
 
     f = GGUFFile(path)
     arch = f.architecture
-    net = family(arch).from_gguf(f)
     tokenizer = tokenizer_from_gguf(f.metadata)
     template = ChatTemplate.from_gguf(f.metadata, arch)
+    # the weights are read after the tokenizer, whose construction's temporaries would otherwise
+    # come on top of them in the peak resident memory
+    if weights_in_memory(f.data_bytes, mmap):
+        f.read_into_memory()
+    net = family(arch).from_gguf(f)
     name = f.get("general.name", None) or path.stem
     return Model(net, tokenizer, name=str(name), path=str(path), kind="gguf", architecture=arch,
                  chat_template=template, source=f)
