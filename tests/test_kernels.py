@@ -221,8 +221,9 @@ def test_attention_refuses_caches_of_different_dtypes(rng):
         native.attention(q, k.astype(np.float64), k.astype(np.float64), 0, np.empty((1, 1, 4), np.float32), 1.0, 0)
 
 
-def test_kv_cache_store_rounds_to_nearest_even_half(rng):
-    # ties, subnormals, the largest half and overflow, infinities, NaN: as numpy's astype
+def test_kv_cache_store_rounds_to_nearest_even_half(isa, rng):
+    # ties, subnormals, the largest half and overflow, infinities, NaN: as numpy's astype, on
+    # every kernel path (the vector conversion and its scalar tail: 32 values a head plus 5)
     tiny = 2.0 ** -24
     special = np.array([1 + 2 ** -11, 1 + 3 * 2 ** -11, 65504, 65519.99, 65520, 1e6, -1e6, np.inf, -np.inf, 0.0,
                         -0.0, tiny, tiny / 2, tiny * 0.5001, tiny * 1.5, tiny * 2.5, 2 ** -14 * (1 - 2 ** -11),
@@ -241,6 +242,22 @@ def test_kv_cache_store_rounds_to_nearest_even_half(rng):
     twin = [np.zeros((2, 20, 32), np.float16) for _ in range(2)]
     ref.kv_cache_store(k, -k, *twin, 3)
     np.testing.assert_array_equal(twin[0][:, 3:19].view(np.uint16)[~nan], expect.view(np.uint16)[~nan])
+    # the batched store, a head dim with a scalar tail: each row into its own cache at its position
+    rows = np.concatenate([special, special[::-1]])[:37].reshape(1, 1, 37).repeat(3, axis=0)
+    rows[1] *= -3.0
+    rows[2] /= 7.0
+    k_caches = [np.zeros((2, 1, 9, 37), np.float16) for _ in range(3)]
+    v_caches = [np.zeros((2, 1, 9, 37), np.float16) for _ in range(3)]
+    native.kv_cache_store_rows(rows, -rows, k_caches, v_caches, 1, np.array([0, 8, 4]))
+    with np.errstate(over="ignore"):
+        want = rows.astype(np.float16)
+    for b, p in enumerate((0, 8, 4)):
+        for got, sign in ((k_caches[b], 1), (v_caches[b], -1)):
+            w = (sign * want[b, 0]).view(np.uint16)
+            ok = ~np.isnan(want[b, 0])
+            np.testing.assert_array_equal(got[1, 0, p].view(np.uint16)[ok], w[ok])
+            assert np.isnan(got[1, 0, p][~ok]).all()
+            assert np.count_nonzero(got.view(np.uint16)) == np.count_nonzero(got[1, 0, p].view(np.uint16))
 
 
 @pytest.mark.parametrize("T,Hkv,D,pos0", [(1, 3, 8, 0), (5, 2, 33, 7)])
@@ -572,7 +589,7 @@ def test_rope_rows_equals_rope_per_row_bit_for_bit(isa, rng, neox, pos_dtype, B,
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("B,Hkv,D", [(1, 1, 8), (3, 2, 33), (8, 1, 256)])
-def test_kv_cache_store_rows_equals_the_store_per_row(rng, dtype, B, Hkv, D):
+def test_kv_cache_store_rows_equals_the_store_per_row(isa, rng, dtype, B, Hkv, D):
     k, v = view(rng, (B, Hkv, D)), view(rng, (B, Hkv, D), pad=2)
     k_caches, v_caches = _rows_caches(rng, B, 3, Hkv, 20, D, dtype)
     positions = rng.permutation(20)[:B].astype(np.int64)

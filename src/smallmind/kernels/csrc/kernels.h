@@ -143,6 +143,7 @@ typedef struct {
     void (*cross_entropy_rows)(const XentArgs *, long r0, long r1);
     void (*adamw)(const AdamArgs *, long i0, long i1);
     void (*add_rows)(float *out, const float *a, const float *b, long n);  /* out = a + b (b may be NULL) */
+    void (*to_half)(const float *x, uint16_t *out, long n);  /* out = x rounded to IEEE half */
     /* sample_softmax in parts: max of scale * x; p = exp(scale * x - m) and its sum; the first
      * index whose running sum of p exceeds target (-1 when none does) */
     float (*scaled_max)(const float *x, long n, float scale);

@@ -919,6 +919,19 @@ static void FN(add_rows)(float *out, const float *a, const float *b, long n)
     }
 }
 
+/* out (n,) = x as IEEE half, rounded to nearest even: sm_f32_to_f16's bits, F16C's where the
+ * build has it (the KV cache store) */
+static void FN(to_half)(const float *x, uint16_t *out, long n)
+{
+    long j = 0;
+#if defined(__F16C__)
+    for (; j + 8 <= n; j += 8)
+        _mm_storeu_si128((__m128i *)(out + j),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + j), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    for (; j < n; j++) out[j] = sm_f32_to_f16(x[j]);
+}
+
 /* The parts of sample_softmax (module.c runs the first two over slices of the vocabulary on
  * the pool and combines them). */
 static float FN(scaled_max)(const float *x, long n, float scale)
@@ -976,6 +989,7 @@ const KernelTable SM_CAT(sm_table, SM_SUFFIX) = {
     .cross_entropy_rows = FN(cross_entropy_rows),
     .adamw = FN(adamw),
     .add_rows = FN(add_rows),
+    .to_half = FN(to_half),
     .scaled_max = FN(scaled_max),
     .shifted_exp = FN(shifted_exp),
     .running_sum_above = FN(running_sum_above),

@@ -623,11 +623,8 @@ static void kv_store_position(View *k, View *v, long t, View *kc, View *vc, long
         long ko = (c ? layer * kc->st[0] : 0) + h * kc->st[c] + p * kc->st[c + 1];
         long vo = (c ? layer * vc->st[0] : 0) + h * vc->st[c] + p * vc->st[c + 1];
         if (kc->type == NPY_FLOAT16) {
-            uint16_t *kd = (uint16_t *)kc->data + ko, *vd = (uint16_t *)vc->data + vo;
-            for (long d = 0; d < D; d++) {
-                kd[d] = sm_f32_to_f16(ks[d]);
-                vd[d] = sm_f32_to_f16(vs[d]);
-            }
+            K->to_half(ks, (uint16_t *)kc->data + ko, D);
+            K->to_half(vs, (uint16_t *)vc->data + vo, D);
         } else {
             memcpy(F(*kc) + ko, ks, D * 4);
             memcpy(F(*vc) + vo, vs, D * 4);
@@ -1428,6 +1425,7 @@ static PyObject *py_kv_cache_store_rows(PyObject *self, PyObject *const *args, P
     if (caches_sequences(seqs, args[2], args[3])) return NULL;
     View io[3] = {0};  /* k, v, positions */
     View *kv = NULL;
+    char **ext = NULL;
     long B = 0, layer = 0;
     int ok = 0;
     if (view_get(&io[0], args[0], "k", KIND_F32, 3, 0, 0) || view_get(&io[1], args[1], "v", KIND_F32, 3, 0, 0) ||
@@ -1438,16 +1436,27 @@ static PyObject *py_kv_cache_store_rows(PyObject *self, PyObject *const *args, P
     if (same_shape(&io[0], "k", &io[1], "v") || positions_ok(&io[2], B)) goto done;
     if (layer < 0) { fail("layer must be >= 0, got %ld", layer); goto done; }
     kv = PyMem_Calloc(2 * B + 1, sizeof(View));
-    if (!kv) { PyErr_NoMemory(); goto done; }
+    ext = PyMem_Calloc(4 * B + 2, sizeof(char *));
+    if (!kv || !ext) { PyErr_NoMemory(); goto done; }
     if (caches_get(kv, seqs, B, layer, &io[2], Hkv, D, 1)) goto done;
     static const char *const in_names[3] = {"k", "v", "positions"};
     char on[32], in[32];
+    /* each array's byte extent once (a cache's at ext[2i], ext[2i+1], k's, v's and positions'
+     * after them): the pairs below compare extents, and only overlapping ones are looked at */
+    char *ioext[6];
+    for (long i = 0; i < 2 * B; i++) extent(kv[i].arr, &ext[2 * i], &ext[2 * i + 1]);
+    for (int j = 0; j < 3; j++) extent(io[j].arr, &ioext[2 * j], &ioext[2 * j + 1]);
+#define SM_APART(alo, ahi, blo, bhi) ((alo) == (ahi) || (blo) == (bhi) || (ahi) <= (blo) || (bhi) <= (alo))
     for (long i = 0; i < 2 * B; i++) {
-        cache_name(on, i, B);
-        for (int j = 0; j < 3; j++)
+        char *alo = ext[2 * i], *ahi = ext[2 * i + 1];
+        for (int j = 0; j < 3; j++) {
+            if (SM_APART(alo, ahi, ioext[2 * j], ioext[2 * j + 1])) continue;
+            cache_name(on, i, B);
             if (no_overlap(&kv[i], on, &io[j], in_names[j], 0)) goto done;
+        }
         for (long j = i + 1; j < 2 * B; j++) {
-            if (extents_apart(kv[i].arr, kv[j].arr)) continue;  /* the usual case, without naming them */
+            if (SM_APART(alo, ahi, ext[2 * j], ext[2 * j + 1])) continue;  /* the usual case */
+            cache_name(on, i, B);
             cache_name(in, j, B);
             if (no_overlap(&kv[i], on, &kv[j], in, 1)) goto done;
             if (same_array(kv[i].arr, kv[j].arr) && token_at(&io[2], i % B) == token_at(&io[2], j % B)) {
@@ -1456,11 +1465,13 @@ static PyObject *py_kv_cache_store_rows(PyObject *self, PyObject *const *args, P
             }
         }
     }
+#undef SM_APART
     for (long b = 0; b < B; b++)
         kv_store_position(&io[0], &io[1], b, &kv[b], &kv[B + b], layer, token_at(&io[2], b), Hkv, D);
     ok = 1;
 done:
     caches_release(kv, 2 * B);
+    PyMem_Free(ext);
     Py_DECREF(seqs[0]);
     Py_DECREF(seqs[1]);
     return finish(io, 3, ok, Py_None);
