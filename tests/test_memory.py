@@ -49,3 +49,20 @@ def test_a_freed_large_array_goes_back_to_the_system():
     del freed
     assert rss_anon() - before < (4 << 20)
     assert kept.sum() == 1 << 20
+
+
+@pytest.mark.parametrize("text,mode", [("always [madvise] never\n", "madvise"), ("[always] madvise never\n", "always"),
+                                       ("always madvise [never]\n", "never"), ("garbled\n", None)])
+def test_transparent_huge_pages_reads_the_selected_mode(tmp_path, text, mode):
+    setting = tmp_path / "enabled"
+    setting.write_text(text)
+    assert memory.transparent_huge_pages(str(setting)) == mode
+    assert memory.transparent_huge_pages(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("mode,env,expect", [("always", "0", True), ("madvise", "1", True), ("madvise", "0", False),
+                                             ("never", "1", False), (None, "1", False)])
+def test_large_arrays_get_huge_pages_by_the_mode_and_numpys_advice(monkeypatch, mode, env, expect):
+    monkeypatch.setattr(memory, "transparent_huge_pages", lambda: mode)
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", env)
+    assert memory.huge_pages_for_large_arrays() is expect

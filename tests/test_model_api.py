@@ -142,7 +142,7 @@ def test_a_gguf_models_weights_are_read_into_memory_unless_mapping_is_asked_for(
     from model_files import smollm2_path
 
     path = smollm2_path()
-    read, mapped = smallmind.load(path), smallmind.load(path, mmap=True)
+    read, mapped = smallmind.load(path, mmap=False), smallmind.load(path, mmap=True)
     assert read.source.in_memory and not mapped.source.in_memory
     emb = read.net.token_embd
     assert not emb.data.flags.writeable
@@ -156,11 +156,15 @@ def test_weights_go_into_memory_when_they_take_at_most_half_of_what_is_available
     from smallmind import memory
     from smallmind.runtime import model as model_module
 
+    monkeypatch.setattr(model_module, "huge_pages_for_large_arrays", lambda: True)
     monkeypatch.setattr(model_module, "available_bytes", lambda: 1000)
     assert model_module.weights_in_memory(500) and not model_module.weights_in_memory(501)
     assert model_module.weights_in_memory(10**9, mmap=False) and not model_module.weights_in_memory(1, mmap=True)
     monkeypatch.setattr(model_module, "available_bytes", lambda: None)
     assert model_module.weights_in_memory(10**12)
+    # without huge pages for large arrays a copy gains nothing: the file stays mapped unless asked
+    monkeypatch.setattr(model_module, "huge_pages_for_large_arrays", lambda: False)
+    assert not model_module.weights_in_memory(500) and model_module.weights_in_memory(500, mmap=False)
     # asked for in memory and not fitting: one clear error, nothing half-loaded
     monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 20)
     from model_files import smollm2_path

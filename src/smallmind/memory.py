@@ -67,6 +67,28 @@ def format_bytes(n: float) -> str:
     return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
 
 
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def transparent_huge_pages(path: str = THP_SETTING) -> str | None:
+    """Linux's transparent huge page mode ("always", "madvise" or "never": the bracketed word
+    of `path`), or None where there is no such setting (another OS, or an old kernel)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None
+
+
+def huge_pages_for_large_arrays() -> bool:
+    """Whether NumPy's large arrays get huge pages here: THP "always", or "madvise" with NumPy's
+    advice left on (it advises buffers of 4 MiB and more unless NUMPY_MADVISE_HUGEPAGE=0)."""
+    mode = transparent_huge_pages()
+    return mode == "always" or (mode == "madvise" and os.environ.get("NUMPY_MADVISE_HUGEPAGE", "1") != "0")
+
+
 # glibc's mallopt parameter for the size from which an allocation gets its own mapping
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 128 * 1024

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import ContextLengthError, SmallMindError
-from ..memory import available_bytes, map_large_allocations
+from ..memory import available_bytes, huge_pages_for_large_arrays, map_large_allocations
 from ..scope import scope
 from .generate import stop_strings, stream_text
 from .sampler import Sampler
@@ -191,10 +191,11 @@ def load(path=None, *, mmap: bool | None = None) -> Model:
     """Open a GGUF file or a SmallMind checkpoint directory (a training run's out directory
     loads its best checkpoint). Without a path: the default model (Gemma 3 270M).
 
-    A GGUF file's weights are read into memory the process owns, on huge pages where the OS
-    gives them, when they take at most half the memory available (decode is faster so: see
-    formats.gguf); otherwise they are used in place from the file's read-only map. mmap=True
-    always maps them, mmap=False always reads them (refused if they do not fit)."""
+    A GGUF file's weights are read into memory the process owns, on huge pages, where the OS
+    gives large arrays huge pages and the weights take at most half the memory available
+    (decode is faster so: see formats.gguf); otherwise they are used in place from the file's
+    read-only map. mmap=True always maps them, mmap=False always reads them (refused if they do
+    not fit)."""
     if mmap is not None and not isinstance(mmap, bool):
         raise SmallMindError(f"mmap must be True, False or None, not {mmap!r}")
     if path is None:
@@ -206,9 +207,12 @@ def load(path=None, *, mmap: bool | None = None) -> Model:
 
 def weights_in_memory(nbytes: int, mmap: bool | None = None) -> bool:
     """Whether load reads a GGUF file's `nbytes` of tensors into memory (else it maps them): as asked,
-    or, when mmap is None, when they take at most half the memory available."""
+    or, when mmap is None, where large arrays get huge pages (a copy on small pages gains nothing
+    over the map) and the tensors take at most half the memory available."""
     if mmap is not None:
         return not mmap
+    if not huge_pages_for_large_arrays():
+        return False
     room = available_bytes()
     return room is None or nbytes <= room // 2
 
