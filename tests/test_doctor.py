@@ -54,3 +54,18 @@ def test_doctor_rejects_unknown_flags(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--bogus" in err
+
+
+@pytest.mark.parametrize("mode,huge", [("madvise", True), ("never", False), (None, False)])
+def test_doctor_says_whether_gguf_weights_get_huge_pages(capsys, monkeypatch, mode, huge):
+    from smallmind import memory
+
+    monkeypatch.setattr(memory, "transparent_huge_pages", lambda path=None: mode)
+    monkeypatch.setattr(memory, "huge_pages_for_large_arrays", lambda: huge)
+    assert main(["doctor"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("huge pages"))
+    assert (mode or "not Linux") in line
+    assert ("read into memory on 2 MiB pages" in line) is huge and ("stay mapped" in line) is not huge
+    assert main(["doctor", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["transparent_huge_pages"] == mode and info["gguf_weights_on_huge_pages"] is huge

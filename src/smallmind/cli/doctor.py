@@ -1,4 +1,5 @@
-"""`smallmind doctor`: what the kernels run on — CPU, features, kernel path, BLAS, threads."""
+"""`smallmind doctor`: what the kernels run on — CPU, features, kernel path, BLAS, threads, and
+whether GGUF weights get huge pages."""
 
 import json
 
@@ -11,8 +12,11 @@ def add_parser(sub):
 
 def run(args):
     from .. import kernels
+    from ..memory import huge_pages_for_large_arrays, transparent_huge_pages
 
-    info = kernels.get_info()
+    info = dict(kernels.get_info())
+    info["transparent_huge_pages"] = transparent_huge_pages()
+    info["gguf_weights_on_huge_pages"] = huge_pages_for_large_arrays()
     if args.json:
         print(json.dumps(info, sort_keys=True))
         return 0
@@ -37,6 +41,11 @@ def format_info(info: dict) -> str:
         ("gemm", f"{info['gemm_kernels']} (training's and prefill's float products)"),
         ("threads", f"{info['threads']} (native kernels and BLAS share this budget)"),
     ]
+    if "transparent_huge_pages" in info:
+        mode = info["transparent_huge_pages"] or "no setting (not Linux)"
+        rows.append(("huge pages", f"{mode}: GGUF weights " + (
+            "are read into memory on 2 MiB pages" if info["gguf_weights_on_huge_pages"]
+            else "stay mapped from the file")))
     for blas in info["blas"] or [{"name": "none found", "version": None, "threads": None}]:
         rows.append(("blas", f"{blas['name']} {blas['version'] or ''}".strip()
                      + (f", {blas['threads']} threads" if blas.get("threads") else "")))
