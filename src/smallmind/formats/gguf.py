@@ -2,15 +2,17 @@
 
 Weights are used in place: `tensor(name)` returns a float32 view (F32) or a QTensor over the
 mapped bytes (F16, BF16 and the block formats), so opening a model copies nothing but its
-metadata. After `read_into_memory()` the data section is instead read once into memory the process
-owns, aligned to 2 MiB and (on Linux, through NumPy) advised for transparent huge pages, and
-the tensors are views of that copy: a mapped file's 4 KiB pages stop the hardware prefetcher
+metadata. After `read_into_memory()` the data section is instead read once into memory the
+process owns, aligned to 2 MiB and (on Linux, through NumPy) advised for transparent huge pages,
+and the tensors are views of that copy: a mapped file's 4 KiB pages stop the hardware prefetcher
 at every page boundary and cost a TLB walk per page, which slows decode, whose products stream
 every weight once a token (in a diagnosis run on a 2-core AMD EPYC, the 178 MB output product of
 Gemma 3 270M took 9.5-9.8 ms from the map and 7.8-8.6 ms from such a copy). The copy takes the
-resident memory the mapped weights take once touched. gguf.GGUFReader is not used to open files: it builds a numpy array per string of
-the vocabulary (seconds and hundreds of MB for a 262k-token vocabulary); this parser keeps
-numeric arrays as numpy views and string arrays as StringArrays (one blob, not a str each).
+resident memory the mapped weights take once touched.
+
+gguf.GGUFReader is not used to open files: it builds a numpy array per string of the vocabulary
+(seconds and hundreds of MB for a 262k-token vocabulary); this parser keeps numeric arrays as
+numpy views and string arrays as StringArrays (one blob, not a str each).
 
 Everything read from the file is checked before it is used (counts and lengths against the
 bytes left, tensor extents inside the data section and disjoint, known types): a damaged
@@ -27,8 +29,8 @@ from enum import IntEnum
 import numpy as np
 
 from ..errors import GGUFError
-from ..memory import format_bytes, require
 from ..kernels.qtensor import QTYPES, QTensor
+from ..memory import format_bytes, require
 from .string_array import StringArray
 
 MAX_DIMS = 4  # GGML_MAX_DIMS
