@@ -90,3 +90,24 @@ def test_generate_with_absurd_threads_runs_on_the_usable_cpus(checkpoint_dir, da
 def test_the_kernels_refuse_more_threads_than_the_pool_holds():
     with pytest.raises(smallmind.SmallMindError, match=f"at most {kernels.MAX_THREADS}"):
         kernels.set_threads(kernels.MAX_THREADS + 1)
+
+
+@pytest.mark.parametrize("argv", [["generate", "hi"], ["chat"], ["serve"], ["perplexity"], ["bench", "decode"],
+                                  ["profile"]], ids=lambda a: a[0])
+def test_mmap_flag_reaches_load_and_its_absence_lets_load_decide(argv, tmp_path, monkeypatch, capsys):
+    from smallmind.errors import SmallMindError
+    from smallmind.runtime import model as model_module
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    asked = []
+
+    def fake_load(path=None, *, mmap=None):
+        asked.append(mmap)
+        raise SmallMindError("stopped after load was asked")
+
+    monkeypatch.setattr(model_module, "load", fake_load)
+    for flag, expect in ((["--mmap"], True), ([], None)):
+        assert main(argv + ["--model", str(model)] + flag) == 2
+        assert "stopped after load was asked" in capsys.readouterr().err
+        assert asked.pop() is expect

@@ -100,6 +100,19 @@ def _drop_stdout() -> None:
         pass
 
 
+MMAP_HELP = ("use a GGUF file's weights in place from its read-only memory map (shared with other "
+             "processes, nothing copied) instead of reading them into memory on huge pages")
+
+
+def add_mmap(p) -> None:
+    p.add_argument("--mmap", action="store_true", help=MMAP_HELP)
+
+
+def mmap_choice(args) -> bool | None:
+    """load()'s mmap argument for the --mmap flag: True when given, else None (load decides)."""
+    return True if getattr(args, "mmap", False) else None
+
+
 THREADS_HELP = ("thread budget for BLAS and native kernels (default: the CPUs this process may use; "
                 "more than that is reduced to it, with a note on stderr)")
 

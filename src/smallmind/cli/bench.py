@@ -2,7 +2,7 @@
 
 import json
 
-from . import THREADS_HELP, positive_int, thread_budget
+from . import THREADS_HELP, add_mmap, mmap_choice, positive_int, thread_budget
 
 
 def add_parser(sub):
@@ -20,6 +20,7 @@ def add_parser(sub):
     p.add_argument("--threads", type=positive_int, default=None, help=THREADS_HELP)
     p.add_argument("--repeats", type=positive_int, default=3, help="measured repetitions (median reported)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_mmap(p)
     p.set_defaults(run=run)
 
 
@@ -44,7 +45,7 @@ def run(args):
         from ..bench.inference import bench_decode, bench_prefill
         from ..runtime.model import load
 
-        model = load(args.model) if args.model is not None else None
+        model = load(args.model, mmap=mmap_choice(args)) if args.model is not None else None
         threads = thread_budget(args.threads, "bench")
         if args.what == "decode":
             result = bench_decode(name, threads=threads, repeats=args.repeats, model=model,

@@ -7,7 +7,7 @@ end-of-turn token. The KV cache stays between turns, so only the new turn is pre
 
 import sys
 
-from . import bounded_float, nonneg_int, positive_int
+from . import add_mmap, bounded_float, mmap_choice, nonneg_int, positive_int
 
 
 def add_parser(sub):
@@ -27,6 +27,7 @@ def add_parser(sub):
                    help="context (KV cache) size in tokens (default: the smaller of the model's and 4096)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="thread budget for BLAS and native kernels (default: all cores)")
+    add_mmap(p)
     p.set_defaults(run=run)
 
 
@@ -37,7 +38,8 @@ def run(args):
 
     if args.threads is not None:
         kernels.set_threads(args.threads)
-    model = load(args.model if args.model is not None else default_chat_model_path())
+    path = args.model if args.model is not None else default_chat_model_path()
+    model = load(path, mmap=mmap_choice(args))
     if args.ctx is not None and args.ctx > model.context_length:
         raise ContextLengthError(f"--ctx {args.ctx} exceeds the model's context of {model.context_length}")
     chat = ChatSession(model, args.ctx, system=args.system)

@@ -2,7 +2,7 @@
 
 import sys
 
-from . import THREADS_HELP, bounded_float, nonneg_int, positive_int, set_thread_budget
+from . import THREADS_HELP, add_mmap, bounded_float, mmap_choice, nonneg_int, positive_int, set_thread_budget
 
 DEFAULT_NEW_TOKENS = 100
 
@@ -29,6 +29,7 @@ def add_parser(sub):
     p.add_argument("--ctx", type=positive_int, default=None, metavar="N",
                    help="context (KV cache) size in tokens (default: the smaller of the model's and 4096)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N", help=THREADS_HELP)
+    add_mmap(p)
     p.set_defaults(run=run)
 
 
@@ -37,7 +38,7 @@ def run(args):
     from ..runtime.model import load
 
     set_thread_budget(args.threads, "generate")
-    model = load(args.model)
+    model = load(args.model, mmap=mmap_choice(args))
     ctx = args.ctx if args.ctx is not None else model.default_ctx
     if ctx > model.context_length:
         raise ContextLengthError(f"--ctx {ctx} exceeds the model's context of {model.context_length}")

@@ -6,7 +6,7 @@ standard-library source, the split `smallmind train` holds out of its default da
 import json
 import sys
 
-from . import positive_int
+from . import add_mmap, mmap_choice, positive_int
 
 DEFAULT_CTX = 512  # llama.cpp's perplexity default
 
@@ -23,6 +23,7 @@ def add_parser(sub):
                    help="evaluate at most N windows (default: all that fit the text)")
     p.add_argument("--threads", type=positive_int, help="thread budget for BLAS and native kernels")
     p.add_argument("--json", action="store_true", help="end with one JSON object (perplexity, tokens, ...)")
+    add_mmap(p)
     p.set_defaults(run=run)
 
 
@@ -69,7 +70,7 @@ def run(args):
 
     if args.threads is not None:
         kernels.set_threads(args.threads)
-    model = load(args.model)
+    model = load(args.model, mmap=mmap_choice(args))
     result = measure(model, held_out_text(args.data), args.ctx, args.chunks)
     if args.json:
         print(json.dumps(result.to_dict()))

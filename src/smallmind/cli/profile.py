@@ -4,7 +4,7 @@ profile.json and charts in --out, with a summary printed; or `--compare BEFORE.j
 from pathlib import Path
 
 from ..errors import SmallMindError
-from . import THREADS_HELP, nonneg_int, positive_int, set_thread_budget
+from . import THREADS_HELP, add_mmap, mmap_choice, nonneg_int, positive_int, set_thread_budget
 
 DEFAULT_PROMPT = "The quick brown fox jumps over the lazy dog. "
 
@@ -30,6 +30,7 @@ def add_parser(sub):
                    help="output directory (default ./profile); with --compare, a Markdown file")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
                    help="compare two profile.json files instead of profiling")
+    add_mmap(p)
     p.set_defaults(run=run)
 
 
@@ -56,7 +57,7 @@ def run(args):
                                  f"{model_path} is a model file, inference only")
         from ..runtime.model import load
 
-        model = load(model_path)
+        model = load(model_path, mmap=mmap_choice(args))
         net, tokenizer, architecture, path = model.net, model.tokenizer, model.architecture, model.path
         _check_fits(args, net.config)
         prompt_text = args.prompt

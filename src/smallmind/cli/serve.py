@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from . import positive_int
+from . import add_mmap, mmap_choice, positive_int
 
 DEFAULT_PARALLEL = 4
 SWITCH_INTERVAL = 0.0002   # seconds
@@ -36,6 +36,7 @@ def add_parser(sub):
                    help="seconds a request may take, waiting included (default: 600)")
     p.add_argument("--prefill-chunk", type=positive_int, default=None, metavar="N",
                    help="prompt tokens prefilled per engine step, so long prompts do not stall others (default: 64)")
+    add_mmap(p)
     p.set_defaults(run=run)
 
 
@@ -61,7 +62,7 @@ def run(args):
 
     if args.threads is not None:
         kernels.set_threads(args.threads)
-    model = load(args.model)
+    model = load(args.model, mmap=mmap_choice(args))
     options = {"parallel": args.parallel, "ctx": args.ctx}
     if args.queue_size is not None:
         options["queue_size"] = args.queue_size
