@@ -36,22 +36,24 @@ HALVES = {"Q4_0": [(0, -3, -1)], "Q5_0": [(0, -3, -1)], "Q8_0": [(0, -3, -1)],
           "Q4_K": [(0, -4, -2), (2, -4, -2)], "Q5_K": [(0, -4, -2), (2, -4, -2)], "Q6_K": [(208, -4, -2)]}
 
 
+def _selected(current, select, name):
+    # a kernel build selected for one test, the previous one restored after it
+    previous = current()
+    select(name)
+    yield name
+    select(previous)
+
+
 @pytest.fixture(params=native.supported_isas())
 def isa(request):
-    previous = native.isa()
-    native.select_isa(request.param)
-    yield request.param
-    native.select_isa(previous)
+    yield from _selected(native.isa, native.select_isa, request.param)
 
 
 @pytest.fixture(params=native.supported_quant_isas())
 def qisa(request):
     # every build of the quantized kernels this CPU runs, and the VNNI and AMX kernels
     # emulated on AVX2 (their instructions replaced by exact stand-ins) on every AVX2 CPU
-    previous = native.quant_isa()
-    native.select_quant_isa(request.param)
-    yield request.param
-    native.select_quant_isa(previous)
+    yield from _selected(native.quant_isa, native.select_quant_isa, request.param)
 
 
 @pytest.fixture

@@ -1435,9 +1435,10 @@ static PyObject *py_kv_cache_store_rows(PyObject *self, PyObject *const *args, P
     long Hkv = io[0].shape[1], D = io[0].shape[2];
     if (same_shape(&io[0], "k", &io[1], "v") || positions_ok(&io[2], B)) goto done;
     if (layer < 0) { fail("layer must be >= 0, got %ld", layer); goto done; }
-    kv = PyMem_Calloc(2 * B + 1, sizeof(View));
-    ext = PyMem_Calloc(4 * B + 2, sizeof(char *));
-    if (!kv || !ext) { PyErr_NoMemory(); goto done; }
+    /* the caches' views and, after them in the same block, their extents (one allocation) */
+    kv = PyMem_Calloc(1, (2 * B + 1) * sizeof(View) + (4 * B + 2) * sizeof(char *));
+    if (!kv) { PyErr_NoMemory(); goto done; }
+    ext = (char **)(kv + 2 * B + 1);
     if (caches_get(kv, seqs, B, layer, &io[2], Hkv, D, 1)) goto done;
     static const char *const in_names[3] = {"k", "v", "positions"};
     char on[32], in[32];
@@ -1471,7 +1472,6 @@ static PyObject *py_kv_cache_store_rows(PyObject *self, PyObject *const *args, P
     ok = 1;
 done:
     caches_release(kv, 2 * B);
-    PyMem_Free(ext);
     Py_DECREF(seqs[0]);
     Py_DECREF(seqs[1]);
     return finish(io, 3, ok, Py_None);
