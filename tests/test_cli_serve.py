@@ -29,3 +29,41 @@ def test_serve_refuses_a_port_out_of_range(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--port", "70000"])
     assert exit_.value.code == 2 and "1..65535" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_negative_prefix_cache(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--cache-mb", "-1"])
+    assert exit_.value.code == 2 and "non-negative" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_prefix_cache_beyond_the_memory_in_one_line(tmp_path, capsys):
+    from server_process import tiny_checkpoint
+
+    checkpoint = tiny_checkpoint(tmp_path / "model")
+    assert main(["serve", "--model", str(checkpoint), "--cache-mb", str(1 << 40)]) == 2
+    err = capsys.readouterr().err
+    assert "prefix cache" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, expected",
+                         [([], 256 * 2**20), (["--cache-mb", "0"], 0), (["--cache-mb", "8"], 8 * 2**20)])
+def test_the_prefix_cache_budget_reaches_the_engine(tmp_path, monkeypatch, argv, expected):
+    from server_process import tiny_checkpoint
+
+    from smallmind.runtime import engine as engine_module
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_engine(model, **options):
+        seen.update(options)
+        raise Stop
+
+    monkeypatch.setattr(engine_module, "Engine", fake_engine)
+    checkpoint = tiny_checkpoint(tmp_path / "model")
+    with pytest.raises(Stop):
+        main(["serve", "--model", str(checkpoint), *argv])
+    assert seen["cache_bytes"] == expected

@@ -3,7 +3,7 @@ import threading
 import numpy as np
 import pytest
 
-from smallmind.errors import ContextLengthError
+from smallmind.errors import ContextLengthError, SmallMindError
 from smallmind.formats.tokenizer import train_tokenizer
 from smallmind.memory import map_large_allocations
 from smallmind.models.gpt import init_params, preset
@@ -97,6 +97,33 @@ def test_a_request_extending_a_finished_one_reuses_its_cached_prefix(engine, mod
     for _ in range(5):
         alone.append(int(model.logits(alone)[-1].argmax()))
     assert text == model.detokenize(alone[len(longer):])
+
+
+def test_a_conversation_evicted_from_its_slot_resumes_from_the_prefix_store(model):
+    engine = Engine(model, parallel=1, ctx=64, prefill_chunk=8, cache_bytes=1 << 20)
+    try:
+        ids = model.tokenize("naïve café: ")
+        Run(engine, ids, 6, temperature=0.0).result()
+        other = model.tokenize("emoji 🙂🚀 and plain words")
+        Run(engine, other, 6, temperature=0.0).result()   # another conversation takes the only slot
+        history = list(ids)
+        for _ in range(6):
+            history.append(int(model.logits(history)[-1].argmax()))
+        longer = history + model.tokenize(" and")
+        text, end = Run(engine, longer, 5, temperature=0.0).result()
+        assert end.cached_tokens == len(ids) + 6 - 1   # restored from the store, not recomputed
+        alone = list(longer)
+        for _ in range(5):
+            alone.append(int(model.logits(alone)[-1].argmax()))
+        assert text == model.detokenize(alone[len(longer):])
+    finally:
+        engine.close()
+
+
+def test_the_engine_refuses_a_prefix_cache_budget_that_is_not_a_byte_count(model):
+    for bad in (-1, 1.5, True):
+        with pytest.raises(SmallMindError, match="prefix cache"):
+            Engine(model, parallel=1, ctx=64, cache_bytes=bad)
 
 
 def test_a_prompt_with_one_token_left_to_prefill_joins_the_decode_batch(engine, model, monkeypatch):

@@ -57,3 +57,96 @@ def test_busy_slots_are_never_handed_out(net):
     with pytest.raises(SmallMindError, match="in use"):
         pool.acquire([1, 2, 3])
 
+
+
+# ---- the prefix store: conversations evicted from their slots stay reusable
+
+def stored_pool(net, slots=1, budget=1 << 20):
+    return KVPool(net, slots, 32, net.workspace(8), cache_bytes=budget)
+
+
+def test_a_conversation_that_lost_its_slot_is_restored_from_the_store_with_the_same_kv(net):
+    pool = stored_pool(net)
+    slot, _ = filled(pool, [5, 6, 7, 8, 9])
+    k, v = pool.k[slot, :, :, :5].copy(), pool.v[slot, :, :, :5].copy()
+    filled(pool, [1, 2, 3])                  # another conversation takes the only slot
+    assert len(pool.store) == 1 and pool.sessions[0].length == 3
+    slot, kept = pool.acquire([5, 6, 7, 8, 9, 10])
+    assert kept == 5 and pool.sessions[slot].length == 5
+    assert list(pool.sessions[slot].ids[:5]) == [5, 6, 7, 8, 9]
+    np.testing.assert_array_equal(pool.k[slot, :, :, :5], k)
+    np.testing.assert_array_equal(pool.v[slot, :, :, :5], v)
+    # and what the slot held before (the other conversation) went to the store in its turn
+    assert pool.store.find([1, 2, 3, 4])[1] == 3
+
+
+def test_restored_kv_decodes_as_a_fresh_prefill_does(net):
+    pool = stored_pool(net)
+    filled(pool, [5, 6, 7, 8, 9])
+    filled(pool, [1, 2, 3])
+    slot, kept = pool.acquire([5, 6, 7, 8, 9, 10])
+    assert kept == 5
+    logits = pool.sessions[slot].prefill(np.asarray([10], np.int32)).copy()
+    fresh = KVPool(net, 1, 32, net.workspace(8))
+    expected = fresh.sessions[0].prefill(np.asarray([5, 6, 7, 8, 9, 10], np.int32))
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_without_a_store_an_evicted_conversation_is_recomputed(net):
+    pool = KVPool(net, 1, 32, net.workspace(8))
+    assert pool.store is None
+    filled(pool, [5, 6, 7, 8, 9])
+    filled(pool, [1, 2, 3])
+    assert pool.acquire([5, 6, 7, 8, 9, 10]) == (0, 0)
+
+
+def test_the_next_turn_that_keeps_most_of_its_slot_copies_nothing_into_the_store(net):
+    pool = stored_pool(net)
+    filled(pool, [5, 6, 7, 8, 9])
+    _, kept = pool.acquire([5, 6, 7, 8, 11])   # keeps 4 of 5: the same conversation
+    assert kept == 4 and len(pool.store) == 0
+
+
+def test_the_store_keeps_to_its_budget_dropping_the_least_recently_used(net):
+    position = pool_position_bytes(net)
+    pool = stored_pool(net, budget=7 * position)   # room for seven positions
+    filled(pool, [1, 2, 3])
+    filled(pool, [4, 5, 6])                    # [1, 2, 3] stored (3 positions)
+    filled(pool, [7, 8, 9])                    # [4, 5, 6] stored (6 positions)
+    filled(pool, [10, 11, 12])                 # [7, 8, 9] needs room: [1, 2, 3] is dropped
+    assert pool.store.nbytes <= 7 * position and len(pool.store) == 2
+    assert pool.store.find([1, 2, 3, 0])[1] == 0
+    assert pool.store.find([4, 5, 6, 0])[1] == 3 and pool.store.find([7, 8, 9, 0])[1] == 3
+
+
+def test_a_sequence_longer_than_the_whole_budget_is_not_stored(net):
+    pool = stored_pool(net, budget=2 * pool_position_bytes(net))
+    filled(pool, [1, 2, 3])
+    filled(pool, [4, 5, 6])
+    assert len(pool.store) == 0 and pool.store.nbytes == 0
+
+
+def test_a_stored_sequence_is_replaced_by_one_that_extends_it(net):
+    pool = stored_pool(net)
+    filled(pool, [1, 2, 3])
+    filled(pool, [9, 9])                       # [1, 2, 3] stored
+    filled(pool, [1, 2, 3, 4, 5])              # [9, 9] stored; [1, 2, 3] restored and extended
+    filled(pool, [8, 8, 8, 8])                 # [1, 2, 3, 4, 5] stored: it serves all [1, 2, 3] did
+    entries = [[int(i) for i in e.ids] for e in pool.store.entries.values()]
+    assert entries == [[9, 9], [1, 2, 3, 4, 5]]
+
+
+def test_a_negative_budget_is_refused(net):
+    with pytest.raises(SmallMindError, match="budget"):
+        KVPool(net, 1, 32, net.workspace(8), cache_bytes=-1)
+
+
+def test_a_budget_beyond_the_machines_memory_is_refused_before_allocating(net):
+    with pytest.raises(SmallMindError, match="prefix cache"):
+        KVPool(net, 1, 32, net.workspace(8), cache_bytes=1 << 60)
+
+
+def pool_position_bytes(net):
+    # an id and its keys and values in every layer
+    n_layers, n_kv_heads, head_dim = net.kv_spec
+    return 4 + 2 * 4 * n_layers * n_kv_heads * head_dim

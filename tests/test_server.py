@@ -96,6 +96,29 @@ def test_a_prompt_extending_an_earlier_one_reuses_its_cached_prefix(client, mode
     assert r.choices[0].text == model.detokenize(greedy_ids(model, longer, 4)[len(longer):])
 
 
+def test_a_conversation_that_lost_its_only_slot_resumes_from_the_prefix_cache(tmp_path, tiny_server, model):
+    from server_process import Server
+
+    server = Server(["--model", str(tiny_server.checkpoint), "--ctx", "64", "--threads", "1", "--parallel", "1",
+                     "--cache-mb", "1"], tmp_path / "log")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        ids = model.tokenize("plain words and ")
+        client.completions.create(model="model", prompt=ids, max_tokens=5, temperature=0)
+        client.completions.create(model="model", prompt=model.tokenize("日本語"), max_tokens=5, temperature=0)
+        longer = greedy_ids(model, ids, 5) + model.tokenize(" emoji")
+        r = client.completions.create(model="model", prompt=longer, max_tokens=4, temperature=0)
+        assert r.usage.prompt_tokens_details.cached_tokens == len(ids) + 5 - 1
+        assert r.choices[0].text == model.detokenize(greedy_ids(model, longer, 4)[len(longer):])
+        metrics = server.get("/metrics")[1].decode()
+        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
+                  if line and not line.startswith("#")}
+        assert values["smallmind_prompt_tokens_cached_total"] == len(ids) + 5 - 1
+        assert 0 < values["smallmind_prefix_cache_bytes"] <= 2**20
+    finally:
+        server.stop()
+
+
 def test_concurrent_streams_each_get_their_own_greedy_text(client, model, model_id):
     import concurrent.futures
 
@@ -128,6 +151,7 @@ def test_metrics_report_requests_tokens_and_latency(client, model_id, tiny_serve
     assert values["smallmind_request_latency_seconds_count"] >= 1
     assert "smallmind_queue_depth" in values and "smallmind_active_sequences" in values
     assert "smallmind_tokens_per_second" in values
+    assert "smallmind_prompt_tokens_cached_total" in values and "smallmind_prefix_cache_bytes" in values
 
 
 def test_an_api_key_is_required_when_set(tmp_path, tiny_server):

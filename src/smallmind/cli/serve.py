@@ -5,9 +5,10 @@ import argparse
 import os
 import sys
 
-from . import add_mmap, mmap_choice, positive_int
+from . import add_mmap, mmap_choice, nonneg_int, positive_int
 
 DEFAULT_PARALLEL = 4
+DEFAULT_CACHE_MB = 256
 SWITCH_INTERVAL = 0.0002   # seconds
 API_KEY_VARIABLE = "SMALLMIND_API_KEY"
 
@@ -36,6 +37,10 @@ def add_parser(sub):
                    help="seconds a request may take, waiting included (default: 600)")
     p.add_argument("--prefill-chunk", type=positive_int, default=None, metavar="N",
                    help="prompt tokens prefilled per engine step, so long prompts do not stall others (default: 64)")
+    p.add_argument("--cache-mb", type=nonneg_int, default=DEFAULT_CACHE_MB, metavar="MB",
+                   help="memory (MiB) for the KV of finished conversations that lost their slot to another, "
+                        "so that their next turn still skips the shared prefix; least recently used "
+                        f"dropped first; 0: only what the slots hold (default: {DEFAULT_CACHE_MB})")
     add_mmap(p)
     p.set_defaults(run=run)
 
@@ -63,7 +68,7 @@ def run(args):
     if args.threads is not None:
         kernels.set_threads(args.threads)
     model = load(args.model, mmap=mmap_choice(args))
-    options = {"parallel": args.parallel, "ctx": args.ctx}
+    options = {"parallel": args.parallel, "ctx": args.ctx, "cache_bytes": args.cache_mb * 2**20}
     if args.queue_size is not None:
         options["queue_size"] = args.queue_size
     if args.prefill_chunk is not None:
@@ -75,7 +80,9 @@ def run(args):
     try:
         app = create_app(engine, model_id=model.name, api_key=args.api_key, timeout=float(args.timeout))
         print(f"smallmind serve: {model.name} on http://{args.host}:{args.port}/v1 ({args.parallel} slots x "
-              f"{engine.ctx} positions, KV pool {engine.pool.nbytes / 2**20:.0f} MiB)", file=sys.stderr, flush=True)
+              f"{engine.ctx} positions, KV pool {engine.pool.nbytes / 2**20:.0f} MiB, "
+              f"prefix cache up to {args.cache_mb} MiB)",
+              file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         engine.close()

@@ -8,7 +8,7 @@
 Requests wait in a bounded queue (EngineBusy when it is full). Each step of the loop:
   1. drops cancelled and timed-out requests (their slots are free at once);
   2. admits waiting requests into free KV slots (runtime/kv_pool.py: a prompt that extends a
-     cached sequence keeps that prefix);
+     cached sequence keeps that prefix, from a slot or from the prefix store of `cache_bytes`);
   3. prefills at most `prefill_chunk` prompt tokens in all, so a long prompt is spread over
      several steps and never stalls the sequences already decoding. A prompt's last token is
      never prefilled: it joins the decode batch, whose one LM head serves every row, so the
@@ -130,10 +130,12 @@ class _Sequence:
 
 class Engine:
     """Runs requests on `model` (a runtime.model.Model) with up to `parallel` sequences at once,
-    each of at most `ctx` positions, from one background thread."""
+    each of at most `ctx` positions, from one background thread; finished sequences evicted from
+    their slots stay reusable in a prefix store of `cache_bytes`."""
 
     def __init__(self, model, *, parallel: int = 4, ctx: int | None = None,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, queue_size: int = DEFAULT_QUEUE_SIZE):
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, queue_size: int = DEFAULT_QUEUE_SIZE,
+                 cache_bytes: int = 0):
         ctx = model.default_ctx if ctx is None else ctx
         if isinstance(ctx, bool) or not isinstance(ctx, int) or not 1 <= ctx <= model.context_length:
             raise ContextLengthError(f"--ctx must be 1..{model.context_length} (the model's context), got {ctx!r}")
@@ -141,13 +143,16 @@ class Engine:
             raise SmallMindError(f"--parallel must be 1..{ctx} (the context), got {parallel}")
         if prefill_chunk < 1 or queue_size < 1:
             raise SmallMindError("the prefill chunk and the queue size must be positive")
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise SmallMindError(f"the prefix cache's budget must be a whole number of bytes >= 0, "
+                                 f"got {cache_bytes!r}")
         self.model = model
         self.ctx = ctx
         self.parallel = parallel
         self.prefill_chunk = min(prefill_chunk, ctx)
         self.queue_size = queue_size
         net = model.net
-        self.pool = KVPool(net, parallel, ctx, net.workspace(self.prefill_chunk))
+        self.pool = KVPool(net, parallel, ctx, net.workspace(self.prefill_chunk), cache_bytes)
         # The pool's zeros are mapped lazily: the first write to a slot would fault in and clear
         # its pages in the middle of a request (seconds for 8 slots of a 4096-position Gemma
         # cache). Commit them now, as llama.cpp clears its KV cache at start.
@@ -175,6 +180,11 @@ class Engine:
     @property
     def active_sequences(self) -> int:
         return len(self.active)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the prefix store holds (read without the lock: a scrape's snapshot)."""
+        return self.pool.store.nbytes if self.pool.store is not None else 0
 
     def check(self, prompt_ids, max_tokens: int) -> None:
         """Raise the error a request of this prompt and max_tokens would meet, before queueing it."""

@@ -3,10 +3,14 @@ once at start; prefix reuse and least-recently-used eviction decide which slot a
 
 A finished sequence leaves its keys and values (and the ids they stand for) in its slot. A new
 request takes the free slot whose cached ids share the longest prefix with its prompt and keeps
-that prefix: no recompute, and no copy either, the slot itself is reused. Copying a prefix into
-another slot would only pay when the owner is still running, and the case prefix reuse exists
-for (the next turn of a chat, a shared system prompt sent again) finds the earlier sequence
-finished. With no shared prefix the free slot used least recently is overwritten (evicted).
+that prefix: no recompute, and no copy either, the slot itself is reused. With no shared prefix
+the free slot used least recently is overwritten (evicted).
+
+With a prefix store (runtime/prefix_store.py, `cache_bytes` > 0) an evicted conversation is not
+lost: a slot about to be given to a request that keeps less than half of what it holds first
+copies its positions into the store, and a request sharing a longer prefix with a stored
+sequence than with any free slot gets that prefix copied into the least recently used free
+slot. The common next turn of a chat, which keeps (nearly) all of its slot, copies nothing.
 """
 
 import math
@@ -16,26 +20,36 @@ import numpy as np
 from ..errors import SmallMindError
 from ..memory import require
 from .kv_cache import KVCache, kv_dtype
+from .prefix_store import PrefixStore
 from .session import Session
 
 
 class KVPool:
     """`slots` sessions of `ctx` positions over one allocation; `workspace` is the prefill
-    workspace every slot's session shares (the engine runs them from one thread)."""
+    workspace every slot's session shares (the engine runs them from one thread); finished
+    sequences evicted from their slots are kept in a prefix store of `cache_bytes` (0: none)."""
 
-    def __init__(self, net, slots: int, ctx: int, workspace):
+    def __init__(self, net, slots: int, ctx: int, workspace, cache_bytes: int = 0):
         n_layers, n_kv_heads, head_dim = net.kv_spec
         if slots < 1:
             raise SmallMindError(f"a KV pool needs at least one slot, not {slots}")
+        if cache_bytes < 0:
+            raise SmallMindError(f"the prefix cache's budget must be >= 0 bytes, not {cache_bytes}")
         shape = (slots, n_layers, n_kv_heads, ctx, head_dim)
         dtype = kv_dtype(net)
         require(2 * dtype.itemsize * math.prod(shape), f"a KV pool of {slots} slots x {ctx} positions")
+        if cache_bytes:
+            require(2 * dtype.itemsize * math.prod(shape) + cache_bytes,
+                    f"a KV pool of {slots} slots x {ctx} positions and a prefix cache of "
+                    f"{cache_bytes / 2**20:.0f} MiB", "give the prefix cache a smaller budget")
         self.k = np.zeros(shape, dtype)
         self.v = np.zeros(shape, dtype)
         self.sessions = tuple(
             Session(net, ctx, kv=KVCache(n_layers, n_kv_heads, ctx, head_dim, k=self.k[i], v=self.v[i], dtype=dtype),
                     ws=workspace)
             for i in range(slots))
+        position = 4 + 2 * dtype.itemsize * n_layers * n_kv_heads * head_dim   # an id, its keys and values
+        self.store = PrefixStore(cache_bytes, position) if cache_bytes else None
         self.busy = [False] * slots
         self.last_used = [0] * slots   # a clock tick; 0 = never used (taken before any eviction)
         self.clock = 0
@@ -49,8 +63,9 @@ class KVPool:
         return self.busy.count(False)
 
     def acquire(self, ids) -> tuple[int, int]:
-        """A free slot for a sequence starting with `ids` -> (slot, positions kept from its cache).
-        At least the last id is left to prefill (its logits are needed)."""
+        """A free slot for a sequence starting with `ids` -> (slot, positions kept from its cache
+        or restored from the prefix store). At least the last id is left to prefill (its logits
+        are needed)."""
         best, best_kept = -1, 0
         for slot, session in enumerate(self.sessions):
             if self.busy[slot]:
@@ -60,12 +75,27 @@ class KVPool:
                 best, best_kept = slot, kept
         if best < 0:
             raise SmallMindError("every KV slot is in use")
-        session = self.sessions[best]
-        session.rewind(best_kept)
+        key, stored = self.store.find(ids) if self.store else (None, 0)
+        if stored > best_kept:
+            best = min((s for s in range(len(self.sessions)) if not self.busy[s]), key=self.last_used.__getitem__)
+            session = self.sessions[best]
+            self._evict(session, _shared_prefix(session, ids))
+            self.store.restore(key, stored, session)
+            best_kept = stored
+        else:
+            session = self.sessions[best]
+            self._evict(session, best_kept)
+            session.rewind(best_kept)
         self.busy[best] = True
         self.clock += 1
         self.last_used[best] = self.clock
         return best, best_kept
+
+    def _evict(self, session: Session, kept: int) -> None:
+        # the session's slot is about to keep only `kept` of its positions: when that is less
+        # than half, another conversation takes the slot, and the store keeps this one
+        if self.store is not None and kept < session.length // 2:
+            self.store.keep(session)
 
     def release(self, slot: int) -> None:
         """The slot's sequence is done; its cache stays for a later request to reuse."""

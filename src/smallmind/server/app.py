@@ -128,7 +128,8 @@ class Job:
 
 def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: float = 600.0) -> FastAPI:
     model = engine.model
-    metrics = Metrics(lambda: (engine.queue_depth, engine.active_sequences, engine.generated_total))
+    metrics = Metrics(lambda: (engine.queue_depth, engine.active_sequences, engine.generated_total,
+                               engine.cache_bytes))
     created = int(time.time())
     app = FastAPI(title="SmallMind", version="0.1.0",
                   description="An OpenAI-compatible API for a SmallMind model, with continuous batching "
@@ -188,7 +189,7 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
                     yield e
                     continue
                 if isinstance(e, Finished):
-                    metrics.finished(e.prompt_tokens, time.monotonic() - job.started)
+                    metrics.finished(e.prompt_tokens, e.cached_tokens, time.monotonic() - job.started)
                 yield e
                 return
         finally:

@@ -33,13 +33,15 @@ class Histogram:
 
 class Metrics:
     """What /metrics reports; `gauges` is called at scrape time for the engine's queue depth,
-    active sequences and tokens generated (those of cancelled requests included)."""
+    active sequences, tokens generated (those of cancelled requests included) and the bytes its
+    prefix cache holds."""
 
     def __init__(self, gauges):
         self.lock = threading.Lock()
         self.gauges = gauges
         self.requests: dict[tuple[str, int], int] = {}
         self.prompt_tokens = 0
+        self.cached_tokens = 0
         self.cancelled_requests = 0
         self.ttft = Histogram()
         self.latency = Histogram()
@@ -63,9 +65,10 @@ class Metrics:
             self.recent.append((now, tokens))
             self._trim(now)
 
-    def finished(self, prompt_tokens: int, seconds: float) -> None:
+    def finished(self, prompt_tokens: int, cached_tokens: int, seconds: float) -> None:
         with self.lock:
             self.prompt_tokens += prompt_tokens
+            self.cached_tokens += cached_tokens
             self.latency.observe(seconds)
 
     def _trim(self, now: float) -> None:
@@ -75,7 +78,7 @@ class Metrics:
         del self.recent[:cut]
 
     def render(self) -> str:
-        queue_depth, active, generated = self.gauges()
+        queue_depth, active, generated, cache_bytes = self.gauges()
         now = time.monotonic()
         with self.lock:
             self._trim(now)
@@ -88,6 +91,9 @@ class Metrics:
                 "# HELP smallmind_prompt_tokens_total prompt tokens of finished requests",
                 "# TYPE smallmind_prompt_tokens_total counter",
                 f"smallmind_prompt_tokens_total {self.prompt_tokens}",
+                "# HELP smallmind_prompt_tokens_cached_total prompt tokens of finished requests whose KV was reused",
+                "# TYPE smallmind_prompt_tokens_cached_total counter",
+                f"smallmind_prompt_tokens_cached_total {self.cached_tokens}",
                 "# HELP smallmind_generated_tokens_total tokens generated",
                 "# TYPE smallmind_generated_tokens_total counter",
                 f"smallmind_generated_tokens_total {generated}",
@@ -100,6 +106,9 @@ class Metrics:
                 "# HELP smallmind_active_sequences sequences prefilling or decoding",
                 "# TYPE smallmind_active_sequences gauge",
                 f"smallmind_active_sequences {active}",
+                "# HELP smallmind_prefix_cache_bytes KV of finished conversations kept beyond the slots",
+                "# TYPE smallmind_prefix_cache_bytes gauge",
+                f"smallmind_prefix_cache_bytes {cache_bytes}",
                 f"# HELP smallmind_tokens_per_second tokens per second sent to clients over the last "
                 f"{TOKENS_PER_SECOND_WINDOW:g} s",
                 "# TYPE smallmind_tokens_per_second gauge",

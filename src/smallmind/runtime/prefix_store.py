@@ -1,0 +1,104 @@
+"""The server's prefix cache beyond its KV slots: the keys and values of finished sequences,
+kept within a memory budget, the least recently used dropped first.
+
+The pool (runtime/kv_pool.py) has one slot per sequence decoded at once, and a finished
+sequence's KV stays in its slot until another request takes that slot. With more
+conversations than slots, each would be evicted before its next turn comes. So when a slot is
+about to be given to another conversation, the pool first copies what the slot holds into this
+store (`keep`), and a later request that extends it gets its prefix copied back (`restore`):
+a copy of the positions, where a prefill would recompute them through every layer.
+
+An entry is exactly as long as the sequence it keeps (ids, keys, values), so the budget holds
+as many positions as it can afford, whatever the --ctx. Within the budget, `keep` drops the
+entries least recently kept or restored until the new one fits; an entry whose ids begin
+another's is dropped for the longer one (which serves every request the shorter could).
+"""
+
+import collections
+
+import numpy as np
+
+from ..errors import SmallMindError
+
+
+class _Entry:
+    __slots__ = ("ids", "k", "v")
+
+    def __init__(self, ids: np.ndarray, k: np.ndarray, v: np.ndarray):
+        self.ids, self.k, self.v = ids, k, v
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.k.nbytes + self.v.nbytes
+
+
+class PrefixStore:
+    """Sequences' KV of `position_bytes` a position (keys, values and the id) within `budget`
+    bytes; entries are numbered in the order they were made."""
+
+    def __init__(self, budget: int, position_bytes: int):
+        if budget < 0 or position_bytes < 1:
+            raise SmallMindError("a prefix store needs a budget >= 0 and positions of at least one byte")
+        self.budget = int(budget)
+        self.position_bytes = int(position_bytes)
+        self.entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()  # least recent first
+        self.nbytes = 0
+        self.counter = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def keep(self, session) -> bool:
+        """Copy the session's cached positions into the store -> whether it now holds them
+        (False when they alone exceed the budget). The session is not changed."""
+        n = session.length
+        if n == 0 or n * self.position_bytes > self.budget:
+            return False
+        ids = session.ids[:n]
+        for key, entry in list(self.entries.items()):
+            m = entry.ids.shape[0]
+            if m >= n and np.array_equal(entry.ids[:n], ids):
+                self.entries.move_to_end(key)   # already held, by this entry or a longer one
+                return True
+            if m < n and np.array_equal(ids[:m], entry.ids):
+                self._drop(key)                 # the new entry serves whatever this one did
+        need = n * self.position_bytes
+        while self.entries and self.nbytes + need > self.budget:
+            self._drop(next(iter(self.entries)))
+        kv = session.kv
+        entry = _Entry(ids.copy(), np.ascontiguousarray(kv.k[:, :, :n]), np.ascontiguousarray(kv.v[:, :, :n]))
+        self.counter += 1
+        self.entries[self.counter] = entry
+        self.nbytes += entry.nbytes
+        return True
+
+    def find(self, ids) -> tuple[int | None, int]:
+        """The entry sharing the longest prefix with `ids`, leaving at least the last id to
+        prefill -> (its key, positions shared), or (None, 0)."""
+        ids = np.asarray(ids)
+        best, best_kept = None, 0
+        for key, entry in self.entries.items():
+            n = min(entry.ids.shape[0], ids.shape[0] - 1)
+            if n <= best_kept:
+                continue
+            differ = np.flatnonzero(entry.ids[:n] != ids[:n])
+            kept = int(differ[0]) if differ.size else n
+            if kept > best_kept:
+                best, best_kept = key, kept
+        return best, best_kept
+
+    def restore(self, key: int, kept: int, session) -> None:
+        """Put the first `kept` positions of entry `key` into the session's cache (its
+        positions from `kept` on are forgotten)."""
+        entry = self.entries[key]
+        if not 0 < kept <= min(entry.ids.shape[0], session.capacity):
+            raise SmallMindError(f"entry {key} holds {entry.ids.shape[0]} positions; cannot restore {kept}")
+        kv = session.kv
+        kv.k[:, :, :kept] = entry.k[:, :, :kept]
+        kv.v[:, :, :kept] = entry.v[:, :, :kept]
+        session.ids[:kept] = entry.ids[:kept]
+        kv.length = kept
+        self.entries.move_to_end(key)
+
+    def _drop(self, key: int) -> None:
+        self.nbytes -= self.entries.pop(key).nbytes
