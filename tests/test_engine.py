@@ -102,7 +102,7 @@ def test_a_request_extending_a_finished_one_reuses_its_cached_prefix(engine, mod
 def test_a_conversation_evicted_from_its_slot_resumes_from_the_prefix_store(model):
     engine = Engine(model, parallel=1, ctx=64, prefill_chunk=8, cache_bytes=1 << 20)
     try:
-        ids = model.tokenize("naïve café: ")
+        ids = model.tokenize("naïve café: 日本語のテキスト, ")   # with 6 tokens, long enough to be kept
         Run(engine, ids, 6, temperature=0.0).result()
         other = model.tokenize("emoji 🙂🚀 and plain words")
         Run(engine, other, 6, temperature=0.0).result()   # another conversation takes the only slot

@@ -62,7 +62,9 @@ def test_busy_slots_are_never_handed_out(net):
 # ---- the prefix store: conversations evicted from their slots stay reusable
 
 def stored_pool(net, slots=1, budget=1 << 20):
-    return KVPool(net, slots, 32, net.workspace(8), cache_bytes=budget)
+    pool = KVPool(net, slots, 32, net.workspace(8), cache_bytes=budget)
+    pool.store.min_positions = 1   # these tests' sequences are a few ids long
+    return pool
 
 
 def test_a_conversation_that_lost_its_slot_is_restored_from_the_store_with_the_same_kv(net):
@@ -150,3 +152,16 @@ def pool_position_bytes(net):
     # an id and its keys and values in every layer
     n_layers, n_kv_heads, head_dim = net.kv_spec
     return 4 + 2 * 4 * n_layers * n_kv_heads * head_dim
+
+
+def test_short_sequences_are_not_stored_and_the_entries_are_capped(net):
+    pool = KVPool(net, 1, 32, net.workspace(8), cache_bytes=1 << 20)
+    filled(pool, list(range(1, 16)))            # 15 positions: cheaper to prefill again
+    filled(pool, list(range(100, 120)))
+    assert len(pool.store) == 0
+    pool.store.max_entries = 2
+    for start in (200, 300, 400):
+        filled(pool, list(range(start, start + 20)))
+    assert [int(e.ids[0]) for e in pool.store.entries.values()] == [200, 300]
+    filled(pool, [7] * 20)                      # a third entry: the least recently used goes
+    assert [int(e.ids[0]) for e in pool.store.entries.values()] == [300, 400]

@@ -103,7 +103,7 @@ def test_a_conversation_that_lost_its_only_slot_resumes_from_the_prefix_cache(tm
                      "--cache-mb", "1"], tmp_path / "log")
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-        ids = model.tokenize("plain words and ")
+        ids = model.tokenize("plain words and naïve café: ")   # with 5 tokens, long enough to be kept
         client.completions.create(model="model", prompt=ids, max_tokens=5, temperature=0)
         client.completions.create(model="model", prompt=model.tokenize("日本語"), max_tokens=5, temperature=0)
         longer = greedy_ids(model, ids, 5) + model.tokenize(" emoji")

@@ -12,6 +12,8 @@ An entry is exactly as long as the sequence it keeps (ids, keys, values), so the
 as many positions as it can afford, whatever the --ctx. Within the budget, `keep` drops the
 entries least recently kept or restored until the new one fits; an entry whose ids begin
 another's is dropped for the longer one (which serves every request the shorter could).
+Sequences shorter than MIN_POSITIONS are not kept (their prefill is cheap), and at most
+MAX_ENTRIES are, so that a request's look-up stays a small part of its admission.
 """
 
 import collections
@@ -19,6 +21,9 @@ import collections
 import numpy as np
 
 from ..errors import SmallMindError
+
+MIN_POSITIONS = 16
+MAX_ENTRIES = 1024
 
 
 class _Entry:
@@ -44,15 +49,17 @@ class PrefixStore:
         self.entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()  # least recent first
         self.nbytes = 0
         self.counter = 0
+        self.min_positions = MIN_POSITIONS
+        self.max_entries = MAX_ENTRIES
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def keep(self, session) -> bool:
         """Copy the session's cached positions into the store -> whether it now holds them
-        (False when they alone exceed the budget). The session is not changed."""
+        (False when they are too few, or alone exceed the budget). The session is not changed."""
         n = session.length
-        if n == 0 or n * self.position_bytes > self.budget:
+        if n == 0 or n < self.min_positions or n * self.position_bytes > self.budget:
             return False
         ids = session.ids[:n]
         for key, entry in list(self.entries.items()):
@@ -63,7 +70,7 @@ class PrefixStore:
             if m < n and np.array_equal(ids[:m], entry.ids):
                 self._drop(key)                 # the new entry serves whatever this one did
         need = n * self.position_bytes
-        while self.entries and self.nbytes + need > self.budget:
+        while self.entries and (self.nbytes + need > self.budget or len(self.entries) >= self.max_entries):
             self._drop(next(iter(self.entries)))
         kv = session.kv
         entry = _Entry(ids.copy(), np.ascontiguousarray(kv.k[:, :, :n]), np.ascontiguousarray(kv.v[:, :, :n]))
