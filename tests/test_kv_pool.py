@@ -165,3 +165,16 @@ def test_short_sequences_are_not_stored_and_the_entries_are_capped(net):
     assert [int(e.ids[0]) for e in pool.store.entries.values()] == [200, 300]
     filled(pool, [7] * 20)                      # a third entry: the least recently used goes
     assert [int(e.ids[0]) for e in pool.store.entries.values()] == [300, 400]
+
+
+def test_a_machine_short_of_memory_skips_the_store_instead_of_failing_the_request(net, monkeypatch):
+    from smallmind.runtime import prefix_store
+
+    def no_memory(session, n):
+        raise MemoryError
+
+    pool = stored_pool(net)
+    filled(pool, [1, 2, 3])
+    monkeypatch.setattr(prefix_store, "_copy", no_memory)
+    slot, kept = pool.acquire([4, 5, 6])        # the eviction's copy fails: the slot is taken anyway
+    assert (slot, kept) == (0, 0) and len(pool.store) == 0 and pool.store.nbytes == 0

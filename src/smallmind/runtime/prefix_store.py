@@ -37,6 +37,12 @@ class _Entry:
         return self.ids.nbytes + self.k.nbytes + self.v.nbytes
 
 
+def _copy(session, n: int) -> _Entry:
+    # the session's first n positions: ids, keys and values, in arrays of their own
+    kv = session.kv
+    return _Entry(session.ids[:n].copy(), np.ascontiguousarray(kv.k[:, :, :n]), np.ascontiguousarray(kv.v[:, :, :n]))
+
+
 class PrefixStore:
     """Sequences' KV of `position_bytes` a position (keys, values and the id) within `budget`
     bytes; entries are numbered in the order they were made."""
@@ -72,8 +78,10 @@ class PrefixStore:
         need = n * self.position_bytes
         while self.entries and (self.nbytes + need > self.budget or len(self.entries) >= self.max_entries):
             self._drop(next(iter(self.entries)))
-        kv = session.kv
-        entry = _Entry(ids.copy(), np.ascontiguousarray(kv.k[:, :, :n]), np.ascontiguousarray(kv.v[:, :, :n]))
+        try:
+            entry = _copy(session, n)
+        except MemoryError:   # the machine is short of memory: the conversation is recomputed later
+            return False
         self.counter += 1
         self.entries[self.counter] = entry
         self.nbytes += entry.nbytes
