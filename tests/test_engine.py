@@ -120,6 +120,28 @@ def test_a_conversation_evicted_from_its_slot_resumes_from_the_prefix_store(mode
         engine.close()
 
 
+def test_a_request_the_pool_fails_to_place_gets_a_500_and_the_engine_goes_on(model, monkeypatch):
+    engine = Engine(model, parallel=1, ctx=64, prefill_chunk=8)
+    try:
+        acquire, calls = engine.pool.acquire, []
+
+        def failing_once(ids):
+            calls.append(ids)
+            if len(calls) == 1:
+                raise RuntimeError("a fault in the pool")
+            return acquire(ids)
+
+        monkeypatch.setattr(engine.pool, "acquire", failing_once)
+        ids = model.tokenize("plain words")
+        _, end = Run(engine, ids, 4, temperature=0.0).result()
+        assert isinstance(end, Failed) and end.status == 500
+        text, end = Run(engine, ids, 4, temperature=0.0).result()
+        assert isinstance(end, Finished) and text == "".join(model.generate("plain words", max_new_tokens=4,
+                                                                             temperature=0.0))
+    finally:
+        engine.close()
+
+
 def test_the_engine_refuses_a_prefix_cache_budget_that_is_not_a_byte_count(model):
     for bad in (-1, 1.5, True):
         with pytest.raises(SmallMindError, match="prefix cache"):

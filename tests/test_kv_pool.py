@@ -178,3 +178,38 @@ def test_a_machine_short_of_memory_skips_the_store_instead_of_failing_the_reques
     monkeypatch.setattr(prefix_store, "_copy", no_memory)
     slot, kept = pool.acquire([4, 5, 6])        # the eviction's copy fails: the slot is taken anyway
     assert (slot, kept) == (0, 0) and len(pool.store) == 0 and pool.store.nbytes == 0
+
+
+def test_the_entry_being_restored_is_never_dropped_to_make_room_for_the_slots_conversation(net):
+    position = pool_position_bytes(net)
+    pool = stored_pool(net, budget=8 * position)   # room for one of the two conversations below
+    a = [1, 2, 3, 4, 5]
+    filled(pool, a)
+    filled(pool, [6, 7, 8, 9, 10])              # a stored; the slot holds the other one
+    slot, kept = pool.acquire(a + [11])         # storing the other would need a's room: it is not stored
+    assert kept == 5 and list(pool.sessions[slot].ids[:5]) == a
+    assert [[int(i) for i in e.ids] for e in pool.store.entries.values()] == [a]
+
+
+def test_a_roomy_store_keeps_both_the_restored_entry_and_the_slots_conversation(net):
+    pool = stored_pool(net)
+    a = [1, 2, 3, 4, 5]
+    filled(pool, a)
+    filled(pool, [6, 7, 8, 9, 10])
+    pool.acquire(a + [11])
+    assert sorted(int(e.ids[0]) for e in pool.store.entries.values()) == [1, 6]
+
+
+def test_the_next_turn_replaces_a_stored_turn_that_differs_only_in_its_last_position(net):
+    pool = stored_pool(net, slots=2)
+    turn1 = [1, 2, 3, 4, 5, 6]                  # its last token generated, never fed back
+    filled(pool, turn1)
+    filled(pool, [20, 21, 22, 23])
+    filled(pool, [30, 31, 32, 33])              # turn1's slot goes to another: turn1 stored
+    assert [[int(i) for i in e.ids] for e in pool.store.entries.values()] == [turn1]
+    turn2 = [1, 2, 3, 4, 5, 9, 10]              # turn1 but its last, then the next question
+    filled(pool, turn2)                         # restored from the store (5 kept), and filled
+    filled(pool, [40, 41, 42, 43])
+    filled(pool, [50, 51, 52, 53])              # turn2 evicted in its turn: it replaces turn1
+    assert [int(e.ids[0]) for e in pool.store.entries.values()].count(1) == 1
+    assert pool.store.find([1, 2, 3, 4, 5, 9, 10, 11])[1] == 7

@@ -281,7 +281,12 @@ class Engine:
             self.waiting.remove(sequence)
 
     def _admit(self, sequence: _Sequence) -> None:
-        sequence.slot, kept = self.pool.acquire(sequence.prompt)
+        try:
+            sequence.slot, kept = self.pool.acquire(sequence.prompt)
+        except Exception:   # taken off the queue and not yet active: answer it here, or it waits forever
+            traceback.print_exc(file=sys.stderr)
+            self._send(sequence.request, Failed(500, "the engine could not give this request a KV slot"))
+            return
         sequence.session = self.pool.sessions[sequence.slot]
         sequence.prefilled = sequence.cached = kept
         self.active.append(sequence)

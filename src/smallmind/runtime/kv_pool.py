@@ -79,7 +79,7 @@ class KVPool:
         if stored > best_kept:
             best = min((s for s in range(len(self.sessions)) if not self.busy[s]), key=self.last_used.__getitem__)
             session = self.sessions[best]
-            self._evict(session, _shared_prefix(session, ids))
+            self._evict(session, _shared_prefix(session, ids), protect=key)
             self.store.restore(key, stored, session)
             best_kept = stored
         else:
@@ -91,11 +91,12 @@ class KVPool:
         self.last_used[best] = self.clock
         return best, best_kept
 
-    def _evict(self, session: Session, kept: int) -> None:
+    def _evict(self, session: Session, kept: int, protect: int | None = None) -> None:
         # the session's slot is about to keep only `kept` of its positions: when that is less
-        # than half, another conversation takes the slot, and the store keeps this one
+        # than half, another conversation takes the slot, and the store keeps this one (never
+        # at the cost of entry `protect`, about to be restored into the slot)
         if self.store is not None and kept < session.length // 2:
-            self.store.keep(session)
+            self.store.keep(session, protect)
 
     def release(self, slot: int) -> None:
         """The slot's sequence is done; its cache stays for a later request to reuse."""

@@ -11,7 +11,8 @@ a copy of the positions, where a prefill would recompute them through every laye
 An entry is exactly as long as the sequence it keeps (ids, keys, values), so the budget holds
 as many positions as it can afford, whatever the --ctx. Within the budget, `keep` drops the
 entries least recently kept or restored until the new one fits; an entry whose ids begin
-another's is dropped for the longer one (which serves every request the shorter could).
+another's, all but its last, is dropped for the longer one (which serves every request the
+shorter could, but for that last position).
 Sequences shorter than MIN_POSITIONS are not kept (their prefill is cheap), and at most
 MAX_ENTRIES are, so that a request's look-up stays a small part of its admission.
 """
@@ -35,6 +36,12 @@ class _Entry:
     @property
     def nbytes(self) -> int:
         return self.ids.nbytes + self.k.nbytes + self.v.nbytes
+
+
+def _common(a: np.ndarray, b: np.ndarray) -> int:
+    # how many leading positions of two equally long id arrays agree
+    differ = np.flatnonzero(a != b)
+    return int(differ[0]) if differ.size else a.shape[0]
 
 
 def _copy(session, n: int) -> _Entry:
@@ -61,9 +68,10 @@ class PrefixStore:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def keep(self, session) -> bool:
+    def keep(self, session, protect: int | None = None) -> bool:
         """Copy the session's cached positions into the store -> whether it now holds them
-        (False when they are too few, or alone exceed the budget). The session is not changed."""
+        (False when they are too few, or do not fit beside entry `protect`, which stays, as the
+        caller is about to restore it). The session is not changed."""
         n = session.length
         if n == 0 or n < self.min_positions or n * self.position_bytes > self.budget:
             return False
@@ -73,11 +81,21 @@ class PrefixStore:
             if m >= n and np.array_equal(entry.ids[:n], ids):
                 self.entries.move_to_end(key)   # already held, by this entry or a longer one
                 return True
-            if m < n and np.array_equal(ids[:m], entry.ids):
-                self._drop(key)                 # the new entry serves whatever this one did
+            if m <= n and key != protect and _common(entry.ids, ids[:m]) >= m - 1:
+                # the new entry serves whatever this one did, but for its last position (the
+                # next turn of a chat shares all of the last turn's positions but the final
+                # token, which was generated and never fed back)
+                self._drop(key)
         need = n * self.position_bytes
-        while self.entries and (self.nbytes + need > self.budget or len(self.entries) >= self.max_entries):
-            self._drop(next(iter(self.entries)))
+        protected = self.entries[protect].nbytes if protect is not None else 0
+        if need + protected > self.budget:
+            return False
+        for key in [k for k in self.entries if k != protect]:   # least recently used first
+            if self.nbytes + need <= self.budget and len(self.entries) < self.max_entries:
+                break
+            self._drop(key)
+        if len(self.entries) >= self.max_entries:
+            return False
         try:
             entry = _copy(session, n)
         except MemoryError:   # the machine is short of memory: the conversation is recomputed later
@@ -96,8 +114,7 @@ class PrefixStore:
             n = min(entry.ids.shape[0], ids.shape[0] - 1)
             if n <= best_kept:
                 continue
-            differ = np.flatnonzero(entry.ids[:n] != ids[:n])
-            kept = int(differ[0]) if differ.size else n
+            kept = _common(entry.ids[:n], ids[:n])
             if kept > best_kept:
                 best, best_kept = key, kept
         return best, best_kept
