@@ -213,3 +213,35 @@ def test_the_next_turn_replaces_a_stored_turn_that_differs_only_in_its_last_posi
     filled(pool, [50, 51, 52, 53])              # turn2 evicted in its turn: it replaces turn1
     assert [int(e.ids[0]) for e in pool.store.entries.values()].count(1) == 1
     assert pool.store.find([1, 2, 3, 4, 5, 9, 10, 11])[1] == 7
+
+
+@pytest.mark.parametrize("budget_positions, slots", [(12, 1), (40, 2), (200, 3)])
+def test_random_conversations_always_get_the_kv_a_fresh_prefill_gives(net, budget_positions, slots):
+    # many short conversations over few symbols (so prefixes are shared), each turn either a new
+    # conversation or the next turn of an earlier one; whatever a request keeps or restores
+    # must be exactly the keys and values of its prompt's prefix
+    rng = np.random.default_rng(budget_positions)
+    position = pool_position_bytes(net)
+    pool = stored_pool(net, slots=slots, budget=budget_positions * position)
+    fresh = KVPool(net, 1, 32, net.workspace(8))
+    history = []
+    for _ in range(60):
+        if history and rng.random() < 0.6:
+            base = history[rng.integers(len(history))]
+            ids = base[:rng.integers(1, len(base) + 1)] + list(rng.integers(0, 4, rng.integers(1, 5)))
+        else:
+            ids = list(rng.integers(0, 4, rng.integers(2, 12)))
+        ids = ids[:30]
+        slot, kept = pool.acquire(ids)
+        session = pool.sessions[slot]
+        assert session.length == kept and list(session.ids[:kept]) == ids[:kept] and kept < len(ids)
+        if kept:
+            fresh.sessions[0].reset()
+            fresh.sessions[0].prefill(np.asarray(ids[:kept], np.int32), logits=False)
+            np.testing.assert_allclose(session.kv.k[:, :, :kept], fresh.k[0, :, :, :kept], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(session.kv.v[:, :, :kept], fresh.v[0, :, :, :kept], rtol=1e-5, atol=1e-6)
+        session.prefill(np.asarray(ids[kept:], np.int32), logits=False)
+        pool.release(slot)
+        history.append(ids)
+        store = pool.store
+        assert store.nbytes == sum(e.nbytes for e in store.entries.values()) <= store.budget
