@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from serve_load import START_TIMEOUT, free_port
+from serve_load import launch
 from side_by_side import cpu_model, positive_int
 
 REQUEST_TIMEOUT = 300.0   # seconds: a bound per request, so the script always ends
@@ -46,32 +46,12 @@ def documents(n: int, words: int) -> list[str]:
 
 
 def start(model: str | None, args, cache_mb: int, log_path: Path):
-    import os
-    import subprocess
-
-    port = free_port()
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = dict(os.environ, PYTHONPATH=str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    command = [sys.executable, "-m", "smallmind", "serve", "--port", str(port), "--parallel", str(args.parallel),
-               "--cache-mb", str(cache_mb)]
+    options = ["--parallel", str(args.parallel), "--cache-mb", str(cache_mb)]
     if model:
-        command += ["--model", model]
+        options += ["--model", model]
     if args.threads:
-        command += ["--threads", str(args.threads)]
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/health")
-            return proc, port, json.loads(conn.getresponse().read())["model"], log
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    proc.wait()
-    log.close()
-    raise SystemExit(f"prefix_cache: the server did not start:\n{log_path.read_text()}")
+        options += ["--threads", str(args.threads)]
+    return launch(options, log_path)
 
 
 def turn(port: int, model_id: str, prompt: str, tokens: int) -> dict:

@@ -60,15 +60,20 @@ def free_port() -> int:
 
 
 def start_server(model: Path, args, log_path: Path):
-    port = free_port()
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = dict(os.environ, PYTHONPATH=str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    command = [sys.executable, "-m", "smallmind", "serve", "--model", str(model), "--port", str(port),
-               "--parallel", str(args.parallel), "--queue-size", str(max(64, 2 * args.clients))]
+    command = ["--model", str(model), "--parallel", str(args.parallel), "--queue-size", str(max(64, 2 * args.clients))]
     if args.threads:
         command += ["--threads", str(args.threads)]
     if args.ctx:
         command += ["--ctx", str(args.ctx)]
+    return launch(command, log_path)
+
+
+def launch(options: list[str], log_path: Path):
+    """`smallmind serve` with `options` on a free loopback port, up -> (process, port, model id, log)."""
+    port = free_port()
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ, PYTHONPATH=str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [sys.executable, "-m", "smallmind", "serve", "--port", str(port), *options]
     log = open(log_path, "wb")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + START_TIMEOUT
