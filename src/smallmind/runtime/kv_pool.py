@@ -37,9 +37,10 @@ class KVPool:
             raise SmallMindError(f"the prefix cache's budget must be >= 0 bytes, not {cache_bytes}")
         shape = (slots, n_layers, n_kv_heads, ctx, head_dim)
         dtype = kv_dtype(net)
-        require(2 * dtype.itemsize * math.prod(shape), f"a KV pool of {slots} slots x {ctx} positions")
+        pool_bytes = 2 * dtype.itemsize * math.prod(shape)
+        require(pool_bytes, f"a KV pool of {slots} slots x {ctx} positions")
         if cache_bytes:
-            require(2 * dtype.itemsize * math.prod(shape) + cache_bytes,
+            require(pool_bytes + cache_bytes,
                     f"a KV pool of {slots} slots x {ctx} positions and a prefix cache of "
                     f"{cache_bytes / 2**20:.0f} MiB", "give the prefix cache a smaller budget")
         self.k = np.zeros(shape, dtype)
@@ -66,20 +67,20 @@ class KVPool:
         """A free slot for a sequence starting with `ids` -> (slot, positions kept from its cache
         or restored from the prefix store). At least the last id is left to prefill (its logits
         are needed)."""
-        best, best_kept = -1, 0
+        best, best_kept, shared = -1, 0, {}
         for slot, session in enumerate(self.sessions):
             if self.busy[slot]:
                 continue
-            kept = _shared_prefix(session, ids)
+            kept = shared[slot] = session.shared_prefix(ids)
             if kept > best_kept or best < 0 or (kept == best_kept and self.last_used[slot] < self.last_used[best]):
                 best, best_kept = slot, kept
         if best < 0:
             raise SmallMindError("every KV slot is in use")
         key, stored = self.store.find(ids) if self.store else (None, 0)
         if stored > best_kept:
-            best = min((s for s in range(len(self.sessions)) if not self.busy[s]), key=self.last_used.__getitem__)
+            best = min(shared, key=self.last_used.__getitem__)   # the least recently used free slot
             session = self.sessions[best]
-            self._evict(session, _shared_prefix(session, ids), protect=key)
+            self._evict(session, shared[best], protect=key)
             self.store.restore(key, stored, session)
             best_kept = stored
         else:
@@ -104,11 +105,3 @@ class KVPool:
         self.clock += 1
         self.last_used[slot] = self.clock
 
-
-def _shared_prefix(session: Session, ids) -> int:
-    # how many leading positions of the session's cache equal ids (leaving at least one id)
-    n = min(session.length, len(ids) - 1)
-    if n <= 0:
-        return 0
-    differ = np.flatnonzero(session.ids[:n] != np.asarray(ids[:n]))
-    return int(differ[0]) if differ.size else n

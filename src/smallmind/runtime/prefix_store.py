@@ -22,6 +22,7 @@ import collections
 import numpy as np
 
 from ..errors import SmallMindError
+from .session import common_prefix
 
 MIN_POSITIONS = 16
 MAX_ENTRIES = 1024
@@ -36,12 +37,6 @@ class _Entry:
     @property
     def nbytes(self) -> int:
         return self.ids.nbytes + self.k.nbytes + self.v.nbytes
-
-
-def _common(a: np.ndarray, b: np.ndarray) -> int:
-    # how many leading positions of two equally long id arrays agree
-    differ = np.flatnonzero(a != b)
-    return int(differ[0]) if differ.size else a.shape[0]
 
 
 def _copy(session, n: int) -> _Entry:
@@ -81,7 +76,7 @@ class PrefixStore:
             if m >= n and np.array_equal(entry.ids[:n], ids):
                 self.entries.move_to_end(key)   # already held, by this entry or a longer one
                 return True
-            if m <= n and key != protect and _common(entry.ids, ids[:m]) >= m - 1:
+            if m <= n and key != protect and common_prefix(entry.ids, ids[:m]) >= m - 1:
                 # the new entry serves whatever this one did, but for its last position (the
                 # next turn of a chat shares all of the last turn's positions but the final
                 # token, which was generated and never fed back)
@@ -114,7 +109,7 @@ class PrefixStore:
             n = min(entry.ids.shape[0], ids.shape[0] - 1)
             if n <= best_kept:
                 continue
-            kept = _common(entry.ids[:n], ids[:n])
+            kept = common_prefix(entry.ids[:n], ids[:n])
             if kept > best_kept:
                 best, best_kept = key, kept
         return best, best_kept

@@ -69,16 +69,17 @@ class Session:
             raise SmallMindError(f"cannot rewind to {length}: the session holds {self.kv.length} positions")
         self.kv.length = length
 
+    def shared_prefix(self, ids) -> int:
+        """How many leading positions held equal `ids`, leaving at least one id of `ids` to
+        prefill (its logits are needed)."""
+        ids = np.asarray(ids)
+        n = min(self.kv.length, ids.shape[0] - 1)
+        return common_prefix(self.ids[:n], ids[:n]) if n > 0 else 0
+
     def reuse_prefix(self, ids) -> int:
         """Rewind to the longest prefix of `ids` already held, leaving at least one id of `ids`
         to prefill (its logits are needed); returns how many positions were kept."""
-        ids = np.asarray(ids)
-        n = min(self.kv.length, ids.shape[0] - 1)
-        if n <= 0:
-            self.kv.length = 0
-            return 0
-        differ = np.flatnonzero(self.ids[:n] != ids[:n])
-        keep = int(differ[0]) if differ.size else n
+        keep = self.shared_prefix(ids)
         self.kv.length = keep
         return keep
 
@@ -126,6 +127,12 @@ class Session:
                 f"{ids.shape[0]} more tokens do not fit: {self.kv.length} of the context's "
                 f"{self.kv.capacity} positions are in use")
         return ids
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    # a, b (n,) ids -> how many leading positions agree
+    differ = np.flatnonzero(a != b)
+    return int(differ[0]) if differ.size else a.shape[0]
 
 
 def sample_tokens(session: Session, prompt_ids, sampler, max_new_tokens: int,
