@@ -67,3 +67,30 @@ def test_the_prefix_cache_budget_reaches_the_engine(tmp_path, monkeypatch, argv,
     with pytest.raises(Stop):
         main(["serve", "--model", str(checkpoint), *argv])
     assert seen["cache_bytes"] == expected
+
+
+def test_serve_runs_uvicorn_on_httptools_and_uvloop(tmp_path, monkeypatch, capsys):
+    # both come with the server extra; the startup line says what runs
+    import uvicorn
+    from server_process import tiny_checkpoint
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    checkpoint = tiny_checkpoint(tmp_path / "model")
+    assert main(["serve", "--model", str(checkpoint), "--cache-mb", "0"]) == 0
+    assert (seen["http"], seen["loop"]) == ("httptools", "uvloop")
+    assert "HTTP on httptools, uvloop event loop" in capsys.readouterr().err
+
+
+def test_serve_falls_back_to_h11_and_asyncio(tmp_path, monkeypatch, capsys):
+    import uvicorn
+    from server_process import tiny_checkpoint
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    monkeypatch.setitem(sys.modules, "httptools", None)
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    checkpoint = tiny_checkpoint(tmp_path / "model")
+    assert main(["serve", "--model", str(checkpoint), "--cache-mb", "0"]) == 0
+    assert (seen["http"], seen["loop"]) == ("h11", "asyncio")
+    assert "HTTP on h11, asyncio event loop" in capsys.readouterr().err

@@ -52,6 +52,20 @@ def port_number(text: str) -> int:
     return value
 
 
+def fast_io() -> tuple[str, str]:
+    """uvicorn's HTTP parser and event loop: httptools and uvloop (the server extra's, in C) where
+    they import, else the pure-Python h11 and asyncio. Every streamed token passes through both
+    while the engine thread waits for the GIL, so their cost per token is decode speed."""
+    def importable(name: str) -> bool:
+        try:
+            __import__(name)
+        except ImportError:
+            return False
+        return True
+
+    return ("httptools" if importable("httptools") else "h11"), ("uvloop" if importable("uvloop") else "asyncio")
+
+
 def run(args):
     from ..errors import SmallMindError
 
@@ -79,11 +93,12 @@ def run(args):
     engine = engine_module.Engine(model, **options)
     try:
         app = create_app(engine, model_id=model.name, api_key=args.api_key, timeout=float(args.timeout))
+        http, loop = fast_io()
         print(f"smallmind serve: {model.name} on http://{args.host}:{args.port}/v1 ({args.parallel} slots x "
               f"{engine.ctx} positions, KV pool {engine.pool.nbytes / 2**20:.0f} MiB, "
-              f"prefix cache up to {args.cache_mb} MiB)",
+              f"prefix cache up to {args.cache_mb} MiB; HTTP on {http}, {loop} event loop)",
               file=sys.stderr, flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=http, loop=loop)
     finally:
         engine.close()
     return 0
