@@ -238,3 +238,31 @@ def test_cli_corrupt_checkpoint_is_one_line_and_exit_2_in_a_real_process(checkpo
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
     assert run.stdout == ""
+
+
+def test_detokenizer_pieces_match_decoding_everything_at_once_for_any_bytes():
+    # random tokens of 1-3 bytes (ASCII, lead, continuation and invalid bytes alike): the pieces
+    # join to what decoding the whole stream gives once the tail is flushed, whichever path
+    # (nothing held and ending in ASCII, or bytes held back) each token took
+    class Bytes:
+        def __init__(self, table):
+            self.table = table
+
+        def token_bytes(self, token):
+            return self.table[token]
+
+    rng = np.random.default_rng(7)
+    alphabet = [0x41, 0x62, 0x20, 0xC3, 0xA9, 0xE6, 0x97, 0xA5, 0xF0, 0x9F, 0x99, 0x82, 0xFF, 0x80]
+    table = [bytes(rng.choice(alphabet, size=rng.integers(1, 4)).tolist()) for _ in range(64)]
+    for _ in range(200):
+        ids = rng.integers(0, len(table), size=rng.integers(1, 12)).tolist()
+        detokenizer = Detokenizer(Bytes(table))
+        pieces = [detokenizer.push(i) for i in ids]
+        data = b"".join(table[i] for i in ids)
+        assert "".join(pieces) + detokenizer.flush() == data.decode("utf-8", errors="replace")
+
+
+def test_stop_guard_without_stop_strings_passes_every_piece_through():
+    guard = StopGuard(())
+    assert [guard.push(p) for p in ("a", "", "b c", "END")] == ["a", "", "b c", "END"]
+    assert guard.flush() == "" and not guard.stopped

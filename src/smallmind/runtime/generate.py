@@ -81,7 +81,10 @@ class Detokenizer:
         self.pending = b""
 
     def push(self, token: int) -> str:
-        self.pending += self.token_bytes(token)
+        data = self.token_bytes(token)
+        if not self.pending and data and data[-1] < 0x80:
+            return data.decode("utf-8", errors="replace")   # the usual case: nothing held, ends in ASCII
+        self.pending += data
         cut = utf8_complete(self.pending)
         if cut == 0:
             return ""
@@ -106,6 +109,8 @@ class StopGuard:
         self.stopped = False
 
     def push(self, piece: str) -> str:
+        if not self.stops:
+            return piece
         # A stop string can only begin inside `pending`: anything that could start one was held.
         self.pending += piece
         found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
