@@ -54,8 +54,8 @@ def port_number(text: str) -> int:
 
 def fast_io() -> tuple[str, str]:
     """uvicorn's HTTP parser and event loop: httptools and uvloop (the server extra's, in C) where
-    they import, else the pure-Python h11 and asyncio. Every streamed token passes through both
-    while the engine thread waits for the GIL, so their cost per token is decode speed."""
+    they import, else the pure-Python h11 and asyncio. Every streamed token passes through both,
+    holding the GIL that the engine thread needs between its kernels."""
     def importable(name: str) -> bool:
         try:
             __import__(name)
