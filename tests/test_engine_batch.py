@@ -1,0 +1,34 @@
+"""benchmarks/engine_batch.py runs end to end (its figures are not asserted: a benchmark prints
+them) and refuses bad input in one line with a non-zero exit."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_batch.py"
+
+
+def run(*argv):
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=300)
+
+
+def test_engine_batch_reports_every_round_and_the_median_ratio():
+    done = run("--tokens", "4", "--requests", "1", "--rounds", "2", "--streams", "2", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("CPU: ") and "2 slots, max_tokens 4" in lines[0]
+    rounds = [line.split() for line in lines[2:4]]
+    assert [r[0] for r in rounds] == ["1", "2"] and all(r[3].endswith("x") for r in rounds)
+    assert lines[4].startswith("2 streams / 1 stream aggregate tok/s: median ")
+
+
+def test_engine_batch_refuses_a_missing_model_and_too_many_streams(tmp_path):
+    missing = run("--model", str(tmp_path / "none.gguf"))
+    assert missing.returncode == 2 and "no model at" in missing.stderr
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a model")
+    bad = run("--model", str(broken))
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("engine_batch: ")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    many = run("--streams", "100000", "--tokens", "1")
+    assert many.returncode == 1 and "--streams must be 1.." in many.stderr
