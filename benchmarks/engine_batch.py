@@ -19,12 +19,11 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_load import PROMPTS, seed_checkpoint  # noqa: E402
+from serve_load import PROMPTS, run_threads, seed_checkpoint  # noqa: E402
 from side_by_side import cpu_model, positive_int  # noqa: E402
 
 
@@ -51,13 +50,7 @@ def phase(engine, tokenizer, streams: int, requests_each: int, tokens: int) -> t
             engine.submit(GenerationRequest(ids, max_tokens=tokens, deliver=deliver, seed=1000 * i + r))
             done.wait()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - t0
+    seconds = run_threads(client, streams)
     if failures:
         sys.exit(f"engine_batch: a request failed: {failures[0]}")
     return generated[0], seconds
@@ -98,7 +91,7 @@ def main():
 
 
 def run(engine, model, args) -> None:
-    from smallmind import kernels  # noqa: F811 (main's is local to it)
+    from smallmind import kernels
 
     print(f"CPU: {cpu_model()}; kernels {kernels.path}; model {model.name} "
           f"({args.model or 'preset seed, random weights'}); {args.streams} slots, max_tokens {args.tokens}")
