@@ -37,7 +37,7 @@ def phase(engine, tokenizer, streams: int, requests_each: int, tokens: int) -> t
         for r in range(requests_each):
             done = threading.Event()
 
-            def deliver(event):
+            def deliver(event, done=done):
                 if isinstance(event, Finished):
                     with lock:
                         generated[0] += event.completion_tokens
