@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from smallmind.errors import SmallMindError
-from smallmind.runtime.sampler import Sampler
+from smallmind.runtime.sampler import Sampler, largest
 
 V = 50
 
@@ -196,3 +196,55 @@ def test_nan_logits_raise_instead_of_hanging(kwargs):
     logits[3] = np.nan
     with pytest.raises(SmallMindError, match="NaN"):
         Sampler(V, temperature=1.0, seed=0, **kwargs).sample(logits)
+
+
+def full_sort_largest(values, k):
+    # the definition: the head of the stable descending sort, in id order
+    return np.sort(np.argsort(-values, kind="stable")[:k])
+
+
+@pytest.mark.parametrize("scale, k", [(0.5, 40), (3.0, 40), (50.0, 200), (50.0, 4999), (1.0, 5000)])
+def test_largest_is_the_head_of_the_stable_sort(scale, k):
+    # scale 50: few values lie near the top, so the candidates widen span by span
+    values = np.random.default_rng(int(scale * 10) + k).normal(0.0, scale, 5000).astype(np.float32)
+    values[[10, 700, 4000]] = values.max()   # ties at the top
+    assert np.array_equal(largest(values, k), full_sort_largest(values, k))
+
+
+def test_largest_keeps_the_lower_ids_of_a_tie_at_the_kth_place():
+    values = np.zeros(1000, np.float32)
+    values[[900, 5]] = 2.0
+    values[[999, 3]] = -1.0
+    assert largest(values, 6).tolist() == [0, 1, 2, 4, 5, 900]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_largest_refuses_a_nan_or_an_infinity(bad):
+    values = random_logits(8)
+    values[7] = bad
+    with pytest.raises(SmallMindError, match="NaN"):
+        largest(values, 3)
+    with pytest.raises(SmallMindError, match="NaN"):
+        Sampler(V, temperature=1.0, top_k=3, seed=0).sample(values)
+
+
+def test_top_p_widens_its_candidates_until_the_cut_falls_inside():
+    # one token holds half the mass; the other half is spread so thin (each below 2^-10 of the
+    # top) that the first candidates are the top token alone
+    n = 3000
+    probs = np.full(n, 0.5 / (n - 1))
+    probs[1234] = 0.5
+    logits = np.log(probs).astype(np.float32)
+    for top_p in (0.4, 0.9):
+        kept, _ = Sampler(n, temperature=1.0, top_p=top_p, seed=0)._nucleus(logits)
+        assert set(kept.tolist()) == full_sort_nucleus(logits, 1.0, top_p)
+    assert len(kept) > 1000
+
+
+def test_top_p_over_a_peaked_big_vocabulary_keeps_exactly_the_nucleus():
+    n = 262144
+    logits = np.random.default_rng(9).normal(0.0, 3.0, n).astype(np.float32)
+    logits[:5] += 25.0   # a handful of likely tokens, as a language model's next token
+    for top_p in (0.5, 0.95):
+        kept, _ = Sampler(n, temperature=1.0, top_p=top_p, seed=0)._nucleus(logits)
+        assert set(kept.tolist()) == full_sort_nucleus(logits, 1.0, top_p)

@@ -38,7 +38,7 @@ from ..errors import ContextLengthError, SmallMindError
 from .batch_decode import BatchDecoder
 from .generate import Detokenizer, StopGuard, stop_strings
 from .kv_pool import KVPool
-from .sampler import Sampler
+from .sampler import Sampler, largest
 
 DEFAULT_PREFILL_CHUNK = 64
 DEFAULT_QUEUE_SIZE = 64
@@ -352,7 +352,7 @@ class Engine:
         token_bytes = self.model.tokenizer.token_bytes
         top = []
         if k > 0:
-            best = np.argpartition(-lp, k - 1)[:k] if k < lp.shape[0] else np.arange(lp.shape[0])
+            best = largest(lp, min(k, lp.shape[0]))
             best = best[np.argsort(-lp[best], kind="stable")]
             top = [(token_bytes(int(i)), float(lp[i])) for i in best]
         return TokenLogprob(token_bytes(token), float(lp[token]), top)

@@ -5,8 +5,9 @@ and the draw is one uniform number from a seeded numpy Generator mapped through 
 cumulative distribution in token order, so a seed fixes the whole generated text. Plain
 temperature sampling is one native kernel over the vocabulary (kernels.sample_softmax: a
 262k vocabulary costs a fraction of a millisecond, not the milliseconds of NumPy's float64
-exp and cumsum); top-k and top-p work on a partial selection of the candidates, never a sort
-of the whole vocabulary. Greedy and plain temperature sampling allocate nothing per token.
+exp and cumsum); top-k and top-p sort only the candidates that one comparison of the whole
+vocabulary with a floor leaves (see TOP_K_SPANS), never the vocabulary itself. Greedy and plain
+temperature sampling allocate nothing per token.
 """
 
 import numbers
@@ -19,9 +20,14 @@ from ..errors import SmallMindError
 # Below this temperature sampling is greedy: dividing the logits by a temperature near 0
 # overflows to infinity (1e-300 does), and the softmax of the rest is one-hot anyway.
 GREEDY_BELOW = 1e-6
-# top-p alone first looks at this many of the most likely tokens, then 8 times more while
-# they do not yet hold top_p of the mass
-NUCLEUS_FIRST = 64
+# Candidates are found by comparing the whole vocabulary once with a floor (a vectorized pass,
+# a fraction of a millisecond over 262k ids) rather than by selecting among all of it
+# (numpy's argpartition of 262k values takes milliseconds): top-k keeps what lies within
+# TOP_K_SPANS[i] of the largest logit, the next span while that is fewer than k; top-p keeps the
+# probabilities within NUCLEUS_SPANS[i] powers of two of the largest, the next span while the
+# cut does not fall inside them. The last, infinite, span is the whole vocabulary.
+TOP_K_SPANS = (8.0, 32.0, float("inf"))
+NUCLEUS_SPANS = (10.0, 30.0, float("inf"))
 
 
 def _is_int(x) -> bool:
@@ -30,6 +36,25 @@ def _is_int(x) -> bool:
 
 def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def largest(values: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the k largest of `values` (V,), 1 <= k <= V, in id order; of values tied at
+    the k-th place the lower ids, so that exactly k are kept. A NaN or an infinity among them
+    is refused with a one-line SmallMindError."""
+    top = float(values.max())
+    if not np.isfinite(top):
+        raise SmallMindError("the logits hold a NaN or an infinity: nothing to sample from")
+    for span in TOP_K_SPANS:
+        candidates = np.flatnonzero(values >= top - span)   # all values from the k-th largest on, once k are in
+        if candidates.shape[0] >= k:
+            break
+    if candidates.shape[0] < k:   # a NaN compares false with everything: the last span left it out
+        raise SmallMindError("the logits hold a NaN or an infinity: nothing to sample from")
+    kept = values[candidates]
+    kth = np.partition(kept, kept.shape[0] - k)[kept.shape[0] - k]
+    above = candidates[kept > kth]
+    return np.sort(np.concatenate((above, candidates[kept == kth][:k - above.shape[0]])))
 
 
 class Sampler:
@@ -68,8 +93,7 @@ class Sampler:
         if self.top_k is None:
             kept, weights = self._nucleus(logits)
         else:
-            # exactly k survive, even when values tie at the k-th place
-            kept = np.sort(np.argpartition(logits, -self.top_k)[-self.top_k:])
+            kept = self._top_k(logits)
             x = logits[kept].astype(np.float64) * self.scale
             weights = np.exp(x - x.max())
             if self.top_p is not None:
@@ -80,27 +104,29 @@ class Sampler:
         index = int(np.searchsorted(running, u * running[-1], side="right"))
         return int(kept[min(index, kept.shape[0] - 1)])
 
+    def _top_k(self, logits: np.ndarray) -> np.ndarray:
+        # logits (V,) -> the ids of the k largest, in id order
+        return largest(logits, self.top_k)
+
     def _nucleus(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # logits (V,) -> the ids of the smallest top set holding top_p of the mass (in id order)
-        # and their probabilities. Candidates are the n most likely with every tie of the n-th,
-        # in id order, so that sorted by probability they are exactly the head of the stable
-        # sort of the whole vocabulary; n grows until the cut falls inside them.
+        # and their probabilities. Candidates are every id whose probability reaches a floor, in
+        # id order, so that sorted by probability they are exactly the head of the stable sort
+        # of the whole vocabulary; the floor falls until the cut lies inside them.
         probs, V = self.probs, self.probs.shape[0]
         np.multiply(logits, self.scale, out=self.scaled[0])
         kernels.softmax(self.scaled, probs.reshape(1, V))
         total = float(probs.sum(dtype=np.float64))
         if not 0.0 < total < np.inf:
             raise SmallMindError("the logits hold a NaN or an infinity: nothing to sample from")
-        n = min(NUCLEUS_FIRST, V)
-        while True:
-            floor = probs[np.argpartition(probs, V - n)[V - n:]].min()
-            candidates = np.flatnonzero(probs >= floor)
+        top = float(probs.max())
+        for span in NUCLEUS_SPANS:
+            candidates = np.flatnonzero(probs >= top * 2.0 ** -span)   # the last span: a floor of 0
             p = probs[candidates].astype(np.float64)
             keep = self._top_mass(p, np.argsort(-p, kind="stable"), total)
-            if keep.shape[0] < candidates.shape[0] or candidates.shape[0] == V:
+            if keep.shape[0] < candidates.shape[0] or span == NUCLEUS_SPANS[-1]:
                 keep.sort()
                 return candidates[keep], p[keep]
-            n = min(8 * n, V)
 
     def _top_mass(self, p: np.ndarray, order: np.ndarray, total: float) -> np.ndarray:
         # p (n,) probabilities, order (n,) their ranking -> the ranked positions kept: a token
