@@ -4,13 +4,15 @@ serve_load.py measures what a client sees through HTTP; this measures the engine
 runtime Engine that `smallmind serve` runs), fed by threads that submit requests and wait for
 their end, so the 8-vs-1 ratio of the batched decode step itself is separated from what the
 HTTP layer, the event loop and the clients cost. One process, the two phases alternating for
---rounds rounds, each stream asking for --requests completions of at most --tokens tokens in
-turn (the same in both phases) at temperature 1 with its own seed; tokens/s counts what the
-engine reports as generated.
+--rounds rounds. A phase lasts --seconds: each of its streams asks for one completion of at most
+--tokens tokens after another (temperature 1, a seed of its own), and the tokens the engine
+delivers within those seconds count; what is still running at the end is cancelled. So every
+stream is busy for the whole phase (a phase of a fixed number of requests would end with fewer
+streams running, as requests that stop at the model's end of text finish early).
 
     .venv/bin/python benchmarks/engine_batch.py                      # --preset seed: random weights
     .venv/bin/python benchmarks/engine_batch.py --model PATH         # a GGUF file or a checkpoint
-    [--tokens 100] [--requests 4] [--streams 8] [--rounds 3] [--threads N]
+    [--tokens 100] [--seconds 10] [--streams 8] [--rounds 3] [--threads N]
 """
 
 import argparse
@@ -19,48 +21,58 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serve_load import PROMPTS, run_threads, seed_checkpoint  # noqa: E402
-from side_by_side import cpu_model, positive_int  # noqa: E402
+from side_by_side import cpu_model, positive_float, positive_int  # noqa: E402
 
 
-def phase(engine, tokenizer, streams: int, requests_each: int, tokens: int) -> tuple[int, float]:
-    """`streams` threads, each running `requests_each` completions in turn -> (tokens, seconds)."""
-    from smallmind.runtime.engine import Failed, Finished, GenerationRequest
+def phase(engine, tokenizer, streams: int, seconds: float, tokens: int) -> tuple[int, int]:
+    """`streams` threads, each running completions one after another for `seconds` ->
+    (tokens delivered within those seconds, requests started)."""
+    from smallmind.runtime.engine import Delta, Failed, GenerationRequest
 
-    generated, failures, lock = [0], [], threading.Lock()
+    failures, counts = [], [[0, 0] for _ in range(streams)]   # per stream: tokens in time, requests
+    deadline = time.perf_counter() + seconds
 
     def client(i: int) -> None:
-        for r in range(requests_each):
+        while time.perf_counter() < deadline:
             done = threading.Event()
 
             def deliver(event, done=done):
-                if isinstance(event, Finished):
-                    with lock:
-                        generated[0] += event.completion_tokens
+                if isinstance(event, Delta) and time.perf_counter() <= deadline:
+                    counts[i][0] += event.tokens
                 if isinstance(event, Failed):
                     failures.append(event.message)
-                if isinstance(event, (Finished, Failed)):
+                    done.set()
+                elif not isinstance(event, Delta):
                     done.set()
 
-            ids = [int(t) for t in tokenizer.encode(PROMPTS[i % len(PROMPTS)])]
-            engine.submit(GenerationRequest(ids, max_tokens=tokens, deliver=deliver, seed=1000 * i + r))
-            done.wait()
+            ids = [int(t) for t in tokenizer.encode(PROMPTS[(i + counts[i][1]) % len(PROMPTS)])]
+            handle = engine.submit(GenerationRequest(ids, max_tokens=tokens, deliver=deliver,
+                                                     seed=1000 * i + counts[i][1]))
+            counts[i][1] += 1
+            if not done.wait(max(0.0, deadline - time.perf_counter())):
+                handle.cancel()   # past the deadline: its slot is free at the engine's next step
+                return
 
-    seconds = run_threads(client, streams)
+    run_threads(client, streams)
     if failures:
         sys.exit(f"engine_batch: a request failed: {failures[0]}")
-    return generated[0], seconds
+    while engine.active_sequences or engine.queue_depth:   # the cancelled ones leave at the next step
+        time.sleep(0.001)
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="a GGUF file or checkpoint directory (default: --preset seed)")
     p.add_argument("--tokens", type=positive_int, default=100, help="max_tokens of every request (default 100)")
-    p.add_argument("--requests", type=positive_int, default=4, help="completions each stream asks for in turn")
+    p.add_argument("--seconds", type=positive_float, default=10.0,
+                   help="length of each phase: every stream asks for one completion after another (default 10)")
     p.add_argument("--streams", type=positive_int, default=8, help="concurrent streams of the batched phase")
     p.add_argument("--rounds", type=positive_int, default=3, help="alternating 1- and N-stream rounds")
     p.add_argument("--threads", type=positive_int, default=None, help="the kernels' thread budget")
@@ -98,10 +110,10 @@ def run(engine, model, args) -> None:
     print(f"{'round':>5} {'1 stream tok/s':>15} {f'{args.streams} streams tok/s':>17} {'ratio':>7}")
     ratios = []
     for r in range(1, args.rounds + 1):
-        n1, s1 = phase(engine, model.tokenizer, 1, args.requests, args.tokens)
-        n8, s8 = phase(engine, model.tokenizer, args.streams, args.requests, args.tokens)
-        ratios.append((n8 / s8) / (n1 / s1) if n1 else float("nan"))  # nan: every request ended at once
-        print(f"{r:>5} {n1 / s1:>15.1f} {n8 / s8:>17.1f} {ratios[-1]:>6.2f}x", flush=True)
+        n1, _ = phase(engine, model.tokenizer, 1, args.seconds, args.tokens)
+        n8, _ = phase(engine, model.tokenizer, args.streams, args.seconds, args.tokens)
+        ratios.append(n8 / n1 if n1 else float("nan"))   # nan: nothing generated in time
+        print(f"{r:>5} {n1 / args.seconds:>15.1f} {n8 / args.seconds:>17.1f} {ratios[-1]:>6.2f}x", flush=True)
     print(f"{args.streams} streams / 1 stream aggregate tok/s: median {statistics.median(ratios):.2f}x")
 
 

@@ -1,19 +1,21 @@
 """Load on `smallmind serve`: many concurrent streaming clients over loopback.
 
 Starts the server as a subprocess on 127.0.0.1 (a free port), then measures:
-  1. one stream, then 8 concurrent streams, alternating for --rounds rounds, each stream
-     --requests completions one after another (the same on both sides, so that the 8 streams
-     are measured while 8 are running, not mostly while the first start and the last finish):
-     aggregate generated tokens/s of each, and their ratio (target >= 3x: the engine decodes
-     the 8 in one batched forward per step);
-  3. 32 concurrent streaming clients, one request each: none lost, every response complete
+  1. one stream, then 8 concurrent streams, alternating for --rounds rounds, each phase lasting
+     --seconds with every stream asking for one completion after another: aggregate generated
+     tokens/s of each (the tokens that arrived within the phase's seconds; a chunk is credited
+     an equal share of its response's usage count), and their ratio (target >= 3x: the engine
+     decodes the 8 in one batched forward per step). A timed phase keeps all 8 streams busy to
+     its end, where a fixed number of requests each would end with fewer running (requests
+     that stop at the model's end of text finish early);
+  2. 32 concurrent streaming clients, one request each: none lost, every response complete
      (a finish_reason, `[DONE]`, and usage.completion_tokens equal to the tokens asked for
      unless the model ended its text), time to first token under that load.
 Prints a table, stops the server and exits; every request has a timeout.
 
     .venv/bin/python benchmarks/serve_load.py                   # --preset seed: random weights
     .venv/bin/python benchmarks/serve_load.py --model PATH      # a GGUF file or a checkpoint
-    [--tokens 48] [--requests 4] [--parallel 8] [--clients 32] [--threads N] [--ctx N]
+    [--tokens 48] [--seconds 10] [--parallel 8] [--clients 32] [--threads N] [--ctx N]
 
 The `seed` preset gets random weights and a byte-level BPE tokenizer trained here on this
 file's text (so the server has something to tokenize with); its generations are gibberish of
@@ -33,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from side_by_side import positive_int
+from side_by_side import positive_float, positive_int
 
 REQUEST_TIMEOUT = 300.0   # seconds: a bound per request, so the script always ends
 START_TIMEOUT = 120.0
@@ -96,7 +98,7 @@ def stream(port: int, model_id: str, prompt: str, tokens: int, seed: int) -> dic
     body = json.dumps({"model": model_id, "prompt": prompt, "max_tokens": tokens, "stream": True,
                        "seed": seed, "stream_options": {"include_usage": True}})
     t0 = time.perf_counter()
-    ttft, finish, usage, done = None, None, None, False
+    ttft, finish, usage, done, arrivals = None, None, None, False, []
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
         conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
@@ -117,8 +119,10 @@ def stream(port: int, model_id: str, prompt: str, tokens: int, seed: int) -> dic
             if "error" in chunk:
                 return {"ok": False, "error": chunk["error"]["message"]}
             for choice in chunk.get("choices", ()):
-                if choice["text"] and ttft is None:
-                    ttft = time.perf_counter() - t0
+                if choice["text"]:
+                    arrivals.append(time.perf_counter())
+                    if ttft is None:
+                        ttft = arrivals[-1] - t0
                 finish = choice["finish_reason"] or finish
             usage = chunk.get("usage") or usage
         conn.close()
@@ -127,8 +131,12 @@ def stream(port: int, model_id: str, prompt: str, tokens: int, seed: int) -> dic
     seconds = time.perf_counter() - t0
     generated = usage["completion_tokens"] if usage else 0
     complete = done and finish is not None and usage is not None and (generated == tokens or finish == "stop")
+    # (time, tokens) as the text arrived: a chunk carries the tokens whose text it is, which the
+    # client cannot see one by one, so each chunk is credited an equal share of the usage count
+    share = generated / len(arrivals) if arrivals and complete else 0.0
     return {"ok": complete, "ttft": ttft if ttft is not None else seconds, "seconds": seconds,
-            "tokens": generated, "error": None if complete else "incomplete response"}
+            "tokens": generated, "error": None if complete else "incomplete response",
+            "arrivals": [(t, share) for t in arrivals]}
 
 
 def run_clients(port, model_id, clients: int, requests_each: int, tokens: int) -> tuple[list[dict], float]:
@@ -144,6 +152,25 @@ def run_clients(port, model_id, clients: int, requests_each: int, tokens: int) -
     return results, run_threads(client, clients)
 
 
+def run_for(port, model_id, clients: int, seconds: float, tokens: int) -> tuple[list[dict], float]:
+    """`clients` threads, each streaming one completion after another for `seconds` ->
+    (results, tokens that arrived within those seconds). What is running at the end runs to
+    its end (so that it too is checked complete) but its later tokens do not count."""
+    results, lock = [], threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client(i):
+        r = 0
+        while time.perf_counter() < deadline:
+            out = stream(port, model_id, PROMPTS[(i + r) % len(PROMPTS)], tokens, seed=i * 1000 + r)
+            r += 1
+            with lock:
+                results.append(out)
+
+    run_threads(client, clients)
+    return results, sum(n for out in results for t, n in out.get("arrivals", ()) if t <= deadline)
+
+
 def run_threads(target, n: int) -> float:
     """target(0) .. target(n-1), each on a thread of its own, all at once -> seconds until the last ends."""
     threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
@@ -155,12 +182,14 @@ def run_threads(target, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def summary(name, results, wall, clients) -> dict:
+def summary(name, results, wall, clients, tokens=None) -> dict:
+    # tokens: those that count (a timed phase's, within its seconds = wall), else every response's
     good = [r for r in results if r["ok"]]
     ttfts = sorted(r["ttft"] for r in good) or [float("nan")]
-    tokens = sum(r["tokens"] for r in good)
+    if tokens is None:
+        tokens = sum(r["tokens"] for r in good)
     return {"phase": name, "clients": clients, "requests": len(results), "complete": len(good),
-            "tokens": tokens, "tok_s": tokens / wall, "ttft_p50": statistics.median(ttfts),
+            "tokens": round(tokens), "tok_s": tokens / wall, "ttft_p50": statistics.median(ttfts),
             "ttft_max": ttfts[-1], "wall": wall,
             "errors": sorted({r["error"] for r in results if not r["ok"]})}
 
@@ -170,8 +199,9 @@ def main():
     p.add_argument("--model", default=None, help="a GGUF file or checkpoint directory (default: --preset seed)")
     p.add_argument("--preset", default="seed", choices=["seed"], help="random weights when no --model")
     p.add_argument("--tokens", type=positive_int, default=48, help="max_tokens of every request (default 48)")
-    p.add_argument("--requests", type=positive_int, default=4,
-                   help="completions each stream asks for in turn, in both the 1- and the 8-stream rounds (default 4)")
+    p.add_argument("--seconds", type=positive_float, default=10.0,
+                   help="length of each 1- and 8-stream phase, its streams asking for one completion after "
+                        "another (default 10)")
     p.add_argument("--parallel", type=positive_int, default=8, help="the server's --parallel (default 8)")
     p.add_argument("--clients", type=positive_int, default=32, help="concurrent clients in the load phase (default 32)")
     p.add_argument("--threads", type=positive_int, default=None, help="the server's --threads")
@@ -187,10 +217,10 @@ def main():
             rows, ratios = [], []
             # 1 and 8 streams alternate, so that both see the same share of a busy machine
             for round_ in range(args.rounds):
-                results, wall = run_clients(port, model_id, 1, args.requests, args.tokens)
-                rows.append(summary(f"1 stream #{round_ + 1}", results, wall, 1))
-                results, wall = run_clients(port, model_id, 8, args.requests, args.tokens)
-                rows.append(summary(f"8 streams #{round_ + 1}", results, wall, 8))
+                for streams in (1, 8):
+                    results, tokens = run_for(port, model_id, streams, args.seconds, args.tokens)
+                    name = f"{streams} stream{'s' if streams > 1 else ''} #{round_ + 1}"
+                    rows.append(summary(name, results, args.seconds, streams, tokens))
                 if rows[-2]["tok_s"] == 0:
                     errors = rows[-2]["errors"] or ["no tokens generated"]
                     raise SystemExit(f"serve_load: a single stream generated nothing: {errors[0]}")

@@ -13,12 +13,13 @@ def run(*argv):
 
 
 def test_engine_batch_reports_every_round_and_the_median_ratio():
-    done = run("--tokens", "4", "--requests", "1", "--rounds", "2", "--streams", "2", "--threads", "1")
+    done = run("--tokens", "4", "--seconds", "0.5", "--rounds", "2", "--streams", "2", "--threads", "1")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("CPU: ") and "2 slots, max_tokens 4" in lines[0]
     rounds = [line.split() for line in lines[2:4]]
     assert [r[0] for r in rounds] == ["1", "2"] and all(r[3].endswith("x") for r in rounds)
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rounds)   # each phase generated in its time
     assert lines[4].startswith("2 streams / 1 stream aggregate tok/s: median ")
 
 
@@ -32,3 +33,7 @@ def test_engine_batch_refuses_a_missing_model_and_too_many_streams(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
     many = run("--streams", "100000", "--tokens", "1")
     assert many.returncode == 1 and "--streams must be 1.." in many.stderr
+    for seconds in ("0", "-1", "nan", "inf", "soon"):
+        bad_time = run("--seconds", seconds)
+        assert bad_time.returncode == 2 and "--seconds" in bad_time.stderr.strip().splitlines()[-1]
+
