@@ -109,14 +109,48 @@ static void GFN(tile)(const GemmArgs *g, const float *a, long ars, long acs, con
     }
 #undef SM_GEMM_PREFETCH_ROW
     long k = 0;
-    if (acs == SM_GMR && ars == 1 && mr == SM_GMR) {
-        /* a packed panel: constant offsets, four k a trip (fewer pointer and loop instructions) */
-        for (; k + 4 <= kc; k += 4, ak += 4 * SM_GMR, bp += 4 * NR) {
-            SM_GEMM_K_STEP(ak, bp);
-            SM_GEMM_K_STEP(ak + SM_GMR, bp + NR);
-            SM_GEMM_K_STEP(ak + 2 * SM_GMR, bp + 2 * NR);
-            SM_GEMM_K_STEP(ak + 3 * SM_GMR, bp + 3 * NR);
-        }
+    if (acs == SM_GMR && ars == 1 && mr == SM_GMR && kc >= 4) {
+        /* A packed (the weight gradient's dout.T): a k's six values side by side. Written in
+         * assembly, four k a trip: from intrinsics GCC kept the offsets o1..o5 in registers,
+         * shuffled the twelve accumulators between registers and spilled one to the stack
+         * inside the loop (15 of the 16 vector registers are live), which cost the weight
+         * gradients 8-15% (benchmarks/gemm_vs_blas.py). ymm0-11 are the accumulators as the
+         * compiler assigns them, ymm12-13 the panel's row of a k, ymm14-15 A's values. */
+        long trips = kc / 4;
+#define SM_GEMM_ASM_K(ao, bo)                                                                                 \
+        "vmovaps " #bo "(%[b]), %%ymm12\n\t"                                                                \
+        "vmovaps " #bo "+32(%[b]), %%ymm13\n\t"                                                             \
+        "vbroadcastss " #ao "(%[a]), %%ymm14\n\t"                                                           \
+        "vbroadcastss " #ao "+4(%[a]), %%ymm15\n\t"                                                         \
+        "vfmadd231ps %%ymm12, %%ymm14, %[c00]\n\t"                                                          \
+        "vfmadd231ps %%ymm13, %%ymm14, %[c01]\n\t"                                                          \
+        "vfmadd231ps %%ymm12, %%ymm15, %[c10]\n\t"                                                          \
+        "vfmadd231ps %%ymm13, %%ymm15, %[c11]\n\t"                                                          \
+        "vbroadcastss " #ao "+8(%[a]), %%ymm14\n\t"                                                         \
+        "vbroadcastss " #ao "+12(%[a]), %%ymm15\n\t"                                                        \
+        "vfmadd231ps %%ymm12, %%ymm14, %[c20]\n\t"                                                          \
+        "vfmadd231ps %%ymm13, %%ymm14, %[c21]\n\t"                                                          \
+        "vfmadd231ps %%ymm12, %%ymm15, %[c30]\n\t"                                                          \
+        "vfmadd231ps %%ymm13, %%ymm15, %[c31]\n\t"                                                          \
+        "vbroadcastss " #ao "+16(%[a]), %%ymm14\n\t"                                                        \
+        "vbroadcastss " #ao "+20(%[a]), %%ymm15\n\t"                                                        \
+        "vfmadd231ps %%ymm12, %%ymm14, %[c40]\n\t"                                                          \
+        "vfmadd231ps %%ymm13, %%ymm14, %[c41]\n\t"                                                          \
+        "vfmadd231ps %%ymm12, %%ymm15, %[c50]\n\t"                                                          \
+        "vfmadd231ps %%ymm13, %%ymm15, %[c51]\n\t"
+        __asm__ volatile("1:\n\t"
+                         SM_GEMM_ASM_K(0, 0) SM_GEMM_ASM_K(24, 64) SM_GEMM_ASM_K(48, 128) SM_GEMM_ASM_K(72, 192)
+                         "add $96, %[a]\n\t"
+                         "add $256, %[b]\n\t"
+                         "dec %[n]\n\t"
+                         "jnz 1b\n\t"
+                         : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11), [c20] "+x"(c20),
+                           [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31), [c40] "+x"(c40), [c41] "+x"(c41),
+                           [c50] "+x"(c50), [c51] "+x"(c51), [a] "+r"(ak), [b] "+r"(bp), [n] "+r"(trips)
+                         :
+                         : "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
+#undef SM_GEMM_ASM_K
+        k = kc / 4 * 4;
     }
     for (; k < kc; k++, ak += acs, bp += NR) SM_GEMM_K_STEP(ak, bp);
 #undef SM_GEMM_K_STEP
