@@ -16,7 +16,6 @@ streams running, as requests that stop at the model's end of text finish early).
 """
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serve_load import PROMPTS, run_threads, seed_checkpoint  # noqa: E402
-from side_by_side import cpu_model, positive_float, positive_int  # noqa: E402
+from side_by_side import cpu_model, parse_model_args, positive_float, positive_int  # noqa: E402
 
 
 def phase(engine, tokenizer, streams: int, seconds: float, tokens: int) -> tuple[int, int]:
@@ -75,18 +74,12 @@ def main():
                    help="length of each phase: every stream asks for one completion after another (default 10)")
     p.add_argument("--streams", type=positive_int, default=8, help="concurrent streams of the batched phase")
     p.add_argument("--rounds", type=positive_int, default=3, help="alternating 1- and N-stream rounds")
-    p.add_argument("--threads", type=positive_int, default=None, help="the kernels' thread budget")
-    args = p.parse_args()
-    if args.model is not None and not os.path.exists(args.model):
-        p.error(f"no model at {args.model}")
+    args = parse_model_args(p)
 
     import smallmind
-    from smallmind import kernels
     from smallmind.errors import SmallMindError
     from smallmind.runtime.engine import Engine
 
-    if args.threads is not None:
-        kernels.set_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             model = smallmind.load(args.model or str(seed_checkpoint(Path(tmp))))

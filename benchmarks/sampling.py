@@ -12,12 +12,11 @@ costs: they must find a handful of candidates among all the ids for every token.
 """
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
-from side_by_side import cpu_model, positive_int
+from side_by_side import cpu_model, parse_model_args, positive_int
 
 SETTINGS = (
     ("greedy", {"temperature": 0.0}),
@@ -45,10 +44,7 @@ def main():
     p.add_argument("--repeats", type=positive_int, default=200, help="timed calls per setting (default 200)")
     p.add_argument("--prompt", default="The history of the Roman empire began when",
                    help="the text whose next token is sampled")
-    p.add_argument("--threads", type=positive_int, default=None, help="the kernels' thread budget")
-    args = p.parse_args()
-    if args.model is not None and not os.path.exists(args.model):
-        p.error(f"no model at {args.model}")
+    args = parse_model_args(p)
 
     import numpy as np
 
@@ -58,8 +54,6 @@ def main():
     from smallmind.runtime.sampler import Sampler
     from smallmind.runtime.session import Session
 
-    if args.threads is not None:
-        kernels.set_threads(args.threads)
     try:
         model = smallmind.load(args.model)
         ids = np.asarray(model.tokenizer.encode(args.prompt), np.int32)

@@ -39,6 +39,21 @@ def positive_float(text: str) -> float:
     return value
 
 
+def parse_model_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the command line of a benchmark that takes --model (a path, default the script's
+    own choice) and --threads (the kernels' thread budget), both added here: a path that does
+    not exist is a one-line usage error; the thread budget is applied before returning."""
+    p.add_argument("--threads", type=positive_int, default=None, help="the kernels' thread budget")
+    args = p.parse_args()
+    if args.model is not None and not Path(args.model).exists():
+        p.error(f"no model at {args.model}")
+    if args.threads is not None:
+        from smallmind import kernels
+
+        kernels.set_threads(args.threads)
+    return args
+
+
 def preset_names() -> list[str]:
     """The trainable GPT's presets, for an argparse choices list."""
     from smallmind.models.gpt import PRESETS

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from script_checks import refuses_a_missing_and_a_broken_model
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_batch.py"
 
 
@@ -24,13 +26,7 @@ def test_engine_batch_reports_every_round_and_the_median_ratio():
 
 
 def test_engine_batch_refuses_a_missing_model_and_too_many_streams(tmp_path):
-    missing = run("--model", str(tmp_path / "none.gguf"))
-    assert missing.returncode == 2 and "no model at" in missing.stderr
-    broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"not a model")
-    bad = run("--model", str(broken))
-    assert bad.returncode == 1 and bad.stderr.strip().startswith("engine_batch: ")
-    assert len(bad.stderr.strip().splitlines()) == 1
+    refuses_a_missing_and_a_broken_model(run, tmp_path, "engine_batch")
     many = run("--streams", "100000", "--tokens", "1")
     assert many.returncode == 1 and "--streams must be 1.." in many.stderr
     for seconds in ("0", "-1", "nan", "inf", "soon"):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from model_files import smollm2_path
+from script_checks import refuses_a_missing_and_a_broken_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sampling.py"
 
@@ -27,13 +28,7 @@ def test_sampling_bench_times_every_setting_and_the_decode_step():
 
 
 def test_sampling_bench_refuses_bad_input(tmp_path):
-    missing = run("--model", str(tmp_path / "none.gguf"))
-    assert missing.returncode == 2 and "no model at" in missing.stderr
-    broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"not a model")
-    bad = run("--model", str(broken))
-    assert bad.returncode == 1 and bad.stderr.strip().startswith("sampling: ")
-    assert len(bad.stderr.strip().splitlines()) == 1
+    refuses_a_missing_and_a_broken_model(run, tmp_path, "sampling")
     for argv in (("--repeats", "0"), ("--threads", "x")):
         refused = run(*argv)
         assert refused.returncode == 2 and argv[0] in refused.stderr.strip().splitlines()[-1]
