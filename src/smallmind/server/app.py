@@ -210,18 +210,25 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
         return done
 
     async def stream(job: Job, chunk, final, include_usage: bool):
-        """SSE of a job: chunk(delta) per Delta, final(finished) at the end, usage if asked."""
+        """SSE of a job: chunk(delta) per Delta, final(finished) at the end, usage if asked.
+        The events already waiting go out together, in one write of the socket (a system call
+        that wakes the client, the largest part of what the event loop does per token): the
+        step that makes a request's last token usually ends it too, so its last text, the final
+        chunk, the usage and [DONE] are one write, not four."""
+        out = b""
         async for e in events(job, None):
             if isinstance(e, Delta):
-                yield event(chunk(e))
+                out += event(chunk(e))
             elif isinstance(e, Finished):
-                yield event(final(e))
+                out += event(final(e))
                 if include_usage:
-                    yield event(final(e, usage_only=True))
-                yield DONE
+                    out += event(final(e, usage_only=True))
+                out += DONE
             else:
-                yield event(errors.error_body(e.status, e.message))
-                yield DONE
+                out += event(errors.error_body(e.status, e.message)) + DONE
+            if not job.pending:
+                yield out
+                out = b""
 
     # -- endpoints ---------------------------------------------------------------------------------
 
