@@ -93,7 +93,7 @@ class Sampler:
         if self.top_k is None:
             kept, weights = self._nucleus(logits)
         else:
-            kept = self._top_k(logits)
+            kept = largest(logits, self.top_k)
             x = logits[kept].astype(np.float64) * self.scale
             weights = np.exp(x - x.max())
             if self.top_p is not None:
@@ -103,10 +103,6 @@ class Sampler:
         # side="right" never lands on a zero-probability token: its running sum equals its predecessor's
         index = int(np.searchsorted(running, u * running[-1], side="right"))
         return int(kept[min(index, kept.shape[0] - 1)])
-
-    def _top_k(self, logits: np.ndarray) -> np.ndarray:
-        # logits (V,) -> the ids of the k largest, in id order
-        return largest(logits, self.top_k)
 
     def _nucleus(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # logits (V,) -> the ids of the smallest top set holding top_p of the mass (in id order)
