@@ -59,7 +59,10 @@ def main():
         ids = np.asarray(model.tokenizer.encode(args.prompt), np.int32)
         if ids.shape[0] == 0:
             sys.exit("sampling: the prompt is empty after tokenization: give some text")
-        ctx = min(model.context_length, ids.shape[0] + args.repeats + 2)
+        ctx = ids.shape[0] + args.repeats + 1   # the prompt, then the timed decode steps and a first one
+        if ctx > model.context_length:
+            sys.exit(f"sampling: the prompt ({ids.shape[0]} tokens) and --repeats {args.repeats} decode steps "
+                     f"exceed the model's context of {model.context_length}: lower --repeats")
         session = Session(model.net, ctx)
         logits = session.prefill(ids).copy()
     except SmallMindError as e:

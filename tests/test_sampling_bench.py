@@ -34,3 +34,6 @@ def test_sampling_bench_refuses_bad_input(tmp_path):
         assert refused.returncode == 2 and argv[0] in refused.stderr.strip().splitlines()[-1]
     empty = run("--model", str(smollm2_path()), "--prompt", "")
     assert empty.returncode == 1 and "the prompt is empty" in empty.stderr
+    too_many = run("--model", str(smollm2_path()), "--repeats", "100000")   # more steps than its context
+    assert too_many.returncode == 1 and "exceed the model's context of 8192" in too_many.stderr
+    assert len(too_many.stderr.strip().splitlines()) == 1
