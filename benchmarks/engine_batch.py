@@ -89,6 +89,12 @@ def main():
             engine = Engine(model, parallel=args.streams, ctx=min(1024, model.context_length))
         except SmallMindError as e:
             sys.exit(f"engine_batch: {e}")
+        try:   # every prompt with --tokens fits the slots, before any thread asks
+            for prompt in PROMPTS:
+                engine.check([int(t) for t in model.tokenizer.encode(prompt)], args.tokens)
+        except SmallMindError as e:
+            engine.close()
+            sys.exit(f"engine_batch: {e}")
         try:
             run(engine, model, args)
         finally:

@@ -29,6 +29,9 @@ def test_engine_batch_refuses_a_missing_model_and_too_many_streams(tmp_path):
     refuses_a_missing_and_a_broken_model(run, tmp_path, "engine_batch")
     many = run("--streams", "100000", "--tokens", "1")
     assert many.returncode == 1 and "--streams must be 1.." in many.stderr
+    long = run("--tokens", "100000")   # past the seed preset's context of 128
+    assert long.returncode == 1 and long.stderr.startswith("engine_batch: this model's context is 128 tokens")
+    assert len(long.stderr.strip().splitlines()) == 1
     for seconds in ("0", "-1", "nan", "inf", "soon"):
         bad_time = run("--seconds", seconds)
         assert bad_time.returncode == 2 and "--seconds" in bad_time.stderr.strip().splitlines()[-1]
