@@ -90,7 +90,8 @@ def launch(options: list[str], log_path: Path):
     proc.kill()
     proc.wait()
     log.close()
-    raise SystemExit(f"the server did not start:\n{log_path.read_text()}")
+    said = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    raise SystemExit(f"{Path(sys.argv[0]).stem}: the server did not start: {said[-1] if said else 'it said nothing'}")
 
 
 def stream(port: int, model_id: str, prompt: str, tokens: int, seed: int) -> dict:
@@ -208,6 +209,8 @@ def main():
     p.add_argument("--ctx", type=positive_int, default=None, help="the server's --ctx")
     p.add_argument("--rounds", type=positive_int, default=3, help="alternating 1- and 8-stream rounds (default 3)")
     args = p.parse_args()
+    if args.model is not None and not Path(args.model).exists():
+        p.error(f"no model at {args.model}")
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else seed_checkpoint(Path(tmp))

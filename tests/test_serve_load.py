@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_checks import refuses_a_missing_and_a_broken_model
 from side_by_side import positive_float
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
@@ -42,6 +43,7 @@ def test_positive_float_takes_a_number_above_0():
     assert positive_float("0.25") == 0.25 and positive_float("10") == 10.0
 
 
-def test_serve_load_refuses_bad_seconds():
+def test_serve_load_refuses_bad_seconds_and_a_missing_or_broken_model(tmp_path):
     refused = run("--seconds", "0")
     assert refused.returncode == 2 and "--seconds" in refused.stderr.strip().splitlines()[-1]
+    refuses_a_missing_and_a_broken_model(run, tmp_path, "serve_load")   # the broken one: the server's own word
