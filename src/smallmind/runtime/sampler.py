@@ -76,8 +76,6 @@ class Sampler:
         self.rng = np.random.default_rng(seed)
         self.scale = 0.0 if self.temperature == 0.0 else 1.0 / self.temperature
         self.probs = np.empty(vocab_size, dtype=np.float32)   # the kernels' (V,) output, made once
-        # top-p over the whole vocabulary needs the scaled logits as a (1,V) softmax input
-        self.scaled = np.empty((1, vocab_size), dtype=np.float32) if self.top_p is not None else None
 
     @property
     def greedy(self) -> bool:
@@ -106,15 +104,14 @@ class Sampler:
 
     def _nucleus(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # logits (V,) -> the ids of the smallest top set holding top_p of the mass (in id order)
-        # and their probabilities. Candidates are every id whose probability reaches a floor, in
+        # and their weights (the probabilities times one constant). Candidates are every id whose probability reaches a floor, in
         # id order, so that sorted by probability they are exactly the head of the stable sort
         # of the whole vocabulary; the floor falls until the cut lies inside them.
-        probs, V = self.probs, self.probs.shape[0]
-        np.multiply(logits, self.scale, out=self.scaled[0])
-        kernels.softmax(self.scaled, probs.reshape(1, V))
+        probs = self.probs
+        # exp(scale * logits - max) into probs, on the thread pool (sample_softmax's first two
+        # passes; the token it draws at u = 0 is not used): the nucleus needs only the ratios
+        kernels.sample_softmax(logits, self.scale, 0.0, probs)
         total = float(probs.sum(dtype=np.float64))
-        if not 0.0 < total < np.inf:
-            raise SmallMindError("the logits hold a NaN or an infinity: nothing to sample from")
         top = float(probs.max())
         for span in NUCLEUS_SPANS:
             candidates = np.flatnonzero(probs >= top * 2.0 ** -span)   # the last span: a floor of 0
