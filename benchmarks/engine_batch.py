@@ -29,12 +29,12 @@ from serve_load import PROMPTS, run_threads, seed_checkpoint  # noqa: E402
 from side_by_side import cpu_model, parse_model_args, positive_float, positive_int  # noqa: E402
 
 
-def phase(engine, tokenizer, streams: int, seconds: float, tokens: int) -> tuple[int, int]:
-    """`streams` threads, each running completions one after another for `seconds` ->
-    (tokens delivered within those seconds, requests started)."""
+def phase(engine, tokenizer, streams: int, seconds: float, tokens: int) -> int:
+    """`streams` threads, each running completions one after another for `seconds` -> the tokens
+    delivered within those seconds."""
     from smallmind.runtime.engine import Delta, Failed, GenerationRequest
 
-    failures, counts = [], [[0, 0] for _ in range(streams)]   # per stream: tokens in time, requests
+    failures, counts = [], [[0, 0] for _ in range(streams)]   # per stream: tokens in time, requests asked
     deadline = time.perf_counter() + seconds
 
     def client(i: int) -> None:
@@ -63,7 +63,7 @@ def phase(engine, tokenizer, streams: int, seconds: float, tokens: int) -> tuple
         sys.exit(f"engine_batch: a request failed: {failures[0]}")
     while engine.active_sequences or engine.queue_depth:   # the cancelled ones leave at the next step
         time.sleep(0.001)
-    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return sum(c[0] for c in counts)
 
 
 def main():
@@ -109,8 +109,8 @@ def run(engine, model, args) -> None:
     print(f"{'round':>5} {'1 stream tok/s':>15} {f'{args.streams} streams tok/s':>17} {'ratio':>7}")
     ratios = []
     for r in range(1, args.rounds + 1):
-        n1, _ = phase(engine, model.tokenizer, 1, args.seconds, args.tokens)
-        n8, _ = phase(engine, model.tokenizer, args.streams, args.seconds, args.tokens)
+        n1 = phase(engine, model.tokenizer, 1, args.seconds, args.tokens)
+        n8 = phase(engine, model.tokenizer, args.streams, args.seconds, args.tokens)
         ratios.append(n8 / n1 if n1 else float("nan"))   # nan: nothing generated in time
         print(f"{r:>5} {n1 / args.seconds:>15.1f} {n8 / args.seconds:>17.1f} {ratios[-1]:>6.2f}x", flush=True)
     print(f"{args.streams} streams / 1 stream aggregate tok/s: median {statistics.median(ratios):.2f}x")
