@@ -96,6 +96,7 @@ def test_the_kernels_refuse_more_threads_than_the_pool_holds():
                                   ["profile"]], ids=lambda a: a[0])
 def test_mmap_flag_reaches_load_and_its_absence_lets_load_decide(argv, tmp_path, monkeypatch, capsys):
     from smallmind.errors import SmallMindError
+    from smallmind.runtime import engine_process
     from smallmind.runtime import model as model_module
 
     model = tmp_path / "m.gguf"
@@ -107,6 +108,9 @@ def test_mmap_flag_reaches_load_and_its_absence_lets_load_decide(argv, tmp_path,
         raise SmallMindError("stopped after load was asked")
 
     monkeypatch.setattr(model_module, "load", fake_load)
+    # serve loads the model in its engine's process (runtime/engine_process.py), from what it is given
+    monkeypatch.setattr(engine_process, "EngineProcess",
+                        lambda path, *, mmap=None, **options: fake_load(path, mmap=mmap))
     for flag, expect in ((["--mmap"], True), ([], None)):
         assert main(argv + ["--model", str(model)] + flag) == 2
         assert "stopped after load was asked" in capsys.readouterr().err

@@ -51,18 +51,18 @@ def test_serve_refuses_a_prefix_cache_beyond_the_memory_in_one_line(tmp_path, ca
 def test_the_prefix_cache_budget_reaches_the_engine(tmp_path, monkeypatch, argv, expected):
     from server_process import tiny_checkpoint
 
-    from smallmind.runtime import engine as engine_module
+    from smallmind.runtime import engine_process
 
     seen = {}
 
     class Stop(Exception):
         pass
 
-    def fake_engine(model, **options):
+    def fake_engine(path, **options):
         seen.update(options)
         raise Stop
 
-    monkeypatch.setattr(engine_module, "Engine", fake_engine)
+    monkeypatch.setattr(engine_process, "EngineProcess", fake_engine)
     checkpoint = tiny_checkpoint(tmp_path / "model")
     with pytest.raises(Stop):
         main(["serve", "--model", str(checkpoint), *argv])
@@ -75,7 +75,8 @@ def test_serve_runs_uvicorn_on_httptools_and_uvloop(tmp_path, monkeypatch, capsy
     from server_process import tiny_checkpoint
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: seen.update(http=server.config.http,
+                                                                          loop=server.config.loop))
     checkpoint = tiny_checkpoint(tmp_path / "model")
     assert main(["serve", "--model", str(checkpoint), "--cache-mb", "0"]) == 0
     assert (seen["http"], seen["loop"]) == ("httptools", "uvloop")
@@ -87,7 +88,8 @@ def test_serve_falls_back_to_h11_and_asyncio(tmp_path, monkeypatch, capsys):
     from server_process import tiny_checkpoint
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: seen.update(http=server.config.http,
+                                                                          loop=server.config.loop))
     monkeypatch.setitem(sys.modules, "httptools", None)
     monkeypatch.setitem(sys.modules, "uvloop", None)
     checkpoint = tiny_checkpoint(tmp_path / "model")

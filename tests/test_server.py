@@ -2,6 +2,8 @@
 
 import http.client
 import json
+import os
+import signal
 import threading
 import time
 
@@ -265,6 +267,37 @@ def test_a_client_that_goes_away_before_an_unstreamed_answer_frees_its_slot(one_
     status, body = server.post("/v1/completions", {"model": "model", "prompt": PROMPT, "max_tokens": 2})
     assert status == 200 and body["usage"]["completion_tokens"] == 2
     assert generated_total(server) - before < 4000
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (FileNotFoundError, ProcessLookupError):   # a process that ended meanwhile
+            pass
+    return found
+
+
+def test_a_server_whose_engine_process_dies_ends_its_streams_and_exits_nonzero(tmp_path):
+    from server_process import Server, tiny_checkpoint
+
+    checkpoint = tiny_checkpoint(tmp_path / "model", context_length=4096)
+    server = Server(["--model", str(checkpoint), "--ctx", "4096", "--parallel", "1", "--threads", "1"],
+                    tmp_path / "log")
+    try:
+        response = long_request(server, stream=True).getresponse()
+        assert response.readline().startswith(b"data: ")
+        (engine,) = children_of(server.proc.pid)
+        os.kill(engine, signal.SIGKILL)
+        rest = response.read().decode()   # the stream's error event, then [DONE]
+        assert "the engine process stopped (exit code -9)" in rest and rest.endswith("data: [DONE]\n\n")
+        assert server.proc.wait(60) != 0
+    finally:
+        server.stop()
+    assert "the engine process stopped (exit code -9): the server stopped" in (tmp_path / "log").read_text()
 
 
 def test_the_outbox_wakes_the_event_loop_once_for_a_burst_of_events():

@@ -1,5 +1,5 @@
 """`smallmind serve [--model PATH]`: an OpenAI-compatible HTTP server for a model (the `server`
-extra: FastAPI and uvicorn)."""
+extra: FastAPI and uvicorn), whose engine runs in a process of its own (runtime/engine_process.py)."""
 
 import argparse
 import os
@@ -9,7 +9,6 @@ from . import add_mmap, mmap_choice, nonneg_int, positive_int
 
 DEFAULT_PARALLEL = 4
 DEFAULT_CACHE_MB = 256
-SWITCH_INTERVAL = 0.0002   # seconds
 API_KEY_VARIABLE = "SMALLMIND_API_KEY"
 
 
@@ -55,7 +54,7 @@ def port_number(text: str) -> int:
 def fast_io() -> tuple[str, str]:
     """uvicorn's HTTP parser and event loop: httptools and uvloop (the server extra's, in C) where
     they import, else the pure-Python h11 and asyncio. Every streamed token passes through both,
-    holding the GIL that the engine thread needs between its kernels."""
+    on the process's one core's worth of Python."""
     def importable(name: str) -> bool:
         try:
             __import__(name)
@@ -74,31 +73,41 @@ def run(args):
         import uvicorn
     except ImportError:
         raise SmallMindError("the server needs FastAPI and uvicorn: pip install 'smallmind[server]'") from None
-    from .. import kernels
-    from ..runtime import engine as engine_module
-    from ..runtime.model import load
+    from ..runtime import engine_process
     from ..server.app import create_app
 
-    if args.threads is not None:
-        kernels.set_threads(args.threads)
-    model = load(args.model, mmap=mmap_choice(args))
     options = {"parallel": args.parallel, "ctx": args.ctx, "cache_bytes": args.cache_mb * 2**20}
     if args.queue_size is not None:
         options["queue_size"] = args.queue_size
     if args.prefill_chunk is not None:
         options["prefill_chunk"] = args.prefill_chunk
-    # The engine thread holds the GIL between its kernel calls; at Python's default 5 ms switch
-    # interval the event loop would wait up to that long for its turn to send each token.
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    engine = engine_module.Engine(model, **options)
+    # The engine runs in a process of its own (runtime/engine_process.py); here the event loop and
+    # the thread that reads the engine's events share the GIL, each getting it within this interval.
+    sys.setswitchinterval(engine_process.SWITCH_INTERVAL)
+    serving = []   # the uvicorn server, once made: an engine process that ends stops it
+
+    def stop_serving(why: str) -> None:
+        # the engine process ended on its own: uvicorn shuts down as on SIGTERM, after the
+        # requests that were running have got their errors, and serve exits non-zero with `why`
+        print(f"smallmind serve: {why}; shutting down", file=sys.stderr, flush=True)
+        for server in serving:
+            server.should_exit = True
+
+    engine = engine_process.EngineProcess(args.model, threads=args.threads, mmap=mmap_choice(args),
+                                          on_exit=stop_serving, **options)
     try:
-        app = create_app(engine, model_id=model.name, api_key=args.api_key, timeout=float(args.timeout))
+        app = create_app(engine, model_id=engine.model.name, api_key=args.api_key, timeout=float(args.timeout))
         http, loop = fast_io()
-        print(f"smallmind serve: {model.name} on http://{args.host}:{args.port}/v1 ({args.parallel} slots x "
-              f"{engine.ctx} positions, KV pool {engine.pool.nbytes / 2**20:.0f} MiB, "
+        print(f"smallmind serve: {engine.model.name} on http://{args.host}:{args.port}/v1 ({engine.parallel} slots x "
+              f"{engine.ctx} positions, KV pool {engine.pool_bytes / 2**20:.0f} MiB, "
               f"prefix cache up to {args.cache_mb} MiB; HTTP on {http}, {loop} event loop)",
               file=sys.stderr, flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=http, loop=loop)
+        serving.append(uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                                     http=http, loop=loop)))
+        if engine.alive:   # it may have ended while the app was made
+            serving[0].run()
     finally:
         engine.close()
+    if engine.failure is not None:
+        raise SmallMindError(f"{engine.failure}: the server stopped")
     return 0

@@ -209,6 +209,33 @@ def resolve_checkpoint_dir(path) -> Path:
 def load_checkpoint(dir) -> Checkpoint:
     """Load and validate a checkpoint; any missing or corrupt part raises CheckpointError."""
     path = resolve_checkpoint_dir(dir)
+    config, files = _read_config(path)
+    tensors, _ = _read_safetensors(path / MODEL)
+    params = _params_from(config, tensors, path / MODEL)
+    tokenizer = _read_tokenizer(path, config)
+
+    optimizer_state = None
+    if OPTIMIZER in files:
+        arrays, metadata = _read_safetensors(path / OPTIMIZER)
+        scalars = _parse_metadata_json(metadata.get("scalars", "{}"), path / OPTIMIZER)
+        optimizer_state = {**arrays, **scalars}
+    trainer_state = None
+    if TRAINER_STATE in files:
+        trainer_state = _read_json(path / TRAINER_STATE)
+        if not isinstance(trainer_state, dict):
+            raise CheckpointError(f"{path / TRAINER_STATE} does not hold a JSON object")
+    return Checkpoint(config, params, tokenizer, optimizer_state, trainer_state)
+
+
+def load_checkpoint_tokenizer(dir) -> tuple[GPTConfig, Tokenizer]:
+    """The config and tokenizer of a checkpoint, without reading its parameters (CheckpointError
+    as load_checkpoint raises it for a missing or corrupt part of those)."""
+    path = resolve_checkpoint_dir(dir)
+    config, _ = _read_config(path)
+    return config, _read_tokenizer(path, config)
+
+
+def _read_config(path: Path) -> tuple[GPTConfig, list]:
     meta = _read_json(path / CONFIG)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path / CONFIG} is not a SmallMind checkpoint config")
@@ -225,9 +252,10 @@ def load_checkpoint(dir) -> Checkpoint:
     for name in files:
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint {path} is missing {name}")
+    return config, files
 
-    tensors, _ = _read_safetensors(path / MODEL)
-    params = _params_from(config, tensors, path / MODEL)
+
+def _read_tokenizer(path: Path, config: GPTConfig) -> Tokenizer:
     try:
         tokenizer = tokenizer_from_json((path / TOKENIZER).read_text(encoding="utf-8"), source=str(path / TOKENIZER))
     except (TokenizerError, UnicodeDecodeError) as e:
@@ -235,18 +263,7 @@ def load_checkpoint(dir) -> Checkpoint:
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(
             f"{path / TOKENIZER} has {tokenizer.vocab_size} ids but the model has vocab_size {config.vocab_size}")
-
-    optimizer_state = None
-    if OPTIMIZER in files:
-        arrays, metadata = _read_safetensors(path / OPTIMIZER)
-        scalars = _parse_metadata_json(metadata.get("scalars", "{}"), path / OPTIMIZER)
-        optimizer_state = {**arrays, **scalars}
-    trainer_state = None
-    if TRAINER_STATE in files:
-        trainer_state = _read_json(path / TRAINER_STATE)
-        if not isinstance(trainer_state, dict):
-            raise CheckpointError(f"{path / TRAINER_STATE} does not hold a JSON object")
-    return Checkpoint(config, params, tokenizer, optimizer_state, trainer_state)
+    return tokenizer
 
 
 def _read_json(path: Path):

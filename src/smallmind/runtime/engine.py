@@ -20,8 +20,10 @@ Requests wait in a bounded queue (EngineBusy when it is full). Each step of the 
      stop strings, max_tokens and logprobs.
 Text reaches the request's callback as soon as it is complete (byte-exact UTF-8, stop strings
 held back until they cannot be one), exactly as runtime/generate.py streams it. The events of
-a step are delivered together at its end: a face that wakes another thread per event (the
-HTTP server's event loop) then wakes it once per step, not once per token per stream.
+a step are delivered together at its end, and then `after_step` is called: a face that wakes
+another thread or process per event wakes it once per step, not once per token per stream
+(runtime/engine_process.py, which `smallmind serve` runs, sends each step's events to the HTTP
+server's process in one message).
 """
 
 import collections
@@ -47,6 +49,10 @@ DEFAULT_TIMEOUT = 600.0
 
 class EngineBusy(SmallMindError):
     """The request queue is full: try again later."""
+
+
+class EngineStopped(SmallMindError):
+    """The engine has stopped (closed, or its process ended): it takes no more requests."""
 
 
 @dataclass
@@ -135,7 +141,7 @@ class Engine:
 
     def __init__(self, model, *, parallel: int = 4, ctx: int | None = None,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, queue_size: int = DEFAULT_QUEUE_SIZE,
-                 cache_bytes: int = 0):
+                 cache_bytes: int = 0, after_step: Callable[[], None] | None = None):
         ctx = model.default_ctx if ctx is None else ctx
         if isinstance(ctx, bool) or not isinstance(ctx, int) or not 1 <= ctx <= model.context_length:
             raise ContextLengthError(f"--ctx must be 1..{model.context_length} (the model's context), got {ctx!r}")
@@ -167,6 +173,7 @@ class Engine:
         self.stopping = False
         self.generated_total = 0   # tokens sampled since start, cancelled requests' included
         self.outgoing: list = []   # (request, event) of this step, delivered at its end
+        self.after_step = after_step   # called on the engine thread once a step's events are delivered
         self.thread = threading.Thread(target=self._run, name="smallmind-engine", daemon=True)
         self.thread.start()
 
@@ -186,29 +193,27 @@ class Engine:
         """Bytes the prefix store holds (read without the lock: a scrape's snapshot)."""
         return self.pool.store.nbytes if self.pool.store is not None else 0
 
+    @property
+    def pool_bytes(self) -> int:
+        """Bytes of the KV slots, allocated at start."""
+        return self.pool.nbytes
+
+    @property
+    def alive(self) -> bool:
+        return not self.stopping and self.thread.is_alive()
+
     def check(self, prompt_ids, max_tokens: int) -> None:
         """Raise the error a request of this prompt and max_tokens would meet, before queueing it."""
-        if len(prompt_ids) == 0:
-            raise SmallMindError("the prompt is empty: give at least one token")
-        vocab = self.model.vocab_size
-        for i in prompt_ids:
-            if not 0 <= i < vocab:
-                raise SmallMindError(f"token id {i} is outside the model's vocabulary of {vocab}")
-        if len(prompt_ids) + max_tokens > self.ctx:
-            raise ContextLengthError(
-                f"this model's context is {self.ctx} tokens; the prompt is {len(prompt_ids)} tokens and "
-                f"max_tokens is {max_tokens}: shorten the prompt or lower max_tokens")
+        check_request(prompt_ids, max_tokens, self.model.vocab_size, self.ctx)
 
     def submit(self, request: GenerationRequest) -> Handle:
-        if isinstance(request.max_tokens, bool) or not isinstance(request.max_tokens, int) or request.max_tokens < 1:
-            raise SmallMindError(f"max_tokens must be a positive integer, got {request.max_tokens!r}")
-        self.check(request.prompt_ids, request.max_tokens)
+        check_request(request.prompt_ids, request.max_tokens, self.model.vocab_size, self.ctx)
         request.stop = stop_strings(request.stop)
         handle = Handle(self)
         sequence = _Sequence(request, handle, self.model.vocab_size, self.model.tokenizer)
         with self.lock:
             if self.stopping:
-                raise SmallMindError("the engine has stopped")
+                raise EngineStopped("the engine has stopped")
             if len(self.waiting) >= self.queue_size:
                 raise EngineBusy(f"{len(self.waiting)} requests are already waiting: try again shortly")
             self.waiting.append(sequence)
@@ -246,6 +251,8 @@ class Engine:
                 self._deliver_step()
         for sequence in list(self.active) + list(self.waiting):
             sequence.request.deliver(Failed(503, "the server is shutting down"))
+        if self.after_step is not None:
+            self.after_step()
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -275,6 +282,8 @@ class Engine:
         outgoing, self.outgoing = self.outgoing, []
         for request, event in outgoing:
             request.deliver(event)
+        if self.after_step is not None:
+            self.after_step()
 
     def _unqueue(self, sequence: _Sequence) -> None:
         with self.lock:
@@ -375,3 +384,19 @@ class Engine:
         self.pool.release(sequence.slot)
         if event is not None:
             self._send(sequence.request, event)
+
+
+def check_request(prompt_ids, max_tokens, vocab: int, ctx: int) -> None:
+    """Raise the error a request of this prompt and max_tokens meets on an engine of a `vocab`
+    model with slots of `ctx` positions."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise SmallMindError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    if len(prompt_ids) == 0:
+        raise SmallMindError("the prompt is empty: give at least one token")
+    for i in prompt_ids:
+        if not 0 <= i < vocab:
+            raise SmallMindError(f"token id {i} is outside the model's vocabulary of {vocab}")
+    if len(prompt_ids) + max_tokens > ctx:
+        raise ContextLengthError(
+            f"this model's context is {ctx} tokens; the prompt is {len(prompt_ids)} tokens and "
+            f"max_tokens is {max_tokens}: shorten the prompt or lower max_tokens")

