@@ -14,7 +14,9 @@ entries least recently kept or restored until the new one fits; an entry whose i
 another's, all but its last, is dropped for the longer one (which serves every request the
 shorter could, but for that last position).
 Sequences shorter than MIN_POSITIONS are not kept (their prefill is cheap), and at most
-MAX_ENTRIES are, so that a request's look-up stays a small part of its admission.
+MAX_ENTRIES are. The first HEAD ids of every entry are kept side by side in one array, so a
+look-up compares a request with all entries in one vectorized step, and only entries that
+share all HEAD ids are compared one by one past them.
 """
 
 import collections
@@ -26,6 +28,7 @@ from .session import common_prefix
 
 MIN_POSITIONS = 16
 MAX_ENTRIES = 1024
+HEAD = 32   # leading ids of each entry in the shared array
 
 
 class _Entry:
@@ -59,6 +62,10 @@ class PrefixStore:
         self.counter = 0
         self.min_positions = MIN_POSITIONS
         self.max_entries = MAX_ENTRIES
+        self.heads = np.full((16, HEAD), -1, np.int64)   # row r: an entry's first HEAD ids, -1 past its end
+        self.row_of: dict[int, int] = {}                 # entry key -> its row of heads
+        self.key_of_row = [0] * 16
+        self.free_rows = list(range(15, -1, -1))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -71,12 +78,13 @@ class PrefixStore:
         if n == 0 or n < self.min_positions or n * self.position_bytes > self.budget:
             return False
         ids = session.ids[:n]
+        shared = self._shared(ids)
         for key, entry in list(self.entries.items()):
-            m = entry.ids.shape[0]
-            if m >= n and np.array_equal(entry.ids[:n], ids):
+            m, c = entry.ids.shape[0], shared[self.row_of[key]]
+            if m >= n and c == n:
                 self.entries.move_to_end(key)   # already held, by this entry or a longer one
                 return True
-            if m <= n and key != protect and common_prefix(entry.ids, ids[:m]) >= m - 1:
+            if m <= n and key != protect and c >= m - 1:
                 # the new entry serves whatever this one did, but for its last position (the
                 # next turn of a chat shares all of the last turn's positions but the final
                 # token, which was generated and never fed back)
@@ -98,21 +106,31 @@ class PrefixStore:
         self.counter += 1
         self.entries[self.counter] = entry
         self.nbytes += entry.nbytes
+        if not self.free_rows:   # more entries than rows: twice the rows
+            rows = self.heads.shape[0]
+            self.heads = np.concatenate([self.heads, np.full_like(self.heads, -1)])
+            self.key_of_row += [0] * rows
+            self.free_rows = list(range(2 * rows - 1, rows - 1, -1))
+        row = self.row_of[self.counter] = self.free_rows.pop()
+        self.key_of_row[row] = self.counter
+        head = entry.ids[:HEAD]
+        self.heads[row, :head.shape[0]] = head
         return True
 
     def find(self, ids) -> tuple[int | None, int]:
         """The entry sharing the longest prefix with `ids`, leaving at least the last id to
         prefill -> (its key, positions shared), or (None, 0)."""
         ids = np.asarray(ids)
-        best, best_kept = None, 0
-        for key, entry in self.entries.items():
-            n = min(entry.ids.shape[0], ids.shape[0] - 1)
-            if n <= best_kept:
-                continue
-            kept = common_prefix(entry.ids[:n], ids[:n])
-            if kept > best_kept:
-                best, best_kept = key, kept
-        return best, best_kept
+        if not self.entries or ids.shape[0] < 2:
+            return None, 0
+        shared = self._shared(ids[:-1])
+        best_kept = int(shared.max())
+        if best_kept == 0:
+            return None, 0
+        for key in self.entries:   # the least recently used of those sharing the most
+            if shared[self.row_of[key]] == best_kept:
+                return key, best_kept
+        raise AssertionError("a row of heads without its entry")
 
     def restore(self, key: int, kept: int, session) -> None:
         """Put the first `kept` positions of entry `key` into the session's cache (its
@@ -129,3 +147,19 @@ class PrefixStore:
 
     def _drop(self, key: int) -> None:
         self.nbytes -= self.entries.pop(key).nbytes
+        row = self.row_of.pop(key)
+        self.heads[row] = -1
+        self.free_rows.append(row)
+
+    def _shared(self, ids: np.ndarray) -> np.ndarray:
+        # ids (L,) -> (rows,): how many leading ids each row's entry shares with ids (0 for a
+        # free row): the heads in one comparison, then past them an entry at a time
+        h = min(HEAD, ids.shape[0])
+        same = self.heads[:, :h] == ids[:h]
+        shared = np.where(same.all(axis=1), h, same.argmin(axis=1))
+        if h == HEAD:
+            for row in np.flatnonzero(shared == HEAD):
+                entry = self.entries[self.key_of_row[row]].ids
+                stop = min(entry.shape[0], ids.shape[0])
+                shared[row] = HEAD + common_prefix(entry[HEAD:stop], ids[HEAD:stop])
+        return shared
