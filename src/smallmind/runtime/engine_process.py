@@ -266,7 +266,7 @@ def _child(conn: Connection) -> int:
 
     _, start = conn.recv()
     send_lock = threading.Lock()
-    pending: list = []   # (request id, event) of the engine's current step
+    pending: list = []   # the events not sent yet, as wire tuples (a step's, or a few within FLUSH_INTERVAL)
     handles: dict = {}   # request id -> its Handle, until it ends (both threads, under send_lock)
     engine = None
 
