@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from side_by_side import positive_float, positive_int
+from side_by_side import cpu_model, positive_float, positive_int
 
 REQUEST_TIMEOUT = 300.0   # seconds: a bound per request, so the script always ends
 START_TIMEOUT = 120.0
@@ -240,7 +240,7 @@ def main():
             log.close()
 
     print(f"model: {model_id} ({args.model or 'preset seed, random weights'}); server --parallel {args.parallel}; "
-          f"max_tokens {args.tokens}; {os.cpu_count()} CPUs")
+          f"max_tokens {args.tokens}; CPU: {cpu_model()}, {os.cpu_count()} CPUs")
     print(f"{'phase':<14} {'requests':>8} {'complete':>8} {'tokens':>7} {'tok/s':>8} {'TTFT p50':>9} "
           f"{'TTFT max':>9} {'wall s':>7}")
     for r in rows:

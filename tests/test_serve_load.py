@@ -22,6 +22,7 @@ def test_serve_load_reports_timed_phases_and_the_load_phase():
                "--threads", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
+    assert "; CPU: " in lines[0]   # the figures name the CPU they come from
     # phase name, then requests, complete, tokens, tok/s, TTFT p50, TTFT max, wall s
     rows = {line[:14].strip(): line[14:].split() for line in lines[2:5]}
     assert list(rows) == ["1 stream #1", "8 streams #1", "3 clients"]
